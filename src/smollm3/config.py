@@ -1,0 +1,282 @@
+"""ModelConfig: the SmolLM3 architecture's hyper-parameters, and its round trip with HF `config.json`.
+
+Field names are transformers' own, so a config.json maps onto this dataclass key for key. Both spellings that
+transformers has written are read: v4 (`rope_theta`, `rope_scaling`, `torch_dtype`) and v5 (`rope_parameters`,
+`dtype`). We write both, so older and newer readers (vLLM, SGLang, transformers 4.53+ and 5.x) agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A config that cannot describe a SmolLM3 model; the message names the key and the fix."""
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 128256
+    hidden_size: int = 2048
+    intermediate_size: int = 11008
+    num_hidden_layers: int = 36
+    num_attention_heads: int = 16
+    num_key_value_heads: int = 4
+    head_dim: int | None = None  # derived: hidden_size // num_attention_heads
+    max_position_embeddings: int = 65536
+    rope_theta: float = 5_000_000.0
+    # None for plain RoPE, else {"rope_type": "yarn", "factor": F, "original_max_position_embeddings": N, ...}
+    rope_scaling: dict | None = None
+    rms_norm_eps: float = 1e-6
+    # 1 = the layer USES RoPE, 0 = NoPE (transformers' naming); derived from no_rope_layer_interval when None
+    no_rope_layers: list[int] | None = None
+    no_rope_layer_interval: int = 4
+    tie_word_embeddings: bool = True
+    initializer_range: float = 0.02
+    bos_token_id: int | None = 128000
+    eos_token_id: int | list[int] | None = 128012
+    pad_token_id: int | None = 128004
+    dtype: str = "bfloat16"  # the dtype weights are stored in
+
+    def __post_init__(self):
+        if self.head_dim is None:
+            if self.hidden_size % self.num_attention_heads:
+                raise ConfigError(
+                    f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}; "
+                    "set head_dim explicitly or pick dimensions that divide"
+                )
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ConfigError(
+                f"num_attention_heads {self.num_attention_heads} must be a multiple of num_key_value_heads "
+                f"{self.num_key_value_heads} (grouped-query attention shares each KV head among a whole group)"
+            )
+        if self.head_dim % 2:
+            raise ConfigError(f"head_dim {self.head_dim} must be even for rotary embeddings")
+        if self.no_rope_layers is None:
+            if self.no_rope_layer_interval < 1:
+                raise ConfigError("no_rope_layer_interval must be >= 1 (use a large value to keep RoPE on every layer)")
+            self.no_rope_layers = [int((i + 1) % self.no_rope_layer_interval != 0) for i in range(self.num_hidden_layers)]
+        self.no_rope_layers = [int(x) for x in self.no_rope_layers]
+        if len(self.no_rope_layers) < self.num_hidden_layers or set(self.no_rope_layers) - {0, 1}:
+            raise ConfigError(
+                f"no_rope_layers must hold a 0 or 1 for each of the {self.num_hidden_layers} layers "
+                f"(1 = the layer uses RoPE, 0 = NoPE); got {self.no_rope_layers}"
+            )
+        self.no_rope_layers = self.no_rope_layers[: self.num_hidden_layers]
+        if self.rope_scaling is not None:
+            self.rope_scaling = _normalise_rope_scaling(self.rope_scaling, self.max_position_embeddings)
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # derived quantities
+
+    @property
+    def rope_layers(self) -> list[bool]:
+        return [bool(x) for x in self.no_rope_layers]
+
+    @property
+    def nope_layer_indices(self) -> list[int]:
+        return [i for i, x in enumerate(self.no_rope_layers) if not x]
+
+    def num_params(self) -> int:
+        d, h, kv, hd, f, L = (self.hidden_size, self.num_attention_heads, self.num_key_value_heads, self.head_dim,
+                              self.intermediate_size, self.num_hidden_layers)
+        attn = d * h * hd * 2 + d * kv * hd * 2
+        per_layer = attn + 3 * d * f + 2 * d
+        embed = self.vocab_size * d * (1 if self.tie_word_embeddings else 2)
+        return L * per_layer + embed + d
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token, forward + backward: 6 per matmul weight (lm_head included, embedding lookup
+        excluded) plus causal attention, 6 * layers * heads * head_dim * seq_len (PaLM appendix B, halved for causal)."""
+        d, L = self.hidden_size, self.num_hidden_layers
+        attn_proj = d * self.num_attention_heads * self.head_dim * 2 + d * self.num_key_value_heads * self.head_dim * 2
+        matmul_weights = L * (attn_proj + 3 * d * self.intermediate_size) + self.vocab_size * d
+        return 6 * matmul_weights + 6 * L * self.num_attention_heads * self.head_dim * seq_len
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # HF config.json
+
+    def to_hf_dict(self) -> dict:
+        d = {
+            "architectures": ["SmolLM3ForCausalLM"],
+            "model_type": "smollm3",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": "silu",
+            "max_position_embeddings": self.max_position_embeddings,
+            "rms_norm_eps": self.rms_norm_eps,
+            "no_rope_layers": list(self.no_rope_layers),
+            "no_rope_layer_interval": self.no_rope_layer_interval,
+            "layer_types": ["full_attention"] * self.num_hidden_layers,
+            "use_sliding_window": False,
+            "sliding_window": None,
+            "attention_bias": False,
+            "attention_dropout": 0.0,
+            "mlp_bias": False,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "initializer_range": self.initializer_range,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "pad_token_id": self.pad_token_id,
+            "use_cache": True,
+            # v4 spelling (transformers 4.53-4.57, vLLM/SGLang pinned to them)
+            "rope_theta": self.rope_theta,
+            "rope_scaling": dict(self.rope_scaling, type=self.rope_scaling["rope_type"]) if self.rope_scaling else None,
+            "torch_dtype": self.dtype,
+            # v5 spelling
+            "rope_parameters": {"rope_theta": self.rope_theta, "rope_type": "default", **(self.rope_scaling or {})},
+            "dtype": self.dtype,
+        }
+        return d
+
+    @classmethod
+    def from_hf_dict(cls, raw: dict, source: str = "config.json") -> ModelConfig:
+        raw = dict(raw)
+        model_type = raw.pop("model_type", None)
+        if model_type not in ("smollm3", "llama"):
+            raise ConfigError(
+                f"{source}: model_type {model_type!r} is not supported; expected 'smollm3' "
+                "(or 'llama', read as SmolLM3 with RoPE on every layer)"
+            )
+        for key, bad, why in (("hidden_act", lambda v: v != "silu", "only silu (SwiGLU) MLPs are SmolLM3"),
+                              ("attention_bias", bool, "SmolLM3 projections have no bias"),
+                              ("mlp_bias", bool, "SmolLM3 projections have no bias"),
+                              ("use_sliding_window", bool, "sliding-window attention is not part of SmolLM3")):
+            if key in raw and bad(raw[key]):
+                raise ConfigError(f"{source}: {key}={raw[key]!r} is not supported ({why})")
+        kw: dict = {}
+        fields = {f.name for f in dataclasses.fields(cls)}
+        # rope: v5 rope_parameters wins over v4 rope_theta / rope_scaling
+        params = raw.pop("rope_parameters", None) or {}
+        legacy_scaling = raw.pop("rope_scaling", None)
+        theta = params.get("rope_theta", raw.pop("rope_theta", None))
+        raw.pop("rope_theta", None)
+        if theta is not None:
+            kw["rope_theta"] = float(theta)
+        rope_type = params.get("rope_type", params.get("type", "default"))
+        if rope_type != "default":
+            kw["rope_scaling"] = {k: v for k, v in params.items() if k != "rope_theta"}
+        elif legacy_scaling:
+            kw["rope_scaling"] = dict(legacy_scaling)
+        dtype = raw.pop("dtype", None) or raw.pop("torch_dtype", None)
+        raw.pop("torch_dtype", None)
+        if dtype is not None:
+            kw["dtype"] = str(dtype).replace("torch.", "")
+        if model_type == "llama":
+            kw["no_rope_layers"] = [1] * int(raw.get("num_hidden_layers", cls.num_hidden_layers))
+            kw.setdefault("rope_theta", 10000.0)
+            raw.pop("no_rope_layers", None)
+        unknown = []
+        for key, value in raw.items():
+            if key in fields:
+                kw[key] = value
+            elif key not in _HF_KEYS_WE_IGNORE:
+                unknown.append(key)
+        if unknown:
+            raise ConfigError(f"{source}: unknown key(s) {_describe_unknown(unknown, fields | _HF_KEYS_WE_IGNORE)}")
+        return cls(**kw)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> ModelConfig:
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not valid JSON ({e})") from None
+        return cls.from_hf_dict(raw, source=str(path))
+
+
+def config_from_dict(values: dict, source: str = "config") -> ModelConfig:
+    """Build a ModelConfig from our own YAML-style keys (a preset name under `preset`, overrides beside it)."""
+    values = dict(values)
+    base = preset(values.pop("preset")) if "preset" in values else ModelConfig()
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = [k for k in values if k not in fields]
+    if unknown:
+        raise ConfigError(f"{source}: unknown model key(s) {_describe_unknown(unknown, fields | {'preset'})}")
+    merged = {f.name: getattr(base, f.name) for f in dataclasses.fields(ModelConfig)}
+    if "num_hidden_layers" in values or "no_rope_layer_interval" in values:
+        merged["no_rope_layers"] = None  # re-derive unless given explicitly
+    if "hidden_size" in values or "num_attention_heads" in values:
+        merged["head_dim"] = None
+    merged.update(values)
+    return ModelConfig(**merged)
+
+
+def _normalise_rope_scaling(scaling: dict, max_position_embeddings: int) -> dict:
+    s = dict(scaling)
+    rope_type = s.pop("rope_type", None) or s.pop("type", None)
+    s.pop("type", None)
+    if rope_type != "yarn":
+        raise ConfigError(
+            f"rope_scaling type {rope_type!r} is not supported; SmolLM3 extends context with YaRN: "
+            '{"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 65536}'
+        )
+    factor = s.get("factor")
+    if not isinstance(factor, (int, float)) or factor < 1:
+        raise ConfigError(f"rope_scaling.factor must be a number >= 1, got {factor!r}")
+    allowed = {"factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "attention_factor",
+               "mscale", "mscale_all_dim", "truncate"}
+    unknown = [k for k in s if k not in allowed]
+    if unknown:
+        raise ConfigError(f"rope_scaling: unknown key(s) {_describe_unknown(unknown, allowed)}")
+    s.setdefault("original_max_position_embeddings", max_position_embeddings)
+    return {"rope_type": "yarn", **s}
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# presets: the published 3B and SmolLM3-shaped smaller models (SmolLM2 widths, NoPE every 4th layer, tied embeddings)
+
+PRESETS: dict[str, dict] = {
+    "smollm3-3b": dict(),
+    "smollm3-360m": dict(vocab_size=49152, hidden_size=960, intermediate_size=2560, num_hidden_layers=32,
+                         num_attention_heads=15, num_key_value_heads=5, max_position_embeddings=8192,
+                         rope_theta=100_000.0, bos_token_id=1, eos_token_id=2, pad_token_id=2),
+    "smollm3-135m": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+                         rope_theta=100_000.0, bos_token_id=1, eos_token_id=2, pad_token_id=2),
+    "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=176, num_hidden_layers=4, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=1024, rope_theta=10_000.0, bos_token_id=1,
+                 eos_token_id=2, pad_token_id=0, dtype="float32"),
+}
+
+
+def preset(name: str) -> ModelConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
+    return ModelConfig(**PRESETS[name])
+
+
+def _describe_unknown(keys: list[str], known: set[str]) -> str:
+    parts = []
+    for k in keys:
+        close = difflib.get_close_matches(k, sorted(known), n=1)
+        parts.append(f"{k!r} (did you mean {close[0]!r}?)" if close else repr(k))
+    return ", ".join(parts) + "; remove or rename them"
+
+
+# Generic keys transformers writes into every config.json; they carry no architecture.
+_HF_KEYS_WE_IGNORE = {
+    "architectures", "transformers_version", "use_cache", "_name_or_path", "max_window_layers", "pretraining_tp",
+    "layer_types", "sliding_window", "use_sliding_window", "attention_dropout", "attention_bias", "mlp_bias",
+    "hidden_act", "output_attentions", "output_hidden_states", "return_dict", "is_encoder_decoder", "is_decoder",
+    "add_cross_attention", "tie_encoder_decoder", "chunk_size_feed_forward", "problem_type", "id2label", "label2id",
+    "torchscript", "pruned_heads", "cross_attention_hidden_size", "tokenizer_class", "prefix", "sep_token_id",
+    "decoder_start_token_id", "task_specific_params", "finetuning_task", "quantization_config", "auto_map",
+    "_attn_implementation_autoset", "attn_implementation", "_attn_implementation", "model_name", "num_labels",
+    "max_length", "min_length", "do_sample", "temperature", "top_p", "top_k", "repetition_penalty", "bad_words_ids",
+    "num_beams", "length_penalty", "early_stopping", "no_repeat_ngram_size", "output_scores", "return_dict_in_generate",
+    "forced_bos_token_id", "forced_eos_token_id", "remove_invalid_values", "exponential_decay_length_penalty",
+    "suppress_tokens", "begin_suppress_tokens", "num_return_sequences", "diversity_penalty", "num_beam_groups",
+    "typical_p", "encoder_no_repeat_ngram_size", "tf_legacy_loss", "use_bfloat16", "chunk_size_feed_forward",
+}

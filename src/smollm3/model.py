@@ -131,10 +131,8 @@ class SmolLM3Attention(nn.Module):
         v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
         if self.use_rope:
             q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        if cache is not None:
-            offset = cache.length
-            k, v = cache.update(self.layer_idx, k, v)
-            out = attention_with_cache(q, k, v, offset, self.scaling)
+        if cache is not None:  # the cache stores k, v and decides what each query may see
+            out = cache.attend(self.layer_idx, q, k, v, self.scaling)
         else:
             out = attention(q, k, v, doc, backend, self.scaling)
         return self.o_proj(out.reshape(B, T, self.num_heads * self.head_dim))
@@ -181,7 +179,7 @@ class SmolLM3Model(nn.Module):
         doc = None
         if cache is not None:
             if position_ids is None:
-                position_ids = (cache.length + torch.arange(T, device=input_ids.device)).expand(B, T)
+                position_ids = cache.position_ids(B, T, input_ids.device)
         elif position_ids is None:
             position_ids = torch.arange(T, device=input_ids.device).expand(B, T)
         else:
@@ -191,7 +189,7 @@ class SmolLM3Model(nn.Module):
         for layer in self.layers:
             x = layer(x, cos, sin, doc, backend, cache)
         if cache is not None:
-            cache.length += T
+            cache.advance(T)
         return self.norm(x)
 
 
@@ -232,7 +230,11 @@ class SmolLM3ForCausalLM(nn.Module):
 
 
 class KVCache:
-    """A preallocated key/value cache for `batch` sequences of up to `max_len` tokens, all at the same length."""
+    """A preallocated key/value cache for `batch` sequences of up to `max_len` tokens, all at the same length.
+
+    The protocol the model relies on (other caches, e.g. the engine's slot cache, implement the same three methods):
+    `position_ids(B, T, device)` for new tokens, `attend(layer, q, k, v, scale)` -> [B, T, H, D] after storing k, v,
+    and `advance(T)` once all layers have run."""
 
     def __init__(self, config: ModelConfig, batch: int, max_len: int, device, dtype):
         shape = (config.num_hidden_layers, batch, config.num_key_value_heads, max_len, config.head_dim)
@@ -241,10 +243,16 @@ class KVCache:
         self.max_len = max_len
         self.length = 0
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+    def position_ids(self, B: int, T: int, device) -> torch.Tensor:
+        return (self.length + torch.arange(T, device=device)).expand(B, T)
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         end = self.length + k.shape[2]
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} tokens; this step would need {end}")
         self.k[layer, :, :, self.length:end] = k
         self.v[layer, :, :, self.length:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        return attention_with_cache(q, self.k[layer, :, :, :end], self.v[layer, :, :, :end], self.length, scale)
+
+    def advance(self, T: int):
+        self.length += T

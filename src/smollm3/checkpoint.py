@@ -65,16 +65,21 @@ def load_pretrained(path: str | os.PathLike, device="cpu", dtype=None) -> SmolLM
     if path.is_file():
         if path.suffix != ".gguf":
             raise CheckpointError(f"{path}: a file must be a .gguf; for HF checkpoints pass the directory")
-        from smollm3.gguf_io import read_gguf
-
-        config, tensors, _ = read_gguf(path)
-        model = build_model(config, device, _dtype(dtype) or torch.float32, init=False)
-        _assign(model, tensors, str(path))
-        return model.eval()
+        return load_gguf(path, device, dtype)[0]
     config = load_config(path)
     model = build_model(config, device, _dtype(dtype) or _dtype(config.dtype), init=False)
     _assign(model, _read_safetensors(path), str(path))
     return model.eval()
+
+
+def load_gguf(path: str | os.PathLike, device="cpu", dtype=None):
+    """-> (model, GGUF reader): the reader also holds the tokenizer, so callers need not parse the file twice."""
+    from smollm3.gguf_io import read_gguf
+
+    config, tensors, reader = read_gguf(path)
+    model = build_model(config, device, _dtype(dtype) or torch.float32, init=False)
+    _assign(model, tensors, str(path))
+    return model.eval(), reader
 
 
 def load_config(model_dir: str | os.PathLike) -> ModelConfig:
@@ -129,6 +134,7 @@ def _assign(model: SmolLM3ForCausalLM, tensors, source: str):
             continue
         if tuple(t.shape) != tuple(params[name].shape):
             wrong.append(f"{name}: checkpoint {tuple(t.shape)} vs model {tuple(params[name].shape)}")
+            seen.add(name)  # present, just the wrong shape: report it once, under shapes
             continue
         staged[name] = t
         seen.add(name)

@@ -37,23 +37,24 @@ def _add_convert(sub):
 
 
 def _run_convert(args):
-    from smollm3.checkpoint import load_pretrained, save_pretrained
-    from smollm3.tokenizer import load_tokenizer
+    from smollm3.checkpoint import load_gguf, load_pretrained, save_pretrained
+    from smollm3.tokenizer import load_tokenizer, tokenizer_from_gguf
 
     src = Path(args.src)
-    model = load_pretrained(src, dtype=args.dtype)
     tokenizer, generation = None, None
-    if src.is_file():
-        tokenizer = load_tokenizer(src)
+    if src.is_file() and src.suffix == ".gguf":
+        model, reader = load_gguf(src, dtype=args.dtype)
+        tokenizer = tokenizer_from_gguf(reader)
+        # GGUF metadata ids can disagree with the tokenizer's named specials; the tokenizer is the truth
+        model.config.bos_token_id = tokenizer.bos_token_id
+        model.config.eos_token_id = tokenizer.eos_token_id
+        model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     else:
+        model = load_pretrained(src, dtype=args.dtype)
         if (src / "tokenizer.json").exists():
             tokenizer = load_tokenizer(src)
         if (src / "generation_config.json").exists():
             generation = json.loads((src / "generation_config.json").read_text())
-    if tokenizer is not None:  # the tokenizer's special tokens are the truth for generation
-        model.config.bos_token_id = tokenizer.bos_token_id
-        model.config.eos_token_id = tokenizer.eos_token_id
-        model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     out = save_pretrained(model, args.out, tokenizer=tokenizer, generation_config=generation)
     n = model.num_params()
     print(f"wrote {out} ({n / 1e6:.1f}M parameters, {model.config.num_hidden_layers} layers, "

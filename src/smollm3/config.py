@@ -37,9 +37,9 @@ class ModelConfig:
     no_rope_layer_interval: int = 4
     tie_word_embeddings: bool = True
     initializer_range: float = 0.02
-    bos_token_id: int | None = 128000
-    eos_token_id: int | list[int] | None = 128012
-    pad_token_id: int | None = 128004
+    bos_token_id: int | None = None  # special ids belong to the tokenizer; presets set them
+    eos_token_id: int | list[int] | None = None
+    pad_token_id: int | None = None
     dtype: str = "bfloat16"  # the dtype weights are stored in
 
     def __post_init__(self):
@@ -68,6 +68,12 @@ class ModelConfig:
                 f"(1 = the layer uses RoPE, 0 = NoPE); got {self.no_rope_layers}"
             )
         self.no_rope_layers = self.no_rope_layers[: self.num_hidden_layers]
+        for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            ids = getattr(self, key)
+            for i in ids if isinstance(ids, list) else [ids]:
+                if i is not None and not 0 <= i < self.vocab_size:
+                    raise ConfigError(f"{key} {i} is outside the vocabulary (vocab_size {self.vocab_size}); "
+                                      "set it to a token of the tokenizer, or null")
         if self.rope_scaling is not None:
             self.rope_scaling = _normalise_rope_scaling(self.rope_scaling, self.max_position_embeddings)
 
@@ -238,7 +244,7 @@ def _normalise_rope_scaling(scaling: dict, max_position_embeddings: int) -> dict
 # presets: the published 3B and SmolLM3-shaped smaller models (SmolLM2 widths, NoPE every 4th layer, tied embeddings)
 
 PRESETS: dict[str, dict] = {
-    "smollm3-3b": dict(),
+    "smollm3-3b": dict(bos_token_id=128000, eos_token_id=128012, pad_token_id=128004),
     "smollm3-360m": dict(vocab_size=49152, hidden_size=960, intermediate_size=2560, num_hidden_layers=32,
                          num_attention_heads=15, num_key_value_heads=5, max_position_embeddings=8192,
                          rope_theta=100_000.0, bos_token_id=1, eos_token_id=2, pad_token_id=2),

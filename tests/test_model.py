@@ -1,0 +1,202 @@
+"""The model against transformers' SmolLM3ForCausalLM (random weights, fp32 CPU), loaded both ways, and the
+intra-document masking contract."""
+
+import pytest
+import torch
+
+from smollm3 import ModelConfig, build_model, load_pretrained, save_pretrained
+from smollm3.attention import DocumentMask
+from smollm3.model import KVCache
+
+transformers = pytest.importorskip("transformers")
+
+TOL = 1e-4
+
+# three tiny shapes: the default NoPE rule, a hand-written NoPE layout, and YaRN beyond the original context
+PARITY_CASES = {
+    "nope-interval-4": dict(num_hidden_layers=8, no_rope_layer_interval=4, max_position_embeddings=256),
+    "custom-no-rope-layers": dict(num_hidden_layers=6, no_rope_layers=[0, 1, 1, 0, 1, 0], max_position_embeddings=256),
+    "yarn-x2": dict(num_hidden_layers=4, max_position_embeddings=128,
+                    rope_scaling={"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 64}),
+}
+BASE = dict(vocab_size=320, hidden_size=64, intermediate_size=112, num_attention_heads=4, num_key_value_heads=2,
+            rope_theta=10_000.0, rms_norm_eps=1e-6, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
+            pad_token_id=0)
+
+
+def hf_config(case: dict):
+    kw = {**BASE, **case}
+    scaling = kw.pop("rope_scaling", None)
+    kw["rope_parameters"] = {"rope_type": "default", "rope_theta": kw.pop("rope_theta")}
+    if scaling:
+        kw["rope_parameters"].update(scaling)
+    return transformers.SmolLM3Config(**kw)
+
+
+def randomise_(model, seed=0):
+    """Larger-than-init random weights (norms included), so that a mis-roped layer moves logits well past TOL."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(0.08 * torch.randn(p.shape, generator=g))
+
+
+def tokens(T, vocab=320, seed=1, B=2):
+    return torch.randint(0, vocab, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("case", PARITY_CASES)
+def test_parity_hf_to_ours(case, tmp_path):
+    theirs = transformers.SmolLM3ForCausalLM(hf_config(PARITY_CASES[case])).eval()
+    randomise_(theirs)
+    theirs.save_pretrained(tmp_path)
+    ours = load_pretrained(tmp_path, dtype=torch.float32)
+    x = tokens(ours.config.max_position_embeddings)  # YaRN case: 128 positions, twice the original 64
+    with torch.no_grad():
+        ref = theirs(x).logits
+        out = ours(x)
+    assert (out - ref).abs().max() <= TOL
+    # negative control: the same weights with RoPE on every layer must disagree (the NoPE/YaRN path matters)
+    ours.config.no_rope_layers = [1] * ours.config.num_hidden_layers
+    for layer in ours.model.layers:
+        layer.self_attn.use_rope = True
+    if case == "yarn-x2":
+        ours.config.rope_scaling = None
+        ours.model.rotary_emb.reset_parameters()
+    with torch.no_grad():
+        assert (ours(x) - ref).abs().max() > 100 * TOL
+
+
+@pytest.mark.parametrize("case", PARITY_CASES)
+def test_parity_ours_to_hf(case, tmp_path):
+    cfg = ModelConfig(**{**BASE, **PARITY_CASES[case], "dtype": "float32"})
+    ours = build_model(cfg)
+    randomise_(ours, seed=3)
+    save_pretrained(ours, tmp_path)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    assert type(theirs).__name__ == "SmolLM3ForCausalLM"
+    assert theirs.config.no_rope_layers == cfg.no_rope_layers
+    x = tokens(cfg.max_position_embeddings, seed=4)
+    with torch.no_grad():
+        assert (ours.eval()(x) - theirs(x).logits).abs().max() <= TOL
+
+
+def test_reads_transformers_v4_spelling(tmp_path):
+    """config.json as transformers 4.53-4.57 wrote it: rope_theta / rope_scaling{type} / torch_dtype."""
+    import json
+
+    cfg = ModelConfig(**{**BASE, **PARITY_CASES["yarn-x2"], "dtype": "float32"})
+    model = build_model(cfg)
+    save_pretrained(model, tmp_path)
+    raw = json.loads((tmp_path / "config.json").read_text())
+    del raw["rope_parameters"], raw["dtype"]
+    raw["rope_scaling"] = {"type": "yarn", "factor": 2.0, "original_max_position_embeddings": 64}
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    loaded = load_pretrained(tmp_path)
+    assert loaded.config.rope_scaling["rope_type"] == "yarn" and loaded.config.dtype == "float32"
+    x = tokens(128)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model.eval()(x))
+
+
+def pack(docs):
+    ids = torch.cat(docs)
+    pos = torch.cat([torch.arange(len(d)) for d in docs])
+    return ids[None], pos[None]
+
+
+@pytest.mark.parametrize("layout", ["nope-interval-4", "yarn-x2"])
+def test_packed_documents_equal_documents_alone(layout):
+    cfg = ModelConfig(**{**BASE, **PARITY_CASES[layout], "dtype": "float32"})
+    model = build_model(cfg).eval()
+    randomise_(model)
+    g = torch.Generator().manual_seed(7)
+    docs = [torch.randint(0, cfg.vocab_size, (n,), generator=g) for n in (37, 5, 86)]
+    ids, pos = pack(docs)
+    with torch.no_grad():
+        packed = model(ids, position_ids=pos)[0]
+        alone = torch.cat([model(d[None])[0] for d in docs])
+        assert (packed - alone).abs().max() <= 1e-5
+        # without positions the documents see each other: the mask is what makes them equal
+        assert (model(ids)[0] - alone).abs().max() > 1e-3
+
+
+def test_document_mask_boundaries_and_batch_rows():
+    pos = torch.tensor([[0, 1, 2, 0, 1, 0], [0, 1, 2, 3, 4, 5]])
+    doc = DocumentMask.from_position_ids(pos)
+    assert doc.doc_ids.tolist() == [[0, 0, 0, 1, 1, 2], [3, 3, 3, 3, 3, 3]]
+    assert doc.cu_seqlens.tolist() == [0, 3, 5, 6, 12] and doc.max_seqlen == 6
+    dense = doc.dense()[0, 0]
+    assert dense[4].tolist() == [False, False, False, True, True, False]
+
+
+def test_kv_cache_matches_full_forward():
+    cfg = ModelConfig(**{**BASE, **PARITY_CASES["nope-interval-4"], "dtype": "float32"})
+    model = build_model(cfg).eval()
+    randomise_(model)
+    x = tokens(40, B=1)
+    with torch.no_grad():
+        full = model(x)
+        cache = KVCache(cfg, 1, 64, "cpu", torch.float32)
+        steps = [model(x[:, :25], cache=cache)] + [model(x[:, t:t + 1], cache=cache) for t in range(25, 32)]
+        steps.append(model(x[:, 32:], cache=cache))  # a multi-token chunk after decode steps (offset causal mask)
+        assert (torch.cat(steps, 1) - full).abs().max() <= 1e-5
+
+
+def test_init_matches_recipe():
+    cfg = ModelConfig(vocab_size=4096, hidden_size=256, intermediate_size=1024, num_hidden_layers=8,
+                      num_attention_heads=4, num_key_value_heads=2, dtype="float32")
+    model = build_model(cfg)  # built on the meta device, materialised, then init_weights()
+    out_std = 0.02 / (2 * 8) ** 0.5
+    for name, p in model.named_parameters():
+        if name.endswith("norm.weight"):
+            assert torch.all(p == 1)
+        elif name.endswith(("o_proj.weight", "down_proj.weight")):
+            assert abs(p.std().item() - out_std) < 0.1 * out_std, name
+        else:
+            assert abs(p.std().item() - 0.02) < 0.002 and abs(p.mean().item()) < 1e-3, name
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+
+
+def test_3b_preset_has_the_published_parameter_count():
+    from smollm3 import preset
+
+    cfg = preset("smollm3-3b")
+    assert cfg.num_params() == 3_075_098_624
+    assert cfg.nope_layer_indices == [3, 7, 11, 15, 19, 23, 27, 31, 35]
+    with torch.device("meta"):
+        from smollm3.model import SmolLM3ForCausalLM
+
+        assert SmolLM3ForCausalLM(cfg).num_params() == 3_075_098_624
+    assert 120e6 < preset("smollm3-135m").num_params() < 150e6
+    assert 330e6 < preset("smollm3-360m").num_params() < 380e6
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("backend", ["sdpa", "flex", "varlen"])
+def test_packed_documents_every_gpu_backend(backend):
+    from smollm3.attention import _varlen_impl
+
+    if backend == "varlen" and _varlen_impl() is None:
+        pytest.skip("no varlen kernel (torch.nn.attention.varlen or flash-attn)")
+    # flash kernels need bf16/fp16; compare each backend's packed output with the same backend's documents alone
+    cfg = ModelConfig(**{**BASE, **PARITY_CASES["nope-interval-4"], "dtype": "float32", "head_dim": 64,
+                         "hidden_size": 256, "num_attention_heads": 4})
+    model = build_model(cfg, device="cuda").eval()
+    randomise_(model)
+    model.attn_backend = backend
+    g = torch.Generator().manual_seed(7)
+    docs = [torch.randint(0, cfg.vocab_size, (n,), generator=g).cuda() for n in (37, 5, 86)]
+    ids, pos = pack(docs)
+    dtype = torch.float32 if backend != "varlen" else torch.bfloat16
+    model.to(dtype)
+    with torch.no_grad():
+        packed = model(ids, position_ids=pos.cuda())[0].float()
+        model.attn_backend = "sdpa"
+        alone = torch.cat([model(d[None])[0] for d in docs]).float()
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    assert (packed - alone).abs().max() <= tol

@@ -161,23 +161,32 @@ def _assign(model: SmolLM3ForCausalLM, tensors, source: str):
 def save_pretrained(model: SmolLM3ForCausalLM, out_dir: str | os.PathLike, tokenizer=None,
                     max_shard_bytes: int = DEFAULT_SHARD_BYTES, generation_config: dict | None = None,
                     dtype=None) -> Path:
-    """Write an HF directory: config.json, generation_config.json, safetensors (+ index when sharded), tokenizer."""
-    out_dir = Path(out_dir)
-    config = model.config
+    """Write an HF directory: config.json, generation_config.json, safetensors (+ index when sharded), tokenizer.
+
+    `out_dir` is replaced as a whole, atomically."""
     dtype = _dtype(dtype) or next(model.parameters()).dtype
-    state = {}
-    for name, p in model.state_dict().items():
+    return save_state_dict(model.state_dict(), model.config, out_dir, tokenizer, max_shard_bytes, generation_config,
+                           dtype)
+
+
+def save_state_dict(state: dict, config: ModelConfig, out_dir: str | os.PathLike, tokenizer=None,
+                    max_shard_bytes: int = DEFAULT_SHARD_BYTES, generation_config: dict | None = None,
+                    dtype: torch.dtype = torch.bfloat16) -> Path:
+    """save_pretrained for a bare state dict (e.g. one gathered from FSDP shards)."""
+    out_dir = Path(out_dir)
+    tensors = {}
+    for name, p in state.items():
         if name == "lm_head.weight" and config.tie_word_embeddings:
             continue
         if name.endswith("rotary_emb.inv_freq"):
             continue
-        state[name] = p.detach().to("cpu", dtype).contiguous()
+        tensors[name] = p.detach().to("cpu", dtype).contiguous()
     saved_config = ModelConfig(**{**config.__dict__, "dtype": str(dtype).replace("torch.", "")})
     gen = generation_config or {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
                                 "pad_token_id": config.pad_token_id}
 
     with atomic_dir(out_dir) as tmp:
-        shards = _shard(state, max_shard_bytes)
+        shards = _shard(tensors, max_shard_bytes)
         if len(shards) == 1:
             save_file(shards[0], tmp / "model.safetensors", metadata={"format": "pt"})
         else:

@@ -1,17 +1,25 @@
-"""Tokenizers: a thin wrapper over HF `tokenizers` that reads and writes HF tokenizer directories.
+"""Tokenizers: a thin wrapper over HF `tokenizers` that trains, reads and writes HF tokenizer directories.
 
 A directory we save (tokenizer.json, tokenizer_config.json, special_tokens_map.json, chat_template.jinja) loads
 in `transformers.AutoTokenizer`, and any HF tokenizer directory with a tokenizer.json loads here.
+`train_tokenizer` trains a byte-level BPE with digits split one by one and SmolLM3's special tokens laid out as in
+SmolLM3 (Llama-3's 128,000 + offset layout, after the BPE vocabulary).
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import sys
 from pathlib import Path
 
-from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as HFTokenizer
+
+
+class TokenizerError(ValueError):
+    pass
 
 
 class Tokenizer:
@@ -165,3 +173,222 @@ def tokenizer_from_gguf(reader) -> Tokenizer:
 # Llama-3's pre-tokenizer split (also SmolLM3's): contractions, letters, 1-3 digit groups, punctuation, whitespace.
 LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+# Ours: the same split with every digit on its own (as SmolLM2 does), so numbers tokenize uniformly.
+DIGIT_SPLIT = LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
+
+# ----------------------------------------------------------------------------------------------------------------
+# special tokens and training
+
+# SmolLM3's special tokens by offset from the first special id (128,000 in SmolLM3: 128000 + offset). Offsets 0-4,
+# 11 and 12 are SmolLM3's published ids; the tool and code markup at 13-16 is our choice (SmolLM3's own file was
+# not available to check). Every other slot is `<|reserved_special_token_k|>`, as in Llama-3.
+SPECIAL_TOKENS = {0: "<|begin_of_text|>", 1: "<|end_of_text|>", 2: "<think>", 3: "</think>",
+                  4: "<|finetune_right_pad_id|>", 11: "<|im_start|>", 12: "<|im_end|>",
+                  13: "<tool_call>", 14: "</tool_call>", 15: "<code>", 16: "</code>"}
+# Markup the model writes inside its answers: single ids, but not "special", so decode(skip_special_tokens=True)
+# keeps them and output parsing still sees reasoning and tool calls (as Qwen3's tokenizer does).
+MARKUP_TOKENS = ("<think>", "</think>", "<tool_call>", "</tool_call>", "<code>", "</code>")
+BOS, EOS, PAD = "<|begin_of_text|>", "<|end_of_text|>", "<|finetune_right_pad_id|>"
+
+
+def special_tokens(slots: int = 256) -> list[str]:
+    """The special-token layout: `slots` tokens, SmolLM3's at their offsets, reserved ones in between."""
+    if slots <= max(SPECIAL_TOKENS):
+        raise TokenizerError(f"special_slots={slots} cannot hold SmolLM3's special tokens; use at least "
+                             f"{max(SPECIAL_TOKENS) + 1}")
+    tokens, reserved = [], 0
+    for i in range(slots):
+        if i in SPECIAL_TOKENS:
+            tokens.append(SPECIAL_TOKENS[i])
+        else:
+            tokens.append(f"<|reserved_special_token_{reserved}|>")
+            reserved += 1
+    return tokens
+
+
+def add_special_tokens(tok: HFTokenizer, slots: int = 256) -> None:
+    """Append the layout after the current vocabulary, one id each, in order."""
+    for t in special_tokens(slots):
+        if t in MARKUP_TOKENS:
+            tok.add_tokens([AddedToken(t, special=False, normalized=False)])
+        else:
+            tok.add_special_tokens([AddedToken(t, special=True, normalized=False)])
+
+
+def train_tokenizer(corpus, vocab_size: int, out_dir: str | os.PathLike | None = None, *, special_slots: int = 256,
+                    min_frequency: int = 2, show_progress: bool = True) -> Tokenizer:
+    """Train a byte-level BPE tokenizer on text files and return it (saved to `out_dir` when given).
+
+    corpus: files or directories; .jsonl/.json/.ndjson (optionally .gz) are read as JSON lines with a "text" field,
+      anything else as plain UTF-8 text. vocab_size: total ids, `special_slots` of them special tokens at the end
+      (SmolLM3: 128,000 BPE + 256 special). The chat template saved with it is our SmolLM3 template."""
+    from smollm3.chat import chat_template
+
+    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool):
+        raise TokenizerError(f"vocab size must be an integer, got {vocab_size!r}")
+    names = special_tokens(special_slots)
+    needed = special_slots + 256  # + the byte-level alphabet, which every byte-level BPE starts from
+    if vocab_size < needed:
+        raise TokenizerError(f"vocab size {vocab_size} is too small: {special_slots} special-token slots plus the "
+                             f"256 byte-level base tokens need {needed}; use --vocab-size {needed} or more "
+                             "(or fewer --special-slots)")
+    files = corpus_files(corpus)
+    tok = HFTokenizer(models.BPE(fuse_unk=False, byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(DIGIT_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - special_slots, min_frequency=min_frequency,
+                                  show_progress=show_progress, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=[])
+    tok.train_from_iterator(_read_corpus(files, show_progress), trainer=trainer)
+    bpe_size = tok.get_vocab_size()
+    add_special_tokens(tok, special_slots)
+    if show_progress and bpe_size < vocab_size - special_slots:
+        print(f"note: the corpus supports only {bpe_size} BPE tokens, so the vocabulary has "
+              f"{bpe_size + special_slots} ids instead of {vocab_size}", file=sys.stderr)
+    tokenizer = Tokenizer(tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, chat_template=chat_template("smollm3"),
+                          add_bos_token=False)
+    assert [tokenizer.token_to_id(t) for t in names] == list(range(bpe_size, bpe_size + special_slots))
+    if out_dir is not None:
+        tokenizer.save(out_dir)
+    return tokenizer
+
+
+JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
+
+
+def corpus_files(paths) -> list[Path]:
+    """Files named, and the files under directories named (sorted), each checked to exist."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    files = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"corpus path {p} does not exist")
+    if not files:
+        raise TokenizerError(f"no corpus files found in {', '.join(map(str, paths))}")
+    return files
+
+
+def _read_corpus(files: list[Path], show_progress: bool, chunk_chars: int = 1 << 16):
+    """Yield texts: one per JSON record, or ~64k-character runs of whole lines of a text file (so that newline runs
+    like "\\n\\n" are seen inside one text). Progress is shown in bytes read."""
+    from tqdm.auto import tqdm
+
+    total = sum(f.stat().st_size for f in files if not f.name.endswith(".gz"))
+    bar = tqdm(total=total or None, unit="B", unit_scale=True, desc="reading corpus", disable=not show_progress)
+    with bar:
+        for f in files:
+            opener = gzip.open if f.name.endswith(".gz") else open
+            is_json = f.name.removesuffix(".gz").endswith(JSON_SUFFIXES)
+            with opener(f, "rb") as fh:
+                run = []
+                size = 0
+                for lineno, raw in enumerate(fh, 1):
+                    bar.update(len(raw))
+                    try:
+                        line = raw.decode("utf-8")
+                    except UnicodeDecodeError as e:
+                        raise TokenizerError(f"{f}:{lineno}: not UTF-8 text ({e.reason})") from None
+                    if is_json:
+                        if line.strip():
+                            yield _json_text(f, lineno, line)
+                        continue
+                    run.append(line)
+                    size += len(line)
+                    if size >= chunk_chars:
+                        yield "".join(run)
+                        run, size = [], 0
+                if run:
+                    yield "".join(run)
+
+
+def _json_text(f: Path, lineno: int, line: str) -> str:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise TokenizerError(f"{f}:{lineno}: not a JSON line ({e.msg}); JSON-lines corpora need one object per "
+                             "line with a \"text\" field") from None
+    text = record.get("text") if isinstance(record, dict) else None
+    if not isinstance(text, str):
+        raise TokenizerError(f"{f}:{lineno}: no string \"text\" field in this record")
+    return text
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# SmolLM3's own tokenizer: Llama-3's BPE (128,000 tiktoken ranks) + SmolLM3's special tokens
+
+
+def tokenizer_from_tiktoken(path: str | os.PathLike, special_slots: int = 256) -> Tokenizer:
+    """Build a `tokenizers` BPE from a tiktoken ranks file (one "base64-token rank" per line) with Llama-3's split,
+    then SmolLM3's special tokens after it. With Llama-3's file (`smollm3_tokenizer()`) this is SmolLM3's tokenizer:
+    128,256 ids, `<|im_start|>` 128011, `<|im_end|>` 128012. tiktoken merges the pair whose result has the lowest
+    rank; listing every split of each token ordered by the token's rank gives the same result in a BPE model (the
+    conversion HF used for Llama-3's tokenizer.json)."""
+    import base64
+
+    ranks: dict[bytes, int] = {}
+    for lineno, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                token, rank = line.split()
+                ranks[base64.b64decode(token)] = int(rank)
+            except ValueError:
+                raise TokenizerError(f"{path}:{lineno}: not a tiktoken ranks line (base64 token, space, rank)") from None
+    if sorted(ranks.values()) != list(range(len(ranks))):
+        raise TokenizerError(f"{path}: ranks are not 0..{len(ranks) - 1} without gaps")
+    byte_char = _bytes_to_unicode()
+
+    def text(b: bytes) -> str:
+        return "".join(byte_char[x] for x in b)
+
+    merges = []
+    for token, rank in ranks.items():
+        splits = [(token[:i], token[i:]) for i in range(1, len(token)) if token[:i] in ranks and token[i:] in ranks]
+        merges += [(rank, ranks[a], ranks[b], a, b) for a, b in splits]
+    merges.sort()
+    tok = HFTokenizer(models.BPE(vocab={text(t): r for t, r in ranks.items()},
+                                 merges=[(text(a), text(b)) for *_, a, b in merges], fuse_unk=False,
+                                 byte_fallback=False, ignore_merges=True))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    add_special_tokens(tok, special_slots)
+    from smollm3.chat import chat_template
+
+    # the released instruct model ends turns with <|im_end|> (its config's eos_token_id is 128012)
+    return Tokenizer(tok, bos_token=BOS, eos_token="<|im_end|>", pad_token=PAD, chat_template=chat_template("smollm3"),
+                     add_bos_token=False, model_max_length=65536)
+
+
+def smollm3_tokenizer(special_slots: int = 256) -> Tokenizer:
+    """SmolLM3's tokenizer from Llama-3's ranks as shipped in the `llama-models` wheel (pip install --no-deps
+    llama-models; Llama 3 Community License). The package is located, not imported."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llama_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("Llama-3's BPE ranks come from the llama-models wheel: pip install --no-deps llama-models")
+    return tokenizer_from_tiktoken(Path(spec.submodule_search_locations[0]) / "llama3" / "tokenizer.model",
+                                   special_slots)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character table, the alphabet of every byte-level BPE."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    table, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table

@@ -1,0 +1,267 @@
+"""Constrained decoding for forced tool calls (tool_choice "required" or a named function).
+
+The server puts the fixed start of the call into the prompt (`<tool_call>\\n{"name": "`, plus the name and
+`"arguments": ` when one function is forced) and gives the request a ToolCallConstraint for the rest: the function
+name (one of the tools), the arguments as a JSON object following that function's JSON schema (declared
+properties only, required ones present, types, enums), then `}` and `</tool_call>`. At each step the engine walks
+the candidate tokens in sampling order and takes the first one that keeps the output a prefix of this grammar, so
+the call always parses, whatever the model's quality.
+
+The check re-parses the short output from its start with a recursive-descent parser that stops cleanly when the
+text runs out: simple, and cheap for outputs of a few hundred characters.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+_WS = " \t\n\r"
+MAX_WS = 16  # a run of whitespace longer than this is refused (it stops degenerate "\n\n\n..." loops)
+_NUMBER = re.compile(r"-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?")
+_INTEGER = re.compile(r"-?(0|[1-9]\d*)")
+NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")  # OpenAI's rule for function names
+
+
+class _End(Exception):
+    """The text ran out while still valid: it is a prefix of the grammar."""
+
+
+class _Bad(Exception):
+    """The text left the grammar."""
+
+
+class _Parser:
+    def __init__(self, text: str):
+        self.s, self.i = text, 0
+
+    def peek(self) -> str:
+        if self.i >= len(self.s):
+            raise _End
+        return self.s[self.i]
+
+    def take(self) -> str:
+        c = self.peek()
+        self.i += 1
+        return c
+
+    def ws(self):
+        start = self.i
+        while self.i < len(self.s) and self.s[self.i] in _WS:
+            self.i += 1
+        if self.i - start > MAX_WS:
+            raise _Bad
+
+    def lit(self, word: str):
+        for ch in word:
+            if self.take() != ch:
+                raise _Bad
+
+    def choice(self, options: list[str]) -> str:
+        """Match one of `options` (the longest one the text continues into)."""
+        got = ""
+        while True:
+            if got in options and not (self.i < len(self.s) and any(
+                    o.startswith(got + self.s[self.i]) for o in options)):
+                if self.i >= len(self.s) and any(o != got and o.startswith(got) for o in options):
+                    raise _End  # a longer option may still follow
+                return got
+            got += self.take()
+            if not any(o.startswith(got) for o in options):
+                raise _Bad
+
+    # ---- JSON, guided by a JSON schema (the subset tool parameters use)
+
+    def value(self, schema: dict):
+        self.ws()
+        schema = schema if isinstance(schema, dict) else {}
+        if "enum" in schema or "const" in schema:
+            values = schema["enum"] if "enum" in schema else [schema["const"]]
+            self.choice([json.dumps(v, ensure_ascii=False) for v in values])
+            return
+        for key in ("anyOf", "oneOf"):
+            if isinstance(schema.get(key), list) and schema[key]:
+                return self.alternatives(schema[key])
+        t = schema.get("type")
+        if isinstance(t, list):
+            return self.alternatives([{**schema, "type": x} for x in t])
+        if t is None:  # any JSON value: the first character decides
+            c = self.peek()
+            t = {"{": "object", "[": "array", '"': "string", "t": "boolean", "f": "boolean", "n": "null"}.get(
+                c, "number" if c == "-" or c.isdigit() else None)
+            if t is None:
+                raise _Bad
+            schema = {"type": t}
+        if t == "object":
+            self.object(schema)
+        elif t == "array":
+            self.array(schema)
+        elif t == "string":
+            self.string()
+        elif t in ("number", "integer"):
+            self.number(_INTEGER if t == "integer" else _NUMBER)
+        elif t == "boolean":
+            self.choice(["true", "false"])
+        elif t == "null":
+            self.lit("null")
+        else:
+            raise _Bad
+
+    def alternatives(self, schemas: list):
+        start, ran_out = self.i, False
+        for s in schemas:
+            self.i = start
+            try:
+                self.value(s)
+                return
+            except _Bad:
+                continue
+            except _End:
+                ran_out = True
+        if ran_out:
+            raise _End
+        raise _Bad
+
+    def string(self):
+        self.lit('"')
+        while True:
+            c = self.take()
+            if c == '"':
+                return
+            if c == "\\":
+                e = self.take()
+                if e == "u":
+                    for _ in range(4):
+                        if self.take() not in "0123456789abcdefABCDEF":
+                            raise _Bad
+                elif e not in '"\\/bfnrt':
+                    raise _Bad
+            elif ord(c) < 0x20:
+                raise _Bad
+
+    def number(self, pattern: re.Pattern):
+        start = self.i
+        allowed = "0123456789-" + ("" if pattern is _INTEGER else "+.eE")
+        while self.i < len(self.s) and self.s[self.i] in allowed:
+            self.i += 1
+        text = self.s[start:self.i]
+        if self.i >= len(self.s):  # may continue: valid if some completion is a number
+            if pattern.fullmatch(text) or pattern.fullmatch(text + "0"):
+                raise _End
+            raise _Bad
+        if not pattern.fullmatch(text):
+            raise _Bad
+
+    def object(self, schema: dict):
+        props = schema.get("properties") if isinstance(schema.get("properties"), dict) else None
+        required = set(schema.get("required") or []) if props else set()
+        used: set = set()
+        self.lit("{")
+        self.ws()
+        if self.peek() == "}":
+            if required - used:
+                raise _Bad
+            self.i += 1
+            return
+        while True:
+            self.ws()
+            if props:  # only the declared properties, each at most once
+                left = [json.dumps(k, ensure_ascii=False) for k in props if k not in used]
+                if not left:
+                    raise _Bad
+                key = json.loads(self.choice(left))
+            else:
+                start = self.i
+                self.string()
+                key = json.loads(self.s[start:self.i])
+            used.add(key)
+            self.ws()
+            self.lit(":")
+            self.value(props.get(key, {}) if props else {})
+            self.ws()
+            c = self.take()
+            if c == "}":
+                if required - used:
+                    raise _Bad
+                return
+            if c != ",":
+                raise _Bad
+
+    def array(self, schema: dict):
+        items = schema.get("items") if isinstance(schema.get("items"), dict) else {}
+        self.lit("[")
+        self.ws()
+        if self.peek() == "]":
+            self.i += 1
+            return
+        while True:
+            self.value(items)
+            self.ws()
+            c = self.take()
+            if c == "]":
+                return
+            if c != ",":
+                raise _Bad
+
+
+class ToolCallConstraint:
+    """The rest of a forced tool call. `tools` maps function names to their parameter schemas; with `forced` set,
+    the prompt already ends in `{"name": "<forced>", "arguments": ` and only the arguments and the closing
+    remain; otherwise it ends in `{"name": "` and the name comes first."""
+
+    def __init__(self, tools: dict[str, dict], forced: str | None = None):
+        self.tools, self.forced = tools, forced
+        self.text = ""
+        self.done = False
+
+    def accepts(self, text: str) -> bool:
+        """Would the output stay inside the grammar with `text` appended?"""
+        if not text or "\ufffd" in text:  # incomplete UTF-8 pieces are never accepted
+            return False
+        return self._check(self.text + text) != "bad"
+
+    def first_accepted(self, candidates) -> int | None:
+        """The first (token id, text) of `candidates` that `accepts`. Most refusals are decided by the first
+        character, so each first character is checked once."""
+        refused = set()
+        for i, text in candidates:
+            if not text or text[0] in refused:
+                continue
+            if not self.accepts(text[0]):
+                refused.add(text[0])
+                continue
+            if self.accepts(text):
+                return i
+        return None
+
+    def advance(self, text: str):
+        self.text += text
+        state = self._check(self.text)
+        if state == "bad":
+            raise ValueError(f"{self.text!r} left the tool-call grammar")
+        self.done = state == "done"
+
+    def _check(self, text: str) -> str:
+        p = _Parser(text)
+        try:
+            if self.forced is not None:
+                schema = self.tools[self.forced]
+            else:
+                name = p.choice([n + '"' for n in self.tools])[:-1]
+                schema = self.tools[name]
+                p.ws()
+                p.lit(",")
+                p.ws()
+                p.lit('"arguments"')
+                p.ws()
+                p.lit(":")
+            p.value({**schema, "type": "object"} if schema else {"type": "object"})
+            p.ws()
+            p.lit("}")
+            p.ws()
+            p.lit("</tool_call>")
+        except _End:
+            return "partial"
+        except _Bad:
+            return "bad"
+        return "done" if p.i == len(text) else "bad"

@@ -1,0 +1,1 @@
+"""Training: losses, optimiser and schedules, the one trainer loop, and distributed setup."""

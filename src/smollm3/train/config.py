@@ -1,0 +1,175 @@
+"""Training configs: YAML -> nested dataclasses, with `dotted.key=value` overrides and unknown keys refused.
+
+The resolved config (every default filled in) is saved beside each checkpoint as config.yaml.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from smollm3.config import ConfigError
+from smollm3.train.optim import OptimConfig
+
+
+@dataclass
+class ModelSection:
+    preset: str | None = None  # a smollm3.config preset to train from scratch
+    init_from: str | None = None  # an HF directory (or .gguf) to continue from: the stage transitions
+    # overrides of the architecture: rope_theta / max_position_embeddings (long-context stages), or any field for
+    # a from-scratch preset. Changing a shape of a model that is loaded is refused.
+    overrides: dict = field(default_factory=dict)
+    attn_backend: str = "auto"
+
+
+@dataclass
+class DataSection:
+    kind: str = "pretrain"  # pretrain | sft | preference
+    tokenizer: str | None = None  # HF tokenizer directory; default: the init_from directory
+    seq_len: int = 4096
+    # pretrain: mixture stages switching at token counts, [{start_tokens: 0, weights: {shard_dir: weight}}, ...]
+    stages: list = field(default_factory=list)
+    # sft / preference: JSONL files in TRL's format
+    paths: list = field(default_factory=list)
+    template: str = "smollm3"  # sft/preference chat template: smollm3 | official | chatml
+    seed: int = 0
+
+
+@dataclass
+class TrainSection:
+    objective: str = "lm"  # lm | sft | dpo | apo_zero | apo_down
+    steps: int = 1000
+    micro_batch: int = 1  # sequences per forward, per process
+    grad_accum: int = 1
+    dtype: str = "bfloat16"  # autocast dtype; parameters, gradients and optimizer state stay fp32
+    seed: int = 0
+    beta: float = 0.05  # dpo / apo
+    label_smoothing: float = 0.0  # dpo
+    ref_model: str | None = None  # dpo / apo: frozen reference; default: the init_from checkpoint
+    activation_checkpointing: bool = False
+    compile: bool = False
+    fsdp: bool = True  # under torchrun: shard with FSDP2 (fully_shard per block, then the root)
+
+
+@dataclass
+class CheckpointSection:
+    every: int = 1000
+    keep: int = 3  # keep the last N checkpoints
+    resume: str = "auto"  # auto (latest valid under out_dir) | never | a checkpoint directory
+    export_hf: bool = True  # write an HF directory inside each kept checkpoint
+
+
+@dataclass
+class LogSection:
+    every: int = 10
+    tensorboard: bool = True  # when tensorboard is installed
+    wandb_project: str | None = None
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "runs/train"
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainSection = field(default_factory=TrainSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    log: LogSection = field(default_factory=LogSection)
+
+    def __post_init__(self):
+        objectives = ("lm", "sft", "dpo", "apo_zero", "apo_down")
+        if self.train.objective not in objectives:
+            raise ConfigError(f"train.objective {self.train.objective!r} is unknown; choose one of {objectives}")
+        if (self.model.preset is None) == (self.model.init_from is None):
+            raise ConfigError("set exactly one of model.preset (from scratch) and model.init_from (a checkpoint)")
+        if self.train.steps < 1 or self.train.micro_batch < 1 or self.train.grad_accum < 1:
+            raise ConfigError("train.steps, train.micro_batch and train.grad_accum must be >= 1")
+
+
+def load_train_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
+    raw = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such config file")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        key, value = item.split("=", 1)
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key}: {part} is not a section")
+        node[parts[-1]] = yaml.safe_load(value)
+    return _build(TrainConfig, raw, str(path) if path else "config")
+
+
+def _build(cls, raw: dict, where: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in raw if k not in fields]
+    if unknown:
+        parts = []
+        for k in unknown:
+            close = difflib.get_close_matches(k, list(fields), n=1)
+            parts.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(parts)}; known: {', '.join(fields)}")
+    kwargs = {}
+    for name, value in raw.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value or {}, f"{where}: {name}")
+        else:
+            kwargs[name] = _check_type(value, hint, f"{where}: {name}")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _check_type(value, hint, where):
+    origin = typing.get_origin(hint)
+    allowed = typing.get_args(hint) if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) \
+        else (hint,)
+    for t in allowed:
+        base = typing.get_origin(t) or t
+        if t is type(None) and value is None:
+            return None
+        if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if base is float and isinstance(value, str):  # PyYAML reads 3e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if base in (list, tuple) and isinstance(value, (list, tuple)):
+            return base(value)
+        if isinstance(base, type) and isinstance(value, base) and not (base is int and isinstance(value, bool)):
+            return value
+    names = " or ".join(getattr(t, "__name__", str(t)) for t in allowed)
+    raise ConfigError(f"{where} must be {names}, got {value!r}")
+
+
+def config_to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_config(cfg: TrainConfig) -> str:
+    d = config_to_dict(cfg)
+    d["optim"]["betas"] = list(d["optim"]["betas"])
+    return yaml.safe_dump(d, sort_keys=False)

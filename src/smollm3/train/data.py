@@ -1,0 +1,37 @@
+"""The trainer's view of data: per step, this rank's `grad_accum` micro-batches of the global batch.
+
+Every rank walks the same global stream and keeps its own slice, so the global batch (and a resumed run) does not
+depend on the number of processes: 2 processes with micro_batch 1 see exactly what 1 process with 2 sees.
+"""
+
+from __future__ import annotations
+
+from smollm3.config import ConfigError
+
+
+class StepData:
+    def __init__(self, loader, grad_accum: int):
+        self.loader, self.grad_accum = loader, grad_accum
+
+    def next_step(self) -> list[dict]:
+        return [next(self.loader) for _ in range(self.grad_accum)]
+
+    def state_dict(self) -> dict:
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state: dict):
+        self.loader.load_state_dict(state)
+
+
+def build_data(cfg, tokenizer, dist) -> StepData:
+    d, t = cfg.data, cfg.train
+    if d.kind == "pretrain":
+        from smollm3.data.mixture import MixtureLoader
+
+        if not d.stages:
+            raise ConfigError("data.stages is empty: give at least one stage, "
+                              "[{start_tokens: 0, weights: {path/to/shards: 1.0}}]")
+        loader = MixtureLoader(d.stages, d.seq_len, t.micro_batch, seed=d.seed, rank=dist.rank,
+                               world_size=dist.world)
+        return StepData(loader, t.grad_accum)
+    raise ConfigError(f"data.kind {d.kind!r} is unknown; choose pretrain, sft or preference")

@@ -1,0 +1,87 @@
+"""Process groups, and what is applied to the model from outside: FSDP2, activation checkpointing, torch.compile.
+
+One code path for every scale: a plain `python` run is world size 1; under `torchrun` each process joins the group
+(NCCL on GPU, gloo on CPU) and every decoder layer, then the root, is sharded with `fully_shard`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self):
+        if self.world > 1:
+            dist.barrier()
+
+    def all_reduce_sum(self, x: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            dist.all_reduce(x, op=dist.ReduceOp.SUM)
+        return x
+
+
+def init_distributed() -> Dist:
+    """Join the torchrun group if there is one; pick the device (this rank's GPU, else CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return Dist(rank=rank, world=world, local_rank=local_rank, device=device)
+
+
+def close_distributed():
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def apply_activation_checkpointing(model):
+    """Recompute each decoder layer in the backward pass. The layer's forward is wrapped in place, so parameter names
+    (and hence checkpoints) are unchanged."""
+    from torch.utils.checkpoint import checkpoint
+
+    for layer in model.model.layers:
+        forward = layer.forward
+
+        @functools.wraps(forward)
+        def wrapped(*args, _forward=forward, **kwargs):
+            return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+
+        layer.forward = wrapped
+
+
+def apply_compile(model):
+    """Compile each decoder layer (same shapes every layer: one graph, compiled once)."""
+    for layer in model.model.layers:
+        layer.compile(dynamic=False)
+
+
+def apply_fsdp(model, param_dtype: torch.dtype | None, reduce_dtype: torch.dtype = torch.float32):
+    """FSDP2: shard each decoder layer, then the root (embeddings, final norm, tied lm_head)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
+    for layer in model.model.layers:
+        fully_shard(layer, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)
+    return model

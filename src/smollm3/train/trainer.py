@@ -1,0 +1,296 @@
+"""The one training loop, for every stage: pretraining, long context, mid-training, SFT, DPO / APO.
+
+    smollm3 train CONFIG.yaml [section.key=value ...]          # also under torchrun --nproc_per_node N
+
+A step: fetch the global batch's micro-batches (this rank's share), normalise by the global number of loss tokens
+(or preference pairs), backward each, clip, AdamW step. Every `checkpoint.every` steps the full state (model,
+optimiser, step, data position, RNG) is written atomically; `resume: auto` continues from the newest complete one, so
+a killed run resumes exactly. A non-finite loss or gradient norm stops the run and keeps the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from smollm3.checkpoint import build_model, load_pretrained
+from smollm3.config import ConfigError, config_from_dict
+from smollm3.tokenizer import load_tokenizer
+from smollm3.train import distributed as D
+from smollm3.train.checkpointing import find_resume_point, load_checkpoint, save_checkpoint
+from smollm3.train.config import TrainConfig, dump_config
+from smollm3.train.data import build_data
+from smollm3.train.losses import preference_loss
+from smollm3.train.optim import build_optimizer, lr_factor, set_lr
+
+SHAPE_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+              "num_key_value_heads", "head_dim", "tie_word_embeddings")
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "B200": 2250.0}
+
+
+class TrainingDiverged(ValueError):  # a ValueError so the CLI reports it in one line
+    pass
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# set-up: everything that can be refused is checked here, before any compute
+
+
+def build_model_for(cfg: TrainConfig, device="cpu"):
+    """-> (model in fp32 on `device`, the loaded checkpoint's config or None). FSDP shards the model afterwards."""
+    m = cfg.model
+    if m.init_from:
+        model = load_pretrained(m.init_from, device=device, dtype=torch.float32)
+        loaded = model.config
+        changed = {k: v for k, v in m.overrides.items() if getattr(loaded, k, None) != v}
+        bad = [k for k in changed if k in SHAPE_KEYS]
+        if bad:
+            raise ConfigError(f"model.overrides change the shape of the checkpoint {m.init_from} ({', '.join(bad)}); "
+                              "start from a checkpoint of the right shape, or train that shape from a preset")
+        if changed:  # e.g. rope_theta and max_position_embeddings for a long-context stage
+            unknown = [k for k in changed if k not in loaded.__dict__]
+            if unknown:
+                raise ConfigError(f"model.overrides: unknown key(s) {unknown}")
+            new = type(loaded)(**{**loaded.__dict__, **changed})
+            model.config = model.model.config = model.model.rotary_emb.config = new
+            model.model.rotary_emb.reset_parameters()
+    else:
+        loaded = None
+        mcfg = config_from_dict({"preset": m.preset, **m.overrides, "dtype": "float32"}, source="model")
+        torch.manual_seed(cfg.train.seed)
+        model = build_model(mcfg, device=device, dtype=torch.float32)
+    model.attn_backend = m.attn_backend
+    return model, loaded
+
+
+def check_compatible(cfg: TrainConfig, model, tokenizer, loaded):
+    mc = model.config
+    if tokenizer.vocab_size > mc.vocab_size:
+        raise ConfigError(f"the tokenizer has {tokenizer.vocab_size} ids but the model's vocabulary is {mc.vocab_size}; "
+                          "use the model's own tokenizer or a model with vocab_size >= the tokenizer's")
+    if cfg.data.seq_len > mc.max_position_embeddings:
+        raise ConfigError(
+            f"data.seq_len {cfg.data.seq_len} exceeds the model's max_position_embeddings {mc.max_position_embeddings}; "
+            "for a long-context stage raise model.overrides.max_position_embeddings together with rope_theta "
+            "(the recipe: 4k->32k with rope_theta 2e6, 32k->64k with 5e6)")
+    if loaded is not None and cfg.data.seq_len > loaded.max_position_embeddings \
+            and mc.rope_theta == loaded.rope_theta and mc.rope_scaling == loaded.rope_scaling:
+        raise ConfigError(
+            f"data.seq_len {cfg.data.seq_len} is longer than the checkpoint's {loaded.max_position_embeddings} positions "
+            f"but RoPE is unchanged (rope_theta {loaded.rope_theta}); set model.overrides.rope_theta (the recipe "
+            "raises it) or a YaRN rope_scaling")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# the loop
+
+
+def train(cfg: TrainConfig) -> dict:
+    dist = D.init_distributed()
+    out = Path(cfg.out_dir)
+    if not (cfg.data.tokenizer or cfg.model.init_from):
+        raise ConfigError("data.tokenizer is required when training from a preset")
+    tokenizer = load_tokenizer(cfg.data.tokenizer or cfg.model.init_from)
+    model, loaded = build_model_for(cfg, device="cpu")
+    check_compatible(cfg, model, tokenizer, loaded)
+    objective = cfg.train.objective
+    preference = objective in ("dpo", "apo_zero", "apo_down")
+    data = build_data(cfg, tokenizer, dist)
+    ref = None
+    if preference:
+        ref_path = cfg.train.ref_model or cfg.model.init_from
+        if ref_path is None:
+            raise ConfigError("dpo/apo needs a reference model: set train.ref_model or model.init_from")
+        ref = load_pretrained(ref_path, device=dist.device, dtype=_amp_dtype(cfg) or torch.float32).eval()
+        ref.requires_grad_(False)
+        ref.attn_backend = cfg.model.attn_backend
+
+    model.to(dist.device)
+    if cfg.train.activation_checkpointing:
+        D.apply_activation_checkpointing(model)
+    if cfg.train.compile:
+        D.apply_compile(model)
+    fsdp = dist.world > 1 and cfg.train.fsdp
+    if dist.world > 1 and not cfg.train.fsdp:
+        raise ConfigError("under torchrun, train.fsdp must be true (plain data parallel is FSDP with one shard group)")
+    if fsdp:
+        D.apply_fsdp(model, param_dtype=_amp_dtype(cfg))
+    optimizer = build_optimizer(model, cfg.optim)
+
+    step = 0
+    resume = find_resume_point(out, cfg.checkpoint.resume)
+    if resume is not None:
+        step = load_checkpoint(resume, model, optimizer, data, dist)
+        if dist.is_main:
+            print(f"resumed from {resume} at step {step}")
+    metrics = _Metrics(out / "metrics.jsonl", dist, truncate_after=step, tensorboard=cfg.log.tensorboard)
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(dump_config(cfg))
+
+    autocast = _autocast(cfg, dist, fsdp)
+    peak = _peak_flops(dist.device) * dist.world
+    flops_per_token = model.config.flops_per_token(cfg.data.seq_len)
+    pbar = _progress(cfg.train.steps, step, dist)
+    last_saved = step
+    model.train()
+    t0 = time.perf_counter()
+    for step in range(step, cfg.train.steps):
+        set_lr(optimizer, cfg.optim.lr * lr_factor(step, cfg.train.steps, cfg.optim))
+        micro = data.next_step()  # this rank's micro-batches for the global step
+        denom = _global_count(micro, preference, dist)
+        loss_sum = torch.zeros((), device=dist.device)
+        tokens = 0
+        for batch in micro:
+            batch = {k: v.to(dist.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            with autocast:
+                if preference:
+                    loss = _preference_step(model, ref, batch, cfg)
+                else:
+                    loss = model(batch["input_ids"], batch["position_ids"], labels=batch["labels"]).sum()
+            (loss * dist.world / denom).backward()
+            loss_sum += loss.detach()
+            tokens += batch["input_ids"].numel()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
+        loss_value = dist.all_reduce_sum(loss_sum).item() / denom
+        grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+        if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
+            optimizer.zero_grad(set_to_none=True)
+            raise TrainingDiverged(
+                f"step {step + 1}: loss {loss_value} / grad norm {grad_norm} is not finite; stopped without updating. "
+                f"The last good checkpoint is step {last_saved} in {out / 'checkpoints'}; lower optim.lr or check "
+                "the data, then resume")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        elapsed = time.perf_counter() - t0
+        global_tokens = tokens * dist.world
+        record = {"step": done, "loss": loss_value, "lr": optimizer.param_groups[0]["lr"], "grad_norm": grad_norm,
+                  "tokens_per_s": global_tokens / elapsed}
+        if peak:
+            record["mfu"] = record["tokens_per_s"] * flops_per_token / peak
+        metrics.log(record, force=done % cfg.log.every == 0 or done == cfg.train.steps)
+        pbar.update(record)
+        t0 = time.perf_counter()
+        if done % cfg.checkpoint.every == 0 or done == cfg.train.steps:
+            save_checkpoint(out, done, model, optimizer, data, dist, cfg, tokenizer)
+            last_saved = done
+    pbar.close()
+    metrics.close()
+    D.close_distributed()
+    return {"steps": cfg.train.steps, "out_dir": str(out)}
+
+
+def _preference_step(model, ref, batch, cfg: TrainConfig) -> torch.Tensor:
+    """Sum over this micro-batch's pairs of the DPO/APO loss. `segments` maps each token to 2*pair (chosen) or
+    2*pair+1 (rejected), -1 for prompt and padding; log-probs are sums of label log-likelihoods per segment."""
+    seg, n_pairs = batch["segments"], batch["num_pairs"]
+
+    def logps(m):
+        nll = m(batch["input_ids"], batch["position_ids"], labels=batch["labels"])
+        sums = torch.zeros(2 * n_pairs, dtype=torch.float32, device=nll.device)
+        keep = seg >= 0
+        return sums.index_add(0, seg[keep], -nll[keep].float())
+
+    policy = logps(model)
+    with torch.no_grad():
+        reference = batch["ref_logps"] if "ref_logps" in batch else logps(ref)
+    loss, _, _ = preference_loss(policy[0::2], policy[1::2], reference[0::2], reference[1::2],
+                                 loss_type="sigmoid" if cfg.train.objective == "dpo" else cfg.train.objective,
+                                 beta=cfg.train.beta, label_smoothing=cfg.train.label_smoothing)
+    return loss * n_pairs  # a sum over pairs; the caller divides by the global pair count
+
+
+def _global_count(micro: list[dict], preference: bool, dist) -> float:
+    if preference:
+        n = sum(b["num_pairs"] for b in micro)
+    else:
+        n = sum(int((b["labels"] != -100).sum()) for b in micro)
+    total = dist.all_reduce_sum(torch.tensor(float(n), device=dist.device)).item()
+    return max(total, 1.0)
+
+
+def _amp_dtype(cfg: TrainConfig):
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": None}[cfg.train.dtype]
+
+
+def _autocast(cfg: TrainConfig, dist, fsdp: bool):
+    dtype = _amp_dtype(cfg)
+    if dtype is None or fsdp:  # FSDP casts parameters itself (MixedPrecisionPolicy); fp32 runs need nothing
+        return contextlib.nullcontext()
+    return torch.autocast(dist.device.type, dtype=dtype)
+
+
+def _peak_flops(device: torch.device) -> float:
+    if device.type != "cuda":
+        return 0.0
+    name = torch.cuda.get_device_name(device)
+    return next((v * 1e12 for k, v in PEAK_BF16_TFLOPS.items() if k in name), 0.0)
+
+
+class _Metrics:
+    """metrics.jsonl (rank 0), rewritten on resume to hold only steps up to the resumed one; TensorBoard if present."""
+
+    def __init__(self, path: Path, dist, truncate_after: int, tensorboard: bool):
+        self.main = dist.is_main
+        self.file = self.tb = None
+        if not self.main:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        kept = []
+        if path.exists():
+            kept = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= truncate_after]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(ln + "\n" for ln in kept))
+        tmp.replace(path)
+        self.file = open(path, "a")
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(path.parent / "tensorboard"))
+            except ImportError:
+                self.tb = None
+
+    def log(self, record: dict, force: bool):
+        if not self.main:
+            return
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.tb is not None and force:
+            for k, v in record.items():
+                if k != "step":
+                    self.tb.add_scalar(f"train/{k}", v, record["step"])
+
+    def close(self):
+        if self.file:
+            self.file.close()
+        if self.tb:
+            self.tb.close()
+
+
+class _progress:
+    def __init__(self, total: int, start: int, dist):
+        self.bar = None
+        if dist.is_main:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
+
+    def update(self, r: dict):
+        if self.bar is not None:
+            post = {"loss": f"{r['loss']:.4f}", "lr": f"{r['lr']:.2e}", "gnorm": f"{r['grad_norm']:.2f}",
+                    "tok/s": f"{r['tokens_per_s']:,.0f}"}
+            if "mfu" in r:
+                post["mfu"] = f"{r['mfu']:.1%}"
+            self.bar.set_postfix(post, refresh=False)
+            self.bar.update(1)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,43 @@
+"""Fixtures for the inference tests: a tiny random SmolLM3 with a real (small, trained) tokenizer, and the real
+SmolLM2-135M-Instruct loaded once (tests/conftest.py converts it)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from smollm3 import build_model, load_tokenizer, preset, save_pretrained
+
+
+def randomise_(model, seed=0):
+    """Weights large enough that greedy decoding has clear winners (init-scale weights give near-uniform logits,
+    where rounding noise alone could flip an argmax)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(trained_tokenizer_dir, tmp_path_factory) -> Path:
+    """A 4-layer SmolLM3 (NoPE every 4th layer) with random weights, saved with a trained 768-token tokenizer."""
+    tok = load_tokenizer(trained_tokenizer_dir)
+    cfg = preset("tiny")
+    cfg.vocab_size = tok.vocab_size
+    cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
+    model = build_model(cfg)
+    randomise_(model)
+    out = tmp_path_factory.mktemp("tiny") / "tiny-smollm3"
+    save_pretrained(model, out, tokenizer=tok)
+    return out
+
+
+@pytest.fixture(scope="session")
+def smollm2_llm(smollm2_dir):
+    """The real SmolLM2-135M-Instruct in an LLM (fp32, CPU), shared by the real-weights tests."""
+    from smollm3.infer import LLM
+
+    return LLM(smollm2_dir, device="cpu", dtype=torch.float32, max_model_len=1024, max_num_seqs=16)

@@ -1,0 +1,171 @@
+"""The engine on a tiny random SmolLM3 (fp32 CPU): greedy tokens equal the reference one-prompt loop, batching and
+continuous batching change nothing, and stops, lengths, seeds, aborts and YaRN behave as documented."""
+
+import json
+
+import pytest
+import torch
+
+from smollm3 import ModelConfig, build_model, load_pretrained
+from smollm3.generate import generate as reference_generate
+from smollm3.infer import Engine, SamplingParams, extend_context, load_for_inference
+from smollm3.infer.engine import build_engine
+
+GREEDY = dict(temperature=0.0, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dir):
+    model = load_pretrained(tiny_dir, dtype=torch.float32)
+    engine, _ = build_engine(tiny_dir, device="cpu", dtype=torch.float32, max_num_seqs=4, max_model_len=256)
+    return model, engine
+
+
+def prompts(n_tokens, vocab, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, vocab, (n,), generator=g).tolist() for n in n_tokens]
+
+
+def test_greedy_batched_equals_reference_loop(tiny):
+    model, engine = tiny
+    ps = prompts([3, 17, 40, 90], model.config.vocab_size)
+    reqs = engine.generate(ps, SamplingParams(max_tokens=24, **GREEDY))
+    for p, r in zip(ps, reqs):
+        assert r.output_ids == reference_generate(model, p, max_new_tokens=24, temperature=0.0)
+        assert r.finish_reason == "length" and len(r.output_ids) == 24
+    assert engine.num_running == 0
+
+
+def test_continuous_batching_requests_join_and_leave(tiny):
+    """More requests than slots, arriving while others decode, with different lengths: each gets its solo tokens."""
+    model, engine = tiny
+    ps = prompts([5, 33, 12, 60, 8, 21], model.config.vocab_size, seed=1)
+    lengths = [6, 20, 9, 14, 25, 3]
+    alone = [engine.generate([p], SamplingParams(max_tokens=n, **GREEDY))[0].output_ids for p, n in zip(ps, lengths)]
+    reqs = [engine.add_request(p, SamplingParams(max_tokens=n, **GREEDY)) for p, n in zip(ps[:2], lengths[:2])]
+    for _ in range(3):
+        engine.step()
+    reqs += [engine.add_request(p, SamplingParams(max_tokens=n, **GREEDY)) for p, n in zip(ps[2:], lengths[2:])]
+    most_running = 0
+    while not all(r.finished for r in reqs):
+        engine.step()
+        most_running = max(most_running, engine.num_running)
+    assert most_running == engine.num_slots == 4
+    assert [r.output_ids for r in reqs] == alone
+
+
+def test_stop_string_cuts_text_and_stream_never_shows_it(tiny):
+    _, engine = tiny
+    p = prompts([10], engine.config.vocab_size, seed=2)[0]
+    full = engine.generate([p], SamplingParams(max_tokens=40, **GREEDY))[0].text
+    assert len(full) > 20
+    stop = full[len(full) // 2: len(full) // 2 + 3]
+    cut = full[:full.index(stop)]
+    deltas = []
+    r = engine.add_request(p, SamplingParams(max_tokens=40, stop=[stop], **GREEDY),
+                           on_update=lambda r: deltas.append(r.take_delta()))
+    while not r.finished:
+        engine.step()
+    assert r.text == cut and "".join(deltas) == cut
+    assert r.finish_reason == "stop" and r.stop_reason == stop
+
+
+def test_stop_token_ids_and_eos(tiny):
+    _, engine = tiny
+    p = prompts([10], engine.config.vocab_size, seed=3)[0]
+    out = engine.generate([p], SamplingParams(max_tokens=30, **GREEDY))[0].output_ids
+    stop_id = out[4]
+    r = engine.generate([p], SamplingParams(max_tokens=30, stop_token_ids=[stop_id], **GREEDY))[0]
+    assert r.output_ids == out[:out.index(stop_id) + 1]  # the stop id is the last token ...
+    assert r.finish_reason == "stop" and r.stop_reason == stop_id
+    assert r.text == engine.tokenizer.decode(out[:out.index(stop_id)])  # ... and not in the text
+    # the model's eos stops too unless ignore_eos: make the eos the token greedy picks next
+    eos_engine = Engine(engine.model, engine.tokenizer, max_model_len=128, eos_token_ids=[stop_id])
+    r = eos_engine.generate([p], SamplingParams(max_tokens=30, temperature=0.0))[0]
+    assert r.output_ids[-1] == stop_id and r.finish_reason == "stop"
+
+
+def test_context_limit(tiny):
+    model, _ = tiny
+    engine = Engine(model, None, max_model_len=64, max_num_seqs=2)
+    r = engine.generate(prompts([60], model.config.vocab_size), SamplingParams(max_tokens=100, **GREEDY))[0]
+    assert r.finish_reason == "length" and len(r.output_ids) == 4  # 60 + 4 = the whole context
+    with pytest.raises(ValueError, match="context is 64"):
+        engine.add_request(list(range(3, 67)), SamplingParams(max_tokens=1))
+    with pytest.raises(ValueError, match="empty"):
+        engine.add_request([], SamplingParams())
+    with pytest.raises(ValueError, match="token ids"):
+        engine.add_request([model.config.vocab_size], SamplingParams())
+    with pytest.raises(ValueError, match="top_p"):
+        engine.add_request([5], SamplingParams(top_p=0.0))
+    with pytest.raises(ValueError, match="KV cache"):
+        Engine(model, None, max_model_len=1024, kv_cache_memory=1000)
+
+
+def test_seed_gives_same_tokens_whatever_the_batch(tiny):
+    _, engine = tiny
+    ps = prompts([7, 30, 15], engine.config.vocab_size, seed=4)
+    sp = SamplingParams(max_tokens=16, temperature=1.0, top_p=0.95, seed=123)
+    alone = engine.generate([ps[0]], sp)[0].output_ids
+    mixed = engine.generate(ps, [sp, SamplingParams(max_tokens=16, temperature=1.0),
+                                 SamplingParams(max_tokens=5, temperature=0.7, seed=9)])
+    assert mixed[0].output_ids == alone
+    other = engine.generate([ps[0]], SamplingParams(max_tokens=16, temperature=1.0, top_p=0.95, seed=124))[0]
+    assert other.output_ids != alone
+
+
+def test_abort_frees_the_slot(tiny):
+    _, engine = tiny
+    r = engine.add_request(prompts([9], engine.config.vocab_size)[0], SamplingParams(max_tokens=200, **GREEDY))
+    engine.step()
+    engine.step()
+    assert r.slot is not None and engine.num_running == 1
+    engine.abort(r)
+    engine.step()
+    assert r.finish_reason == "abort" and engine.num_running == 0 and not engine.has_work()
+    assert engine.stats["aborted"] >= 1
+
+
+def test_repetition_penalty_changes_greedy_output(tiny):
+    """Random weights repeat themselves under greedy decoding; a strong penalty must break the loops."""
+    _, engine = tiny
+    p = prompts([6], engine.config.vocab_size, seed=5)[0]
+    plain = engine.generate([p], SamplingParams(max_tokens=40, **GREEDY))[0].output_ids
+    penalised = engine.generate([p], SamplingParams(max_tokens=40, repetition_penalty=5.0, **GREEDY))[0].output_ids
+    assert len(set(penalised)) > len(set(plain))
+
+
+def test_yarn_on_demand_in_memory_only(tiny_dir):
+    on_disk = json.loads((tiny_dir / "config.json").read_text())
+    notices = []
+    model, _, _ = load_for_inference(tiny_dir, device="cpu", dtype=torch.float32, max_model_len=2048,
+                                     log=notices.append)
+    assert notices and "x2" in notices[0]
+    assert model.config.max_position_embeddings == 2048
+    assert model.config.rope_scaling == {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 1024}
+    assert json.loads((tiny_dir / "config.json").read_text()) == on_disk  # never written back
+    # the same tables as a model whose config asks for YaRN from the start
+    cfg = ModelConfig.from_json(tiny_dir / "config.json")
+    cfg.max_position_embeddings, cfg.rope_scaling = 2048, {"rope_type": "yarn", "factor": 2.0,
+                                                           "original_max_position_embeddings": 1024}
+    ref = build_model(ModelConfig(**cfg.__dict__))
+    torch.testing.assert_close(model.model.rotary_emb.inv_freq, ref.model.rotary_emb.inv_freq)
+    assert model.model.rotary_emb.attention_scaling == ref.model.rotary_emb.attention_scaling > 1
+    # within the original context nothing changes
+    plain = load_pretrained(tiny_dir, dtype=torch.float32)
+    assert extend_context(plain, 1024) is None and plain.config.rope_scaling is None
+    engine = Engine(model, None, max_model_len=2048, max_num_seqs=1)
+    r = engine.generate([[3 + i % 700 for i in range(1500)]], SamplingParams(max_tokens=2, **GREEDY))[0]
+    assert len(r.output_ids) == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_decode_matches_eager(tiny_dir):
+    model = load_pretrained(tiny_dir, device="cuda", dtype=torch.float32)
+    ps = prompts([5, 40, 300], model.config.vocab_size)
+    sp = SamplingParams(max_tokens=32, **GREEDY)
+    eager = Engine(model, None, max_model_len=512, cuda_graphs=False).generate(ps, sp)
+    graphs = Engine(model, None, max_model_len=512, cuda_graphs=True)
+    out = graphs.generate(ps, sp)
+    assert graphs._graphs and [r.output_ids for r in out] == [r.output_ids for r in eager]

@@ -1,0 +1,73 @@
+"""Batched sampling: the exponential race draws from the right distribution, filters keep the right tokens, the
+repetition penalty is transformers' own, and parameters are checked."""
+
+import pytest
+import torch
+
+from smollm3.infer.sampling import (SamplingParams, apply_repetition_penalty, generation_defaults,
+                                    sampling_scores)
+
+PROBS = torch.tensor([0.5, 0.3, 0.15, 0.05])
+
+
+def draw(n, **kw):
+    """n independent draws from PROBS (one row each), with per-row params."""
+    torch.manual_seed(0)
+    params = [SamplingParams(**{"temperature": 1.0, "top_p": 1.0, "top_k": 0, **kw})] * n
+    scores = sampling_scores(PROBS.log().expand(n, -1), params, [None] * n)
+    return torch.bincount(scores.argmax(-1), minlength=4).float() / n
+
+
+def test_exponential_race_samples_the_distribution():
+    torch.testing.assert_close(draw(40000), PROBS, atol=0.01, rtol=0)
+
+
+@pytest.mark.parametrize("kw, expected", [
+    (dict(top_p=0.7), [0.5 / 0.8, 0.3 / 0.8, 0, 0]),  # mass before the 3rd token is 0.8 >= 0.7: it is dropped
+    (dict(top_k=2), [0.5 / 0.8, 0.3 / 0.8, 0, 0]),
+    (dict(min_p=0.25), [0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0]),  # keeps p >= 0.25 * 0.5
+    (dict(top_k=1), [1.0, 0, 0, 0]),
+    (dict(temperature=0.5), (PROBS**2 / (PROBS**2).sum()).tolist()),
+])
+def test_filters(kw, expected):
+    torch.testing.assert_close(draw(20000, **kw), torch.tensor(expected), atol=0.015, rtol=0)
+
+
+def test_greedy_rows_mix_with_sampled_rows_and_seeds_are_per_row():
+    logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(1))
+    params = [SamplingParams(temperature=0.0, top_p=1.0, top_k=0), SamplingParams(temperature=1.0, top_p=1.0,
+                                                                                   top_k=0, seed=5)] * 2
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    a = sampling_scores(logits[[0, 1]], params[:2], [None, g1]).argmax(-1)
+    b = sampling_scores(logits[[2, 1]], params[2:], [None, g2]).argmax(-1)  # another batch, same seeded row
+    assert a[0] == logits[0].argmax() and b[0] == logits[2].argmax()
+    assert a[1] == b[1]
+
+
+def test_repetition_penalty_matches_transformers():
+    transformers = pytest.importorskip("transformers")
+    logits = torch.randn(2, 30, generator=torch.Generator().manual_seed(2))
+    ids = torch.tensor([[1, 5, 5, 7], [0, 29, 3, 3]])
+    seen = torch.zeros(2, 30, dtype=torch.bool).scatter_(1, ids, True)
+    ours = apply_repetition_penalty(logits, seen, torch.tensor([1.3, 1.3]))
+    theirs = transformers.RepetitionPenaltyLogitsProcessor(1.3)(ids, logits.clone())
+    torch.testing.assert_close(ours, theirs)
+
+
+@pytest.mark.parametrize("kw, name", [
+    (dict(max_tokens=0), "max_tokens"), (dict(temperature=-1), "temperature"), (dict(top_p=0), "top_p"),
+    (dict(top_p=1.5), "top_p"), (dict(top_k=-2), "top_k"), (dict(min_p=2), "min_p"),
+    (dict(repetition_penalty=0), "repetition_penalty"), (dict(stop=[""]), "stop"),
+    (dict(stop_token_ids=[-1]), "stop_token_ids"),
+])
+def test_bad_params_name_the_field(kw, name):
+    with pytest.raises(ValueError, match=name):
+        SamplingParams(**kw).resolve({})
+
+
+def test_defaults_from_generation_config():
+    assert generation_defaults({}) == {"temperature": 0.6, "top_p": 0.95}  # SmolLM3's recommendation
+    assert generation_defaults({"temperature": 0.3, "top_k": 20}) == {"temperature": 0.3, "top_p": 0.95, "top_k": 20}
+    assert generation_defaults({"do_sample": False})["temperature"] == 0.0
+    p = SamplingParams(top_p=0.5).resolve(generation_defaults({"temperature": 0.3}))
+    assert (p.temperature, p.top_p, p.top_k) == (0.3, 0.5, 0)

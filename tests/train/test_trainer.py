@@ -1,0 +1,177 @@
+"""The training loop on CPU: exact resume after SIGKILL, 2-process FSDP2 (gloo) against 1 process, stage
+transitions and the errors bad configs get before any compute."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+from smollm3.config import ConfigError
+from smollm3.data.shards import ShardWriter
+from smollm3.train.config import load_train_config
+from smollm3.train.trainer import TrainingDiverged, train
+
+VOCAB = 320
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """A byte-level BPE tokenizer of 320 ids and two shard folders of learnable documents (runs of counting)."""
+    from tokenizers import Tokenizer as HFTok
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    from smollm3.tokenizer import Tokenizer
+
+    root = tmp_path_factory.mktemp("train")
+    hf = HFTok(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<pad>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    hf.train_from_iterator(["one two three four five six seven eight nine ten"] * 50, trainer)
+    Tokenizer(hf, bos_token="<s>", eos_token="</s>", pad_token="<pad>").save(root / "tok")
+    rng = np.random.default_rng(0)
+    for name, step in (("a", 1), ("b", 2)):
+        with ShardWriter(root / name / "000.ds", 2, "test") as w:
+            for _ in range(300):
+                start = int(rng.integers(3, 150))
+                w.write(list(range(start, min(VOCAB - 1, start + step * int(rng.integers(8, 40))), step)) + [2])
+    return root
+
+
+def write_config(assets, out, **over) -> str:
+    cfg = {
+        "out_dir": str(out),
+        "model": {"preset": "tiny", "overrides": {"vocab_size": VOCAB}},
+        "data": {"kind": "pretrain", "tokenizer": str(assets / "tok"), "seq_len": 64,
+                 "stages": [{"start_tokens": 0, "weights": {str(assets / "a"): 0.7, str(assets / "b"): 0.3}},
+                            {"start_tokens": 64 * 2 * 6, "weights": {str(assets / "a"): 0.2,
+                                                                     str(assets / "b"): 0.8}}]},
+        "train": {"steps": 12, "micro_batch": 2, "grad_accum": 2, "dtype": "float32"},
+        "optim": {"lr": 3e-3, "warmup_steps": 3, "schedule": "wsd", "decay_fraction": 0.25},
+        "checkpoint": {"every": 4, "keep": 2},
+        "log": {"every": 1, "tensorboard": False},
+    }
+    for key, value in over.items():
+        if "__" in key:
+            section, name = key.split("__")
+            cfg[section][name] = value
+        else:
+            cfg[key] = value
+    path = out.parent / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def losses(out) -> list[float]:
+    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def run_cli(config, *extra, nproc=1, check=True):
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "smollm3.cli", "train", config, *extra]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "smollm3.cli", "train", config, *extra]
+    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_sigkill_then_resume_is_bitwise_identical(assets, tmp_path):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    run_cli(write_config(assets, full))
+    cfg = write_config(assets, killed)
+    proc = subprocess.Popen([sys.executable, "-m", "smollm3.cli", "train", cfg], env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline:  # kill once step 6 is logged: checkpoint 4 exists, checkpoint 8 does not
+        if (killed / "metrics.jsonl").exists() and len(losses(killed)) >= 6:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 6 <= len(losses(killed)) < 12, "the run must die mid-way"
+    run_cli(cfg)  # resume: auto
+    assert losses(killed) == losses(full)  # bitwise: floats compared exactly
+    assert losses(full)[-1] < 0.85 * losses(full)[0]  # and it learns
+    kept = sorted(p.name for p in (full / "checkpoints").iterdir())
+    assert kept == ["step_00000008", "step_00000012"]  # keep: 2
+
+
+def test_two_process_fsdp_matches_one_process_and_resumes_in_one(assets, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_cli(write_config(assets, one, train__steps=6, train__micro_batch=2, train__grad_accum=1,
+                         checkpoint__every=2))
+    run_cli(write_config(assets, two, train__steps=4, train__micro_batch=1, train__grad_accum=1,
+                         checkpoint__every=4), nproc=2)
+    a, b = np.array(losses(one)[:4]), np.array(losses(two))
+    assert np.max(np.abs(a - b) / np.abs(a)) <= 1e-5
+    # the 2-process checkpoint continues in 1 process, on the same global batches
+    cont = write_config(assets, tmp_path / "cont", train__steps=6, train__micro_batch=2, train__grad_accum=1,
+                        checkpoint__resume=str(two / "checkpoints" / "step_00000004"))
+    run_cli(cont)
+    c = np.array(losses(tmp_path / "cont"))
+    assert len(c) == 2 and np.max(np.abs(c - np.array(losses(one)[4:])) / c) <= 1e-5
+
+
+def test_checkpoint_exports_an_hf_directory(assets, tmp_path):
+    from smollm3 import load_pretrained
+
+    train(load_train_config(write_config(assets, tmp_path / "r", train__steps=2, checkpoint__every=2)))
+    model = load_pretrained(tmp_path / "r" / "checkpoints" / "step_00000002" / "hf")
+    assert model.config.vocab_size == VOCAB
+    saved = yaml.safe_load((tmp_path / "r" / "checkpoints" / "step_00000002" / "config.yaml").read_text())
+    assert saved["train"]["steps"] == 2 and saved["optim"]["betas"] == [0.9, 0.95]
+
+
+def test_long_context_stage_transition(assets, tmp_path):
+    """A stage that starts from a checkpoint raises the sequence length, which needs a RoPE change."""
+    base = tmp_path / "base"
+    train(load_train_config(write_config(assets, base, train__steps=2, checkpoint__every=2)))
+    hf = str(base / "checkpoints" / "step_00000002" / "hf")
+    stage = {"init_from": hf, "overrides": {"max_position_embeddings": 2048}}
+    with pytest.raises(ConfigError, match="RoPE is unchanged"):
+        train(load_train_config(write_config(assets, tmp_path / "lc", model=stage, data__seq_len=1536)))
+    stage["overrides"]["rope_theta"] = 100_000.0
+    train(load_train_config(write_config(assets, tmp_path / "lc2", model=stage, data__seq_len=128,
+                                         train__steps=1, checkpoint__every=1)))
+    from smollm3.checkpoint import load_config
+
+    out = load_config(tmp_path / "lc2" / "checkpoints" / "step_00000001" / "hf")
+    assert out.rope_theta == 100_000.0 and out.max_position_embeddings == 2048
+
+
+def test_bad_configs_are_refused_before_compute(assets, tmp_path):
+    with pytest.raises(ConfigError, match=r"'stpes' \(did you mean 'steps'\?\)"):
+        load_train_config(write_config(assets, tmp_path / "x"), ["train.stpes=3"])
+    with pytest.raises(ConfigError, match=r"tokenizer has \d+ ids but the model's vocabulary is 100"):
+        train(load_train_config(write_config(assets, tmp_path / "x"), ["model.overrides.vocab_size=100"]))
+    with pytest.raises(ConfigError, match="exceeds the model's max_position_embeddings 1024"):
+        train(load_train_config(write_config(assets, tmp_path / "x"), ["data.seq_len=2048"]))
+    base = tmp_path / "base"
+    train(load_train_config(write_config(assets, base, train__steps=1, checkpoint__every=1)))
+    hf = str(base / "checkpoints" / "step_00000001" / "hf")
+    with pytest.raises(ConfigError, match=r"change the shape of the checkpoint .* \(hidden_size\)"):
+        train(load_train_config(write_config(assets, tmp_path / "y", model={"init_from": hf,
+                                                                           "overrides": {"hidden_size": 128}})))
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(assets, tmp_path):
+    out = tmp_path / "d"
+    cfg = load_train_config(write_config(assets, out, train__steps=40, checkpoint__every=1),
+                            ["optim.lr=1e6", "optim.clip_grad=1e30", "optim.warmup_steps=0"])
+    with pytest.raises(TrainingDiverged, match="not finite; stopped without updating") as e:
+        train(cfg)
+    step = int(str(e.value).split("last good checkpoint is step ")[1].split()[0])
+    assert (out / "checkpoints" / f"step_{step:08d}" / "COMPLETE").exists()

@@ -4,7 +4,7 @@ with a 32k-vocabulary byte-level BPE tokenizer.
     python benchmarks/data_prepare.py [--corpus runs/corpus] [--work runs/bench-data] [--workers 1 2]
 
 The corpus is `smollm3 corpus build`'s output (built first if missing). A 32,768-id tokenizer is trained on it
-once with `smollm3.tokenizer.train_tokenizer`. Each worker count runs into a fresh output folder. Reported per run:
+once with `smollm3 tokenizer train`. Each worker count runs into a fresh output folder. Reported per run:
 wall-clock MB/s, MB/s per worker, and MB per CPU-second (CPU time of the process and its workers), which is the
 per-core figure that stays meaningful when other jobs share the machine. Results go to
 benchmarks/results/<date>-data-prepare.{json,md}.
@@ -19,7 +19,6 @@ import platform
 import shutil
 import subprocess
 import sys
-import time
 from datetime import date
 from pathlib import Path
 
@@ -47,20 +46,22 @@ def main():
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--vocab-size", type=int, default=32768)
     ap.add_argument("--chunk-mb", type=float, default=8.0, help="small enough that every worker gets units")
+    ap.add_argument("--name", default="", help="suffix of the result files (e.g. the machine)")
     args = ap.parse_args()
 
     from smollm3.data.prepare import prepare
-    from smollm3.tokenizer import load_tokenizer, train_tokenizer
+    from smollm3.tokenizer import load_tokenizer
 
     corpus, work = Path(args.corpus), Path(args.work)
     if not (corpus / "manifest.json").exists():
         subprocess.run([sys.executable, "-m", "smollm3.cli", "corpus", "build", "--out", str(corpus)], check=True)
     inputs = sorted(corpus.rglob("*.jsonl"))
     tok_dir = work / f"tok{args.vocab_size // 1024}k"
-    if not (tok_dir / "tokenizer.json").exists():
-        t = time.perf_counter()
-        train_tokenizer(inputs, args.vocab_size, tok_dir, show_progress=False)
-        print(f"trained {tok_dir} in {time.perf_counter() - t:.0f} s")
+    if not (tok_dir / "tokenizer.json").exists():  # in a subprocess: training may use every core, we may not
+        subprocess.run([sys.executable, "-m", "smollm3.cli", "tokenizer", "train", "--corpus", *map(str, inputs),
+                        "--vocab-size", str(args.vocab_size), "--out", str(tok_dir)], check=True,
+                       env={k: v for k, v in os.environ.items() if k not in ("RAYON_NUM_THREADS",
+                                                                              "TOKENIZERS_PARALLELISM")})
     vocab = load_tokenizer(tok_dir).vocab_size
     input_mb = sum(p.stat().st_size for p in inputs) / 1e6
     runs = []
@@ -83,7 +84,7 @@ def main():
                           "python": platform.python_version(), "os": platform.platform()},
               "command": command.strip(), "tokenizer": {"path": str(tok_dir), "vocab_size": vocab},
               "input": {"corpus": str(corpus), "files": len(inputs), "mb": round(input_mb, 2)}, "runs": runs}
-    stem = ROOT / "benchmarks" / "results" / f"{result['date']}-data-prepare"
+    stem = ROOT / "benchmarks" / "results" / f"{result['date']}-data-prepare{'-' + args.name if args.name else ''}"
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"# data prepare throughput ({result['date']})", "",
@@ -91,7 +92,7 @@ def main():
              f"{result['machine']['python']} ({result['machine']['os']}); shared with other jobs, so the load "
              "average before each run is listed"),
              f"- command: `{result['command']}`",
-             f"- tokenizer: byte-level BPE trained by `smollm3.tokenizer.train_tokenizer`, {vocab} ids (uint16 shards)",
+             f"- tokenizer: byte-level BPE trained by `smollm3 tokenizer train` on the same corpus, {vocab} ids (uint16 shards)",
              (f"- input: `smollm3 corpus build` output, {len(inputs)} JSONL files, {input_mb:.1f} MB "
              "(six languages of prose + Python stdlib)"), "",
              "| workers | MB | seconds | MB/s | MB/s per worker | MB per CPU-second | tokens | bytes/token | load avg |",

@@ -207,13 +207,14 @@ def test_labels_give_per_token_nll_equal_to_logits_cross_entropy():
     model = build_model(cfg)
     randomise_(model)
     x = tokens(20)
-    labels = x.clone()
+    labels = torch.full_like(x, -100)
+    labels[:, :-1] = x[:, 1:]  # shifted: position t predicts token t + 1
     labels[:, 5] = -100
     nll = model(x, labels=labels)
     logp = torch.log_softmax(model(x).float(), -1)
-    ref = -logp[:, :-1].gather(-1, x[:, 1:, None])[..., 0]  # token t+1 given tokens <= t
-    ref[:, 4] = 0  # label 5 is ignored
-    assert nll.shape == x.shape and torch.all(nll[:, 0] == 0)
-    assert (nll[:, 1:] - ref).abs().max() <= 1e-5
+    ref = -logp[:, :-1].gather(-1, x[:, 1:, None])[..., 0]
+    ref[:, 5] = 0
+    assert nll.shape == x.shape and torch.all(nll[:, -1] == 0)
+    assert (nll[:, :-1] - ref).abs().max() <= 1e-5
     nll.sum().backward()  # gradients flow through the chunked path
     assert model.model.embed_tokens.weight.grad is not None

@@ -128,7 +128,9 @@ def chat_template(name: str = "smollm3") -> str:
         return source
     if name == "official":
         return "{%- set official_format = true -%}\n" + source
-    raise ChatError(f"unknown template {name!r}: use 'smollm3', 'official', or pass a template string "
+    if name == "chatml":  # reasoning mid-training: plain ChatML, every token trained
+        return _read_template("chatml")
+    raise ChatError(f"unknown template {name!r}: use 'smollm3', 'official', 'chatml', or pass a template string "
                     "(e.g. a model's chat_template.jinja)")
 
 

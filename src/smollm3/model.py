@@ -207,18 +207,15 @@ class SmolLM3ForCausalLM(nn.Module):
         self.attn_backend = "auto"  # "sdpa" | "flex" | "varlen" | "auto"; see smollm3.attention
 
     def forward(self, input_ids, position_ids=None, cache: KVCache | None = None, labels=None):
-        """-> logits [B, T, vocab]. With `labels` (aligned with input_ids as in transformers, -100 = no loss) ->
-        the negative log-likelihood of each label token given the tokens before it, [B, T] fp32 (0 at position 0
-        and wherever the label is -100), computed in chunks so the fp32 logits never exist whole."""
+        """-> logits [B, T, vocab]. With `labels` -> the negative log-likelihood of each label, [B, T] fp32 (0 where
+        the label is -100), computed in chunks so the fp32 logits never exist whole. Labels are shifted, the
+        project's convention (train/losses.py, data/): labels[t] is the token that position t predicts."""
         hidden = self.model(input_ids, position_ids, cache, self.attn_backend)
         if labels is None:
             return self.lm_head(hidden)
         from smollm3.train.losses import chunked_cross_entropy
 
-        targets = torch.full_like(labels, -100)
-        targets[:, :-1] = labels[:, 1:]  # position t predicts token t + 1
-        nll = chunked_cross_entropy(hidden, self.lm_head.weight, targets, reduction="none")
-        return F.pad(nll[:, :-1], (1, 0))
+        return chunked_cross_entropy(hidden, self.lm_head.weight, labels, reduction="none")
 
     @torch.no_grad()
     def init_weights(self, generator: torch.Generator | None = None):

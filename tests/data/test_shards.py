@@ -113,3 +113,18 @@ def test_other_corruptions_are_refused_with_their_reason(tmp_path):
         open_shard(path)
     with pytest.raises(ShardError, match="no .ds shards"):
         find_shards(tmp_path / "empty" if (tmp_path / "empty").mkdir() is None else None)
+
+
+@pytest.mark.parametrize("token_size", [2, 4])
+def test_our_shards_are_byte_identical_to_datatrove_layout(tmp_path, token_size):
+    """What we write is what datatrove writes for the same documents, so nanotron reads our shards."""
+    rng = np.random.default_rng(2)
+    docs = _docs(rng, 30, 60_000)
+    with ShardWriter(tmp_path / "ours.ds", token_size, tokenizer_name="tok") as w:
+        for d in docs:
+            w.write(d)
+    write_datatrove_shard(tmp_path / "theirs.ds", docs, token_size, None)
+    for suffix in (".ds", ".ds.index"):
+        assert (tmp_path / f"ours{suffix}").read_bytes() == (tmp_path / f"theirs{suffix}").read_bytes()
+    head = (tmp_path / "ours.ds.metadata").read_text().splitlines()
+    assert head[0] == f"tok|{token_size}" and int(head[1]) == sum(map(len, docs))

@@ -11,7 +11,7 @@ from smollm3.generate import generate as reference_generate
 from smollm3.infer import Engine, SamplingParams, extend_context, load_for_inference
 from smollm3.infer.engine import build_engine
 
-GREEDY = dict(temperature=0.0, ignore_eos=True)
+GREEDY = {"temperature": 0.0, "ignore_eos": True}
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,7 @@ repetition penalty is transformers' own, and parameters are checked."""
 import pytest
 import torch
 
-from smollm3.infer.sampling import (SamplingParams, apply_repetition_penalty, generation_defaults,
-                                    sampling_scores)
+from smollm3.infer.sampling import SamplingParams, apply_repetition_penalty, generation_defaults, sampling_scores
 
 PROBS = torch.tensor([0.5, 0.3, 0.15, 0.05])
 
@@ -23,11 +22,11 @@ def test_exponential_race_samples_the_distribution():
 
 
 @pytest.mark.parametrize("kw, expected", [
-    (dict(top_p=0.7), [0.5 / 0.8, 0.3 / 0.8, 0, 0]),  # mass before the 3rd token is 0.8 >= 0.7: it is dropped
-    (dict(top_k=2), [0.5 / 0.8, 0.3 / 0.8, 0, 0]),
-    (dict(min_p=0.25), [0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0]),  # keeps p >= 0.25 * 0.5
-    (dict(top_k=1), [1.0, 0, 0, 0]),
-    (dict(temperature=0.5), (PROBS**2 / (PROBS**2).sum()).tolist()),
+    ({"top_p": 0.7}, [0.5 / 0.8, 0.3 / 0.8, 0, 0]),  # mass before the 3rd token is 0.8 >= 0.7: it is dropped
+    ({"top_k": 2}, [0.5 / 0.8, 0.3 / 0.8, 0, 0]),
+    ({"min_p": 0.25}, [0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0]),  # keeps p >= 0.25 * 0.5
+    ({"top_k": 1}, [1.0, 0, 0, 0]),
+    ({"temperature": 0.5}, (PROBS**2 / (PROBS**2).sum()).tolist()),
 ])
 def test_filters(kw, expected):
     torch.testing.assert_close(draw(20000, **kw), torch.tensor(expected), atol=0.015, rtol=0)
@@ -55,10 +54,10 @@ def test_repetition_penalty_matches_transformers():
 
 
 @pytest.mark.parametrize("kw, name", [
-    (dict(max_tokens=0), "max_tokens"), (dict(temperature=-1), "temperature"), (dict(top_p=0), "top_p"),
-    (dict(top_p=1.5), "top_p"), (dict(top_k=-2), "top_k"), (dict(min_p=2), "min_p"),
-    (dict(repetition_penalty=0), "repetition_penalty"), (dict(stop=[""]), "stop"),
-    (dict(stop_token_ids=[-1]), "stop_token_ids"),
+    ({"max_tokens": 0}, "max_tokens"), ({"temperature": -1}, "temperature"), ({"top_p": 0}, "top_p"),
+    ({"top_p": 1.5}, "top_p"), ({"top_k": -2}, "top_k"), ({"min_p": 2}, "min_p"),
+    ({"repetition_penalty": 0}, "repetition_penalty"), ({"stop": [""]}, "stop"),
+    ({"stop_token_ids": [-1]}, "stop_token_ids"),
 ])
 def test_bad_params_name_the_field(kw, name):
     with pytest.raises(ValueError, match=name):

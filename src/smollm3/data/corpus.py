@@ -17,6 +17,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import lzma
 import os
 import platform
 import re
@@ -135,11 +136,14 @@ def _tar_files(deb: Path, name: str, data: bytes, pattern: re.Pattern) -> dict[s
     else:
         mode = "r|*"
     out = {}
-    with tarfile.open(fileobj=io.BytesIO(data), mode=mode) as tar:
-        for member in tar:
-            p = member.name.removeprefix("./")
-            if member.isfile() and pattern.search(p):
-                out[p] = tar.extractfile(member).read()
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode=mode) as tar:
+            for member in tar:
+                p = member.name.removeprefix("./")
+                if member.isfile() and pattern.search(p):
+                    out[p] = tar.extractfile(member).read()
+    except (tarfile.TarError, EOFError, OSError, lzma.LZMAError, zlib.error) as e:
+        raise CorpusError(f"{deb}: {name} is damaged ({e}); delete the file so it is downloaded again") from None
     return out
 
 
@@ -165,12 +169,17 @@ def fetch_debs(packages: list[str], cache: Path, debs_dir: Path | None = None) -
             f"Debian/Ubuntu machine (`apt-get download {' '.join(missing)}`) and pass the folder with --debs DIR, or "
             "skip the corpus and use your own text: any .jsonl/.parquet/.txt files go straight to "
             "`smollm3 tokenizer train --corpus` and `smollm3 data prepare --input`.")
-    for pkg in tqdm(missing, desc="apt-get download", unit="pkg"):
-        r = subprocess.run(["apt-get", "download", pkg], cwd=cache, capture_output=True, text=True, check=False)
-        if r.returncode != 0:
-            hint = (" (run `apt-get update` first: the package lists are empty or stale)"
-                    if "Unable to locate" in r.stderr or "has no installation candidate" in r.stderr else "")
-            raise CorpusError(f"apt-get download {pkg} failed{hint}: {r.stderr.strip().splitlines()[-1]}")
+    print(f"apt-get download {len(missing)} packages into {cache} ...", flush=True)
+    r = subprocess.run(["apt-get", "download", *missing], cwd=cache, capture_output=True, text=True, check=False)
+    if r.returncode != 0:  # one bad name fails the whole call: retry one by one to name it
+        for pkg in tqdm(missing, desc="apt-get download", unit="pkg"):
+            r = subprocess.run(["apt-get", "download", pkg], cwd=cache, capture_output=True, text=True, check=False)
+            if r.returncode != 0:
+                hint = (" (run `apt-get update` first: the package lists are empty or stale)"
+                        if "Unable to locate" in r.stderr or "no installation candidate" in r.stderr else "")
+                last = (r.stderr.strip().splitlines() or ["no message"])[-1]
+                raise CorpusError(f"apt-get download {pkg} failed{hint}: {last}")
+    for pkg in missing:
         hits = sorted(cache.glob(f"{pkg}_*.deb"))
         if not hits:
             raise CorpusError(f"apt-get download {pkg} succeeded but left no {pkg}_*.deb in {cache}")

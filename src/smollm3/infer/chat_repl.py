@@ -20,6 +20,7 @@ from pathlib import Path
 
 from smollm3.chat import render_chat
 from smollm3.infer.engine import Engine
+from smollm3.infer.openai_api import inline_tool_calls
 from smollm3.infer.sampling import SamplingParams
 from smollm3.parsing import StreamParser
 
@@ -53,6 +54,7 @@ class ChatSession:
         self.out = out or sys.stdout
         self.color = color
         self.messages: list[dict] = []
+        self._in_reasoning = False
         self.system = system
         if system:
             self.messages.append({"role": "system", "content": system})
@@ -63,7 +65,8 @@ class ChatSession:
     def send(self, text: str, role: str = "user"):
         """Add a user (or tool) message, stream the reply to `out`, and keep it in the history. -> ParsedOutput"""
         self.messages.append({"role": role, "content": text})
-        prompt = render_chat(self.messages, template=self.template, enable_thinking=self.enable_thinking,
+        prompt = render_chat(inline_tool_calls(self.messages, self.template), template=self.template,
+                             enable_thinking=self.enable_thinking,
                              tools=self.tools, add_generation_prompt=True)
         ids = self.engine.tokenizer.encode(prompt)
         room = self.engine.max_model_len - len(ids)
@@ -73,24 +76,8 @@ class ChatSession:
                              "/clear to start over")
         params = SamplingParams(**{**self.params.__dict__, "max_tokens": min(self.params.max_tokens, room)})
         parser = StreamParser(xml_tools=bool(self.tools), python_tools=False)
-        state = {"in_reasoning": False}
-
-        def show(delta):
-            if delta.reasoning and self.show_reasoning:
-                if not state["in_reasoning"]:
-                    self._write(self._dim("[thinking] "))
-                    state["in_reasoning"] = True
-                self._write(self._dim(delta.reasoning))
-            if delta.content or delta.tool_calls:
-                if state["in_reasoning"]:
-                    self._write("\n\n")
-                    state["in_reasoning"] = False
-                self._write(delta.content)
-                for call in delta.tool_calls:
-                    fn = call["function"]
-                    self._write(f"\n[tool call] {fn['name']}({fn['arguments']})\n")
-
-        req = self.engine.add_request(ids, params, on_update=lambda r: show(parser.feed(r.take_delta())))
+        self._in_reasoning = False
+        req = self.engine.add_request(ids, params, on_update=lambda r: self.show(parser.feed(r.take_delta())))
         try:
             while not req.finished:
                 self.engine.step()
@@ -99,16 +86,36 @@ class ChatSession:
             while not req.finished:
                 self.engine.step()
             self._write(" [stopped]")
-        show(parser.finish())
+        self.show(parser.finish())
         self._write("\n")
+        if req.finish_reason == "length":
+            self._write(self._dim(f"[reply cut at {len(req.output_ids)} tokens]\n"))
         parsed = parser.result()
-        reply = {"role": "assistant", "content": parsed.content}  # no reasoning in the history
+        self.remember(parsed)
+        return parsed
+
+    def show(self, delta):
+        """Print one ParsedDelta: reasoning dimmed (or not at all), then the answer and any tool calls."""
+        if delta.reasoning and self.show_reasoning:
+            if not self._in_reasoning:
+                self._write(self._dim("[thinking] "))
+                self._in_reasoning = True
+            self._write(self._dim(delta.reasoning))
+        if delta.content or delta.tool_calls:
+            if self._in_reasoning:
+                self._write("\n\n")
+                self._in_reasoning = False
+            self._write(delta.content)
+            for call in delta.tool_calls:
+                fn = call["function"]
+                self._write(f"\n[tool call] {fn['name']}({fn['arguments']})\n")
+
+    def remember(self, parsed):
+        """Keep a reply in the history: its answer and tool calls, never its reasoning."""
+        reply = {"role": "assistant", "content": parsed.content}
         if parsed.tool_calls:
             reply["tool_calls"] = parsed.tool_calls
         self.messages.append(reply)
-        if req.finish_reason == "length":
-            self._write(self._dim(f"[reply cut at {len(req.output_ids)} tokens]\n"))
-        return parsed
 
     def _dim(self, text: str) -> str:
         return f"{DIM}{text}{RESET}" if self.color else text

@@ -7,10 +7,13 @@ ignore_eos, chat_template_kwargs, `reasoning` / legacy `reasoning_content`).
 
 from __future__ import annotations
 
+import functools
+import json
 import re
 import time
 import uuid
 
+from smollm3.chat import ChatError, TemplateError, render_chat
 from smollm3.infer.constrain import NAME_RE, ToolCallConstraint
 from smollm3.infer.sampling import SamplingParams
 from smollm3.parsing import StreamParser
@@ -158,8 +161,41 @@ def chat_messages(raw) -> list[dict]:
     return out
 
 
-def strip_reasoning(text: str) -> str:
-    return _THINK.sub("", text)
+@functools.lru_cache(maxsize=8)
+def renders_tool_calls(template: str) -> bool:
+    """Does this chat template render an assistant message's `tool_calls` field? (Ours does; the official SmolLM3
+    template and plain ChatML ones ignore it.) Found by rendering a probe call."""
+    probe = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "probe_fn_7f3a", "arguments": {}}}]}]
+    try:
+        return "probe_fn_7f3a" in render_chat(probe, template=template)
+    except (ChatError, TemplateError):
+        return False
+
+
+def inline_tool_calls(messages: list[dict], template: str) -> list[dict]:
+    """For templates that ignore `tool_calls`, write past calls into the assistant content the way the model
+    writes them (<tool_call>{json}</tool_call>), so the model still sees what it called."""
+    if renders_tool_calls(template):
+        return messages
+    out = []
+    for m in messages:
+        if m.get("role") == "assistant" and m.get("tool_calls"):
+            blocks = []
+            for call in m["tool_calls"]:
+                fn = call.get("function", {}) if isinstance(call, dict) else {}
+                args = fn.get("arguments")
+                try:
+                    args = json.loads(args) if isinstance(args, str) else (args or {})
+                except json.JSONDecodeError:
+                    raise APIError(400, f"tool call arguments are not valid JSON: {args!r}"[:300],
+                                   param="messages") from None
+                blocks.append(f"<tool_call>\n{json.dumps({'name': fn.get('name'), 'arguments': args})}\n</tool_call>")
+            content = m.get("content") or ""
+            m = {k: v for k, v in m.items() if k != "tool_calls"}
+            m["content"] = (content + "\n" if content else "") + "\n".join(blocks)
+        out.append(m)
+    return out
 
 
 def chat_tools(raw) -> list[dict]:

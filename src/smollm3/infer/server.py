@@ -162,7 +162,7 @@ def create_app(state: ServerState) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         body = await json_body(request)
-        messages = oa.chat_messages(body.get("messages"))
+        messages = oa.inline_tool_calls(oa.chat_messages(body.get("messages")), state.chat_template)
         tools = oa.chat_tools(body.get("tools"))
         choice = oa.tool_choice(body.get("tool_choice"), tools)
         kwargs = oa._field(body, "chat_template_kwargs", dict, "an object", {})

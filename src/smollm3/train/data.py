@@ -34,4 +34,18 @@ def build_data(cfg, tokenizer, dist) -> StepData:
         loader = MixtureLoader(d.stages, d.seq_len, t.micro_batch, seed=d.seed, rank=dist.rank,
                                world_size=dist.world)
         return StepData(loader, t.grad_accum)
+    if d.kind in ("sft", "preference"):
+        if not d.paths:
+            raise ConfigError(f"data.paths is empty: give the JSONL files of the {d.kind} data")
+        if d.kind == "sft":
+            from smollm3.data.sft import SFTLoader
+
+            loader = SFTLoader(d.paths, tokenizer, d.seq_len, t.micro_batch, template=d.template, seed=d.seed,
+                               rank=dist.rank, world_size=dist.world)
+        else:
+            from smollm3.data.preference import PreferenceLoader
+
+            loader = PreferenceLoader(d.paths, tokenizer, t.micro_batch, max_length=d.seq_len,
+                                      template=d.template, seed=d.seed, rank=dist.rank, world_size=dist.world)
+        return StepData(loader, t.grad_accum)
     raise ConfigError(f"data.kind {d.kind!r} is unknown; choose pretrain, sft or preference")

@@ -23,6 +23,7 @@ class OptimConfig:
     clip_grad: float = 1.0
     schedule: str = "wsd"  # "wsd" | "cosine" | "constant"
     warmup_steps: int = 2000
+    warmup_ratio: float | None = None  # TRL-style: warmup over this fraction of the steps (wins over warmup_steps)
     decay_fraction: float = 0.1  # wsd: the final fraction of steps decays linearly to min_lr_ratio * lr
     min_lr_ratio: float = 0.0  # wsd and cosine floor, as a fraction of lr
     fused: bool | None = None  # None: fused on CUDA, foreach on CPU
@@ -62,8 +63,9 @@ def lr_factor(step: int, total_steps: int, cfg: OptimConfig) -> float:
     """Multiplier of cfg.lr at `step` (0-based; the update made at step s uses lr_factor(s)).
 
     Warmup is linear from lr/warmup to lr, as nanotron's `lr * step / warmup` counted from step 1."""
-    if cfg.warmup_steps and step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
+    warmup = round(cfg.warmup_ratio * total_steps) if cfg.warmup_ratio is not None else cfg.warmup_steps
+    if warmup and step < warmup:
+        return (step + 1) / warmup
     floor = cfg.min_lr_ratio
     if cfg.schedule == "constant":
         return 1.0
@@ -74,7 +76,7 @@ def lr_factor(step: int, total_steps: int, cfg: OptimConfig) -> float:
             return 1.0
         remaining = (total_steps - step) / decay_steps  # 1 at the start of the decay, 1/decay_steps at the last step
         return floor + (1 - floor) * remaining
-    progress = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
+    progress = (step - warmup) / max(1, total_steps - warmup)
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 

@@ -100,6 +100,10 @@ def train(cfg: TrainConfig) -> dict:
     check_compatible(cfg, model, tokenizer, loaded)
     objective = cfg.train.objective
     preference = objective in ("dpo", "apo_zero", "apo_down")
+    expected = "preference" if preference else ("sft" if objective == "sft" else None)
+    if expected and cfg.data.kind != expected or objective == "lm" and cfg.data.kind == "preference":
+        raise ConfigError(f"train.objective {objective!r} needs data.kind {expected or 'pretrain or sft'!r}, "
+                          f"not {cfg.data.kind!r}")
     data = build_data(cfg, tokenizer, dist)
     ref = None
     if preference:
@@ -128,7 +132,8 @@ def train(cfg: TrainConfig) -> dict:
         step = load_checkpoint(resume, model, optimizer, data, dist)
         if dist.is_main:
             print(f"resumed from {resume} at step {step}")
-    metrics = _Metrics(out / "metrics.jsonl", dist, truncate_after=step, tensorboard=cfg.log.tensorboard)
+    metrics = _Metrics(out / "metrics.jsonl", dist, truncate_after=step, tensorboard=cfg.log.tensorboard,
+                       wandb_project=cfg.log.wandb_project, run_config=cfg)
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(dump_config(cfg))
@@ -236,9 +241,9 @@ def _peak_flops(device: torch.device) -> float:
 class _Metrics:
     """metrics.jsonl (rank 0), rewritten on resume to hold only steps up to the resumed one; TensorBoard if present."""
 
-    def __init__(self, path: Path, dist, truncate_after: int, tensorboard: bool):
+    def __init__(self, path: Path, dist, truncate_after: int, tensorboard: bool, wandb_project=None, run_config=None):
         self.main = dist.is_main
-        self.file = self.tb = None
+        self.file = self.tb = self.wandb = None
         if not self.main:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -256,6 +261,15 @@ class _Metrics:
                 self.tb = SummaryWriter(str(path.parent / "tensorboard"))
             except ImportError:
                 self.tb = None
+        if wandb_project:
+            try:
+                import wandb
+            except ImportError:
+                raise ConfigError("log.wandb_project is set but wandb is not installed: pip install wandb") from None
+            from smollm3.train.config import config_to_dict
+
+            self.wandb = wandb.init(project=wandb_project, dir=str(path.parent), config=config_to_dict(run_config),
+                                    resume="allow")
 
     def log(self, record: dict, force: bool):
         if not self.main:
@@ -266,12 +280,16 @@ class _Metrics:
             for k, v in record.items():
                 if k != "step":
                     self.tb.add_scalar(f"train/{k}", v, record["step"])
+        if self.wandb is not None and force:
+            self.wandb.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=record["step"])
 
     def close(self):
         if self.file:
             self.file.close()
         if self.tb:
             self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
 
 
 class _progress:

@@ -1,0 +1,42 @@
+"""Acceptance 1: on the real SmolLM2-135M-Instruct (fp32 CPU) the engine's greedy tokens equal transformers'
+greedy `generate`, 64 new tokens, token for token; prompts of different lengths batched together give exactly the
+tokens each gets alone."""
+
+import pytest
+import torch
+
+from smollm3.infer import SamplingParams
+
+pytestmark = pytest.mark.real_weights
+
+PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):",
+    ("<|im_start|>user\nWrite a short poem about the sea, the wind and the old lighthouse keeper who watched over "
+    "the harbour for forty years.<|im_end|>\n<|im_start|>assistant\n"),
+]
+GREEDY_64 = SamplingParams(max_tokens=64, temperature=0.0, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def alone(smollm2_llm):
+    return [smollm2_llm.generate(p, GREEDY_64)[0].output_ids for p in PROMPTS]
+
+
+def test_greedy_equals_transformers_generate(smollm2_dir, smollm2_llm, alone):
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
+    for prompt, ours in zip(PROMPTS, alone):
+        ids = torch.tensor([smollm2_llm.tokenizer.encode(prompt)])
+        with torch.no_grad():
+            ref = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=64, do_sample=False,
+                              eos_token_id=None, pad_token_id=0)
+        assert ours == ref[0, ids.shape[1]:].tolist(), prompt
+        assert len(ours) == 64
+
+
+def test_batched_equals_alone(smollm2_llm, alone):
+    lengths = [len(smollm2_llm.tokenizer.encode(p)) for p in PROMPTS]
+    assert len(set(lengths)) == len(lengths)  # different lengths, right-padded into one prefill
+    batched = smollm2_llm.generate(PROMPTS, GREEDY_64)
+    assert [r.output_ids for r in batched] == alone

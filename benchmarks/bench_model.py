@@ -118,7 +118,8 @@ def main():
         hf = transformers.SmolLM3ForCausalLM(hf_cfg).to(torch.bfloat16)
     hf.load_state_dict(model.state_dict(), strict=False)
     hf.train()
-    del model, params
+    model.cpu()  # free the GPU for the reference (the closures above still name it)
+    del params
     torch.cuda.empty_cache()
     hf_params = list(hf.parameters())
     rows.append(measure(f"transformers {transformers.__version__}, causal (sdpa)", lambda x: hf(x).logits, hf_params,

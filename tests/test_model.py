@@ -218,3 +218,26 @@ def test_labels_give_per_token_nll_equal_to_logits_cross_entropy():
     assert (nll[:, :-1] - ref).abs().max() <= 1e-5
     nll.sum().backward()  # gradients flow through the chunked path
     assert model.model.embed_tokens.weight.grad is not None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("backend", ["sdpa", "flex", "varlen"])
+def test_training_step_under_bf16_autocast_every_gpu_backend(backend):
+    """fp32 master weights under bf16 autocast, as the trainer runs them: each backend gives the same loss."""
+    from smollm3.attention import _varlen_impl
+
+    if backend == "varlen" and _varlen_impl() is None:
+        pytest.skip("no varlen kernel")
+    cfg = ModelConfig(**{**BASE, **PARITY_CASES["nope-interval-4"], "dtype": "float32", "hidden_size": 256})
+    model = build_model(cfg, device="cuda")
+    ids, pos = pack([torch.randint(0, cfg.vocab_size, (n,)).cuda() for n in (37, 5, 86)])
+    labels = torch.roll(ids, -1, 1)
+    losses = {}
+    for b in ("sdpa", backend):
+        model.attn_backend = b
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(ids, position_ids=pos.cuda(), labels=labels).mean()
+        loss.backward()
+        losses[b] = loss.item()
+    assert abs(losses[backend] - losses["sdpa"]) < 2e-2

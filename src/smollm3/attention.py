@@ -92,6 +92,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc: DocumentMa
             k, v = repeat_kv(k, q.shape[1] // k.shape[1]), repeat_kv(v, q.shape[1] // v.shape[1])
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=doc.dense(), scale=scale)
         return out.transpose(1, 2)
+    if backend in ("flex", "varlen") and torch.is_autocast_enabled(q.device.type):
+        # SDPA is on autocast's list, these kernels are not: RoPE in fp32 cos/sin (as transformers does) promotes
+        # q and k to fp32, while the flash kernels take half precision only
+        dtype = torch.get_autocast_dtype(q.device.type)
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     if backend == "flex":
         if doc is None:
             doc = DocumentMask.from_position_ids(

@@ -361,7 +361,7 @@ def _add_chat(sub):
 
 def _run_chat(args):
     from smollm3.infer.chat_repl import ChatSession, load_tools, repl
-    from smollm3.infer.engine import build_engine
+    from smollm3.infer.llm import build_engine
     from smollm3.infer.sampling import SamplingParams
 
     tools = load_tools(args.tools) if args.tools else None

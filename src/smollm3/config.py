@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -284,5 +284,5 @@ _HF_KEYS_WE_IGNORE = {
     "num_beams", "length_penalty", "early_stopping", "no_repeat_ngram_size", "output_scores", "return_dict_in_generate",
     "forced_bos_token_id", "forced_eos_token_id", "remove_invalid_values", "exponential_decay_length_penalty",
     "suppress_tokens", "begin_suppress_tokens", "num_return_sequences", "diversity_penalty", "num_beam_groups",
-    "typical_p", "encoder_no_repeat_ngram_size", "tf_legacy_loss", "use_bfloat16", "chunk_size_feed_forward",
+    "typical_p", "encoder_no_repeat_ngram_size", "tf_legacy_loss", "use_bfloat16",
 }

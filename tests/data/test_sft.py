@@ -58,7 +58,7 @@ def test_assistant_only_labels_token_by_token(tok, conversations):
         assert labels == want_labels
         # and the trained tokens spell out exactly the assistant turns, nothing of the user's or the tools'
         runs, cur = [], []
-        for t, lab in enumerate(labels):
+        for lab in labels:
             if lab != IGNORE_INDEX:
                 cur.append(lab)
             elif cur:

@@ -8,7 +8,7 @@ import torch
 
 from smollm3.infer import SamplingParams
 from smollm3.infer.constrain import ToolCallConstraint
-from smollm3.infer.engine import build_engine
+from smollm3.infer.llm import build_engine
 from smollm3.parsing import parse_output
 
 WEATHER = {"type": "object", "required": ["city"],

@@ -9,7 +9,7 @@ import torch
 from smollm3 import ModelConfig, build_model, load_pretrained
 from smollm3.generate import generate as reference_generate
 from smollm3.infer import Engine, SamplingParams, extend_context, load_for_inference
-from smollm3.infer.engine import build_engine
+from smollm3.infer.llm import build_engine
 
 GREEDY = {"temperature": 0.0, "ignore_eos": True}
 
@@ -159,6 +159,23 @@ def test_yarn_on_demand_in_memory_only(tiny_dir):
     assert len(r.output_ids) == 2
 
 
+def test_bucketed_decode_shapes_change_nothing(tiny):
+    """The CUDA-graph path pads decode to batch and KV-length buckets (free slots ride along, extra keys are
+    masked); run those exact shapes eagerly on CPU and compare."""
+    model, _ = tiny
+    ps = prompts([5, 40, 300], model.config.vocab_size, seed=6)
+    sp = SamplingParams(max_tokens=12, **GREEDY)
+    plain = Engine(model, None, max_model_len=512, max_num_seqs=6).generate(ps, sp)
+    padded = Engine(model, None, max_model_len=512, max_num_seqs=6)
+    padded.bucket_shapes = True
+    first = padded.add_request(ps[0], sp)  # slot 0 finishes early: later steps decode with a hole at slot 0
+    padded.step()
+    rest = [padded.add_request(p, sp) for p in ps[1:]]
+    while not all(r.finished for r in [first, *rest]):
+        padded.step()
+    assert [r.output_ids for r in [first, *rest]] == [r.output_ids for r in plain]
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graph_decode_matches_eager(tiny_dir):
@@ -169,3 +186,21 @@ def test_cuda_graph_decode_matches_eager(tiny_dir):
     graphs = Engine(model, None, max_model_len=512, cuda_graphs=True)
     out = graphs.generate(ps, sp)
     assert graphs._graphs and [r.output_ids for r in out] == [r.output_ids for r in eager]
+
+
+def test_defaults_and_stop_ids_come_from_the_model_directory(tiny_dir, tmp_path):
+    import shutil
+
+    d = tmp_path / "model"
+    shutil.copytree(tiny_dir, d)
+    (d / "generation_config.json").write_text(json.dumps({"temperature": 0.3, "top_p": 0.5, "eos_token_id": [7, 9]}))
+    engine, template = build_engine(d, device="cpu", dtype=torch.float32, max_model_len=64, max_num_seqs=1)
+    assert engine.defaults == {"temperature": 0.3, "top_p": 0.5}
+    assert {7, 9} <= engine.eos_token_ids and engine.tokenizer.eos_token_id in engine.eos_token_ids
+    assert template == (d / "chat_template.jinja").read_text()
+    r = engine.add_request([5, 6], SamplingParams(max_tokens=1))
+    assert (r.params.temperature, r.params.top_p, r.params.top_k) == (0.3, 0.5, 0)
+    (d / "generation_config.json").unlink()
+    engine, _ = build_engine(d, device="cpu", dtype=torch.float32, max_model_len=64, max_num_seqs=1,
+                             chat_template="official")
+    assert engine.defaults == {"temperature": 0.6, "top_p": 0.95}  # SmolLM3's recommendation

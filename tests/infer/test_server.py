@@ -249,7 +249,7 @@ def test_serve_cli_with_api_key(smollm2_dir):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_server_on_gpu_with_cuda_graphs(smollm2_dir):
-    from smollm3.infer.engine import build_engine
+    from smollm3.infer.llm import build_engine
 
     engine, _ = build_engine(smollm2_dir, device="cuda", dtype=torch.bfloat16, max_model_len=512, max_num_seqs=8)
     assert engine.use_graphs

@@ -117,7 +117,7 @@ def read_deb(path: str | os.PathLike, members: str) -> tuple[dict[str, str], dic
     if control_name is None or data_name is None:
         raise CorpusError(f"{path}: no control.tar/data.tar inside; delete it so it is downloaded again")
     control = {}
-    for name, data in _tar_files(path, control_name, entries[control_name], re.compile(r"control$")).items():
+    for data in _tar_files(path, control_name, entries[control_name], re.compile(r"control$")).values():
         for line in data.decode("utf-8", "replace").splitlines():
             if ":" in line and not line.startswith(" "):
                 k, v = line.split(":", 1)

@@ -4,17 +4,12 @@ One `Engine.step()` either prefills newly admitted requests (right-padded into o
 or decodes one token for every running request. Requests join and leave between steps, so a long generation
 never holds short ones back. On CUDA the decode step is captured once per (batch bucket, KV-length bucket) in a
 CUDA graph and replayed, which removes the per-kernel launch cost that dominates small-batch decode.
-
-    llm = LLM("path/to/model")
-    outs = llm.generate(["The capital of France is"], SamplingParams(max_tokens=32, temperature=0))
-    print(outs[0].text)
+Loading a model directory into an engine, and the offline `LLM` API, are in llm.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
-import json
 import queue
 import threading
 import time
@@ -22,7 +17,6 @@ import traceback
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -137,6 +131,7 @@ class Engine:
         self.use_graphs = self.device.type == "cuda" if cuda_graphs is None else bool(cuda_graphs)
         if self.use_graphs and self.device.type != "cuda":
             raise ValueError("cuda_graphs=True needs the model on a CUDA device")
+        self.bucket_shapes = self.use_graphs  # pad decode to (batch, KV-length) buckets: one graph per bucket
         self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self._graph_pool = None
         self.stats = {"requests": 0, "finished": 0, "aborted": 0, "prompt_tokens": 0, "generated_tokens": 0,
@@ -246,11 +241,12 @@ class Engine:
         hidden = self.model.model(ids, torch.arange(T, device=self.device).expand(B, T), self.cache,
                                   self.model.attn_backend)
         logits = self.model.lm_head(hidden[torch.arange(B, device=self.device), lens - 1])
-        self.seen[slots] = False
         for r in batch:
             self.lengths[r.slot] = len(r.prompt_ids)
-            self.seen[r.slot, torch.tensor(r.prompt_ids, device=self.device)] = True
             self.stats["prompt_tokens"] += len(r.prompt_ids)
+            if r.params.repetition_penalty != 1:  # only penalised requests keep their row of `seen` current
+                self.seen[r.slot] = False
+                self.seen[r.slot, torch.tensor(r.prompt_ids, device=self.device)] = True
         self.stats["prefill_steps"] += 1
         self._sample(batch, logits)
 
@@ -258,7 +254,7 @@ class Engine:
         active = [r for r in self.slots if r is not None]
         b = max(r.slot for r in active) + 1
         kv_len = max(self.lengths[r.slot] for r in active) + 1
-        if self.use_graphs:
+        if self.bucket_shapes:
             b = next(s for s in _buckets(self.num_slots) if s >= b)
             kv_len = min(self.max_model_len, max(256, 1 << (kv_len - 1).bit_length()))
         tokens = [r.output_ids[-1] if r is not None else 0 for r in self.slots[:b]]
@@ -292,7 +288,8 @@ class Engine:
                 self._decode_forward(b, kv_len)
             torch.cuda.current_stream().wait_stream(stream)
             g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g, pool=self._graph_pool):
+            # thread_local: the server's threads may touch CUDA state (e.g. seeding a generator) meanwhile
+            with torch.cuda.graph(g, pool=self._graph_pool, capture_error_mode="thread_local"):
                 self._decode_forward(b, kv_len)
             self._graph_pool = g.pool()  # one memory pool for all graphs: they never run at the same time
             self._graphs[(b, kv_len)] = g
@@ -310,8 +307,10 @@ class Engine:
         for i, r in enumerate(reqs):
             if r.constraint is not None:
                 tokens[i] = self._constrained_choice(r, scores[i])
-        self.seen[torch.tensor([r.slot for r in reqs], device=self.device),
-                  torch.tensor(tokens, device=self.device)] = True
+        if penalised:
+            rows = [i for i, p in enumerate(params) if p.repetition_penalty != 1]
+            self.seen[torch.tensor([reqs[i].slot for i in rows], device=self.device),
+                      torch.tensor([tokens[i] for i in rows], device=self.device)] = True
         now = time.perf_counter()
         for r, t in zip(reqs, tokens):
             self._append(r, t, now)
@@ -443,84 +442,3 @@ class BackgroundEngine:
                 self.last_error = "".join(traceback.format_exception_only(type(e), e)).strip()
                 traceback.print_exc()
                 self.engine.fail_all(f"engine error: {self.last_error}")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# loading
-
-
-def extend_context(model: SmolLM3ForCausalLM, max_model_len: int) -> str | None:
-    """Enable YaRN in memory when max_model_len exceeds the model's positions (never written to the checkpoint).
-    Returns a one-line notice of what changed, or None when nothing had to."""
-    cfg = model.config
-    if max_model_len <= cfg.max_position_embeddings:
-        return None
-    original = (cfg.rope_scaling or {}).get("original_max_position_embeddings", cfg.max_position_embeddings)
-    factor = max_model_len / original
-    scaled = dataclasses.replace(cfg, max_position_embeddings=max_model_len, rope_scaling={
-        "rope_type": "yarn", "factor": factor, "original_max_position_embeddings": original})  # validates
-    cfg.rope_scaling, cfg.max_position_embeddings = scaled.rope_scaling, scaled.max_position_embeddings
-    model.model.rotary_emb.reset_parameters()
-    return (f"YaRN rope scaling x{factor:g}: {original} -> {max_model_len} positions "
-            "(in memory only; the checkpoint is unchanged)")
-
-
-def load_for_inference(path, device: str | None = None, dtype=None, max_model_len: int | None = None,
-                       log: Callable[[str], None] = print):
-    """-> (model, tokenizer or None, generation_config dict) from an HF directory or a .gguf file."""
-    from smollm3.checkpoint import load_pretrained
-    from smollm3.tokenizer import load_tokenizer
-
-    path = Path(path)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if dtype is None:
-        dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-    model = load_pretrained(path, device=device, dtype=dtype)
-    tokenizer = None
-    if path.is_file() or (path / "tokenizer.json").exists():
-        tokenizer = load_tokenizer(path)
-    gen_cfg = {}
-    if path.is_dir() and (path / "generation_config.json").exists():
-        gen_cfg = json.loads((path / "generation_config.json").read_text())
-    if max_model_len is not None:
-        notice = extend_context(model, max_model_len)
-        if notice:
-            log(notice)
-    return model, tokenizer, gen_cfg
-
-
-def build_engine(model, *, chat_template: str | None = None, max_model_len: int | None = None,
-                 max_num_seqs: int = 32, kv_cache_memory: int | None = None, device: str | None = None, dtype=None,
-                 cuda_graphs: bool | None = None) -> tuple[Engine, str]:
-    """Load a model directory into an Engine with the model's sampling defaults and stop ids.
-    -> (engine, chat template source): `chat_template` is a name, a .jinja file, or None for the model's own
-    chat_template.jinja (else our "smollm3" template)."""
-    m, tokenizer, gen_cfg = load_for_inference(model, device, dtype, max_model_len)
-    eos = [i for i in _as_list(gen_cfg.get("eos_token_id", m.config.eos_token_id)) if i is not None]
-    engine = Engine(m, tokenizer, max_num_seqs=max_num_seqs, max_model_len=max_model_len,
-                    kv_cache_memory=kv_cache_memory, cuda_graphs=cuda_graphs, defaults=generation_defaults(gen_cfg),
-                    eos_token_ids=eos)
-    if chat_template is not None and Path(chat_template).is_file():
-        template = Path(chat_template).read_text()
-    else:
-        template = chat_template or (tokenizer.chat_template if tokenizer is not None else None) or "smollm3"
-    return engine, template
-
-
-class LLM:
-    """The offline API: load a model directory once, generate for many prompts at once."""
-
-    def __init__(self, model: str | Path, *, device: str | None = None, dtype=None, max_model_len: int | None = None,
-                 max_num_seqs: int = 32, kv_cache_memory: int | None = None, cuda_graphs: bool | None = None):
-        self.engine, self.chat_template = build_engine(
-            model, max_model_len=max_model_len, max_num_seqs=max_num_seqs, kv_cache_memory=kv_cache_memory,
-            device=device, dtype=dtype, cuda_graphs=cuda_graphs)
-        self.model, self.tokenizer = self.engine.model, self.engine.tokenizer
-
-    def generate(self, prompts: str | list[str] | list[list[int]],
-                 params: SamplingParams | list[SamplingParams] | None = None) -> list[Request]:
-        """Prompts are strings (encoded with the model's tokenizer) or lists of token ids."""
-        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
-            prompts = [prompts]
-        ids = [self.tokenizer.encode(p, add_special_tokens=True) if isinstance(p, str) else p for p in prompts]
-        return self.engine.generate(ids, params)

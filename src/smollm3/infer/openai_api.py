@@ -59,7 +59,8 @@ def _field(body: dict, key: str, types, what: str, default=None, ok=None, why: s
     return value
 
 
-def sampling_params(body: dict, prompt_len: int, max_model_len: int, default_max_tokens: int | None) -> SamplingParams:
+def sampling_params(body: dict, prompt_len: int, max_model_len: int, default_max_tokens: int | None,
+                    prompt_param: str = "messages") -> SamplingParams:
     """The request's sampling fields -> SamplingParams; unset fields stay None (the model's defaults)."""
     for key in ("presence_penalty", "frequency_penalty"):
         if _field(body, key, (int, float), "a number", 0) != 0:
@@ -73,7 +74,7 @@ def sampling_params(body: dict, prompt_len: int, max_model_len: int, default_max
     if prompt_len >= max_model_len:
         raise APIError(400, f"This model's maximum context length is {max_model_len} tokens. However, your prompt "
                             f"has {prompt_len} tokens. Please reduce the length of the prompt.",
-                       param="messages", code="context_length_exceeded")
+                       param=prompt_param, code="context_length_exceeded")
     key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = _field(body, key, int, "an integer", None, lambda v: v >= 1, "must be at least 1")
     if max_tokens is None:

@@ -116,7 +116,8 @@ def create_app(state: ServerState) -> FastAPI:
         stream, include_usage = oa.stream_flags(body)
         jobs = []  # (prompt_ids, prompt_text, params)
         for ids in prompts:
-            params = oa.sampling_params(body, len(ids), state.max_model_len, default_max_tokens=16)
+            params = oa.sampling_params(body, len(ids), state.max_model_len, default_max_tokens=16,
+                                        prompt_param="prompt")
             jobs += [(ids, params)] * n
         reqs, queue = submit(state, [(ids, params, None) for ids, params in jobs], seeded=n > 1)
         rid, created = oa.new_id("cmpl"), oa.now()
@@ -363,7 +364,7 @@ def build_state(model: str, *, api_key=None, served_model_name=None, chat_templa
                 ) -> ServerState:
     from pathlib import Path
 
-    from smollm3.infer.engine import build_engine
+    from smollm3.infer.llm import build_engine
 
     engine, template = build_engine(model, chat_template=chat_template, **engine_kwargs)
     if engine.tokenizer is None:

@@ -58,7 +58,7 @@ class TrainSection:
 
 @dataclass
 class CheckpointSection:
-    every: int = 1000
+    every: int = 1000  # 0: no checkpoints at all (benchmarks, smoke runs)
     keep: int = 3  # keep the last N checkpoints
     resume: str = "auto"  # auto (latest valid under out_dir) | never | a checkpoint directory
     export_hf: bool = True  # write an HF directory inside each kept checkpoint

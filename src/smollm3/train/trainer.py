@@ -126,13 +126,13 @@ def train(cfg: TrainConfig) -> dict:
         D.apply_fsdp(model, param_dtype=_amp_dtype(cfg))
     optimizer = build_optimizer(model, cfg.optim)
 
-    step = 0
+    start = 0
     resume = find_resume_point(out, cfg.checkpoint.resume)
     if resume is not None:
-        step = load_checkpoint(resume, model, optimizer, data, dist)
+        start = load_checkpoint(resume, model, optimizer, data, dist)
         if dist.is_main:
-            print(f"resumed from {resume} at step {step}")
-    metrics = _Metrics(out / "metrics.jsonl", dist, truncate_after=step, tensorboard=cfg.log.tensorboard,
+            print(f"resumed from {resume} at step {start}")
+    metrics = _Metrics(out / "metrics.jsonl", dist, truncate_after=start, tensorboard=cfg.log.tensorboard,
                        wandb_project=cfg.log.wandb_project, run_config=cfg)
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -141,11 +141,11 @@ def train(cfg: TrainConfig) -> dict:
     autocast = _autocast(cfg, dist, fsdp)
     peak = _peak_flops(dist.device) * dist.world
     flops_per_token = model.config.flops_per_token(cfg.data.seq_len)
-    pbar = _progress(cfg.train.steps, step, dist)
-    last_saved = step
+    pbar = _progress(cfg.train.steps, start, dist)
+    last_saved = start
     model.train()
     t0 = time.perf_counter()
-    for step in range(step, cfg.train.steps):
+    for step in range(start, cfg.train.steps):
         set_lr(optimizer, cfg.optim.lr * lr_factor(step, cfg.train.steps, cfg.optim))
         micro = data.next_step()  # this rank's micro-batches for the global step
         denom = _global_count(micro, preference, dist)
@@ -182,7 +182,7 @@ def train(cfg: TrainConfig) -> dict:
         metrics.log(record, force=done % cfg.log.every == 0 or done == cfg.train.steps)
         pbar.update(record)
         t0 = time.perf_counter()
-        if done % cfg.checkpoint.every == 0 or done == cfg.train.steps:
+        if cfg.checkpoint.every and (done % cfg.checkpoint.every == 0 or done == cfg.train.steps):
             save_checkpoint(out, done, model, optimizer, data, dist, cfg, tokenizer)
             last_saved = done
     pbar.close()

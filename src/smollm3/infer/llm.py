@@ -1,0 +1,97 @@
+"""Loading a model for inference: YaRN on demand, sampling defaults and stop ids from the model directory, and
+the offline `LLM` API.
+
+    llm = LLM("path/to/model")
+    outs = llm.generate(["The capital of France is"], SamplingParams(max_tokens=32, temperature=0))
+    print(outs[0].text)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from smollm3.infer.engine import Engine, Request, _as_list
+from smollm3.infer.sampling import SamplingParams, generation_defaults
+from smollm3.model import SmolLM3ForCausalLM
+
+
+def extend_context(model: SmolLM3ForCausalLM, max_model_len: int) -> str | None:
+    """Enable YaRN in memory when max_model_len exceeds the model's positions (never written to the checkpoint).
+    Returns a one-line notice of what changed, or None when nothing had to."""
+    cfg = model.config
+    if max_model_len <= cfg.max_position_embeddings:
+        return None
+    original = (cfg.rope_scaling or {}).get("original_max_position_embeddings", cfg.max_position_embeddings)
+    factor = max_model_len / original
+    scaled = dataclasses.replace(cfg, max_position_embeddings=max_model_len, rope_scaling={
+        "rope_type": "yarn", "factor": factor, "original_max_position_embeddings": original})  # validates
+    cfg.rope_scaling, cfg.max_position_embeddings = scaled.rope_scaling, scaled.max_position_embeddings
+    model.model.rotary_emb.reset_parameters()
+    return (f"YaRN rope scaling x{factor:g}: {original} -> {max_model_len} positions "
+            "(in memory only; the checkpoint is unchanged)")
+
+
+def load_for_inference(path, device: str | None = None, dtype=None, max_model_len: int | None = None,
+                       log: Callable[[str], None] = print):
+    """-> (model, tokenizer or None, generation_config dict) from an HF directory or a .gguf file."""
+    from smollm3.checkpoint import load_pretrained
+    from smollm3.tokenizer import load_tokenizer
+
+    path = Path(path)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if dtype is None:
+        dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    model = load_pretrained(path, device=device, dtype=dtype)
+    tokenizer = None
+    if path.is_file() or (path / "tokenizer.json").exists():
+        tokenizer = load_tokenizer(path)
+    gen_cfg = {}
+    if path.is_dir() and (path / "generation_config.json").exists():
+        gen_cfg = json.loads((path / "generation_config.json").read_text())
+    if max_model_len is not None:
+        notice = extend_context(model, max_model_len)
+        if notice:
+            log(notice)
+    return model, tokenizer, gen_cfg
+
+
+def build_engine(model, *, chat_template: str | None = None, max_model_len: int | None = None,
+                 max_num_seqs: int = 32, kv_cache_memory: int | None = None, device: str | None = None, dtype=None,
+                 cuda_graphs: bool | None = None) -> tuple[Engine, str]:
+    """Load a model directory into an Engine with the model's sampling defaults and stop ids.
+    -> (engine, chat template source): `chat_template` is a name, a .jinja file, or None for the model's own
+    chat_template.jinja (else our "smollm3" template)."""
+    m, tokenizer, gen_cfg = load_for_inference(model, device, dtype, max_model_len)
+    eos = [i for i in _as_list(gen_cfg.get("eos_token_id", m.config.eos_token_id)) if i is not None]
+    engine = Engine(m, tokenizer, max_num_seqs=max_num_seqs, max_model_len=max_model_len,
+                    kv_cache_memory=kv_cache_memory, cuda_graphs=cuda_graphs, defaults=generation_defaults(gen_cfg),
+                    eos_token_ids=eos)
+    if chat_template is not None and Path(chat_template).is_file():
+        template = Path(chat_template).read_text()
+    else:
+        template = chat_template or (tokenizer.chat_template if tokenizer is not None else None) or "smollm3"
+    return engine, template
+
+
+class LLM:
+    """The offline API: load a model directory once, generate for many prompts at once."""
+
+    def __init__(self, model: str | Path, *, device: str | None = None, dtype=None, max_model_len: int | None = None,
+                 max_num_seqs: int = 32, kv_cache_memory: int | None = None, cuda_graphs: bool | None = None):
+        self.engine, self.chat_template = build_engine(
+            model, max_model_len=max_model_len, max_num_seqs=max_num_seqs, kv_cache_memory=kv_cache_memory,
+            device=device, dtype=dtype, cuda_graphs=cuda_graphs)
+        self.model, self.tokenizer = self.engine.model, self.engine.tokenizer
+
+    def generate(self, prompts: str | list[str] | list[list[int]],
+                 params: SamplingParams | list[SamplingParams] | None = None) -> list[Request]:
+        """Prompts are strings (encoded with the model's tokenizer) or lists of token ids."""
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        ids = [self.tokenizer.encode(p, add_special_tokens=True) if isinstance(p, str) else p for p in prompts]
+        return self.engine.generate(ids, params)

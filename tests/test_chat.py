@@ -243,8 +243,11 @@ def test_the_fixes_render_what_the_docs_show():
 def test_the_official_template_source_is_ours_with_the_fixes_off():
     assert chat_template("official").endswith(chat_template("smollm3"))
     assert "official_format" in chat_template("smollm3")
-    with pytest.raises(ChatError, match="unknown template 'chatml'"):
-        render_chat([U("Hi")], template="chatml")
+    with pytest.raises(ChatError, match="unknown template 'chatmI'"):
+        render_chat([U("Hi")], template="chatmI")
+    # chatml (reasoning mid-training): plain turns, every token inside generation tags
+    assert render_chat([U("Hi")], template="chatml", add_generation_prompt=True) == \
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
 
 
 # ---- acceptance 2: transformers' apply_chat_template of a trained tokenizer = render_chat / tokenize_chat

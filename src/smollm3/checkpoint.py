@@ -89,19 +89,23 @@ def load_config(model_dir: str | os.PathLike) -> ModelConfig:
     return ModelConfig.from_json(cfg_path)
 
 
-def _read_safetensors(model_dir: Path):
-    """Yield (name, tensor) over a single file or the shards an index names, checking the index against the shards."""
+def shard_files(model_dir: Path) -> tuple[dict | None, list[str]]:
+    """(the index's weight_map or None for a single file, the shard file names) of an HF directory."""
     index = model_dir / "model.safetensors.index.json"
     if index.exists():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
         except (json.JSONDecodeError, KeyError) as e:
             raise CheckpointError(f"{index}: not a safetensors index ({e})") from None
-        shards = sorted(set(weight_map.values()))
-    elif (model_dir / "model.safetensors").exists():
-        weight_map, shards = None, ["model.safetensors"]
-    else:
-        raise CheckpointError(f"{model_dir}: no model.safetensors or model.safetensors.index.json")
+        return weight_map, sorted(set(weight_map.values()))
+    if (model_dir / "model.safetensors").exists():
+        return None, ["model.safetensors"]
+    raise CheckpointError(f"{model_dir}: no model.safetensors or model.safetensors.index.json")
+
+
+def _read_safetensors(model_dir: Path):
+    """Yield (name, tensor) over a single file or the shards an index names, checking the index against the shards."""
+    weight_map, shards = shard_files(model_dir)
     for shard in shards:
         file = model_dir / shard
         if not file.exists():

@@ -34,7 +34,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from smollm3.checkpoint import DEFAULT_SHARD_BYTES, CheckpointError, _dtype, _shard, atomic_dir, load_config
+from smollm3.checkpoint import (DEFAULT_SHARD_BYTES, CheckpointError, _dtype, _shard, atomic_dir, load_config,
+                                shard_files)
 from smollm3.config import ConfigError, ModelConfig
 from smollm3.model import SmolLM3ForCausalLM
 
@@ -312,17 +313,10 @@ def _tensor_layout(model_dir: Path, config: ModelConfig) -> dict[str, tuple[str,
     """name -> (shard file, shape), read from safetensors headers only (no tensor data), in shard order.
 
     The tied lm_head copy some exporters write and rotary inv_freq buffers are skipped, as load_pretrained does."""
-    index = model_dir / "model.safetensors.index.json"
-    if index.exists():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as e:
-            raise MergeError(f"{index}: not a safetensors index ({e})") from None
-        files = sorted(set(weight_map.values()))
-    elif (model_dir / "model.safetensors").exists():
-        weight_map, files = None, ["model.safetensors"]
-    else:
-        raise MergeError(f"{model_dir}: no model.safetensors or model.safetensors.index.json")
+    try:
+        weight_map, files = shard_files(model_dir)
+    except CheckpointError as e:
+        raise MergeError(str(e)) from None
     layout = {}
     for f in files:
         if not (model_dir / f).exists():

@@ -180,15 +180,22 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(assets, tmp_path):
 @pytest.mark.parametrize("objective,first_loss", [("apo_zero", 1.0), ("dpo", float(np.log(2)))])
 def test_preference_training_starts_at_the_formula_value_and_improves(assets, tmp_path, objective, first_loss):
     """Policy == reference at step 1, so every log-ratio is 0: apo_zero = (1 - σ(0)) + σ(0) = 1, DPO = ln 2."""
-    from smollm3.data.synthetic import generate
-
     base = tmp_path / "base"
     train(load_train_config(write_config(assets, base, train__steps=1, checkpoint__every=1)))
+    # short pairs in the test tokenizer's own words keep sequences small: this tests the trainer, not the data
+    rng = np.random.default_rng(0)
+    words = "one two three four five six seven eight nine ten".split()
     pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps(p) + "\n" for p in generate("preference", 8, seed=0)))
+    with pairs.open("w") as f:
+        for _ in range(8):
+            a, b, c = rng.choice(words, 3, replace=False)
+            f.write(json.dumps({"prompt": [{"role": "user", "content": f"{a} {b}"}],
+                                "chosen": [{"role": "assistant", "content": f"{b} {a}"}],
+                                "rejected": [{"role": "assistant", "content": f"{c} {a}"}]}) + "\n")
     out = tmp_path / objective
     cfg = write_config(assets, out, model={"init_from": str(base / "checkpoints" / "step_00000001" / "hf")},
-                       data={"kind": "preference", "paths": [str(pairs)], "seq_len": 512, "template": "chatml"},
+                       data={"kind": "preference", "paths": [str(pairs)], "seq_len": 128, "template": "chatml",
+                             "tokenizer": str(assets / "tok")},
                        train={"objective": objective, "beta": 0.5, "steps": 10, "micro_batch": 8, "grad_accum": 1,
                               "dtype": "float32"})
     train(load_train_config(cfg, ["optim.lr=3e-4", "optim.warmup_steps=0", "optim.schedule=constant"]))

@@ -80,7 +80,12 @@ class SlotCache:
         keys.scatter_(2, index, k)
         values.scatter_(2, index, v)
         keys, values = keys[:, :, :self._kv_len], values[:, :, :self._kv_len]
-        # grouped-query attention without repeating K/V: the G query heads of a group share one [S, D] key block
+        if q.device.type == "cpu":
+            # one fused kernel: on a busy CPU every separately parallelised op pays a thread handoff
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=self._mask, scale=scale, enable_gqa=True)
+            return out.transpose(1, 2)
+        # GPU: grouped-query attention without repeating K/V (the G query heads of a group share one [S, D] key
+        # block), plain matmuls that any CUDA graph captures, reading only the first kv_len positions
         qg = q.reshape(b, KV, H // KV, D)
         scores = torch.matmul(qg, keys.transpose(-1, -2)).float() * scale  # [b, KV, G, S]
         scores = scores.masked_fill(~self._mask, float("-inf"))

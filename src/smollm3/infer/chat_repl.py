@@ -13,6 +13,7 @@ The history keeps each reply's answer and tool calls but not its reasoning: the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sys
@@ -74,7 +75,7 @@ class ChatSession:
             self.messages.pop()
             raise ValueError(f"the conversation has {len(ids)} tokens, the context {self.engine.max_model_len}; "
                              "/clear to start over")
-        params = SamplingParams(**{**self.params.__dict__, "max_tokens": min(self.params.max_tokens, room)})
+        params = dataclasses.replace(self.params, max_tokens=min(self.params.max_tokens, room))
         parser = StreamParser(xml_tools=bool(self.tools), python_tools=False)
         self._in_reasoning = False
         req = self.engine.add_request(ids, params, on_update=lambda r: self.show(parser.feed(r.take_delta())))

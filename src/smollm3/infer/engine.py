@@ -350,11 +350,10 @@ class Engine:
             if r._detok is not None:
                 start = max(0, len(r.text) - max((len(s) for s in p.stop), default=0))
                 r.text += r._detok.push(token)
-                for s in p.stop:
-                    at = r.text.find(s, start)
-                    if at >= 0:
-                        r.text, reason, r.stop_reason = r.text[:at], "stop", s
-                        break
+                found = [(at, s) for s in p.stop if (at := r.text.find(s, start)) >= 0]
+                if found:  # the earliest stop string wins
+                    at, s = min(found)
+                    r.text, reason, r.stop_reason = r.text[:at], "stop", s
                 if reason is None and p.stop:  # hold back what might be the start of a stop string
                     r.stable_len = max(r.stable_len, len(r.text) - max(len(s) for s in p.stop) + 1)
                 elif reason is None:

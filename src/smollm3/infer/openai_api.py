@@ -46,7 +46,7 @@ def now() -> int:
 # typed fields
 
 
-def _field(body: dict, key: str, types, what: str, default=None, ok=None, why: str = ""):
+def get_field(body: dict, key: str, types, what: str, default=None, ok=None, why: str = ""):
     value = body.get(key)
     if value is None:
         return default
@@ -63,7 +63,7 @@ def sampling_params(body: dict, prompt_len: int, max_model_len: int, default_max
                     prompt_param: str = "messages") -> SamplingParams:
     """The request's sampling fields -> SamplingParams; unset fields stay None (the model's defaults)."""
     for key in ("presence_penalty", "frequency_penalty"):
-        if _field(body, key, (int, float), "a number", 0) != 0:
+        if get_field(body, key, (int, float), "a number", 0) != 0:
             raise APIError(400, f"'{key}' is not supported by this server; use repetition_penalty", param=key)
     if body.get("logprobs") not in (None, False, 0) or body.get("top_logprobs") not in (None, 0):
         raise APIError(400, "logprobs are not supported by this server", param="logprobs")
@@ -76,7 +76,7 @@ def sampling_params(body: dict, prompt_len: int, max_model_len: int, default_max
                             f"has {prompt_len} tokens. Please reduce the length of the prompt.",
                        param=prompt_param, code="context_length_exceeded")
     key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    max_tokens = _field(body, key, int, "an integer", None, lambda v: v >= 1, "must be at least 1")
+    max_tokens = get_field(body, key, int, "an integer", None, lambda v: v >= 1, "must be at least 1")
     if max_tokens is None:
         max_tokens = min(default_max_tokens or max_model_len, max_model_len - prompt_len)
     elif prompt_len + max_tokens > max_model_len:
@@ -93,30 +93,30 @@ def sampling_params(body: dict, prompt_len: int, max_model_len: int, default_max
     if stop_ids is not None and (not isinstance(stop_ids, list) or
                                  not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in stop_ids)):
         raise APIError(400, "'stop_token_ids' must be an array of token ids", param="stop_token_ids")
-    top_k = _field(body, "top_k", int, "an integer", None, lambda v: v >= -1, "must be -1 or 0 (off) or positive")
+    top_k = get_field(body, "top_k", int, "an integer", None, lambda v: v >= -1, "must be -1 or 0 (off) or positive")
     return SamplingParams(
         max_tokens=max_tokens,
-        temperature=_field(body, "temperature", (int, float), "a number", None, lambda v: 0 <= v <= 2,
+        temperature=get_field(body, "temperature", (int, float), "a number", None, lambda v: 0 <= v <= 2,
                            "must be between 0 and 2"),
-        top_p=_field(body, "top_p", (int, float), "a number", None, lambda v: 0 < v <= 1, "must be in (0, 1]"),
+        top_p=get_field(body, "top_p", (int, float), "a number", None, lambda v: 0 < v <= 1, "must be in (0, 1]"),
         top_k=None if top_k is None else max(top_k, 0),
-        min_p=_field(body, "min_p", (int, float), "a number", 0.0, lambda v: 0 <= v <= 1, "must be in [0, 1]"),
-        repetition_penalty=_field(body, "repetition_penalty", (int, float), "a number", 1.0,
+        min_p=get_field(body, "min_p", (int, float), "a number", 0.0, lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+        repetition_penalty=get_field(body, "repetition_penalty", (int, float), "a number", 1.0,
                                   lambda v: 0 < v <= 100, "must be > 0 (1 = off)"),
-        seed=_field(body, "seed", int, "an integer"),
+        seed=get_field(body, "seed", int, "an integer"),
         stop=stop or [],
         stop_token_ids=stop_ids or [],
-        ignore_eos=_field(body, "ignore_eos", bool, "a boolean", False),
+        ignore_eos=get_field(body, "ignore_eos", bool, "a boolean", False),
     )
 
 
 def n_choices(body: dict) -> int:
-    return _field(body, "n", int, "an integer", 1, lambda v: 1 <= v <= 64, "must be between 1 and 64")
+    return get_field(body, "n", int, "an integer", 1, lambda v: 1 <= v <= 64, "must be between 1 and 64")
 
 
 def stream_flags(body: dict) -> tuple[bool, bool]:
-    stream = _field(body, "stream", bool, "a boolean", False)
-    opts = _field(body, "stream_options", dict, "an object", {})
+    stream = get_field(body, "stream", bool, "a boolean", False)
+    opts = get_field(body, "stream_options", dict, "an object", {})
     include_usage = opts.get("include_usage", False)
     if not isinstance(include_usage, bool):
         raise APIError(400, "'stream_options.include_usage' must be a boolean", param="stream_options")

@@ -10,6 +10,7 @@ client that goes away mid-request has its request aborted, which frees its KV sl
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import secrets
 from collections import Counter
@@ -109,12 +110,12 @@ def create_app(state: ServerState) -> FastAPI:
     async def completions(request: Request):
         body = await json_body(request)
         prompts = _prompts(body.get("prompt"), state.tokenizer)
-        echo = oa._field(body, "echo", bool, "a boolean", False)
+        echo = oa.get_field(body, "echo", bool, "a boolean", False)
         if body.get("suffix") is not None:
             raise APIError(400, "'suffix' is not supported by this server", param="suffix")
         n = oa.n_choices(body)
         stream, include_usage = oa.stream_flags(body)
-        jobs = []  # (prompt_ids, prompt_text, params)
+        jobs = []  # (prompt ids, params), n per prompt
         for ids in prompts:
             params = oa.sampling_params(body, len(ids), state.max_model_len, default_max_tokens=16,
                                         prompt_param="prompt")
@@ -166,7 +167,7 @@ def create_app(state: ServerState) -> FastAPI:
         messages = oa.inline_tool_calls(oa.chat_messages(body.get("messages")), state.chat_template)
         tools = oa.chat_tools(body.get("tools"))
         choice = oa.tool_choice(body.get("tool_choice"), tools)
-        kwargs = oa._field(body, "chat_template_kwargs", dict, "an object", {})
+        kwargs = oa.get_field(body, "chat_template_kwargs", dict, "an object", {})
         kwargs = dict(kwargs)
         enable_thinking = kwargs.pop("enable_thinking", True)
         if not isinstance(enable_thinking, bool):
@@ -177,13 +178,13 @@ def create_app(state: ServerState) -> FastAPI:
                                  tools=offered or None, add_generation_prompt=True, **kwargs)
         except (ChatError, TemplateError, TypeError) as e:
             raise APIError(400, f"cannot render the conversation: {e}", param="messages") from None
-        prefix, constraint_proto = oa.forced_call(choice, tools)
+        prefix, forced = oa.forced_call(choice, tools)
         ids = state.tokenizer.encode(prompt + prefix)
         params = oa.sampling_params(body, len(ids), state.max_model_len, default_max_tokens=None)
         n = oa.n_choices(body)
         stream, include_usage = oa.stream_flags(body)
-        # each choice gets its own grammar state
-        jobs = [(ids, params, oa.forced_call(choice, tools)[1] if constraint_proto else None) for _ in range(n)]
+        # each choice needs its own grammar state
+        jobs = [(ids, params, oa.forced_call(choice, tools)[1] if forced else None) for _ in range(n)]
         reqs, queue = submit(state, jobs, seeded=n > 1)
         rid, created = oa.new_id("chatcmpl"), oa.now()
         xml_tools = bool(offered)
@@ -252,7 +253,7 @@ def submit(state: ServerState, jobs, seeded: bool) -> tuple[list, asyncio.Queue]
     reqs = []
     for i, (ids, params, constraint) in enumerate(jobs):
         if seeded and params.seed is not None:
-            params = type(params)(**{**params.__dict__, "seed": params.seed + i})
+            params = dataclasses.replace(params, seed=params.seed + i)
 
         def on_update(r, i=i):
             item = (i, r.take_delta(), r.finish_reason)  # taken on the engine thread, in order

@@ -87,6 +87,11 @@ class TrainConfig:
             raise ConfigError(f"train.objective {self.train.objective!r} is unknown; choose one of {objectives}")
         if (self.model.preset is None) == (self.model.init_from is None):
             raise ConfigError("set exactly one of model.preset (from scratch) and model.init_from (a checkpoint)")
+        kinds = {"lm": ("pretrain", "sft"), "sft": ("sft",), "dpo": ("preference",), "apo_zero": ("preference",),
+                 "apo_down": ("preference",)}[self.train.objective]
+        if self.data.kind not in kinds:
+            raise ConfigError(f"train.objective {self.train.objective!r} trains on data.kind "
+                              f"{' or '.join(kinds)}, not {self.data.kind!r}")
         if self.train.steps < 1 or self.train.micro_batch < 1 or self.train.grad_accum < 1:
             raise ConfigError("train.steps, train.micro_batch and train.grad_accum must be >= 1")
 

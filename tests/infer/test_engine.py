@@ -161,13 +161,13 @@ def test_yarn_on_demand_in_memory_only(tiny_dir):
 
 def test_bucketed_decode_shapes_change_nothing(tiny):
     """The CUDA-graph path pads decode to batch and KV-length buckets (free slots ride along, extra keys are
-    masked); run those exact shapes eagerly on CPU and compare."""
+    masked) and computes attention with grouped matmuls instead of CPU SDPA; run exactly that on CPU and compare."""
     model, _ = tiny
     ps = prompts([5, 40, 300], model.config.vocab_size, seed=6)
     sp = SamplingParams(max_tokens=12, **GREEDY)
     plain = Engine(model, None, max_model_len=512, max_num_seqs=6).generate(ps, sp)
     padded = Engine(model, None, max_model_len=512, max_num_seqs=6)
-    padded.bucket_shapes = True
+    padded.bucket_shapes, padded.cache.sdpa_decode = True, False
     first = padded.add_request(ps[0], sp)  # slot 0 finishes early: later steps decode with a hole at slot 0
     padded.step()
     rest = [padded.add_request(p, sp) for p in ps[1:]]

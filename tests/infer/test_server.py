@@ -221,8 +221,12 @@ def test_serve_cli_with_api_key(smollm2_dir):
                              "--served-model-name", "tiny-chat"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=env)
     try:
-        line = proc.stdout.readline()
-        assert "serving 'tiny-chat' on http://127.0.0.1:" in line, line
+        seen = []
+        for line in proc.stdout:  # ends when the process exits; warnings may come first
+            seen.append(line)
+            if line.startswith("serving"):
+                break
+        assert "serving 'tiny-chat' on http://127.0.0.1:" in line, "".join(seen)
         base = line.split(" on ")[1].split()[0].removesuffix("/v1")
         deadline = time.time() + 60
         while time.time() < deadline:

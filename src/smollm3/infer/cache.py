@@ -33,6 +33,7 @@ class SlotCache:
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.num_slots, self.max_len = num_slots, max_len
+        self.sdpa_decode = torch.device(device).type == "cpu"  # decode attention kernel, see _decode_attend
         self._mode = None
         self._slots = None  # prefill: LongTensor[B] of slot indices
         self._lengths = None  # decode: LongTensor[b], tokens already cached per slot
@@ -80,7 +81,7 @@ class SlotCache:
         keys.scatter_(2, index, k)
         values.scatter_(2, index, v)
         keys, values = keys[:, :, :self._kv_len], values[:, :, :self._kv_len]
-        if q.device.type == "cpu":
+        if self.sdpa_decode:
             # one fused kernel: on a busy CPU every separately parallelised op pays a thread handoff
             out = F.scaled_dot_product_attention(q, keys, values, attn_mask=self._mask, scale=scale, enable_gqa=True)
             return out.transpose(1, 2)

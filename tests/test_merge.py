@@ -193,7 +193,8 @@ def test_missing_extra_and_misshapen_tensors_are_named(models, tmp_path):
     with pytest.raises(MergeError) as e:
         merge(_config(tmp_path, [models[0], broken]), tmp_path / "out", progress=False)
     msg = str(e.value)
-    assert "missing 1: model.layers.2.mlp.up_proj.weight" in msg and "extra 1: model.layers.9.extra.weight" in msg
+    assert "missing 1 tensor(s): model.layers.2.mlp.up_proj.weight" in msg
+    assert "unexpected 1 tensor(s): model.layers.9.extra.weight" in msg
     assert "model.norm.weight: (32,) vs (64,)" in msg
     assert not (tmp_path / "out").exists()
 

@@ -144,18 +144,26 @@ def _assign(model: SmolLM3ForCausalLM, tensors, source: str):
         seen.add(name)
     missing = sorted(expected - seen)
     if missing or unexpected or wrong:
-        lines = [f"{source} does not match the model its config describes:"]
-        if missing:
-            lines.append(f"  missing {len(missing)} tensor(s): {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
-        if unexpected:
-            lines.append(f"  unexpected {len(unexpected)} tensor(s): {', '.join(unexpected[:8])}")
-        if wrong:
-            lines.append("  wrong shapes: " + "; ".join(wrong[:8]))
-        lines.append("  the weights and config.json come from different models, or the files are damaged")
-        raise CheckpointError("\n".join(lines))
+        raise CheckpointError(describe_mismatch(source, missing, unexpected, wrong))
     with torch.no_grad():
         for name, t in staged.items():
             params[name].copy_(t)
+
+
+def describe_mismatch(source: str, missing: list[str], unexpected: list[str], wrong_shapes: list[str]) -> str:
+    """One message for every way a checkpoint's tensors can disagree with its config (shared with merge)."""
+    def names(xs):
+        return ", ".join(xs[:8]) + (" ..." if len(xs) > 8 else "")
+
+    lines = [f"{source} does not match the model its config describes:"]
+    if missing:
+        lines.append(f"  missing {len(missing)} tensor(s): {names(missing)}")
+    if unexpected:
+        lines.append(f"  unexpected {len(unexpected)} tensor(s): {names(unexpected)}")
+    if wrong_shapes:
+        lines.append("  wrong shapes (checkpoint vs model): " + "; ".join(wrong_shapes[:8]))
+    lines.append("  the weights and config.json come from different models, or the files are damaged")
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------------------------------

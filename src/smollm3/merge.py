@@ -35,7 +35,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from smollm3.checkpoint import (DEFAULT_SHARD_BYTES, CheckpointError, _dtype, _shard, atomic_dir, load_config,
-                                shard_files)
+                                describe_mismatch, shard_files)
 from smollm3.config import ConfigError, ModelConfig
 from smollm3.model import SmolLM3ForCausalLM
 
@@ -344,15 +344,8 @@ def _check_tensors(model_dir: Path, layout: dict, expected: dict):
     extra = [n for n in layout if n not in expected]
     shapes = [f"{n}: {layout[n][1]} vs {expected[n]}" for n in expected if n in layout and layout[n][1] != expected[n]]
     if missing or extra or shapes:
-        lines = [f"{model_dir}: the weights do not match the model its config.json describes:"]
-        if missing:
-            lines.append(f"  missing {len(missing)}: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
-        if extra:
-            lines.append(f"  extra {len(extra)}: {', '.join(extra[:8])}{' ...' if len(extra) > 8 else ''}")
-        if shapes:
-            lines.append("  different shapes (checkpoint vs config): " + "; ".join(shapes[:8]))
-        lines.append("  merge only complete checkpoints of one model (the files may be damaged or from another model)")
-        raise MergeError("\n".join(lines))
+        raise MergeError(describe_mismatch(str(model_dir), missing, extra, shapes)
+                         + "\n  merge only complete checkpoints of one model")
 
 
 def parse_size(text: str) -> int:

@@ -397,12 +397,52 @@ def _run_serve(args):
           served_model_name=args.served_model_name, chat_template=args.chat_template, **_engine_kwargs(args))
 
 
+# ------------------------------------------------------------------------------------------------------------------
+# eval
+
+
+def _add_eval(sub):
+    from smollm3.eval.tasks import available
+
+    p = sub.add_parser("eval", help="evaluate a model: multiple-choice cloze, generative exact match, bits-per-byte",
+                       description="Run evaluation tasks on a model, print a table and write per-task scores, the "
+                                   "configuration and timings as JSON. Tasks: " + ", ".join(available()) +
+                                   ". See docs/eval.md.")
+    p.add_argument("--model", required=True, help="HF model directory")
+    p.add_argument("--tasks", required=True, help="comma-separated task names")
+    p.add_argument("--mode", choices=["think", "no_think"], default="no_think",
+                   help="enable_thinking for generative tasks (default: no_think)")
+    p.add_argument("--limit", type=int, default=None, help="first N items of each task (generative default: 50)")
+    p.add_argument("--max-tokens", type=int, default=512, help="longest generated answer")
+    p.add_argument("--max-model-len", type=int, default=None, help="KV cache length (default: what the prompts need)")
+    p.add_argument("--chat-template", default=None,
+                   help="template name (smollm3, official) or a .jinja file (default: the model's own)")
+    p.add_argument("--out", required=True, help="results JSON")
+    p.add_argument("--samples", default=None, help="per-item details as JSONL")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default=None, help="default: bfloat16 on GPU, float32 on CPU")
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args):
+    from smollm3.eval import format_table, parse_tasks, run_eval
+
+    tasks = parse_tasks(args.tasks)
+    device = _device(args.device)
+    results = run_eval(args.model, tasks, mode=args.mode, limit=args.limit, max_tokens=args.max_tokens,
+                       chat_template=args.chat_template, max_model_len=args.max_model_len, device=device,
+                       dtype=_dtype_for(device, args.dtype), samples_path=args.samples)
+    Path(args.out).write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    print(format_table(results))
+    print(f"wrote {args.out} ({results['timings']['total_s']:.1f} s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smollm3", description="The SmolLM3 system: model, data, training, "
                                      "merging, evaluation and inference.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_convert, _add_generate, _add_merge, _add_tokenizer, _add_corpus, _add_data, _add_train,
-                _add_chat, _add_serve):
+                _add_chat, _add_serve, _add_eval):
         add(sub)
     return parser
 

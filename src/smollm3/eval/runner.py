@@ -1,0 +1,203 @@
+"""Run evaluation tasks on a model directory and write the results JSON (scores, configuration, timings).
+
+    results = run_eval("path/to/model", parse_tasks("arithmetic,mc:items.jsonl"), mode="no_think", limit=50)
+
+Log-likelihoods come from our model's forward (one batched forward per multiple-choice item); generation runs on
+the batched engine (smollm3.infer.llm.LLM), greedy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+import smollm3
+from smollm3.chat import render_chat
+from smollm3.eval.tasks import EvalError, Task, extract_answer, gen_items, is_correct, load_mc, load_texts
+
+MODES = ("think", "no_think")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# log-likelihoods
+
+
+def _context_ids(tokenizer, text: str) -> list[int]:
+    return tokenizer.encode(text, add_special_tokens=True)
+
+
+def _split(tokenizer, query: str, choice: str) -> tuple[list[int], list[int]]:
+    """(context ids, continuation ids) as lighteval does: tokenize query+choice together and take the tokens after
+    the query's; when a token merges across the boundary, tokenize the choice on its own instead."""
+    ctx = _context_ids(tokenizer, query)
+    whole = _context_ids(tokenizer, query + choice)
+    if whole[:len(ctx)] == ctx and len(whole) > len(ctx):
+        return ctx, whole[len(ctx):]
+    return ctx, tokenizer.encode(choice)
+
+
+@torch.no_grad()
+def loglikelihoods(model, tokenizer, query: str, choices: list[str]) -> list[float]:
+    """Sum of log p(choice tokens | query) for each choice, from one right-padded forward over all choices."""
+    pairs = [_split(tokenizer, query, c) for c in choices]
+    if any(not ctx for ctx, _ in pairs):
+        raise EvalError(f"query {query[:40]!r} encodes to no tokens; nothing to condition on")
+    T = max(len(ctx) + len(cont) for ctx, cont in pairs)
+    ids = torch.zeros(len(pairs), T, dtype=torch.long)  # right padding: causal attention never looks ahead
+    labels = torch.full((len(pairs), T), -100, dtype=torch.long)
+    for i, (ctx, cont) in enumerate(pairs):
+        row = ctx + cont
+        ids[i, :len(row)] = torch.tensor(row)
+        # labels[t] is the token position t predicts: the continuation, predicted from the last context token on
+        labels[i, len(ctx) - 1:len(row) - 1] = torch.tensor(cont)
+    device = next(model.parameters()).device
+    nll = model(ids.to(device), labels=labels.to(device))  # [B, T] fp32, 0 where ignored
+    return [-float(x) for x in nll.double().sum(-1)]
+
+
+def run_mc(model, tokenizer, task: Task, limit: int | None) -> tuple[dict, list[dict]]:
+    items = load_mc(task.path, limit)
+    correct = correct_norm = 0
+    samples = []
+    for item in items:
+        ll = loglikelihoods(model, tokenizer, item["query"], item["choices"])
+        # acc_norm: per character of the choice, so long answers are not penalised for their length
+        norm = [x / len(c) for x, c in zip(ll, item["choices"])]
+        pred, pred_norm = max(range(len(ll)), key=ll.__getitem__), max(range(len(ll)), key=norm.__getitem__)
+        correct += pred == item["gold"]
+        correct_norm += pred_norm == item["gold"]
+        samples.append({**item, "loglikelihoods": ll, "pred": pred, "pred_norm": pred_norm})
+    n = len(items)
+    return {"acc": correct / n, "acc_norm": correct_norm / n, "n": n}, samples
+
+
+@torch.no_grad()
+def run_ppl(model, tokenizer, task: Task, limit: int | None, window: int = 2048) -> tuple[dict, list[dict]]:
+    """Token NLL over each text in non-overlapping windows; bits-per-byte = total NLL (nats) / ln 2 / UTF-8 bytes,
+    which (unlike perplexity) compares across tokenizers."""
+    texts = load_texts(task.path, limit)
+    device = next(model.parameters()).device
+    total_nll, total_tokens, total_bytes, samples = 0.0, 0, 0, []
+    for text in texts:
+        ids = _context_ids(tokenizer, text)
+        # without a BOS the first token has no context: it is not scored (its bytes still count)
+        nll = 0.0
+        for start in range(0, len(ids) - 1, window - 1):
+            chunk = torch.tensor(ids[start:start + window])[None]
+            labels = torch.full_like(chunk, -100)
+            labels[0, :-1] = chunk[0, 1:]
+            nll += float(model(chunk.to(device), labels=labels.to(device)).double().sum())
+        n_bytes = len(text.encode("utf-8"))
+        total_nll, total_tokens, total_bytes = total_nll + nll, total_tokens + len(ids) - 1, total_bytes + n_bytes
+        samples.append({"text": text[:200], "nll": nll, "tokens": len(ids) - 1, "bytes": n_bytes})
+    return {"bits_per_byte": total_nll / math.log(2) / total_bytes,
+            "perplexity": math.exp(total_nll / max(total_tokens, 1)), "n": len(texts)}, samples
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# generation
+
+
+def render_prompt(messages: list[dict], template: str, mode: str) -> str:
+    """The prompt text for `messages` in `mode`. Any template gets enable_thinking; the SmolLM3 template acts on it
+    (no_think prefills an empty <think>\\n\\n</think>\\n), plain ChatML templates such as SmolLM2's ignore it."""
+    return render_chat(messages, template=template, enable_thinking=mode == "think", add_generation_prompt=True)
+
+
+def gen_prompts(task: Task, limit: int | None, mode: str, template: str) -> tuple[list[dict], list[str]]:
+    items = gen_items(task, limit, think=mode == "think")
+    # the last message is the reference answer; the model sees everything before it
+    return items, [render_prompt(item["messages"][:-1], template, mode) for item in items]
+
+
+def run_gen(llm, items: list[dict], prompts: list[str], max_tokens: int) -> tuple[dict, list[dict]]:
+    from smollm3.infer.sampling import SamplingParams
+
+    # the template already wrote any special tokens the model expects, so encode the text as is
+    ids = [llm.tokenizer.encode(p) for p in prompts]
+    outs = llm.generate(ids, SamplingParams(max_tokens=max_tokens, temperature=0.0))
+    samples, correct = [], 0
+    for item, prompt, out in zip(items, prompts, outs):
+        ok = is_correct(item, out.text)
+        correct += ok
+        samples.append({"prompt": prompt, "response": out.text, "extracted": extract_answer(out.text),
+                        "answer": str(item["answer"]), "correct": ok, "finish_reason": out.finish_reason})
+    return {"exact_match": correct / len(items), "n": len(items)}, samples
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# the whole run
+
+
+def _positions(model_dir: Path) -> int | None:
+    cfg = model_dir / "config.json"
+    return json.loads(cfg.read_text()).get("max_position_embeddings") if cfg.is_file() else None
+
+
+def run_eval(model: str | Path, tasks: list[Task], *, mode: str = "no_think", limit: int | None = None,
+             max_tokens: int = 512, chat_template: str | None = None, max_model_len: int | None = None,
+             device: str = "cpu", dtype=torch.float32, samples_path: str | Path | None = None) -> dict:
+    """Evaluate `model` (an HF directory) on `tasks`; -> the results dict (see docs/eval.md)."""
+    if mode not in MODES:
+        raise EvalError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if limit is not None and limit < 1:
+        raise EvalError(f"limit must be >= 1, got {limit}")
+    model = Path(model)
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    tokenizer = smollm3.load_tokenizer(model)
+    gen = [t for t in tasks if t.kind == "gen"]
+    template = chat_template or tokenizer.chat_template or "smollm3"
+    if chat_template and Path(chat_template).is_file():
+        template = Path(chat_template).read_text()
+    prompts = {t.name: gen_prompts(t, limit, mode, template) for t in gen}
+    if gen:
+        from smollm3.infer.llm import LLM
+
+        if max_model_len is None:
+            # a KV cache just long enough for these prompts (the default, the model's full context, costs GiBs)
+            need = max(len(tokenizer.encode(p)) for _, ps in prompts.values() for p in ps) + max_tokens
+            max_model_len = min(need, _positions(model) or need)
+        llm = LLM(model, device=device, dtype=dtype, max_model_len=max_model_len,
+                  max_num_seqs=max(len(ps) for _, ps in prompts.values()))
+        lm, tokenizer = llm.model, llm.tokenizer
+    else:
+        llm, lm = None, smollm3.load_pretrained(model, device=device, dtype=dtype)
+    timings["load_s"] = time.perf_counter() - t0
+
+    results, all_samples = {}, []
+    for task in tasks:
+        t = time.perf_counter()
+        if task.kind == "mc":
+            scores, samples = run_mc(lm, tokenizer, task, limit)
+        elif task.kind == "ppl":
+            scores, samples = run_ppl(lm, tokenizer, task, limit)
+        else:
+            scores, samples = run_gen(llm, *prompts[task.name], max_tokens)
+        timings[task.name] = time.perf_counter() - t
+        results[task.name] = {"kind": task.kind, **scores}
+        all_samples += [{"task": task.name, **s} for s in samples]
+    timings["total_s"] = time.perf_counter() - t0
+
+    if samples_path is not None:
+        with open(samples_path, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(s, ensure_ascii=False) + "\n" for s in all_samples)
+    config = {"model": str(model), "tasks": [t.name for t in tasks], "mode": mode, "limit": limit,
+              "max_tokens": max_tokens, "temperature": 0.0, "device": str(device), "dtype": str(dtype),
+              "chat_template": (chat_template or "model's own") if gen else None,
+              "smollm3": smollm3.__version__, "torch": torch.__version__}
+    return {"results": results, "config": config, "timings": timings}
+
+
+def format_table(results: dict) -> str:
+    rows = [("task", "metric", "value", "n")]
+    for name, scores in results["results"].items():
+        for metric, value in scores.items():
+            if metric not in ("kind", "n"):
+                rows.append((name, metric, f"{value:.4f}", str(scores["n"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)

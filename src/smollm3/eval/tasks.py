@@ -1,0 +1,140 @@
+"""Evaluation task definitions: which tasks exist, how their items are read and checked.
+
+Three kinds:
+  mc   multiple-choice log-likelihood in cloze form (lighteval's `_cf` tasks) over a JSONL file of
+       {"query": str, "choices": [str, ...], "gold": int}; named `mc:PATH.jsonl`.
+  gen  generative exact match on the project's synthetic generators (arithmetic, word_problem): the answer is the
+       final number after the last </think> (GSM8K-style).
+  ppl  perplexity and bits-per-byte over a JSONL file of {"text": str}; named `ppl:PATH.jsonl`.
+See docs/eval.md.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class EvalError(ValueError):
+    """Bad evaluation input: an unknown task, a malformed item, an unusable option."""
+
+
+@dataclass
+class Task:
+    name: str  # as given on the command line
+    kind: str  # "mc" | "gen" | "ppl"
+    path: Path | None = None  # the JSONL file of mc and ppl tasks
+    generator: str | None = None  # the synthetic generator of gen tasks
+
+
+# generative tasks: task name -> smollm3.data.synthetic generator (both check answers by their final number)
+GENERATIVE = {"arithmetic": "arithmetic", "word_problem": "word_problem"}
+FILE_KINDS = {"mc": "multiple-choice cloze over a JSONL of {query, choices, gold}",
+              "ppl": "perplexity / bits-per-byte over a JSONL of {text}"}
+
+
+def available() -> list[str]:
+    return list(GENERATIVE) + [f"{kind}:FILE.jsonl" for kind in FILE_KINDS]
+
+
+def get_task(name: str) -> Task:
+    """A task from its command-line name; EvalError listing the available ones when it is unknown."""
+    name = name.strip()
+    if name in GENERATIVE:
+        return Task(name, "gen", generator=GENERATIVE[name])
+    kind, sep, path = name.partition(":")
+    if sep and kind in FILE_KINDS:
+        if not path:
+            raise EvalError(f"task {name!r} needs a file: {kind}:FILE.jsonl")
+        if not Path(path).is_file():
+            raise EvalError(f"task {name!r}: no such file {path}")
+        return Task(name, kind, path=Path(path))
+    raise EvalError(f"unknown task {name!r}; available tasks: {', '.join(available())}")
+
+
+def parse_tasks(spec: str) -> list[Task]:
+    names = [n for n in spec.split(",") if n.strip()]
+    if not names:
+        raise EvalError(f"no tasks given; available tasks: {', '.join(available())}")
+    return [get_task(n) for n in names]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# JSONL items (every error names file:line, so a bad item in a 10k-line file can be found)
+
+
+def _read_jsonl(path: Path, limit: int | None, check) -> list:
+    items = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if limit is not None and len(items) >= limit:
+                break
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise EvalError(f"{where}: not valid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise EvalError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+            items.append(check(obj, where))
+    if not items:
+        raise EvalError(f"{path}: no items")
+    return items
+
+
+def _check_mc(obj: dict, where: str) -> dict:
+    for key in ("query", "choices", "gold"):
+        if key not in obj:
+            raise EvalError(f"{where}: missing key {key!r} (an item is {{\"query\", \"choices\", \"gold\"}})")
+    query, choices, gold = obj["query"], obj["choices"], obj["gold"]
+    if not isinstance(query, str) or not query:
+        raise EvalError(f"{where}: 'query' must be a non-empty string")
+    if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c for c in choices):
+        raise EvalError(f"{where}: 'choices' must be a list of at least 2 non-empty strings")
+    if not isinstance(gold, int) or isinstance(gold, bool) or not 0 <= gold < len(choices):
+        raise EvalError(f"{where}: 'gold' must be an index into 'choices' (0..{len(choices) - 1}), got {gold!r}")
+    return {"query": query, "choices": choices, "gold": gold}
+
+
+def _check_text(obj: dict, where: str) -> str:
+    if not isinstance(obj.get("text"), str) or not obj["text"]:
+        raise EvalError(f"{where}: needs a non-empty string 'text'")
+    return obj["text"]
+
+
+def load_mc(path: Path, limit: int | None = None) -> list[dict]:
+    return _read_jsonl(Path(path), limit, _check_mc)
+
+
+def load_texts(path: Path, limit: int | None = None) -> list[str]:
+    return _read_jsonl(Path(path), limit, _check_text)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# generative items
+
+DEFAULT_GEN_ITEMS = 50
+
+
+def gen_items(task: Task, limit: int | None, think: bool) -> list[dict]:
+    """Synthetic records (TRL-style messages, the last one the reference answer); seed 0, so always the same set."""
+    from smollm3.data import synthetic  # imported here: smollm3.data pulls in torch, `smollm3 --help` should not
+
+    return synthetic.generate(task.generator, limit or DEFAULT_GEN_ITEMS, seed=0, think=think)
+
+
+def extract_answer(response: str) -> str | None:
+    """The final number of the text after the last </think> (the whole response without one), as a string."""
+    from smollm3.data import synthetic
+
+    n = synthetic.final_number(response)
+    return None if n is None else str(n)
+
+
+def is_correct(item: dict, response: str) -> bool:
+    from smollm3.data import synthetic
+
+    return synthetic.check(item, response)

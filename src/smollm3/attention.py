@@ -83,7 +83,8 @@ def resolve_backend(name: str, device: torch.device, packed: bool) -> str:
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc: DocumentMask | None, backend: str,
               scale: float) -> torch.Tensor:
-    """q [B, H, T, D]; k, v [B, KV, T, D] -> [B, T, H, D]. Causal, and intra-document when `doc` is given."""
+    """q [B, H, T, D]; k, v [B, KV, T, D] -> [B, T, H, D]. Causal, and intra-document when `doc` is given
+    (flex and varlen always need one: the model builds it, one document per row when nothing is packed)."""
     if backend == "sdpa":
         if doc is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
@@ -98,15 +99,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc: DocumentMa
         dtype = torch.get_autocast_dtype(q.device.type)
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     if backend == "flex":
-        if doc is None:
-            doc = DocumentMask.from_position_ids(
-                torch.arange(q.shape[2], device=q.device).expand(q.shape[0], -1))
         out = _compiled_flex()(q, k, v, block_mask=doc.block_mask(q.shape[1]), scale=scale, enable_gqa=True)
         return out.transpose(1, 2)
     if backend == "varlen":
         B, H, T, D = q.shape
-        if doc is None:
-            doc = DocumentMask.from_position_ids(torch.arange(T, device=q.device).expand(B, -1))
         qf = q.transpose(1, 2).reshape(B * T, H, D)
         kf = k.transpose(1, 2).reshape(B * T, k.shape[1], D)
         vf = v.transpose(1, 2).reshape(B * T, v.shape[1], D)

@@ -185,6 +185,8 @@ class SmolLM3Model(nn.Module):
         else:
             doc = DocumentMask.from_position_ids(position_ids)  # packed documents: mask across their borders
         backend = resolve_backend(attn_backend, x.device, packed=doc is not None)
+        if doc is None and backend in ("flex", "varlen") and cache is None:
+            doc = DocumentMask.from_position_ids(position_ids)  # these kernels take boundaries: one document per row
         cos, sin = self.rotary_emb(position_ids, x.dtype)
         for layer in self.layers:
             x = layer(x, cos, sin, doc, backend, cache)

@@ -241,3 +241,22 @@ def test_training_step_under_bf16_autocast_every_gpu_backend(backend):
         loss.backward()
         losses[b] = loss.item()
     assert abs(losses[backend] - losses["sdpa"]) < 2e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("backend", ["flex", "varlen"])
+def test_forced_backend_without_packing_is_plain_causal(backend):
+    from smollm3.attention import _varlen_impl
+
+    if backend == "varlen" and _varlen_impl() is None:
+        pytest.skip("no varlen kernel")
+    cfg = ModelConfig(**{**BASE, **PARITY_CASES["nope-interval-4"], "dtype": "float32", "hidden_size": 256})
+    model = build_model(cfg, device="cuda", dtype=torch.bfloat16).eval()
+    x = tokens(100).cuda()
+    with torch.no_grad():
+        model.attn_backend = backend
+        out = model(x).float()
+        model.attn_backend = "sdpa"
+        ref = model(x).float()
+    assert (out - ref).abs().max() <= 3e-2

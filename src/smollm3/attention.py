@@ -67,7 +67,10 @@ class DocumentMask:
         return self._block_mask
 
 
-def resolve_backend(name: str, device: torch.device, packed: bool) -> str:
+FLEX_BLOCK = 128  # compiled FlexAttention kernels (torch 2.11 inductor) need lengths in whole blocks
+
+
+def resolve_backend(name: str, device: torch.device, packed: bool, seq_len: int) -> str:
     if name not in BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; choose one of {', '.join(BACKENDS)}")
     if name != "auto":
@@ -75,10 +78,15 @@ def resolve_backend(name: str, device: torch.device, packed: bool) -> str:
             raise ValueError(f"attention backend {name!r} needs a CUDA device; use 'sdpa' on {device.type}")
         if name == "varlen" and _varlen_impl() is None:
             raise ValueError("attention backend 'varlen' needs torch.nn.attention.varlen (torch>=2.9) or flash-attn")
+        if name == "flex" and seq_len % FLEX_BLOCK:
+            raise ValueError(f"attention backend 'flex' needs a sequence length that is a multiple of {FLEX_BLOCK} "
+                             f"(got {seq_len}); pad the batch or use 'varlen' / 'sdpa'")
         return name
     if device.type != "cuda" or not packed:
         return "sdpa"
-    return "varlen" if _varlen_impl() is not None else "flex"
+    if _varlen_impl() is not None:
+        return "varlen"
+    return "flex" if seq_len % FLEX_BLOCK == 0 else "sdpa"
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc: DocumentMask | None, backend: str,

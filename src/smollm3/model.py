@@ -184,7 +184,7 @@ class SmolLM3Model(nn.Module):
             position_ids = torch.arange(T, device=input_ids.device).expand(B, T)
         else:
             doc = DocumentMask.from_position_ids(position_ids)  # packed documents: mask across their borders
-        backend = resolve_backend(attn_backend, x.device, packed=doc is not None)
+        backend = resolve_backend(attn_backend, x.device, packed=doc is not None, seq_len=T)
         if doc is None and backend in ("flex", "varlen") and cache is None:
             doc = DocumentMask.from_position_ids(position_ids)  # these kernels take boundaries: one document per row
         cos, sin = self.rotary_emb(position_ids, x.dtype)

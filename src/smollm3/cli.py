@@ -404,12 +404,14 @@ def _run_serve(args):
 def _add_eval(sub):
     from smollm3.eval.tasks import available
 
-    p = sub.add_parser("eval", help="evaluate a model: multiple-choice cloze, generative exact match, bits-per-byte",
+    p = sub.add_parser("eval", help="evaluate a model: multiple-choice cloze, generative exact match, bits-per-byte, "
+                                    "HumanEval, tool calls; `eval compare` diffs two results files",
                        description="Run evaluation tasks on a model, print a table and write per-task scores, the "
                                    "configuration and timings as JSON. Tasks: " + ", ".join(available()) +
-                                   ". See docs/eval.md.")
-    p.add_argument("--model", required=True, help="HF model directory")
-    p.add_argument("--tasks", required=True, help="comma-separated task names")
+                                   ". `smollm3 eval compare A.json B.json` prints per-task deltas. See docs/eval.md.")
+    # --model/--tasks/--out are checked in _run_eval, not by argparse, so that `eval compare` needs none of them
+    p.add_argument("--model", help="HF model directory (required)")
+    p.add_argument("--tasks", help="comma-separated task names (required)")
     p.add_argument("--mode", choices=["think", "no_think"], default="no_think",
                    help="enable_thinking for generative tasks (default: no_think)")
     p.add_argument("--limit", type=int, default=None, help="first N items of each task (generative default: 50)")
@@ -417,16 +419,26 @@ def _add_eval(sub):
     p.add_argument("--max-model-len", type=int, default=None, help="KV cache length (default: what the prompts need)")
     p.add_argument("--chat-template", default=None,
                    help="template name (smollm3, official) or a .jinja file (default: the model's own)")
-    p.add_argument("--out", required=True, help="results JSON")
+    p.add_argument("--out", help="results JSON (required)")
     p.add_argument("--samples", default=None, help="per-item details as JSONL")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default=None, help="default: bfloat16 on GPU, float32 on CPU")
     p.set_defaults(func=_run_eval)
+    eval_sub = p.add_subparsers(dest="eval_command", metavar="compare")
+    c = eval_sub.add_parser("compare", help="per-task metric deltas (B - A) of two results files",
+                            description="Print every task's metrics in A and B and the delta B - A.")
+    c.add_argument("a", help="results JSON (the baseline)")
+    c.add_argument("b", help="results JSON (compared against A)")
+    c.set_defaults(func=_run_eval_compare)
 
 
 def _run_eval(args):
     from smollm3.eval import format_table, parse_tasks, run_eval
+    from smollm3.eval.tasks import EvalError
 
+    missing = [f"--{k}" for k in ("model", "tasks", "out") if not getattr(args, k)]
+    if missing:
+        raise EvalError(f"{', '.join(missing)} required (or `smollm3 eval compare A.json B.json`)")
     tasks = parse_tasks(args.tasks)
     device = _device(args.device)
     results = run_eval(args.model, tasks, mode=args.mode, limit=args.limit, max_tokens=args.max_tokens,
@@ -435,6 +447,13 @@ def _run_eval(args):
     Path(args.out).write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     print(format_table(results))
     print(f"wrote {args.out} ({results['timings']['total_s']:.1f} s)")
+
+
+def _run_eval_compare(args):
+    from smollm3.eval.compare import compare, format_compare, load_results
+
+    a, b = load_results(args.a), load_results(args.b)
+    print(format_compare(compare(a, b), Path(args.a).name, Path(args.b).name))
 
 
 def build_parser() -> argparse.ArgumentParser:

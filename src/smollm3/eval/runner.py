@@ -17,9 +17,11 @@ import torch
 
 import smollm3
 from smollm3.chat import render_chat
-from smollm3.eval.tasks import EvalError, Task, extract_answer, gen_items, is_correct, load_mc, load_texts
+from smollm3.eval.tasks import (GENERATING_KINDS, EvalError, Task, extract_answer, gen_items, is_correct, load_mc,
+                                load_texts)
 
 MODES = ("think", "no_think")
+DEFAULT_TOOL_ITEMS = 50
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -109,6 +111,17 @@ def render_prompt(messages: list[dict], template: str, mode: str) -> str:
 
 
 def gen_prompts(task: Task, limit: int | None, mode: str, template: str) -> tuple[list[dict], list[str]]:
+    if task.kind == "humaneval":  # raw completion of the problem's code: no chat template (see humaneval.py)
+        from smollm3.eval.humaneval import load_problems
+
+        problems = load_problems(limit)
+        return problems, [p["prompt"] for p in problems]
+    if task.kind == "tool":
+        from smollm3.data import synthetic
+        from smollm3.eval.toolcall import tool_prompt
+
+        items = synthetic.generate(task.generator, limit or DEFAULT_TOOL_ITEMS, seed=0, think=mode == "think")
+        return items, [tool_prompt(item, template, mode) for item in items]
     items = gen_items(task, limit, think=mode == "think")
     # the last message is the reference answer; the model sees everything before it
     return items, [render_prompt(item["messages"][:-1], template, mode) for item in items]
@@ -150,7 +163,7 @@ def run_eval(model: str | Path, tasks: list[Task], *, mode: str = "no_think", li
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     tokenizer = smollm3.load_tokenizer(model)
-    gen = [t for t in tasks if t.kind == "gen"]
+    gen = [t for t in tasks if t.kind in GENERATING_KINDS]
     template = chat_template or tokenizer.chat_template or "smollm3"
     if chat_template and Path(chat_template).is_file():
         template = Path(chat_template).read_text()
@@ -160,7 +173,8 @@ def run_eval(model: str | Path, tasks: list[Task], *, mode: str = "no_think", li
 
         if max_model_len is None:
             # a KV cache just long enough for these prompts (the default, the model's full context, costs GiBs)
-            need = max(len(tokenizer.encode(p)) for _, ps in prompts.values() for p in ps) + max_tokens
+            # (+1: raw-completion prompts such as HumanEval's are encoded with the tokenizer's BOS, if it has one)
+            need = max(len(tokenizer.encode(p)) + 1 for _, ps in prompts.values() for p in ps) + max_tokens
             max_model_len = min(need, _positions(model) or need)
         llm = LLM(model, device=device, dtype=dtype, max_model_len=max_model_len,
                   max_num_seqs=max(len(ps) for _, ps in prompts.values()))
@@ -176,6 +190,14 @@ def run_eval(model: str | Path, tasks: list[Task], *, mode: str = "no_think", li
             scores, samples = run_mc(lm, tokenizer, task, limit)
         elif task.kind == "ppl":
             scores, samples = run_ppl(lm, tokenizer, task, limit)
+        elif task.kind == "humaneval":
+            from smollm3.eval.humaneval import run_humaneval
+
+            scores, samples = run_humaneval(llm, *prompts[task.name], max_tokens)
+        elif task.kind == "tool":
+            from smollm3.eval.toolcall import run_tool
+
+            scores, samples = run_tool(llm, *prompts[task.name], max_tokens)
         else:
             scores, samples = run_gen(llm, *prompts[task.name], max_tokens)
         timings[task.name] = time.perf_counter() - t
@@ -188,7 +210,8 @@ def run_eval(model: str | Path, tasks: list[Task], *, mode: str = "no_think", li
             f.writelines(json.dumps(s, ensure_ascii=False) + "\n" for s in all_samples)
     config = {"model": str(model), "tasks": [t.name for t in tasks], "mode": mode, "limit": limit,
               "max_tokens": max_tokens, "temperature": 0.0, "device": str(device), "dtype": str(dtype),
-              "chat_template": (chat_template or "model's own") if gen else None,
+              "chat_template": (chat_template or "model's own")
+              if any(t.kind != "humaneval" for t in gen) else None,  # HumanEval prompts use no template
               "smollm3": smollm3.__version__, "torch": torch.__version__}
     return {"results": results, "config": config, "timings": timings}
 

@@ -6,6 +6,8 @@ Three kinds:
   gen  generative exact match on the project's synthetic generators (arithmetic, word_problem): the answer is the
        final number after the last </think> (GSM8K-style).
   ppl  perplexity and bits-per-byte over a JSONL file of {"text": str}; named `ppl:PATH.jsonl`.
+  humaneval  HumanEval pass@1, completions run in a sandbox (humaneval.py, sandbox.py); named `humaneval`.
+  tool  tool-call correctness on the synthetic tool conversations (toolcall.py); named `tool_xml`, `tool_python`.
 See docs/eval.md.
 """
 
@@ -23,19 +25,21 @@ class EvalError(ValueError):
 @dataclass
 class Task:
     name: str  # as given on the command line
-    kind: str  # "mc" | "gen" | "ppl"
+    kind: str  # "mc" | "gen" | "ppl" | "humaneval" | "tool"
     path: Path | None = None  # the JSONL file of mc and ppl tasks
-    generator: str | None = None  # the synthetic generator of gen tasks
+    generator: str | None = None  # the synthetic generator of gen and tool tasks
 
 
 # generative tasks: task name -> smollm3.data.synthetic generator (both check answers by their final number)
 GENERATIVE = {"arithmetic": "arithmetic", "word_problem": "word_problem"}
+TOOL_TASKS = ("tool_xml", "tool_python")  # also the names of their synthetic generators
+GENERATING_KINDS = ("gen", "humaneval", "tool")  # the kinds that run on the batched engine
 FILE_KINDS = {"mc": "multiple-choice cloze over a JSONL of {query, choices, gold}",
               "ppl": "perplexity / bits-per-byte over a JSONL of {text}"}
 
 
 def available() -> list[str]:
-    return list(GENERATIVE) + [f"{kind}:FILE.jsonl" for kind in FILE_KINDS]
+    return list(GENERATIVE) + ["humaneval", *TOOL_TASKS] + [f"{kind}:FILE.jsonl" for kind in FILE_KINDS]
 
 
 def get_task(name: str) -> Task:
@@ -43,6 +47,10 @@ def get_task(name: str) -> Task:
     name = name.strip()
     if name in GENERATIVE:
         return Task(name, "gen", generator=GENERATIVE[name])
+    if name == "humaneval":
+        return Task(name, "humaneval")
+    if name in TOOL_TASKS:
+        return Task(name, "tool", generator=name)
     kind, sep, path = name.partition(":")
     if sep and kind in FILE_KINDS:
         if not path:

@@ -18,7 +18,7 @@ setup: $(BIN)/smollm3
 # The main job: real weights in (GGUF), an HF checkpoint out, then a greedy chat answer.
 demo: setup
 	$(BIN)/smollm3 convert $$($(BIN)/python -c 'import smollm3.assets as a; print(a.smollm2_gguf_path())') --out runs/smollm2-135m-instruct
-	$(BIN)/smollm3 generate --model runs/smollm2-135m-instruct --chat --prompt "What is the capital of France?" --max-new-tokens 32
+	$(BIN)/smollm3 generate --model runs/smollm2-135m-instruct --chat --prompt "What is the capital of France?" --max-new-tokens 32 --temperature 0
 
 test: setup
 	$(BIN)/python -m pytest -q tests

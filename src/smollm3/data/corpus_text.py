@@ -292,7 +292,7 @@ def roff_to_paragraphs(source: str) -> list[str]:
                     name = args[0]
                 out.text(_roff_inline(_mdoc_words([macro] + args, name)) + (" " if not out.pre else "\n"))
             elif macro in ("UR", "MT"):
-                pass  # the link text follows; the address itself is not prose
+                continue  # the link text follows; the address itself is not prose
             elif macro in ("UE", "ME"):
                 out.text(" " + _roff_inline(" ".join(_roff_args(rest))) + " ")
             elif macro in ("SY", "OP"):

@@ -69,7 +69,7 @@ class SlotCache:
         raise RuntimeError("SlotCache: call plan_prefill or plan_decode before the forward")
 
     def advance(self, T: int):
-        pass  # the engine owns the lengths (it knows which rows were padding or free slots)
+        """Nothing to do here: the engine owns the lengths (it knows which rows were padding or free slots)."""
 
     # ----
 

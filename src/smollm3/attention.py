@@ -107,14 +107,21 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc: DocumentMa
         dtype = torch.get_autocast_dtype(q.device.type)
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     if backend == "flex":
-        out = _compiled_flex()(q, k, v, block_mask=doc.block_mask(q.shape[1]), scale=scale, enable_gqa=True)
+        if torch.compiler.is_compiling():  # inside a compiled layer: the HOP itself, fused into that graph
+            from torch.nn.attention.flex_attention import flex_attention as flex
+        else:
+            flex = _compiled_flex()
+        out = flex(q, k, v, block_mask=doc.block_mask(q.shape[1]), scale=scale, enable_gqa=True)
         return out.transpose(1, 2)
     if backend == "varlen":
         B, H, T, D = q.shape
         qf = q.transpose(1, 2).reshape(B * T, H, D)
         kf = k.transpose(1, 2).reshape(B * T, k.shape[1], D)
         vf = v.transpose(1, 2).reshape(B * T, v.shape[1], D)
-        out = _varlen_impl()(qf, kf, vf, doc.cu_seqlens, doc.max_seqlen, scale)
+        # compiled: the row length bounds every document and never changes, where the exact longest document
+        # (an int that differs per batch) would recompile the layer each step; extra blocks exit at once
+        max_len = T if torch.compiler.is_compiling() else doc.max_seqlen
+        out = _varlen_call(qf, kf, vf, doc.cu_seqlens, max_len, scale)
         return out.view(B, T, H, D)
     raise ValueError(f"unknown attention backend {backend!r}")
 
@@ -137,6 +144,13 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
         return x
     B, KV, T, D = x.shape
     return x[:, :, None].expand(B, KV, n_rep, T, D).reshape(B, KV * n_rep, T, D)
+
+
+@torch.compiler.allow_in_graph
+def _varlen_call(q, k, v, cu_seqlens, max_seqlen: int, scale: float) -> torch.Tensor:
+    """One opaque node for torch.compile: dynamo would break the graph on the implementation lookup (a cached
+    import probe), while AOTAutograd traces straight through to torch's varlen custom op and its autograd."""
+    return _varlen_impl()(q, k, v, cu_seqlens, max_seqlen, scale)
 
 
 @functools.cache

@@ -200,6 +200,8 @@ def _run_tokenizer_train(args):
 
 
 def _add_corpus(sub):
+    from smollm3.data.corpus import SOURCES
+
     p = sub.add_parser("corpus", help="build an offline multilingual text + code corpus from Debian docs",
                        description="Corpus tools. `build` fetches Debian documentation packages (apt-get download, "
                                    "cached; never installed), converts them to text, keeps the paragraphs in each "
@@ -209,6 +211,7 @@ def _add_corpus(sub):
     b = csub.add_parser("build", help="fetch, convert and language-filter the corpus (a rerun is instant)")
     b.add_argument("--out", required=True, help="output directory")
     b.add_argument("--langs", default="en,fr,es,de,it,pt", help="comma-separated languages (default: all six)")
+    b.add_argument("--sources", default=None, help=f"comma-separated sources (default: all): {','.join(SOURCES)}")
     b.add_argument("--no-code", action="store_true", help="leave out the Python standard library")
     b.add_argument("--cache", default=None, help="download cache (default: ~/.cache/smollm3/corpus, or $SMOLLM3_CACHE)")
     b.add_argument("--debs", default=None, metavar="DIR",
@@ -221,8 +224,9 @@ def _run_corpus_build(args):
     from smollm3.data.corpus import build_corpus, summary
 
     langs = tuple(x.strip() for x in args.langs.split(",") if x.strip())
-    manifest = build_corpus(args.out, langs, code=not args.no_code, cache=args.cache, debs=args.debs,
-                            workers=args.workers)
+    sources = tuple(x.strip() for x in args.sources.split(",") if x.strip()) if args.sources else None
+    manifest = build_corpus(args.out, langs, code=not args.no_code, sources=sources, cache=args.cache,
+                            debs=args.debs, workers=args.workers)
     print(summary(manifest))
     print(f"wrote {args.out} (MB of text per language; licences in every record and in {args.out}/LICENSES)")
 
@@ -405,18 +409,28 @@ def _add_eval(sub):
     from smollm3.eval.tasks import available
 
     p = sub.add_parser("eval", help="evaluate a model: multiple-choice cloze, generative exact match, bits-per-byte, "
-                                    "HumanEval, tool calls; `eval compare` diffs two results files",
+                                    "HumanEval, tool calls, RULER long context; `eval compare` diffs two results files",
                        description="Run evaluation tasks on a model, print a table and write per-task scores, the "
                                    "configuration and timings as JSON. Tasks: " + ", ".join(available()) +
-                                   ". `smollm3 eval compare A.json B.json` prints per-task deltas. See docs/eval.md.")
+                                   " (KIND: niah_single, niah_multikey, niah_multivalue, niah_multiquery, "
+                                   "variable_tracking; LENGTH in tokens: 1024, 4k, 128k; ppl:DIR scores every *.jsonl "
+                                   "under DIR on its own). `smollm3 eval compare A.json B.json` prints per-task "
+                                   "deltas. lm-evaluation-harness: python -m smollm3.eval.lm_eval_adapter. "
+                                   "See docs/eval.md.")
     # --model/--tasks/--out are checked in _run_eval, not by argparse, so that `eval compare` needs none of them
     p.add_argument("--model", help="HF model directory (required)")
     p.add_argument("--tasks", help="comma-separated task names (required)")
-    p.add_argument("--mode", choices=["think", "no_think"], default="no_think",
-                   help="enable_thinking for generative tasks (default: no_think)")
-    p.add_argument("--limit", type=int, default=None, help="first N items of each task (generative default: 50)")
-    p.add_argument("--max-tokens", type=int, default=512, help="longest generated answer")
-    p.add_argument("--max-model-len", type=int, default=None, help="KV cache length (default: what the prompts need)")
+    p.add_argument("--mode", choices=["think", "no_think", "base"], default="no_think",
+                   help="think/no_think: enable_thinking in the chat template for generative tasks; base: plain-text "
+                        "prompts for pretrained (non-chat) models, answers end at a newline (default: no_think)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="first N items of each task (generative and ruler default: 50)")
+    p.add_argument("--max-tokens", type=int, default=512,
+                   help="longest generated answer (ruler: at most 64 unless --mode think)")
+    p.add_argument("--max-model-len", type=int, default=None,
+                   help="KV cache length (default: what the prompts need); at most the model's positions")
+    p.add_argument("--yarn", type=float, default=None, metavar="FACTOR",
+                   help="load with YaRN rope scaling: positions x FACTOR (e.g. 2 takes a 64k model to 128k)")
     p.add_argument("--chat-template", default=None,
                    help="template name (smollm3, official) or a .jinja file (default: the model's own)")
     p.add_argument("--out", help="results JSON (required)")
@@ -443,7 +457,7 @@ def _run_eval(args):
     device = _device(args.device)
     results = run_eval(args.model, tasks, mode=args.mode, limit=args.limit, max_tokens=args.max_tokens,
                        chat_template=args.chat_template, max_model_len=args.max_model_len, device=device,
-                       dtype=_dtype_for(device, args.dtype), samples_path=args.samples)
+                       dtype=_dtype_for(device, args.dtype), samples_path=args.samples, yarn=args.yarn)
     Path(args.out).write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     print(format_table(results))
     print(f"wrote {args.out} ({results['timings']['total_s']:.1f} s)")
@@ -456,12 +470,50 @@ def _run_eval_compare(args):
     print(format_compare(compare(a, b), Path(args.a).name, Path(args.b).name))
 
 
+# ------------------------------------------------------------------------------------------------------------------
+# recipe
+
+
+def _add_recipe(sub):
+    p = sub.add_parser("recipe", help="run a whole training recipe: every stage, evaluation, a report",
+                       description="Recipes chain the stages of the SmolLM3 recipe (data, pretraining, long context, "
+                                   "mid-training, SFT, APO, merge), evaluate every stage's checkpoint and write "
+                                   "OUT/report.md with plots. Interrupted runs resume: rerun the same command.")
+    rsub = p.add_subparsers(dest="recipe_command", metavar="SUBCOMMAND", required=True)
+    r = rsub.add_parser("run", help="run a recipe (resumable)")
+    r.add_argument("recipe", help="a recipe name (`smollm3 recipe list`) or a recipe YAML file")
+    r.add_argument("--out", required=True, help="run directory (rerun to resume)")
+    r.add_argument("--no-eval", action="store_true", help="train only: skip evaluation and the report")
+    r.set_defaults(func=_run_recipe)
+    ls = rsub.add_parser("list", help="the recipes that ship with smollm3")
+    ls.set_defaults(func=_run_recipe_list)
+
+
+def _run_recipe_list(args):
+    from smollm3.recipe.run import available
+
+    print("\n".join(available()))
+
+
+def _run_recipe(args):
+    import time
+
+    from smollm3.recipe.run import run_recipe
+
+    t0 = time.perf_counter()
+    report = run_recipe(args.recipe, args.out, evaluate=not args.no_eval,
+                        log=lambda msg: print(f"[recipe] {msg}", flush=True))
+    for c in report.get("claims", []):
+        print(f"[{'ok' if c['holds'] else 'NO'}] {c['claim']}: {c['numbers']}")
+    print(f"recipe {report['recipe']} finished in {(time.perf_counter() - t0) / 60:.1f} min; run directory {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smollm3", description="The SmolLM3 system: model, data, training, "
                                      "merging, evaluation and inference.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_convert, _add_generate, _add_merge, _add_tokenizer, _add_corpus, _add_data, _add_train,
-                _add_chat, _add_serve, _add_eval):
+                _add_chat, _add_serve, _add_eval, _add_recipe):
         add(sub)
     return parser
 

@@ -187,6 +187,8 @@ class SmolLM3Model(nn.Module):
         backend = resolve_backend(attn_backend, x.device, packed=doc is not None, seq_len=T)
         if doc is None and backend in ("flex", "varlen") and cache is None:
             doc = DocumentMask.from_position_ids(position_ids)  # these kernels take boundaries: one document per row
+        if backend == "flex":
+            doc.block_mask(self.config.num_attention_heads)  # built here once, outside any compiled layer
         cos, sin = self.rotary_emb(position_ids, x.dtype)
         for layer in self.layers:
             x = layer(x, cos, sin, doc, backend, cache)

@@ -10,7 +10,7 @@ import pytest
 
 from smollm3.cli import main
 from smollm3.data.synthetic import check, final_number, generate
-from smollm3.data.synthetic_long import KINDS
+from smollm3.data.synthetic_long import KINDS, retrieval_document, retrieval_prompt
 from smollm3.tokenizer import load_tokenizer
 
 TASKS = ["arithmetic", "word_problem", "running_total", "memory_chat", "preference", "tool_xml", "tool_python"]
@@ -144,6 +144,18 @@ def test_long_context_lengths_needles_and_checker(trained_tokenizer_dir):
                     assert f"is: {v}." in text
     essay = generate("niah_single", 1, seed=0, length=2000, haystack=["Un paragraphe.\n\nUn autre paragraphe."])[0]
     assert "Un autre paragraphe." in essay["messages"][0]["content"]
+
+
+def test_retrieval_prompt_and_document_agree():
+    """Evaluation prompts base models with retrieval_prompt; training documents are retrieval_document: one prefix."""
+    ex = generate("niah_multivalue", 1, seed=3, length=300)[0]
+    prompt = retrieval_prompt(ex)
+    # RULER's base-model answer prefix, ending in the words that precede a value in its needles
+    assert prompt == ex["messages"][0]["content"] + "\nAnswer: " + ex["answer_prefix"]
+    assert ex["answer_prefix"].startswith("The special magic numbers for ") and prompt.endswith(" are:")
+    doc = retrieval_document(ex)
+    assert doc.startswith(prompt + " ") and check(ex, doc[len(prompt):])
+    assert doc[len(prompt) + 1:] == ", ".join(ex["answer"])
 
 
 def test_cli_writes_jsonl_that_the_sft_loader_reads(tmp_path, trained_tokenizer_dir, capsys):

@@ -111,14 +111,15 @@ def test_sigkill_then_resume_is_bitwise_identical(assets, tmp_path):
 
 def test_two_process_fsdp_matches_one_process_and_resumes_in_one(assets, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    run_cli(write_config(assets, one, train__steps=6, train__micro_batch=2, train__grad_accum=1,
+    # gradient accumulation included: FSDP2 then syncs gradients only after a step's last micro-batch
+    run_cli(write_config(assets, one, train__steps=6, train__micro_batch=2, train__grad_accum=2,
                          checkpoint__every=2))
-    run_cli(write_config(assets, two, train__steps=4, train__micro_batch=1, train__grad_accum=1,
+    run_cli(write_config(assets, two, train__steps=4, train__micro_batch=1, train__grad_accum=2,
                          checkpoint__every=4), nproc=2)
     a, b = np.array(losses(one)[:4]), np.array(losses(two))
     assert np.max(np.abs(a - b) / np.abs(a)) <= 1e-5
     # the 2-process checkpoint continues in 1 process, on the same global batches
-    cont = write_config(assets, tmp_path / "cont", train__steps=6, train__micro_batch=2, train__grad_accum=1,
+    cont = write_config(assets, tmp_path / "cont", train__steps=6, train__micro_batch=2, train__grad_accum=2,
                         checkpoint__resume=str(two / "checkpoints" / "step_00000004"))
     run_cli(cont)
     c = np.array(losses(tmp_path / "cont"))

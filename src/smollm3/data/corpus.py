@@ -336,20 +336,27 @@ def default_cache() -> Path:
     return Path(base).expanduser() / "corpus"
 
 
+SOURCES = tuple(dict.fromkeys(p.source for p in PARTS))
+
+
 def build_corpus(out_dir: str | os.PathLike, langs: tuple[str, ...] = LANGS, *, code: bool = True,
-                 cache: str | os.PathLike | None = None, debs: str | os.PathLike | None = None,
-                 workers: int | None = None) -> dict:
-    """Build the corpus into `out_dir` and return the manifest (also written to OUT/manifest.json)."""
+                 sources: tuple[str, ...] | None = None, cache: str | os.PathLike | None = None,
+                 debs: str | os.PathLike | None = None, workers: int | None = None) -> dict:
+    """Build the corpus into `out_dir` and return the manifest (also written to OUT/manifest.json).
+    `sources` picks some of SOURCES (default all): the miniature recipe takes two small ones."""
     unknown = [lang for lang in langs if lang not in LANGS]
     if unknown:
         raise CorpusError(f"--langs: unknown language(s) {', '.join(unknown)}; choose from {','.join(LANGS)}")
+    unknown = [s for s in sources or () if s not in SOURCES]
+    if unknown:
+        raise CorpusError(f"--sources: unknown source(s) {', '.join(unknown)}; choose from {','.join(SOURCES)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = out_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     if manifest.get("converter_version") != CONVERTER_VERSION:
         manifest = {"converter_version": CONVERTER_VERSION, "files": {}}
-    parts = [p for p in PARTS if p.lang in langs]
+    parts = [p for p in PARTS if p.lang in langs and (not sources or p.source in sources)]
     cache_dir = Path(cache) if cache else default_cache()
 
     def save():

@@ -111,6 +111,25 @@ def make_arithmetic(rng: random.Random, think: bool = True, n_ops: int | None = 
             "steps": [list(s) for s in steps]}
 
 
+def make_small_arithmetic(rng: random.Random, think: bool = True, n_ops: int | None = None) -> dict:
+    """A chain of single-digit additions and subtractions read left to right, never below zero ("What is
+    7 + 5 - 3?"): the miniature recipe's math. Each step is a one-digit fact a tiny model can learn; the whole
+    chain in one step is much harder, which is what think mode is for."""
+    value = rng.randint(1, 9)
+    text, steps = str(value), []
+    for _ in range(n_ops or rng.randint(2, 3)):
+        n = rng.randint(1, 9)
+        op = "-" if n <= value and rng.random() < 0.5 else "+"
+        result = value + n if op == "+" else value - n
+        steps.append((value, op, n, result))
+        text, value = f"{text} {op} {n}", result
+    answer = (f"<think>\n{_steps_text(steps)}\n</think>\nThe answer is {value}." if think
+              else f"The answer is {value}.")
+    return {"messages": [{"role": "user", "content": f"What is {text}?"}, {"role": "assistant", "content": answer}],
+            "chat_template_kwargs": {"enable_thinking": think}, "task": "small_arithmetic", "answer": value,
+            "steps": [list(s) for s in steps]}
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # word problems: (question, [(step text, value)], answer)
 
@@ -254,16 +273,20 @@ def make_memory_chat(rng: random.Random, think: bool = False) -> dict:
 # preference pairs
 
 
-def make_preference(rng: random.Random, think: bool = False) -> dict:
+def make_preference(rng: random.Random, think: bool = False, small: bool = False) -> dict:
     """A math problem with a correct solution (chosen) and the same solution with a slip in one step, carried
-    through to a wrong final answer (rejected)."""
-    if rng.random() < 0.5:
-        text, value, steps = _expression(rng, rng.randint(2, 4))
-        question = f"What is {text}?"
+    through to a wrong final answer (rejected). `small`: the problems of make_small_arithmetic."""
+    if small or rng.random() < 0.5:
+        if small:
+            ex = make_small_arithmetic(rng)
+            question, value, steps = ex["messages"][0]["content"], ex["answer"], [tuple(s) for s in ex["steps"]]
+        else:
+            text, value, steps = _expression(rng, rng.randint(2, 4))
+            question = f"What is {text}?"
         lines = [f"{a} {op} {b} = {r}" for a, op, b, r in steps]
         # a slip in the last step: results earlier could make a later ÷ inexact
         a, op, b, r = steps[-1]
-        wrong = r + rng.choice([-3, -2, -1, 1, 2, 3])
+        wrong = r + rng.choice([-3, -2, -1, 1, 2, 3] if r >= 3 or not small else [1, 2, 3])
         wrong_lines = lines[:-1] + [f"{a} {op} {b} = {wrong}"]
     else:
         question, steps, value = rng.choice(WORD_PROBLEMS)(rng)
@@ -290,7 +313,7 @@ def make_preference(rng: random.Random, think: bool = False) -> dict:
 def check(example: dict, response: str) -> bool:
     """Whether `response` (the model's last assistant turn, raw) answers `example` correctly."""
     task = example["task"]
-    if task in ("arithmetic", "word_problem", "running_total", "preference"):
+    if task in ("arithmetic", "small_arithmetic", "word_problem", "running_total", "preference"):
         return _number_matches(response, example["answer"])
     if task == "memory_chat":
         return str(example["answer"]).lower() in _content(response).lower()
@@ -298,7 +321,8 @@ def check(example: dict, response: str) -> bool:
         from smollm3.data.synthetic_tools import check_tool_example
 
         return check_tool_example(example, response)
-    if task in ("niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery", "variable_tracking"):
+    if task in ("niah_single", "niah_single_word", "niah_multikey", "niah_multivalue", "niah_multiquery",
+                "variable_tracking"):
         from smollm3.data.synthetic_long import check_retrieval
 
         return check_retrieval(example, response)
@@ -306,13 +330,13 @@ def check(example: dict, response: str) -> bool:
 
 
 def generate(task: str, n: int, seed: int = 0, **options) -> list[dict]:
-    """`n` examples of `task`, identical for the same seed and options. Tasks: arithmetic, word_problem,
+    """`n` examples of `task`, identical for the same seed and options. Tasks: arithmetic, small_arithmetic, word_problem,
     running_total, memory_chat, preference (options: think=bool); tool_xml, tool_python (think=bool);
     niah_single, niah_multikey, niah_multivalue, niah_multiquery, variable_tracking (length=tokens,
     tokenizer=..., haystack=[texts])."""
     from smollm3.data import synthetic_long, synthetic_tools
 
-    makers = {"arithmetic": make_arithmetic, "word_problem": make_word_problem, "running_total": make_running_total,
+    makers = {"arithmetic": make_arithmetic, "small_arithmetic": make_small_arithmetic, "word_problem": make_word_problem, "running_total": make_running_total,
               "memory_chat": make_memory_chat, "preference": make_preference,
               "tool_xml": lambda rng, **kw: synthetic_tools.make_tool_chat(rng, style="xml", **kw),
               "tool_python": lambda rng, **kw: synthetic_tools.make_tool_chat(rng, style="python", **kw)}

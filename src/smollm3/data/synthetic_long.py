@@ -2,7 +2,8 @@
 Your Long-Context Language Models?"): needles hidden in a haystack, a question about them, exact answers.
 
 Kinds:
-  niah_single        one key with one value; what is the value?
+  niah_single        one key with one value (a 7-digit number); what is the value?
+  niah_single_word   the same with a word as the value (RULER's word-valued needles)
   niah_multikey      the target needle among distractor needles with other keys
   niah_multivalue    one key with several values at different depths; give them all
   niah_multiquery    several keys asked at once; give every value
@@ -11,6 +12,11 @@ Kinds:
 The haystack is RULER's "noise" sentences, or any texts you pass (e.g. corpus documents, the "essay" variant).
 `length` is the token count of the user turn (context plus question): with a tokenizer it is met exactly or just
 under; without one it is estimated at 4 characters per token.
+
+For base (non-chat) models an example is plain text: `retrieval_prompt` (the user turn + "\\nAnswer: " + RULER's
+base-model answer prefix, "The special magic number for KEY is:") is what
+`smollm3 eval --mode base` prompts with, and `retrieval_document` (the prompt + " " + the answers) is the text a
+pretraining document holds, so training and evaluation agree exactly.
 """
 
 from __future__ import annotations
@@ -18,7 +24,13 @@ from __future__ import annotations
 import random
 import string
 
-KINDS = ("niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery", "variable_tracking")
+KINDS = ("niah_single", "niah_single_word", "niah_multikey", "niah_multivalue", "niah_multiquery",
+         "variable_tracking")
+# RULER's word-valued needles ("type_needle_v: words"): none of these appears in the noise haystack
+VALUE_WORDS = ["apple", "bridge", "candle", "dragon", "engine", "falcon", "guitar", "hammer", "island", "jacket",
+               "kettle", "lemon", "mirror", "needle", "orange", "pillow", "rabbit", "saddle", "tiger", "umbrella",
+               "violin", "wagon", "zebra", "anchor", "barrel", "castle", "donkey", "feather", "garden", "helmet",
+               "lantern", "magnet", "napkin", "oyster", "parrot", "rocket", "spider", "tractor", "walnut", "window"]
 NOISE = ("The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. ")
 WORDS = ["amber", "basil", "cobalt", "delta", "ember", "fjord", "garnet", "harbor", "indigo", "juniper", "kestrel",
          "lumen", "meadow", "nectar", "onyx", "pepper", "quartz", "raven", "saffron", "tundra", "umber", "velvet",
@@ -53,30 +65,40 @@ def _var(rng: random.Random, used: set) -> str:
             return v
 
 
-def _needles(rng: random.Random, kind: str) -> tuple[list[str], str, list[str]]:
-    """(needle sentences in order of appearance, question, answers)."""
+def _needles(rng: random.Random, kind: str) -> tuple[list[str], str, list[str], str]:
+    """(needle sentences in order of appearance, question, answers, answer prefix). The prefix starts a base
+    model's answer as RULER's base-model templates do; it ends with the words that precede a value in its needle
+    ("... for KEY is:"), so the value can be found by matching them."""
     keys, values = set(), set()
     if kind == "niah_single":
         k, v = _key(rng, keys), _value(rng, values)
-        return [_needle(k, v)], f"What is the special magic number for {k} mentioned in the provided text? Answer with the number only.", [v]
+        return ([_needle(k, v)], f"What is the special magic number for {k} mentioned in the provided text? Answer with "
+                "the number only.", [v], f"The special magic number for {k} is:")
+    if kind == "niah_single_word":
+        k, v = _key(rng, keys), rng.choice(VALUE_WORDS)
+        return ([f"One of the special magic words for {k} is: {v}. "],
+                f"What is the special magic word for {k} mentioned in the provided text? Answer with the word only.",
+                [v], f"The special magic word for {k} is:")
     if kind == "niah_multikey":
         k, v = _key(rng, keys), _value(rng, values)
         needles = [_needle(_key(rng, keys), _value(rng, values)) for _ in range(rng.randint(2, 4))] + [_needle(k, v)]
         rng.shuffle(needles)
-        return needles, f"What is the special magic number for {k} mentioned in the provided text? Answer with the number only.", [v]
+        return (needles, f"What is the special magic number for {k} mentioned in the provided text? Answer with the "
+                "number only.", [v], f"The special magic number for {k} is:")
     if kind == "niah_multivalue":
         k = _key(rng, keys)
         vs = [_value(rng, values) for _ in range(rng.randint(2, 4))]
         return ([_needle(k, v) for v in vs],
                 (f"What are all the special magic numbers for {k} mentioned in the provided text? Answer with the "
-                "numbers only."), vs)
+                "numbers only."), vs, f"The special magic numbers for {k} are:")
     if kind == "niah_multiquery":
         ks = [_key(rng, keys) for _ in range(rng.randint(2, 4))]
         vs = [_value(rng, values) for _ in ks]
         needles = [_needle(k, v) for k, v in zip(ks, vs)]
         rng.shuffle(needles)
         return (needles, (f"What are the special magic numbers for {', '.join(ks[:-1])} and {ks[-1]} mentioned in "
-                         "the provided text? Answer with the numbers only."), vs)
+                         "the provided text? Answer with the numbers only."), vs,
+                f"The special magic numbers for {', '.join(ks[:-1])} and {ks[-1]} are:")
     if kind == "variable_tracking":
         names: set = set()
         chains = []
@@ -91,7 +113,7 @@ def _needles(rng: random.Random, kind: str) -> tuple[list[str], str, list[str]]:
         while any(pending):
             lines.append(rng.choice([p for p in pending if p]).pop(0))
         return (lines, (f"Find all variables that are assigned the value {target_value} in the text above. Answer with "
-                       "the variable names only."), target)
+                       "the variable names only."), target, f"The variables assigned the value {target_value} are:")
     raise ValueError(f"unknown retrieval kind {kind!r}; choose from {', '.join(KINDS)}")
 
 
@@ -116,7 +138,7 @@ def _assemble(units: list[str], needles: list[str], depths: list[int], question:
 def make_retrieval(rng: random.Random, kind: str = "niah_single", length: int = 4096, tokenizer=None,
                    haystack: list[str] | None = None, think: bool = False) -> dict:
     """One long-context example of about `length` tokens (see the module docstring)."""
-    needles, question, answers = _needles(rng, kind)
+    needles, question, answers, prefix = _needles(rng, kind)
     pool = _filler_units(haystack)
 
     def count(text: str) -> int:
@@ -147,8 +169,21 @@ def make_retrieval(rng: random.Random, kind: str = "niah_single", length: int = 
     if think:
         reply = "<think>\nI look through the text for the question's items.\n</think>\n" + reply
     return {"messages": [{"role": "user", "content": text}, {"role": "assistant", "content": reply}],
-            "chat_template_kwargs": {"enable_thinking": think}, "task": kind, "answer": answers,
+            "chat_template_kwargs": {"enable_thinking": think}, "task": kind, "answer": answers, "answer_prefix": prefix,
             "length": count(text)}
+
+
+def retrieval_prompt(example: dict) -> str:
+    """The plain-text prompt of an example for a base (non-chat) model: the user turn, then "\\nAnswer: " and the
+    answer prefix (RULER's base-model form, "The special magic number for KEY is:"). Evaluation (`smollm3 eval
+    --mode base`) prompts with exactly this and training documents start with it, so the two agree."""
+    prefix = example.get("answer_prefix")
+    return example["messages"][0]["content"] + "\nAnswer:" + (f" {prefix}" if prefix else "")
+
+
+def retrieval_document(example: dict) -> str:
+    """The example as a pretraining document: retrieval_prompt(example), a space, the answers joined by ", "."""
+    return retrieval_prompt(example) + " " + ", ".join(str(a) for a in example["answer"])
 
 
 def check_retrieval(example: dict, response: str) -> bool:

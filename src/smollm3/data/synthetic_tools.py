@@ -99,7 +99,9 @@ def _python_call(name: str, args: dict) -> str:
     return f"{name}({', '.join(f'{k}={json.dumps(v, ensure_ascii=False)}' for k, v in args.items())})"
 
 
-def make_tool_chat(rng: random.Random, style: str = "xml", think: bool = False) -> dict:
+def make_tool_chat(rng: random.Random, style: str = "xml", think: bool = False, offered: int | None = None) -> dict:
+    """A request one of TOOLS answers, the call, its result and the final answer. `offered`: how many tools the
+    prompt lists (the right one among them; default all): fewer keeps prompts short for small contexts."""
     if style not in ("xml", "python"):
         raise ValueError(f"tool style must be 'xml' or 'python', got {style!r}")
     name, args, question, answer_template = _task(rng)
@@ -115,9 +117,10 @@ def make_tool_chat(rng: random.Random, style: str = "xml", think: bool = False) 
     if think:
         call = f"<think>\nThe {name} tool answers this exactly, so I call it.\n</think>\n" + call
         answer = f"<think>\nThe tool returned {result}.\n</think>\n" + answer
-    # the other tools are offered too, so choosing the right one is part of the task
-    offered = [TOOLS[k][1] for k in sorted(TOOLS)]
-    kwargs = {"enable_thinking": think, ("xml_tools" if style == "xml" else "python_tools"): offered}
+    # other tools are offered too, so choosing the right one is part of the task
+    names = sorted(TOOLS) if offered is None else \
+        sorted([name] + rng.sample([k for k in sorted(TOOLS) if k != name], max(0, min(offered, len(TOOLS)) - 1)))
+    kwargs = {"enable_thinking": think, ("xml_tools" if style == "xml" else "python_tools"): [TOOLS[k][1] for k in names]}
     return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": call},
                          {"role": "tool", "content": tool_output}, {"role": "assistant", "content": answer}],
             "chat_template_kwargs": kwargs, "task": f"tool_{style}", "call": {"name": name, "arguments": args},

@@ -25,8 +25,8 @@ def load_results(path: str | Path) -> dict:
 
 
 def _metrics(scores: dict) -> dict:
-    # "n" is a count, not a score; "kind" is a label
-    return {k: v for k, v in scores.items() if k not in ("kind", "n") and isinstance(v, (int, float))
+    # "n" is a count and "length" (ruler) a setting, not scores; "kind" is a label
+    return {k: v for k, v in scores.items() if k not in ("kind", "n", "length") and isinstance(v, (int, float))
             and not isinstance(v, bool)}
 
 

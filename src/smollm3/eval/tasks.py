@@ -1,11 +1,13 @@
 """Evaluation task definitions: which tasks exist, how their items are read and checked.
 
-Three kinds:
+Kinds:
   mc   multiple-choice log-likelihood in cloze form (lighteval's `_cf` tasks) over a JSONL file of
        {"query": str, "choices": [str, ...], "gold": int}; named `mc:PATH.jsonl`.
   gen  generative exact match on the project's synthetic generators (arithmetic, word_problem): the answer is the
        final number after the last </think> (GSM8K-style).
-  ppl  perplexity and bits-per-byte over a JSONL file of {"text": str}; named `ppl:PATH.jsonl`.
+  ppl  perplexity and bits-per-byte over a JSONL file of {"text": str}; named `ppl:PATH.jsonl`, or `ppl:DIR`: every
+       *.jsonl under DIR is its own task `ppl:DIR/<relative path without .jsonl>` (per language and domain).
+  ruler  RULER-style long-context retrieval (ruler.py, smollm3.data.synthetic_long); named `ruler:KIND:LENGTH`.
   humaneval  HumanEval pass@1, completions run in a sandbox (humaneval.py, sandbox.py); named `humaneval`.
   tool  tool-call correctness on the synthetic tool conversations (toolcall.py); named `tool_xml`, `tool_python`.
 See docs/eval.md.
@@ -14,7 +16,8 @@ See docs/eval.md.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 
@@ -25,21 +28,49 @@ class EvalError(ValueError):
 @dataclass
 class Task:
     name: str  # as given on the command line
-    kind: str  # "mc" | "gen" | "ppl" | "humaneval" | "tool"
-    path: Path | None = None  # the JSONL file of mc and ppl tasks
-    generator: str | None = None  # the synthetic generator of gen and tool tasks
+    kind: str  # "mc" | "gen" | "ppl" | "humaneval" | "tool" | "ruler"
+    path: Path | None = None  # the JSONL file of mc and ppl tasks (a directory for ppl before expand())
+    generator: str | None = None  # the synthetic generator of gen, tool and ruler tasks
+    length: int | None = None  # ruler: tokens of the whole sequence (prompt + answer)
 
 
 # generative tasks: task name -> smollm3.data.synthetic generator (both check answers by their final number)
 GENERATIVE = {"arithmetic": "arithmetic", "word_problem": "word_problem"}
 TOOL_TASKS = ("tool_xml", "tool_python")  # also the names of their synthetic generators
-GENERATING_KINDS = ("gen", "humaneval", "tool")  # the kinds that run on the batched engine
+GENERATING_KINDS = ("gen", "humaneval", "tool", "ruler")  # the kinds that run on the batched engine
 FILE_KINDS = {"mc": "multiple-choice cloze over a JSONL of {query, choices, gold}",
-              "ppl": "perplexity / bits-per-byte over a JSONL of {text}"}
+              "ppl": "perplexity / bits-per-byte over a JSONL of {text}, or every *.jsonl under a directory"}
+RULER_USAGE = "ruler:KIND:LENGTH (e.g. ruler:niah_single:4k; LENGTH in tokens: 1024, 4k, 128k)"
 
 
 def available() -> list[str]:
-    return list(GENERATIVE) + ["humaneval", *TOOL_TASKS] + [f"{kind}:FILE.jsonl" for kind in FILE_KINDS]
+    # no kinds listed here: naming them imports smollm3.data (torch), and `smollm3 --help` calls this
+    return (list(GENERATIVE) + ["humaneval", *TOOL_TASKS] + [f"{kind}:FILE.jsonl" for kind in FILE_KINDS]
+            + ["ppl:DIR", "ruler:KIND:LENGTH"])
+
+
+def parse_length(text: str) -> int:
+    """Tokens from `1024`, `4k` or `128k` (k = 1024, as context lengths are counted: 64k = 65536)."""
+    m = re.fullmatch(r"\s*(\d+)\s*([kK]?)\s*", text)
+    if not m or int(m.group(1)) == 0:
+        raise EvalError(f"length {text!r} is not a token count; write it as 1024, 4k or 128k")
+    return int(m.group(1)) * (1024 if m.group(2) else 1)
+
+
+def _ruler_task(name: str) -> Task:
+    from smollm3.data.synthetic_long import KINDS  # the kinds live with their generator
+
+    parts = name.split(":")
+    if len(parts) != 3:
+        raise EvalError(f"task {name!r}: expected {RULER_USAGE}; KIND is one of {', '.join(KINDS)}")
+    _, kind, length = parts
+    if kind not in KINDS:
+        raise EvalError(f"task {name!r}: unknown kind {kind!r}; KIND is one of {', '.join(KINDS)}")
+    try:
+        n = parse_length(length)
+    except EvalError as e:
+        raise EvalError(f"task {name!r}: {e}") from None
+    return Task(name, "ruler", generator=kind, length=n)
 
 
 def get_task(name: str) -> Task:
@@ -52,20 +83,43 @@ def get_task(name: str) -> Task:
     if name in TOOL_TASKS:
         return Task(name, "tool", generator=name)
     kind, sep, path = name.partition(":")
+    if sep and kind == "ruler":
+        return _ruler_task(name)
     if sep and kind in FILE_KINDS:
         if not path:
             raise EvalError(f"task {name!r} needs a file: {kind}:FILE.jsonl")
+        if kind == "ppl" and Path(path).is_dir():
+            return Task(name, kind, path=Path(path))
         if not Path(path).is_file():
-            raise EvalError(f"task {name!r}: no such file {path}")
+            raise EvalError(f"task {name!r}: no such file {path}" + (" or directory" if kind == "ppl" else ""))
         return Task(name, kind, path=Path(path))
     raise EvalError(f"unknown task {name!r}; available tasks: {', '.join(available())}")
+
+
+def expand(tasks: list[Task]) -> list[Task]:
+    """Each `ppl:DIR` task becomes one task per *.jsonl file under DIR (recursively, sorted, hidden files and
+    directories skipped), named `ppl:DIR/<relative path without .jsonl>`: a held-out split laid out as
+    `smollm3 corpus build` writes it (OUT/<lang>/<source>.jsonl) scores per language and domain."""
+    out = []
+    for task in tasks:
+        if task.kind != "ppl" or task.path is None or not task.path.is_dir():
+            out.append(task)
+            continue
+        root, base = task.path, task.name.partition(":")[2].rstrip("/\\")
+        files = [f for f in sorted(root.rglob("*.jsonl"))
+                 if not any(part.startswith(".") for part in f.relative_to(root).parts)]
+        if not files:
+            raise EvalError(f"task {task.name!r}: no *.jsonl files under {root}")
+        out += [replace(task, name=f"ppl:{base}/{f.relative_to(root).with_suffix('').as_posix()}", path=f)
+                for f in files]
+    return out
 
 
 def parse_tasks(spec: str) -> list[Task]:
     names = [n for n in spec.split(",") if n.strip()]
     if not names:
         raise EvalError(f"no tasks given; available tasks: {', '.join(available())}")
-    return [get_task(n) for n in names]
+    return expand([get_task(n) for n in names])
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 One `Engine.step()` either prefills newly admitted requests (right-padded into one batch, up to a token budget)
 or decodes one token for every running request. Requests join and leave between steps, so a long generation
 never holds short ones back. On CUDA the decode step is captured once per (batch bucket, KV-length bucket) in a
-CUDA graph and replayed, which removes the per-kernel launch cost that dominates small-batch decode.
+CUDA graph and replayed, which removes the per-kernel launch cost that dominates small-batch decode; the step
+itself is the fused, compiled one of fast.py (fewer, larger kernels), with the greedy argmax inside the graph.
 Loading a model directory into an engine, and the offline `LLM` API, are in llm.py.
 """
 
@@ -94,7 +95,8 @@ class Engine:
     def __init__(self, model: SmolLM3ForCausalLM, tokenizer=None, *, max_num_seqs: int = 32,
                  max_model_len: int | None = None, kv_cache_memory: int | None = None,
                  max_prefill_tokens: int = 16384, cuda_graphs: bool | None = None,
-                 defaults: dict | None = None, eos_token_ids: list[int] | None = None):
+                 defaults: dict | None = None, eos_token_ids: list[int] | None = None,
+                 fast_decode: bool | None = None, gemv: bool | None = None):
         cfg = model.config
         self.model, self.tokenizer, self.config = model.eval(), tokenizer, cfg
         p = next(model.parameters())
@@ -128,12 +130,27 @@ class Engine:
         self.tokens_buf = torch.zeros(self.num_slots, dtype=torch.long, device=self.device)
         self.lengths_buf = torch.zeros(self.num_slots, dtype=torch.long, device=self.device)
         self.logits_buf = torch.zeros(self.num_slots, V, dtype=self.dtype, device=self.device)
+        self.greedy_buf = torch.zeros(self.num_slots, dtype=torch.long, device=self.device)  # argmax of logits_buf
         self.use_graphs = self.device.type == "cuda" if cuda_graphs is None else bool(cuda_graphs)
         if self.use_graphs and self.device.type != "cuda":
             raise ValueError("cuda_graphs=True needs the model on a CUDA device")
         self.bucket_shapes = self.use_graphs  # pad decode to (batch, KV-length) buckets: one graph per bucket
         self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self._graph_pool = None
+        # the fused decode step (fast.py): by default wherever CUDA graphs run, compiled on CUDA, eager elsewhere
+        self.fast = None
+        if fast_decode if fast_decode is not None else self.use_graphs:
+            from smollm3.infer.fast import FastDecode
+
+            self.fast = FastDecode(model, self.cache, compile=self.device.type == "cuda", gemv=gemv)
+        # pipelined greedy decode (_decode_async): step n+1 is launched before step n's tokens are read, the tokens
+        # staying on the device in between, so the host's bookkeeping overlaps the GPU's work
+        self.async_decode = self.fast is not None
+        self._inflight = None  # (requests, host buffer, event) of a launched decode step whose tokens are unread
+        self._on_device = False  # tokens_buf / lengths_buf already hold the next step's inputs (set by the step)
+        pin = self.device.type == "cuda"
+        self._host_ids = [torch.zeros(self.num_slots, dtype=torch.long, pin_memory=pin) for _ in range(2)]
+        self._host_turn = 0
         self.stats = {"requests": 0, "finished": 0, "aborted": 0, "prompt_tokens": 0, "generated_tokens": 0,
                       "prefill_steps": 0, "decode_steps": 0}
 
@@ -208,9 +225,12 @@ class Engine:
             self._finish(r, "abort")
         free = [i for i, r in enumerate(self.slots) if r is None]
         if self.waiting and free:
+            self._flush()
             self._prefill(free)
         elif any(self.slots):
             self._decode()
+        else:
+            self._flush()
 
     def fail_all(self, message: str):
         """Finish every request with an error (after an exception inside a step), leaving the engine usable."""
@@ -218,6 +238,7 @@ class Engine:
             r.error = message
             self._finish(r, "error")
         self.waiting.clear()
+        self._inflight, self._on_device = None, False
 
     def _prefill(self, free: list[int]):
         batch: list[Request] = []
@@ -248,19 +269,24 @@ class Engine:
                 self.seen[r.slot] = False
                 self.seen[r.slot, torch.tensor(r.prompt_ids, device=self.device)] = True
         self.stats["prefill_steps"] += 1
+        self._on_device = False
         self._sample(batch, logits)
 
-    def _decode(self):
-        active = [r for r in self.slots if r is not None]
+    def _shape(self, active: list[Request]) -> tuple[int, int]:
         b = max(r.slot for r in active) + 1
         kv_len = max(self.lengths[r.slot] for r in active) + 1
         if self.bucket_shapes:
             b = next(s for s in _buckets(self.num_slots) if s >= b)
             kv_len = min(self.max_model_len, max(256, 1 << (kv_len - 1).bit_length()))
+        return b, kv_len
+
+    def _upload(self, b: int):
         tokens = [r.output_ids[-1] if r is not None else 0 for r in self.slots[:b]]
         lengths = [self.lengths[i] if r is not None else 0 for i, r in enumerate(self.slots[:b])]
         self.tokens_buf[:b].copy_(torch.tensor(tokens))
         self.lengths_buf[:b].copy_(torch.tensor(lengths))
+
+    def _launch(self, b: int, kv_len: int, active: list[Request]):
         if self.use_graphs:
             self._graph(b, kv_len).replay()
         else:
@@ -268,10 +294,77 @@ class Engine:
         for r in active:
             self.lengths[r.slot] += 1
         self.stats["decode_steps"] += 1
-        self._sample(active, self.logits_buf[torch.tensor([r.slot for r in active], device=self.device)])
+
+    def _decode(self):
+        active = [r for r in self.slots if r is not None]
+        if self.async_decode and all(r.params.temperature == 0 and r.constraint is None
+                                     and r.params.repetition_penalty == 1 for r in active):
+            return self._decode_async()
+        self._flush()
+        active = [r for r in self.slots if r is not None]
+        if not active:
+            return
+        b, kv_len = self._shape(active)
+        self._upload(b)
+        self._launch(b, kv_len, active)
+        self._on_device = False
+        rows = torch.tensor([r.slot for r in active], device=self.device)
+        self._sample(active, self.logits_buf[rows], self.greedy_buf[rows] if self.fast is not None else None)
+
+    def _decode_async(self):
+        """Greedy decode, one step ahead: launch step n+1 (its tokens are step n's device argmax, already in
+        tokens_buf), then read step n's tokens while the GPU runs. A request that finishes at step n has had step
+        n+1 computed for nothing: its token is dropped and its slot's cache rows are rewritten by the next prefill.
+        Whenever the running set changes (prefill, finish, abort, a sampled step) the host's tokens and lengths are
+        uploaded again first."""
+        if not self._on_device:
+            self._flush()
+        active = [r for r in self.slots if r is not None]
+        if not active:
+            return
+        b, kv_len = self._shape(active)
+        if not self._on_device:
+            self._upload(b)
+            self._on_device = True
+        self._launch(b, kv_len, active)
+        host = self._host_ids[self._host_turn]
+        self._host_turn ^= 1
+        host[:b].copy_(self.greedy_buf[:b], non_blocking=True)
+        event = None
+        if self.device.type == "cuda":
+            event = torch.cuda.Event()
+            event.record()
+        previous, self._inflight = self._inflight, (active, host, event)
+        if previous is not None:
+            self._read(previous)
+
+    def _read(self, inflight):
+        reqs, host, event = inflight
+        if event is not None:
+            event.synchronize()
+        ids = host.tolist()
+        now = time.perf_counter()
+        for r in reqs:
+            if not r.finished:  # finished since the launch (a stop, a length, an abort): the token is dropped
+                self._append(r, ids[r.slot], now)
+
+    def _flush(self):
+        """Read the tokens of a launched, unread decode step (the host is up to date afterwards)."""
+        if self._inflight is not None:
+            previous, self._inflight = self._inflight, None
+            self._read(previous)
 
     def _decode_forward(self, b: int, kv_len: int):
         """Everything a decode step runs on the GPU, reading and writing only the static buffers."""
+        if self.fast is not None:
+            logits, greedy = self.fast.run(self.tokens_buf[:b], self.lengths_buf[:b], kv_len)
+            self.logits_buf[:b] = logits
+            self.greedy_buf[:b] = greedy
+            # the next step's inputs, for _decode_async: this step's argmax, one more cached token per used row
+            # (unused rows have length 0 and stay there; other paths upload both buffers before each step)
+            self.tokens_buf[:b] = greedy
+            self.lengths_buf[:b] += (self.lengths_buf[:b] > 0).long()
+            return
         self.cache.plan_decode(self.lengths_buf[:b], kv_len)
         hidden = self.model.model(self.tokens_buf[:b, None], self.lengths_buf[:b, None], self.cache,
                                   self.model.attn_backend)
@@ -280,13 +373,17 @@ class Engine:
     def _graph(self, b: int, kv_len: int) -> torch.cuda.CUDAGraph:
         g = self._graphs.get((b, kv_len))
         if g is None:
-            # warm up on a side stream (allocator and cuBLAS workspaces), then capture. Re-running the step is
-            # harmless: it rewrites the same K/V at the same positions from the same inputs.
+            # warm up on a side stream (allocator and cuBLAS workspaces, Triton GEMV tuning), then capture.
+            # Re-running the step is harmless: it rewrites the same K/V at the same positions from the same inputs;
+            # the inputs it advances in place for the next step (tokens, lengths) are put back before the capture.
+            inputs = self.tokens_buf[:b].clone(), self.lengths_buf[:b].clone()
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
                 self._decode_forward(b, kv_len)
             torch.cuda.current_stream().wait_stream(stream)
+            self.tokens_buf[:b].copy_(inputs[0])
+            self.lengths_buf[:b].copy_(inputs[1])
             g = torch.cuda.CUDAGraph()
             # thread_local: the server's threads may touch CUDA state (e.g. seeding a generator) meanwhile
             with torch.cuda.graph(g, pool=self._graph_pool, capture_error_mode="thread_local"):
@@ -298,9 +395,16 @@ class Engine:
     # ------------------------------------------------------------------------------------------------------------
     # sampling and bookkeeping
 
-    def _sample(self, reqs: list[Request], logits: torch.Tensor):
+    def _sample(self, reqs: list[Request], logits: torch.Tensor, greedy_ids: torch.Tensor | None = None):
         params = [r.params for r in reqs]
         penalised = any(p.repetition_penalty != 1 for p in params)
+        if greedy_ids is not None and not penalised and all(p.temperature == 0 and r.constraint is None
+                                                            for p, r in zip(params, reqs)):
+            # all greedy: the argmax was taken on the device inside the decode step; one small copy to the host
+            now = time.perf_counter()
+            for r, t in zip(reqs, greedy_ids.tolist()):
+                self._append(r, t, now)
+            return
         seen = self.seen[torch.tensor([r.slot for r in reqs], device=self.device)] if penalised else None
         scores = sampling_scores(logits, params, [r._generator for r in reqs], seen)
         tokens = scores.argmax(-1).tolist()
@@ -373,6 +477,7 @@ class Engine:
         r.finish_reason, r.finish_time = reason, time.perf_counter()
         r.stable_len = len(r.text)
         if r.slot is not None:
+            self._on_device = False
             self.slots[r.slot] = None
             self.lengths[r.slot] = 0
             r.slot = None

@@ -36,9 +36,29 @@ def extend_context(model: SmolLM3ForCausalLM, max_model_len: int) -> str | None:
             "(in memory only; the checkpoint is unchanged)")
 
 
+ROPE_FIELDS = ("rope_theta", "rope_scaling", "max_position_embeddings")
+
+
+def override_config(model: SmolLM3ForCausalLM, overrides: dict) -> None:
+    """Change RoPE fields of a loaded model's config in memory (none of them shapes a weight) and recompute its rotary
+    tables, e.g. YaRN at load time: {"rope_scaling": {"rope_type": "yarn", "factor": 2.0,
+    "original_max_position_embeddings": 65536}, "max_position_embeddings": 131072}. The result equals loading a
+    config.json with those values written in; the checkpoint is unchanged."""
+    bad = sorted(set(overrides) - set(ROPE_FIELDS))
+    if bad:
+        raise ValueError(f"config_overrides: {', '.join(bad)} cannot change after loading; "
+                         f"only {', '.join(ROPE_FIELDS)} can")
+    cfg = model.config
+    new = dataclasses.replace(cfg, **overrides)  # validates, and normalises rope_scaling as config.json loading does
+    for key in ROPE_FIELDS:
+        setattr(cfg, key, getattr(new, key))
+    model.model.rotary_emb.reset_parameters()
+
+
 def load_for_inference(path, device: str | None = None, dtype=None, max_model_len: int | None = None,
-                       log: Callable[[str], None] = print):
-    """-> (model, tokenizer or None, generation_config dict) from an HF directory or a .gguf file."""
+                       log: Callable[[str], None] = print, config_overrides: dict | None = None):
+    """-> (model, tokenizer or None, generation_config dict) from an HF directory or a .gguf file.
+    `config_overrides` (RoPE fields only, see override_config) apply before anything else looks at the config."""
     from smollm3.checkpoint import load_pretrained
     from smollm3.tokenizer import load_tokenizer
 
@@ -47,6 +67,8 @@ def load_for_inference(path, device: str | None = None, dtype=None, max_model_le
     if dtype is None:
         dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
     model = load_pretrained(path, device=device, dtype=dtype)
+    if config_overrides:
+        override_config(model, config_overrides)
     tokenizer = None
     if path.is_file() or (path / "tokenizer.json").exists():
         tokenizer = load_tokenizer(path)
@@ -62,11 +84,11 @@ def load_for_inference(path, device: str | None = None, dtype=None, max_model_le
 
 def build_engine(model, *, chat_template: str | None = None, max_model_len: int | None = None,
                  max_num_seqs: int = 32, kv_cache_memory: int | None = None, device: str | None = None, dtype=None,
-                 cuda_graphs: bool | None = None) -> tuple[Engine, str]:
+                 cuda_graphs: bool | None = None, config_overrides: dict | None = None) -> tuple[Engine, str]:
     """Load a model directory into an Engine with the model's sampling defaults and stop ids.
     -> (engine, chat template source): `chat_template` is a name, a .jinja file, or None for the model's own
     chat_template.jinja (else our "smollm3" template)."""
-    m, tokenizer, gen_cfg = load_for_inference(model, device, dtype, max_model_len)
+    m, tokenizer, gen_cfg = load_for_inference(model, device, dtype, max_model_len, config_overrides=config_overrides)
     eos = [i for i in _as_list(gen_cfg.get("eos_token_id", m.config.eos_token_id)) if i is not None]
     engine = Engine(m, tokenizer, max_num_seqs=max_num_seqs, max_model_len=max_model_len,
                     kv_cache_memory=kv_cache_memory, cuda_graphs=cuda_graphs, defaults=generation_defaults(gen_cfg),
@@ -82,10 +104,11 @@ class LLM:
     """The offline API: load a model directory once, generate for many prompts at once."""
 
     def __init__(self, model: str | Path, *, device: str | None = None, dtype=None, max_model_len: int | None = None,
-                 max_num_seqs: int = 32, kv_cache_memory: int | None = None, cuda_graphs: bool | None = None):
+                 max_num_seqs: int = 32, kv_cache_memory: int | None = None, cuda_graphs: bool | None = None,
+                 config_overrides: dict | None = None):
         self.engine, self.chat_template = build_engine(
             model, max_model_len=max_model_len, max_num_seqs=max_num_seqs, kv_cache_memory=kv_cache_memory,
-            device=device, dtype=dtype, cuda_graphs=cuda_graphs)
+            device=device, dtype=dtype, cuda_graphs=cuda_graphs, config_overrides=config_overrides)
         self.model, self.tokenizer = self.engine.model, self.engine.tokenizer
 
     def generate(self, prompts: str | list[str] | list[list[int]],

@@ -71,7 +71,12 @@ def apply_activation_checkpointing(model):
 
 
 def apply_compile(model):
-    """Compile each decoder layer (same shapes every layer: one graph, compiled once)."""
+    """Compile each decoder layer (same shapes every layer: one graph per RoPE/NoPE variant, compiled once).
+    The varlen attention call is one opaque node (attention._varlen_call), so the layer compiles without breaks."""
+    import torch._dynamo
+
+    # RoPE and NoPE layers, each with and without activation checkpointing, are guard sets of one code object
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
     for layer in model.model.layers:
         layer.compile(dynamic=False)
 

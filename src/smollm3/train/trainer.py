@@ -146,7 +146,11 @@ def train(cfg: TrainConfig) -> dict:
         denom = _global_count(micro, preference, dist)
         loss_sum = torch.zeros((), device=dist.device)
         tokens = 0
-        for batch in micro:
+        for i, batch in enumerate(micro):
+            if fsdp:  # gather the parameters and reduce-scatter the gradients once a step, not every micro-batch
+                last = i == len(micro) - 1
+                model.set_requires_gradient_sync(last)
+                model.set_reshard_after_backward(last)
             batch = {k: v.to(dist.device) if torch.is_tensor(v) else v for k, v in batch.items()}
             with autocast:
                 if preference:

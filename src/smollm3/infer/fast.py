@@ -1,0 +1,151 @@
+"""A fused, compiled decode step for the engine (one new token per slot), the fast path behind CUDA-graph decode.
+
+Small-batch decode is bound by memory bandwidth (every weight read once per step) plus, in eager PyTorch, by
+~45 kernel launches per layer: RMSNorm alone is 7 elementwise kernels, RoPE 10, attention 10. Even inside a
+CUDA graph each launch costs a microsecond or two, which at 36 layers is most of a 3B model's step. Here:
+- q/k/v and gate/up are fused into one matmul each (the module parameters become views of the fused weight, so
+  the model's names, state_dict and memory use are unchanged);
+- one decoder layer's decode is a pure function of tensors, compiled once with torch.compile (inductor fuses
+  RMSNorm, RoPE, the KV-cache write, the attention softmax and SwiGLU into a few kernels); every layer reuses it,
+  and each layer's last residual add is deferred into the next layer's first kernel;
+- greedy argmax runs on the device, inside the same CUDA graph.
+The operations are the eager model's, in its order (fused kernels may round bf16 intermediates differently);
+tests compare greedy tokens with the eager engine.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from smollm3.model import SmolLM3ForCausalLM
+
+
+def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    # as SmolLM3RMSNorm: statistics in fp32, weight applied after the cast back
+    dtype = x.dtype
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def _linear(x, w, gemv: bool):
+    if gemv:  # the bandwidth-tuned GEMV of gemv.py (a custom op: opaque to inductor, fine inside CUDA graphs)
+        return torch.ops.smollm3.small_linear(x, w)
+    return F.linear(x, w)
+
+
+def decode_layer(x, delta, w, k_cache, v_cache, cos, sin, lengths, mask, *, heads: int, kv_heads: int, eps: float,
+                 scale: float, use_rope: bool, gemv: bool = False):
+    """One decoder layer for one new token per row. The residual stream is x + delta [b, d] (the previous layer's
+    MLP output is added here, in this layer's first kernel); w the layer's (ln1, qkv, o, ln2, gate_up, down)
+    weights; k_cache, v_cache [b, KV, S, D] (this layer's slots, written at `lengths`); cos, sin [b, D];
+    mask [b, 1, 1, kv_len] True where a key is visible. -> (x, delta) after the layer."""
+    ln1, w_qkv, w_o, ln2, w_gu, w_down = w
+    b, D = x.shape[0], k_cache.shape[-1]
+    x = x + delta
+    qkv = _linear(_rms(x, ln1, eps), w_qkv, gemv)
+    q, k, v = qkv.split([heads * D, kv_heads * D, kv_heads * D], dim=-1)
+    q, k, v = q.view(b, heads, D), k.view(b, kv_heads, D), v.view(b, kv_heads, D)
+    if use_rope:
+        c, s = cos[:, None], sin[:, None]
+        q, k = q * c + _rotate_half(q) * s, k * c + _rotate_half(k) * s
+    rows = torch.arange(b, device=x.device)
+    k_cache[rows, :, lengths] = k
+    v_cache[rows, :, lengths] = v
+    kv_len = mask.shape[-1]
+    keys, values = k_cache[:, :, :kv_len], v_cache[:, :, :kv_len]
+    # grouped-query attention without repeating K/V: the G query heads of a group share one [S, D] key block
+    qg = q.view(b, kv_heads, heads // kv_heads, D)
+    scores = torch.matmul(qg, keys.transpose(-1, -2)).float() * scale
+    scores = scores.masked_fill(~mask, float("-inf"))
+    probs = scores.softmax(-1).to(values.dtype)
+    out = torch.matmul(probs, values).reshape(b, heads * D)
+    x = x + _linear(out, w_o, gemv)
+    gate, up = _linear(_rms(x, ln2, eps), w_gu, gemv).chunk(2, dim=-1)
+    return x, _linear(F.silu(gate) * up, w_down, gemv)
+
+
+def decode_head(x, delta, norm_w, lm_head_w, eps: float, gemv: bool = False):
+    """Last residual add, final norm, LM head and the greedy choice: -> (logits [b, V], argmax [b])."""
+    logits = _linear(_rms(x + delta, norm_w, eps), lm_head_w, gemv)
+    return logits, logits.argmax(-1)
+
+
+def fuse_projections(model: SmolLM3ForCausalLM) -> list[tuple[torch.Tensor, ...]]:
+    """Per layer (ln1, qkv, o, ln2, gate_up, down). q/k/v and gate/up are concatenated once, and the module
+    parameters are replaced by views into the fused tensor, so nothing is stored twice. A second engine on the same
+    model reuses the fusion (it is kept on the model, outside its modules and state_dict)."""
+    cached = getattr(model, "_fused_decode_weights", None)
+    if cached is not None and all(c[1].data_ptr() == layer.self_attn.q_proj.weight.data_ptr()
+                                  for c, layer in zip(cached, model.model.layers)):
+        return cached
+    fused = []
+    with torch.no_grad():
+        for layer in model.model.layers:
+            a, m = layer.self_attn, layer.mlp
+            qkv = _fuse([a.q_proj, a.k_proj, a.v_proj])
+            gu = _fuse([m.gate_proj, m.up_proj])
+            fused.append((layer.input_layernorm.weight, qkv, a.o_proj.weight, layer.post_attention_layernorm.weight,
+                          gu, m.down_proj.weight))
+    model._fused_decode_weights = fused
+    return fused
+
+
+def _fuse(linears) -> torch.Tensor:
+    cat = torch.cat([lin.weight.detach() for lin in linears], dim=0)
+    start = 0
+    for lin in linears:
+        n = lin.weight.shape[0]
+        lin.weight = torch.nn.Parameter(cat[start:start + n], requires_grad=lin.weight.requires_grad)
+        start += n
+    return cat
+
+
+class FastDecode:
+    """The engine's decode forward over its SlotCache: `run(tokens, lengths, kv_len)` -> (logits, greedy ids).
+
+    `compile=False` runs the same functions eagerly (CPU tests check the fusion and the maths that way).
+    `gemv` (default: on CUDA with Triton) routes the projections and the LM head through gemv.small_linear."""
+
+    def __init__(self, model: SmolLM3ForCausalLM, cache, compile: bool = True, gemv: bool | None = None):
+        cfg = model.config
+        self.model, self.cache = model, cache
+        self.weights = fuse_projections(model)
+        self.rope = cfg.rope_layers
+        self.kw = dict(heads=cfg.num_attention_heads, kv_heads=cfg.num_key_value_heads, eps=cfg.rms_norm_eps,
+                       scale=cfg.head_dim ** -0.5)
+        self.eps = cfg.rms_norm_eps
+        from smollm3.infer import gemv as _gemv
+
+        device = next(model.parameters()).device
+        self.gemv = (_gemv.available() and device.type == "cuda") if gemv is None else bool(gemv)
+        self.kw["gemv"] = self.gemv
+        self.layer_fn, self.head_fn = decode_layer, decode_head
+        if compile:
+            import torch._dynamo
+
+            # every (batch, KV-length) bucket and RoPE/NoPE variant is a guard set of the same code object
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+            self.layer_fn = torch.compile(decode_layer, fullgraph=True)
+            self.head_fn = torch.compile(decode_head, fullgraph=True)
+
+    def run(self, tokens: torch.Tensor, lengths: torch.Tensor, kv_len: int):
+        """tokens, lengths [b] (lengths = tokens already cached per slot); reads keys 0..kv_len-1."""
+        model, cache = self.model.model, self.cache
+        if kv_len > cache.max_len:
+            raise ValueError(f"decode would read {kv_len} positions; slots hold {cache.max_len}")
+        b = tokens.shape[0]
+        x = model.embed_tokens(tokens)
+        delta = torch.zeros_like(x)  # x + 0 is exact: the first layer's deferred add changes nothing
+        cos, sin = model.rotary_emb(lengths, x.dtype)  # [b, D]
+        mask = (torch.arange(kv_len, device=x.device)[None, :] <= lengths[:, None])[:, None, None, :]
+        for i, w in enumerate(self.weights):
+            x, delta = self.layer_fn(x, delta, w, cache.k[i, :b], cache.v[i, :b], cos, sin, lengths, mask,
+                                     use_rope=self.rope[i], **self.kw)
+        return self.head_fn(x, delta, model.norm.weight, self.model.lm_head.weight, self.eps, gemv=self.gemv)

@@ -1,0 +1,159 @@
+"""The evaluation batteries a recipe runs on its stages' checkpoints (the `evaluation:` section of a recipe YAML).
+
+    base   validation loss (nats/token) and bits-per-byte on every held-out file (per language and domain), in
+           windows of the pretraining length; RULER-style retrieval accuracy at several lengths, base-mode
+           prompts, and with YaRN at the lengths listed under `yarn`
+    chat   everything in base, plus: math exact match in think and in no_think mode on held-out questions; tool-call
+           correctness (parses / right function / right arguments); the chosen-over-rejected log-probability
+           margin on held-out preference pairs
+
+Each checkpoint's results are cached in OUT/eval/<label>.json, so a rerun only evaluates what is new.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from smollm3.recipe.run import final_checkpoint, resolve, step_checkpoint
+
+
+def checkpoints_to_evaluate(recipe: dict, out: Path) -> list[tuple[str, str, Path]]:
+    """(label, battery, HF dir) for every stage with `eval:`, intermediate `evaluate:` steps first."""
+    rows = []
+    for stage in recipe["stages"]:
+        battery = stage.get("eval")
+        if not battery:
+            continue
+        for label, step in (stage.get("evaluate") or {}).items():
+            rows.append((f"{stage['name']}/{label}", battery, step_checkpoint(out, stage, int(step))))
+        rows.append((stage["name"], battery, final_checkpoint(out, stage)))
+    return rows
+
+
+def heldout_losses(model, tokenizer, heldout: Path, window: int, max_docs: int | None) -> dict:
+    from smollm3.eval.runner import run_ppl
+    from smollm3.eval.tasks import Task
+
+    scores = {}
+    for path in sorted(heldout.rglob("*.jsonl")):
+        name = path.relative_to(heldout).with_suffix("").as_posix()
+        s, _ = run_ppl(model, tokenizer, Task(f"ppl:{name}", "ppl", path=path), max_docs, window=window)
+        scores[name] = {"loss": float(torch.tensor(s["perplexity"]).log()), "bits_per_byte": s["bits_per_byte"]}
+    return scores
+
+
+def retrieval(model_dir: Path, spec: dict) -> dict:
+    """{"<kind>@<length>[+yarn]": accuracy}"""
+    from smollm3.eval.runner import run_eval
+    from smollm3.eval.tasks import get_task
+
+    n = spec.get("n", 50)
+    runs = [(length, None) for length in spec.get("lengths", [])]
+    yarn = spec.get("yarn") or {}
+    runs += [(length, yarn["factor"]) for length in yarn.get("lengths", [])]
+    scores = {}
+    for kind in spec.get("kinds", ["niah_single"]):
+        for length, factor in runs:
+            # a 7-digit answer is ~8 tokens: a short answer budget leaves the haystack the rest of LENGTH
+            r = run_eval(model_dir, [get_task(f"ruler:{kind}:{length}")], mode="base", limit=n, yarn=factor,
+                         max_tokens=spec.get("max_tokens", 16))
+            acc = next(iter(r["results"].values()))["accuracy"]
+            scores[f"{kind}@{length}" + (f"+yarn{factor:g}" if factor else "")] = acc
+    return scores
+
+
+def math_modes(model_dir: Path, items_path: Path, max_tokens: int) -> dict:
+    from smollm3.eval.runner import render_prompt, run_gen
+    from smollm3.infer.llm import LLM
+
+    items = [json.loads(line) for line in open(items_path, encoding="utf-8") if line.strip()]
+    # the KV cache spans the model's positions: the SmolLM3 template's system turn alone is hundreds of tokens
+    llm = LLM(model_dir, device="cpu", dtype=torch.float32, max_num_seqs=len(items))
+    scores = {}
+    for mode in ("think", "no_think"):
+        prompts = [render_prompt(it["messages"][:-1], llm.chat_template, mode) for it in items]
+        s, _ = run_gen(llm, items, prompts, max_tokens)
+        scores[mode] = s["exact_match"]
+    return scores
+
+
+def tool_calls(model_dir: Path, n: int, max_tokens: int, offered: int | None, system: str | None) -> dict:
+    from smollm3.data import synthetic
+    from smollm3.eval.toolcall import run_tool, tool_prompt
+    from smollm3.infer.llm import LLM
+    from smollm3.recipe.build import with_system
+
+    llm = LLM(model_dir, device="cpu", dtype=torch.float32, max_num_seqs=n)
+    scores = {}
+    for style in ("tool_xml", "tool_python"):
+        items = [with_system(it, system) for it in  # seeds the SFT data does not use
+                 synthetic.generate(style, n, seed=1000, think=False, offered=offered)]
+        s, _ = run_tool(llm, items, [tool_prompt(it, llm.chat_template, "no_think") for it in items], max_tokens)
+        scores[style] = {k: v for k, v in s.items() if k != "n"}
+    return scores
+
+
+@torch.no_grad()
+def preference_margin(model, tokenizer, pairs_path: Path, template: str) -> dict:
+    """Mean log p(chosen) - log p(rejected) over held-out pairs (completions only, given the prompt), and the share
+    of pairs where chosen is the more likely: what APO is meant to raise."""
+    from smollm3.data.preference import load_preferences, tokenize_pair
+
+    margins = []
+    for ex in load_preferences([pairs_path]):
+        pair = tokenize_pair(tokenizer, ex, template=template)
+        lps = []
+        for completion in (pair.chosen, pair.rejected):
+            ids = torch.tensor([pair.prompt + completion])
+            labels = torch.full_like(ids, -100)
+            labels[0, len(pair.prompt) - 1:-1] = torch.tensor(completion)
+            lps.append(-float(model(ids, labels=labels).double().sum()))
+        margins.append(lps[0] - lps[1])
+    return {"margin": sum(margins) / len(margins), "chosen_wins": sum(m > 0 for m in margins) / len(margins)}
+
+
+def evaluate_checkpoint(model_dir: Path, battery: str, spec: dict) -> dict:
+    import smollm3
+
+    model = smollm3.load_pretrained(model_dir, device="cpu", dtype=torch.float32).eval()
+    tokenizer = smollm3.load_tokenizer(model_dir)
+    base = spec.get("base", {})
+    results = {"heldout": heldout_losses(model, tokenizer, Path(base["heldout"]), base.get("window", 2048),
+                                         base.get("max_docs"))}
+    if base.get("retrieval"):
+        results["retrieval"] = retrieval(model_dir, base["retrieval"])
+    if battery == "chat":
+        chat = spec.get("chat", {})
+        if chat.get("math"):
+            results["math"] = math_modes(model_dir, Path(chat["math"]["items"]), chat["math"].get("max_tokens", 64))
+        if chat.get("tools"):
+            t = chat["tools"]
+            results["tools"] = tool_calls(model_dir, t.get("n", 50), t.get("max_tokens", 96), t.get("offered"),
+                                          t.get("system"))
+        if chat.get("preference"):
+            results["preference"] = preference_margin(model, tokenizer, Path(chat["preference"]["pairs"]),
+                                                      chat["preference"].get("template", "smollm3"))
+    return results
+
+
+def evaluate_stages(recipe: dict, out: Path, log=print) -> dict:
+    """{label: results} for every checkpoint the recipe evaluates; cached per checkpoint under OUT/eval."""
+    spec = resolve(recipe["evaluation"], out, {s["name"]: s for s in recipe["stages"]})
+    cache = out / "eval"
+    cache.mkdir(exist_ok=True)
+    results = {}
+    for label, battery, model_dir in checkpoints_to_evaluate(recipe, out):
+        path = cache / f"{label.replace('/', '__')}.json"
+        if path.exists() and json.loads(path.read_text()).get("model") == str(model_dir):
+            results[label] = json.loads(path.read_text())["results"]
+            continue
+        log(f"evaluate {label} ({battery})")
+        results[label] = evaluate_checkpoint(model_dir, battery, spec)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({"model": str(model_dir), "battery": battery, "results": results[label]}, indent=1))
+        os.replace(tmp, path)
+    return results

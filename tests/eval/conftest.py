@@ -1,0 +1,39 @@
+"""Fixtures for the evaluation tests: a tiny random SmolLM3 with a real (small, trained) tokenizer."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from smollm3 import build_model, load_tokenizer, preset, save_pretrained
+
+POSITIONS = 256  # short, so a RULER length past it (and YaRN) costs little on a CPU
+
+
+@pytest.fixture(scope="session")
+def tiny_eval_dir(trained_tokenizer_dir, tmp_path_factory) -> Path:
+    """A 4-layer SmolLM3 (NoPE every 4th layer, 256 positions) with random weights and the trained 768-token
+    tokenizer. Weights well above init scale, so greedy decoding has clear winners."""
+    tok = load_tokenizer(trained_tokenizer_dir)
+    cfg = preset("tiny")
+    cfg.vocab_size, cfg.max_position_embeddings = tok.vocab_size, POSITIONS
+    cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
+    model = build_model(cfg)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g) if name.endswith("norm.weight")
+                    else 0.1 * torch.randn(p.shape, generator=g))
+    out = tmp_path_factory.mktemp("tiny-eval") / "tiny-smollm3"
+    save_pretrained(model, out, tokenizer=tok)
+    return out
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a busy 2-core machine OpenMP's spinning threads make
+    each small matmul 10-50x slower; the tests on the tiny model run single-threaded."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

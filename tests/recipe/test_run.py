@@ -1,0 +1,157 @@
+"""`smollm3 recipe run`: recipe files, placeholders, and a shortened tiny recipe end to end (every stage, the
+evaluation, the report, a resumed rerun)."""
+
+import json
+import sysconfig
+from pathlib import Path
+
+import pytest
+import yaml
+
+from smollm3.cli import main
+from smollm3.recipe.run import RecipeError, available, find_recipe, load_recipe, resolve
+
+SENTENCES = {
+    "en": "The committee met on Tuesday to review the budget and agreed to publish the report next month.",
+    "fr": "Le comité s'est réuni mardi pour examiner le budget et a convenu de publier le rapport le mois prochain.",
+    "es": "El comité se reunió el martes para revisar el presupuesto y acordó publicar el informe el mes próximo.",
+    "de": "Der Ausschuss traf sich am Dienstag, um den Haushalt zu prüfen, und will den Bericht nächsten Monat zeigen.",
+    "it": "Il comitato si è riunito martedì per esaminare il bilancio e ha deciso di pubblicare la relazione.",
+    "pt": "O comitê reuniu-se na terça-feira para rever o orçamento e decidiu publicar o relatório no próximo mês.",
+}
+
+
+def test_shipped_recipes_load():
+    assert {"tiny", "smollm3-3b"} <= set(available())
+    for name in available():
+        recipe = load_recipe(find_recipe(name))
+        assert [s["name"] for s in recipe["stages"]][-1] == "merge"
+
+
+def test_bad_recipes_are_named(tmp_path):
+    with pytest.raises(RecipeError, match="no recipe 'nope'.*tiny"):
+        find_recipe("nope")
+    cases = [({"stages": []}, "non-empty `stages:`"),
+             ({"stages": [{"name": "a", "train": {}}], "stagez": 1}, "unknown key.*stagez"),
+             ({"stages": [{"name": "a", "train": {}, "merge": {}}]}, "exactly one of `train:` and `merge:`"),
+             ({"stages": [{"name": "a", "train": {}, "from": "b"}, {"name": "b", "train": {}}]}, "names no earlier"),
+             ({"stages": [{"name": "a", "train": {}, "evals": "base"}]}, "unknown key.*evals")]
+    for i, (body, message) in enumerate(cases):
+        path = tmp_path / f"r{i}.yaml"
+        path.write_text(yaml.safe_dump(body))
+        with pytest.raises(RecipeError, match=message):
+            load_recipe(path)
+
+
+def test_placeholders_resolve(tmp_path):
+    (tmp_path / "m" ).mkdir()
+    stages = {"m": {"name": "m", "merge": {}}}
+    got = resolve({"a": ["{out}/x", "{data}/y"], "b": "{stage:m}", "c": 3}, tmp_path, stages)
+    assert got == {"a": [f"{tmp_path}/x", f"{tmp_path}/data/y"], "b": f"{tmp_path}/m/model", "c": 3}
+    with pytest.raises(RecipeError, match="no stage of that name"):
+        resolve("{stage:zz}", tmp_path, stages)
+
+
+# ---- the shortened tiny recipe
+
+
+def _corpus(root: Path) -> Path:
+    """Text in the layout `smollm3 corpus build` writes: six languages (varied sentences) and real Python code."""
+    for lang, sentence in SENTENCES.items():
+        words = sentence.split()
+        docs = []
+        for d in range(30):
+            paras = [" ".join(words[(d + p) % len(words):] + words[:(d + p) % len(words)]) for p in range(6)]
+            docs.append({"text": "\n\n".join(f"{p} ({d}.{i})" for i, p in enumerate(paras))})
+        (root / lang).mkdir(parents=True)
+        (root / lang / "doc.jsonl").write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in docs))
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    code = [{"text": (stdlib / name).read_text()} for name in ("bisect.py", "colorsys.py", "keyword.py", "heapq.py")]
+    (root / "code").mkdir()
+    (root / "code" / "python.jsonl").write_text("".join(json.dumps(x) + "\n" for x in code))
+    return root
+
+
+def shortened_tiny(tmp_path: Path) -> Path:
+    """recipes/tiny with every count and step cut to seconds: the same stages, data kinds and objectives."""
+    r = yaml.safe_load(find_recipe("tiny").read_text())
+    b = r["build"]
+    b["corpus"] = {"dir": str(_corpus(tmp_path / "corpus")), "piece_chars": 400, "heldout_chars": 1200,
+                   "code_chars": 20000}
+    b["tokenizer"] = {"vocab_size": 768}
+    b["math"] = {"documents": 300}
+    b["retrieval"]["documents"] = [16, 8, 4]
+    b["chat"] = {"mid_examples": 60, "sft_math": 40, "sft_tools": 20, "sft_memory": 10, "preference_pairs": 24,
+                 "math_heldout": 4}
+    stages = {s["name"]: s for s in r["stages"]}
+    pre = stages["pretrain"]["train"]
+    # this test's tokenizer (768 ids, a few pages of text) spends ~1,500 tokens on a tool prompt: room for it
+    pre["model"]["overrides"] |= {"vocab_size": 768, "bos_token_id": 512, "eos_token_id": 524, "pad_token_id": 516,
+                                  "max_position_embeddings": 2048}
+    pre["train"] |= {"steps": 12, "micro_batch": 4}
+    pre["data"]["stages"][1]["start_tokens"] = 6 * 4 * 256
+    pre["data"]["stages"][2]["start_tokens"] = 9 * 4 * 256
+    pre["optim"]["warmup_steps"] = 2
+    pre["checkpoint"] = {"every": 3, "keep": 10}
+    stages["pretrain"]["evaluate"] = {"stage1": 6, "stage2": 9}
+    for name, steps in (("long_context_1", 2), ("long_context_2", 2), ("mid_training", 2), ("sft", 3), ("apo", 2)):
+        t = stages[name]["train"]
+        t["train"] |= {"steps": steps, "micro_batch": min(t["train"]["micro_batch"], 2)}
+        t["optim"]["warmup_steps"] = 1
+        t["checkpoint"] = {"every": steps, "keep": 1}
+    ev = r["evaluation"]
+    ev["base"]["max_docs"] = 1
+    ev["base"]["retrieval"]["n"] = 2
+    ev["chat"]["math"]["max_tokens"] = 12
+    ev["chat"]["tools"] = {"n": 2, "max_tokens": 12}
+    path = tmp_path / "short.yaml"
+    path.write_text(yaml.safe_dump(r, sort_keys=False))
+    return path
+
+
+def test_shortened_tiny_recipe_end_to_end(tmp_path, capsys):
+    recipe, out = shortened_tiny(tmp_path), tmp_path / "run"
+    assert main(["recipe", "run", str(recipe), "--out", str(out)]) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    results = report["results"]
+    labels = ["pretrain/stage1", "pretrain/stage2", "pretrain", "long_context_1", "long_context_2", "mid_training",
+              "sft", "apo", "merge"]
+    assert list(results) == labels
+    # per-language and per-domain validation loss on every checkpoint; training lowers it
+    heldout = results["pretrain"]["heldout"]
+    assert set(heldout) == {"en/web", "fr/web", "es/web", "de/web", "it/web", "pt/web", "code/python", "math/math"}
+    def mean_loss(label):
+        return sum(v["loss"] for v in results[label]["heldout"].values()) / len(heldout)
+
+    assert mean_loss("pretrain") < mean_loss("pretrain/stage1")
+    assert set(results["long_context_2"]["retrieval"]) == {"niah_single@256", "niah_single@512",
+                                                           "niah_single@1024", "niah_single@2048+yarn2"}
+    for label in ("sft", "apo", "merge"):
+        r = results[label]
+        assert set(r["math"]) == {"think", "no_think"} and set(r["tools"]) == {"tool_xml", "tool_python"}
+        assert {"margin", "chosen_wins"} <= set(r["preference"])
+    # the merged model is 0.9 APO + 0.1 long-context, tensor for tensor
+    from safetensors.torch import load_file
+
+    def tensors(d):
+        return {k: v for f in sorted(Path(d).glob("*.safetensors")) for k, v in load_file(f).items()}
+
+    apo = next((out / "apo" / "checkpoints").glob("step_*")) / "hf"
+    lc = next((out / "long_context_2" / "checkpoints").glob("step_*")) / "hf"
+    merged, a, b = tensors(out / "merge" / "model"), tensors(apo), tensors(lc)
+    for k in merged:
+        assert (merged[k] - (0.9 * a[k] + 0.1 * b[k])).abs().max() < 1e-6, k
+    # the report: a table per battery, the claims checked, plots
+    md = (out / "report.md").read_text()
+    assert "## The recipe's claims, measured" in md and "## Validation loss" in md and "## Retrieval accuracy" in md
+    assert len(report["claims"]) == 7 and all(isinstance(c["holds"], bool) for c in report["claims"])
+    for png in ("training_loss", "validation_loss", "retrieval", "math_modes"):
+        assert (out / "plots" / f"{png}.png").stat().st_size > 1000
+    assert "recipe tiny finished" in printed
+
+    # a rerun finds every stage done and every evaluation cached
+    before = {p: p.stat().st_mtime_ns for p in (out / "eval").glob("*.json")}
+    assert main(["recipe", "run", str(recipe), "--out", str(out)]) == 0
+    assert printed.count("done already") == 0 and capsys.readouterr().out.count("done already") == 7
+    assert {p: p.stat().st_mtime_ns for p in (out / "eval").glob("*.json")} == before

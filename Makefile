@@ -19,8 +19,8 @@ setup: $(BIN)/smollm3
 # resume), a report at runs/tiny/report.md, then the final model answers in both modes.
 demo: setup
 	$(BIN)/smollm3 recipe run tiny --out runs/tiny
-	$(BIN)/smollm3 generate --model runs/tiny/merge/model --chat --prompt "What is 7 + 5 - 3? /think" --max-new-tokens 48 --temperature 0
-	$(BIN)/smollm3 generate --model runs/tiny/merge/model --chat --prompt "What is 7 + 5 - 3? /no_think" --max-new-tokens 16 --temperature 0
+	$(BIN)/smollm3 generate --model runs/tiny/merge/model --chat --system "You are a helpful assistant." --prompt "What is 7 + 5 - 3? /think" --max-new-tokens 48 --temperature 0
+	$(BIN)/smollm3 generate --model runs/tiny/merge/model --chat --system "You are a helpful assistant." --prompt "What is 7 + 5 - 3? /no_think" --max-new-tokens 16 --temperature 0
 
 # Real weights in (the SmolLM2-135M-Instruct GGUF), an HF checkpoint out, a greedy chat answer.
 smollm2: setup

@@ -232,6 +232,8 @@ def _run_corpus_build(args):
 
 
 def _add_data(sub):
+    from smollm3.data.synthetic_long import KINDS
+
     p = sub.add_parser("data", help="tokenize documents into shards; generate synthetic tasks",
                        description="Data tools. `prepare` writes datatrove-layout token shards (.ds, .ds.index, "
                                    ".ds.metadata) that the pretraining mixture reads; `synth` writes seeded "
@@ -248,9 +250,8 @@ def _add_data(sub):
     d.add_argument("--eos-token", default=None, help="token appended to every document (default: the tokenizer's eos)")
     d.set_defaults(func=_run_data_prepare)
     s = dsub.add_parser("synth", help="write N seeded synthetic examples of a task as JSONL")
-    s.add_argument("task", help="arithmetic | word_problem | running_total | memory_chat | preference | tool_xml | "
-                                "tool_python | niah_single | niah_multikey | niah_multivalue | niah_multiquery | "
-                                "variable_tracking")
+    s.add_argument("task", help="arithmetic | small_arithmetic | word_problem | running_total | memory_chat | "
+                                "preference | tool_xml | tool_python | " + " | ".join(KINDS))
     s.add_argument("--n", type=int, required=True, help="number of examples")
     s.add_argument("--out", required=True, help="output .jsonl")
     s.add_argument("--seed", type=int, default=0)
@@ -406,14 +407,14 @@ def _run_serve(args):
 
 
 def _add_eval(sub):
+    from smollm3.data.synthetic_long import KINDS
     from smollm3.eval.tasks import available
 
     p = sub.add_parser("eval", help="evaluate a model: multiple-choice cloze, generative exact match, bits-per-byte, "
                                     "HumanEval, tool calls, RULER long context; `eval compare` diffs two results files",
                        description="Run evaluation tasks on a model, print a table and write per-task scores, the "
                                    "configuration and timings as JSON. Tasks: " + ", ".join(available()) +
-                                   " (KIND: niah_single, niah_multikey, niah_multivalue, niah_multiquery, "
-                                   "variable_tracking; LENGTH in tokens: 1024, 4k, 128k; ppl:DIR scores every *.jsonl "
+                                   f" (KIND: {', '.join(KINDS)}; LENGTH in tokens: 1024, 4k, 128k; ppl:DIR scores every *.jsonl "
                                    "under DIR on its own). `smollm3 eval compare A.json B.json` prints per-task "
                                    "deltas. lm-evaluation-harness: python -m smollm3.eval.lm_eval_adapter. "
                                    "See docs/eval.md.")

@@ -77,8 +77,9 @@ def test_ruler_base_mode_end_to_end(tiny_eval_dir, tmp_path, capsys):
     assert len(rows) == 6
     for row in rows:
         assert row["prompt_tail"].endswith(" is:") and "\n" not in row["response"]  # stopped at the newline
-        # filled to just under LENGTH with the answer's 8 tokens (--max-tokens) included
-        assert int(row["task"].rsplit(":", 1)[1]) - 40 < row["prompt_tokens"] + 8 <= int(row["task"].rsplit(":", 1)[1])
+        # filled to just under LENGTH with the answer's 8 tokens (--max-tokens) included; the haystack grows by whole
+        # noise paragraphs (~50 tokens with this small test tokenizer)
+        assert int(row["task"].rsplit(":", 1)[1]) - 64 < row["prompt_tokens"] + 8 <= int(row["task"].rsplit(":", 1)[1])
         assert row["correct"] == check_retrieval({"answer": row["answer"]}, row["response"])
     assert r["accuracy"] == sum(x["correct"] for x in rows[:3]) / 3
     assert "length" not in capsys.readouterr().out  # a setting, not a metric in the table

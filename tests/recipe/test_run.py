@@ -6,6 +6,7 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from smollm3.cli import main
@@ -140,8 +141,8 @@ def test_shortened_tiny_recipe_end_to_end(tmp_path, capsys):
     apo = next((out / "apo" / "checkpoints").glob("step_*")) / "hf"
     lc = next((out / "long_context_2" / "checkpoints").glob("step_*")) / "hf"
     merged, a, b = tensors(out / "merge" / "model"), tensors(apo), tensors(lc)
-    for k in merged:
-        assert (merged[k] - (0.9 * a[k] + 0.1 * b[k])).abs().max() < 1e-6, k
+    for k in merged:  # fp32 sums in another order: equal to rounding
+        assert torch.allclose(merged[k], 0.9 * a[k].float() + 0.1 * b[k].float(), rtol=1e-5, atol=1e-6), k
     # the report: a table per battery, the claims checked, plots
     md = (out / "report.md").read_text()
     assert "## The recipe's claims, measured" in md and "## Validation loss" in md and "## Retrieval accuracy" in md

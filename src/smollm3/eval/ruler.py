@@ -49,7 +49,9 @@ def make_items(task: Task, limit: int | None, mode: str, template: str, tokenize
     from smollm3.data import synthetic
 
     answer = answer_budget(mode, max_tokens)
-    probe = {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "x"}]}
+    # a typical base-mode answer prefix counts as overhead too (the loop below absorbs longer ones)
+    probe = {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "x"}],
+             "answer_prefix": "The special magic number for amber-basil is:"}
     overhead = len(encode(tokenizer, prompt_text(probe, mode, template), mode)) - len(tokenizer.encode("x"))
     user_len = task.length - answer - overhead - SLACK
     for _ in range(8):  # base prompts end with an answer prefix naming the key: shrink the haystack by what it took

@@ -83,7 +83,10 @@ def save_checkpoint(out: Path, step: int, model, optimizer, data, dist, cfg, tok
         torch.save(data.state_dict(), tmp / "data_state.pt")
         (tmp / "config.yaml").write_text(dump_config(cfg))
         if full is not None:
-            save_state_dict(full, model.config, tmp / "hf", tokenizer=tokenizer, dtype=torch.bfloat16)
+            # stored in the training precision: bf16 under mixed precision (as SmolLM3 ships), fp32 when training in
+            # fp32, so a stage that starts from this export (the recipe's stage transitions) loses nothing
+            export = torch.float32 if cfg.train.dtype == "float32" else torch.bfloat16
+            save_state_dict(full, model.config, tmp / "hf", tokenizer=tokenizer, dtype=export)
     dist.barrier()
     if dist.is_main:
         (tmp / "COMPLETE").write_text(f"{step}\n")

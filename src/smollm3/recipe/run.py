@@ -132,8 +132,6 @@ def resolve(value, out: Path, stages: dict):
 
 def _section(stage: dict, key: str, base: Path) -> dict:
     body = stage[key]
-    if isinstance(body, dict) and set(body) == {"config"}:
-        body = {"config": body["config"]}
     if isinstance(body, dict) and "config" in body:
         path = base / body["config"]
         extra = {k: v for k, v in body.items() if k != "config"}

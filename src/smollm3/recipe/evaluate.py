@@ -13,6 +13,7 @@ Each checkpoint's results are cached in OUT/eval/<label>.json, so a rerun only e
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def heldout_losses(model, tokenizer, heldout: Path, window: int, max_docs: int |
     for path in sorted(heldout.rglob("*.jsonl")):
         name = path.relative_to(heldout).with_suffix("").as_posix()
         s, _ = run_ppl(model, tokenizer, Task(f"ppl:{name}", "ppl", path=path), max_docs, window=window)
-        scores[name] = {"loss": float(torch.tensor(s["perplexity"]).log()), "bits_per_byte": s["bits_per_byte"]}
+        scores[name] = {"loss": math.log(s["perplexity"]), "bits_per_byte": s["bits_per_byte"]}
     return scores
 
 

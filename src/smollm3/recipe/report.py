@@ -87,6 +87,26 @@ def claims(results: dict, recipe: dict) -> list[tuple[str, str, bool | None]]:
     return out
 
 
+def _save(fig, plots: Path, name: str, written: list[str]) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(plots / f"{name}.png", dpi=110)
+    plt.close(fig)
+    written.append(f"plots/{name}.png")
+
+
+def _line_plot(plt, series: dict[str, list], xticks: list[str], ylabel: str, size, rotation: int, **legend):
+    """One line per series over the same x ticks (checkpoints, or retrieval lengths)."""
+    fig, ax = plt.subplots(figsize=size)
+    for label, ys in series.items():
+        ax.plot(range(len(xticks)), ys, marker="o", label=label)
+    ax.set_xticks(range(len(xticks)), xticks, rotation=rotation, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7, **legend)
+    return fig, ax
+
+
 def write_plots(out: Path, recipe: dict, results: dict) -> list[str]:
     import matplotlib
 
@@ -105,39 +125,21 @@ def write_plots(out: Path, recipe: dict, results: dict) -> list[str]:
             ax.set_title(name, fontsize=9)
             ax.set_xlabel("step", fontsize=8)
         axes[0][0].set_ylabel("training loss")
-        fig.tight_layout()
-        fig.savefig(plots / "training_loss.png", dpi=110)
-        plt.close(fig)
-        written.append("plots/training_loss.png")
+        _save(fig, plots, "training_loss", written)
 
     labels = [k for k, v in results.items() if "heldout" in v]
     if labels:
-        names = sorted(results[labels[0]]["heldout"])
-        fig, ax = plt.subplots(figsize=(8, 3.5))
-        for n in names:
-            ax.plot(range(len(labels)), [results[k]["heldout"][n]["loss"] for k in labels], marker="o", label=n)
-        ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
-        ax.set_ylabel("validation loss (nats/token)")
-        ax.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        fig.savefig(plots / "validation_loss.png", dpi=110)
-        plt.close(fig)
-        written.append("plots/validation_loss.png")
+        series = {n: [results[k]["heldout"][n]["loss"] for k in labels] for n in sorted(results[labels[0]]["heldout"])}
+        fig, _ = _line_plot(plt, series, labels, "validation loss (nats/token)", (8, 3.5), 30, ncol=2)
+        _save(fig, plots, "validation_loss", written)
 
     labels = [k for k, v in results.items() if v.get("retrieval")]
     if labels:
-        fig, ax = plt.subplots(figsize=(6, 3.5))
         keys = list(results[labels[0]]["retrieval"])
-        for k in labels:
-            ax.plot(range(len(keys)), [results[k]["retrieval"].get(x) for x in keys], marker="o", label=k)
-        ax.set_xticks(range(len(keys)), keys, rotation=20, ha="right", fontsize=8)
-        ax.set_ylabel("retrieval accuracy")
+        series = {k: [results[k]["retrieval"].get(x) for x in keys] for k in labels}
+        fig, ax = _line_plot(plt, series, keys, "retrieval accuracy", (6, 3.5), 20)
         ax.set_ylim(-0.02, 1.02)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(plots / "retrieval.png", dpi=110)
-        plt.close(fig)
-        written.append("plots/retrieval.png")
+        _save(fig, plots, "retrieval", written)
 
     labels = [k for k, v in results.items() if "math" in v]
     if labels:
@@ -148,10 +150,7 @@ def write_plots(out: Path, recipe: dict, results: dict) -> list[str]:
         ax.set_xticks(list(x), labels, fontsize=8)
         ax.set_ylabel("math exact match")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(plots / "math_modes.png", dpi=110)
-        plt.close(fig)
-        written.append("plots/math_modes.png")
+        _save(fig, plots, "math_modes", written)
     return written
 
 

@@ -86,7 +86,7 @@ def load_recipe(path: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# placeholders and checkpoints
+# {out} / {data} / {stage:NAME} substitution, and where a stage's checkpoints are
 
 
 def final_checkpoint(out: Path, stage: dict) -> Path:

@@ -260,3 +260,13 @@ def test_forced_backend_without_packing_is_plain_causal(backend):
         model.attn_backend = "sdpa"
         ref = model(x).float()
     assert (out - ref).abs().max() <= 3e-2
+
+
+def test_auto_backend_keeps_fp32_off_the_flash_kernels():
+    """Flash (varlen) kernels take fp16/bf16 only: a model trained in fp32 on a GPU gets flex for packed rows."""
+    from smollm3.attention import resolve_backend
+
+    cuda = torch.device("cuda")
+    assert resolve_backend("auto", cuda, packed=True, seq_len=1024, half=False) == "flex"
+    assert resolve_backend("auto", cuda, packed=True, seq_len=1000, half=False) == "sdpa"
+    assert resolve_backend("auto", torch.device("cpu"), packed=True, seq_len=1024, half=True) == "sdpa"

@@ -8,7 +8,8 @@ logits it would get alone.
 - "flex":   FlexAttention with a document block mask (GPU; compiled once per process).
 - "varlen": flash-attention varlen kernels over cu_seqlens: torch.nn.attention.varlen (torch >= 2.9, CUDA)
             or the flash-attn package when it is installed.
-"auto" picks sdpa for plain causal attention and on CPU, varlen (else flex) for packed documents on GPU.
+"auto" picks sdpa for plain causal attention and on CPU, varlen (else flex) for packed documents on GPU; fp32
+attention (a model trained in fp32, no autocast) takes flex there, as the flash kernels are half precision only.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ class DocumentMask:
 FLEX_BLOCK = 128  # compiled FlexAttention kernels (torch 2.11 inductor) need lengths in whole blocks
 
 
-def resolve_backend(name: str, device: torch.device, packed: bool, seq_len: int) -> str:
+def resolve_backend(name: str, device: torch.device, packed: bool, seq_len: int, half: bool = True) -> str:
+    """The backend `name` stands for. `half`: attention runs in fp16/bf16 (flash kernels take nothing else)."""
     if name not in BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; choose one of {', '.join(BACKENDS)}")
     if name != "auto":
@@ -84,7 +86,7 @@ def resolve_backend(name: str, device: torch.device, packed: bool, seq_len: int)
         return name
     if device.type != "cuda" or not packed:
         return "sdpa"
-    if _varlen_impl() is not None:
+    if half and _varlen_impl() is not None:
         return "varlen"
     return "flex" if seq_len % FLEX_BLOCK == 0 else "sdpa"
 

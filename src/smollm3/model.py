@@ -184,7 +184,8 @@ class SmolLM3Model(nn.Module):
             position_ids = torch.arange(T, device=input_ids.device).expand(B, T)
         else:
             doc = DocumentMask.from_position_ids(position_ids)  # packed documents: mask across their borders
-        backend = resolve_backend(attn_backend, x.device, packed=doc is not None, seq_len=T)
+        half = x.dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled(x.device.type)
+        backend = resolve_backend(attn_backend, x.device, packed=doc is not None, seq_len=T, half=half)
         if doc is None and backend in ("flex", "varlen") and cache is None:
             doc = DocumentMask.from_position_ids(position_ids)  # these kernels take boundaries: one document per row
         if backend == "flex":

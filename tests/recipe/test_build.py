@@ -60,3 +60,38 @@ def test_retrieval_documents_fill_one_window_each(tmp_path, trained_tokenizer_di
 def test_retrieval_too_short_for_its_needles_says_so(tmp_path, trained_tokenizer_dir):
     with pytest.raises(ValueError, match="64 tokens cannot hold the needles"):
         build_retrieval(tmp_path, trained_tokenizer_dir, {"retrieval": {"lengths": [64], "documents": [1]}})
+
+
+def test_chat_data_holds_no_heldout_math_question_and_pairs_teach_tool_calls(tmp_path):
+    """Held-out math questions appear in no training file (pretraining math documents included); held-out pairs ask
+    them; the tool pairs' chosen call parses and names the right function, the rejected one does neither."""
+    import json
+
+    from smollm3.data.synthetic_tools import parse_call
+    from smollm3.recipe.build import build_chat, math_heldout
+
+    spec = {"math": {"ops": 2}, "chat": {"mid_examples": 200, "sft_math": 300, "sft_math_no_think": 60,
+                                         "sft_tools": 20, "sft_memory": 10, "tools_offered": 2,
+                                         "preference_pairs": 200, "preference_tools": 60, "math_heldout": 20}}
+    build_chat(tmp_path, spec)
+    rows = {p.stem: [json.loads(line) for line in open(p)] for p in (tmp_path / "chat").glob("*.jsonl")}
+    held = {ex["messages"][-2]["content"] for ex in rows["math_heldout"]}
+    assert len(held) == 20 and held == {ex["messages"][0]["content"] for ex in math_heldout(spec)}
+    asked = {m["content"] for name in ("mid", "sft") for ex in rows[name] for m in ex["messages"]
+             if m["role"] == "user"}
+    asked |= {m["content"] for ex in rows["preference"] for m in ex["prompt"] if m["role"] == "user"}
+    assert not held & asked
+    assert all(q.count(" + ") + q.count(" - ") == 2 for q in held)  # ops: 2
+    modes = [ex["chat_template_kwargs"]["enable_thinking"] for ex in rows["sft"]
+             if ex.get("task") == "small_arithmetic"]
+    assert 280 <= modes.count(True) <= 300 and 55 <= modes.count(False) <= 60  # minus the held-out questions
+    heldout_pairs = rows["preference_heldout"]
+    assert {ex["prompt"][-1]["content"] for ex in heldout_pairs if ex["task"] == "preference"} <= held
+    tool_pairs = [ex for ex in rows["preference"] + heldout_pairs if ex["task"] == "preference_tool"]
+    assert len(tool_pairs) == 60 + 40
+    for ex in tool_pairs:
+        style = "xml" if "xml_tools" in ex["chat_template_kwargs"] else "python"
+        want = ex["call"]["name"]
+        assert parse_call(ex["chosen"][0]["content"], style) == (want, ex["call"]["arguments"])
+        bad = parse_call(ex["rejected"][0]["content"], style)
+        assert bad is None or bad[0] != want

@@ -80,10 +80,10 @@ def shortened_tiny(tmp_path: Path) -> Path:
     b["corpus"] = {"dir": str(_corpus(tmp_path / "corpus")), "piece_chars": 400, "heldout_chars": 1200,
                    "code_chars": 20000}
     b["tokenizer"] = {"vocab_size": 768}
-    b["math"] = {"documents": 300}
+    b["math"] = {"documents": 300, "ops": 2}
     b["retrieval"]["documents"] = [16, 8, 4]
     b["chat"] = {"mid_examples": 60, "sft_math": 40, "sft_tools": 20, "sft_memory": 10, "preference_pairs": 24,
-                 "math_heldout": 4}
+                 "preference_tools": 4, "math_heldout": 4, "sft_retrieval": 4, "system": "Be brief."}
     stages = {s["name"]: s for s in r["stages"]}
     pre = stages["pretrain"]["train"]
     # this test's tokenizer (768 ids, a few pages of text) spends ~1,500 tokens on a tool prompt: room for it
@@ -105,6 +105,7 @@ def shortened_tiny(tmp_path: Path) -> Path:
     ev["base"]["retrieval"]["n"] = 2
     ev["chat"]["math"]["max_tokens"] = 12
     ev["chat"]["tools"] = {"n": 2, "max_tokens": 12}
+    ev["chat"]["retrieval"] = {"kinds": ["niah_single"], "lengths": [1024], "n": 2, "system": "Be brief."}
     path = tmp_path / "short.yaml"
     path.write_text(yaml.safe_dump(r, sort_keys=False))
     return path
@@ -131,6 +132,7 @@ def test_shortened_tiny_recipe_end_to_end(tmp_path, capsys):
     for label in ("sft", "apo", "merge"):
         r = results[label]
         assert set(r["math"]) == {"think", "no_think"} and set(r["tools"]) == {"tool_xml", "tool_python"}
+        assert set(r["retrieval"]) == {"niah_single@1024"}  # asked as a chat turn (evaluation.chat.retrieval)
         assert {"margin", "chosen_wins"} <= set(r["preference"])
     # the merged model is 0.9 APO + 0.1 long-context, tensor for tensor
     from safetensors.torch import load_file

@@ -273,12 +273,13 @@ def make_memory_chat(rng: random.Random, think: bool = False) -> dict:
 # preference pairs
 
 
-def make_preference(rng: random.Random, think: bool = False, small: bool = False) -> dict:
+def make_preference(rng: random.Random, think: bool = False, small: bool = False, n_ops: int | None = None) -> dict:
     """A math problem with a correct solution (chosen) and the same solution with a slip in one step, carried
-    through to a wrong final answer (rejected). `small`: the problems of make_small_arithmetic."""
+    through to a wrong final answer (rejected). `small`: the problems of make_small_arithmetic (with `n_ops`
+    operations)."""
     if small or rng.random() < 0.5:
         if small:
-            ex = make_small_arithmetic(rng)
+            ex = make_small_arithmetic(rng, n_ops=n_ops)
             question, value, steps = ex["messages"][0]["content"], ex["answer"], [tuple(s) for s in ex["steps"]]
         else:
             text, value, steps = _expression(rng, rng.randint(2, 4))
@@ -332,6 +333,7 @@ def check(example: dict, response: str) -> bool:
 def generate(task: str, n: int, seed: int = 0, **options) -> list[dict]:
     """`n` examples of `task`, identical for the same seed and options. Tasks: arithmetic, small_arithmetic, word_problem,
     running_total, memory_chat, preference (options: think=bool); tool_xml, tool_python (think=bool);
+    tool_preference (style=xml|python, think, offered);
     niah_single, niah_multikey, niah_multivalue, niah_multiquery, variable_tracking (length=tokens,
     tokenizer=..., haystack=[texts])."""
     from smollm3.data import synthetic_long, synthetic_tools
@@ -339,7 +341,8 @@ def generate(task: str, n: int, seed: int = 0, **options) -> list[dict]:
     makers = {"arithmetic": make_arithmetic, "small_arithmetic": make_small_arithmetic, "word_problem": make_word_problem, "running_total": make_running_total,
               "memory_chat": make_memory_chat, "preference": make_preference,
               "tool_xml": lambda rng, **kw: synthetic_tools.make_tool_chat(rng, style="xml", **kw),
-              "tool_python": lambda rng, **kw: synthetic_tools.make_tool_chat(rng, style="python", **kw)}
+              "tool_python": lambda rng, **kw: synthetic_tools.make_tool_chat(rng, style="python", **kw),
+              "tool_preference": synthetic_tools.make_tool_preference}
     for kind in synthetic_long.KINDS:
         makers[kind] = lambda rng, kind=kind, **kw: synthetic_long.make_retrieval(rng, kind=kind, **kw)
     if task not in makers:

@@ -127,6 +127,26 @@ def make_tool_chat(rng: random.Random, style: str = "xml", think: bool = False, 
             "answer": result}
 
 
+def make_tool_preference(rng: random.Random, style: str = "xml", think: bool = False, offered: int | None = 2) -> dict:
+    """A tool request with the right call (chosen) and a wrong one (rejected): half the time a call to another
+    offered tool with the same arguments, half the time the right call with its closing bracket dropped, which no
+    client can parse. Preference pairs like these keep preference tuning from trading tool calling away."""
+    ex = make_tool_chat(rng, style=style, think=think, offered=max(2, offered or len(TOOLS)))
+    call = ex["messages"][1]["content"]
+    offered_names = [t["name"] for t in ex["chat_template_kwargs"][f"{style}_tools"]]
+    name = ex["call"]["name"]
+    if rng.random() < 0.5:
+        other = rng.choice([n for n in offered_names if n != name])
+        wrong = call.replace(f'"name": "{name}"', f'"name": "{other}"') if style == "xml" else \
+            call.replace(f"print({name}(", f"print({other}(")
+    else:
+        end = call.rindex("}") if style == "xml" else call.rindex(")")
+        wrong = call[:end] + call[end + 1:]
+    return {"prompt": ex["messages"][:1], "chosen": [{"role": "assistant", "content": call}],
+            "rejected": [{"role": "assistant", "content": wrong}], "chat_template_kwargs": ex["chat_template_kwargs"],
+            "task": "preference_tool", "call": ex["call"]}
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # checking
 

@@ -9,8 +9,10 @@
     shards/<source>/            datatrove shards, one folder per mixture source (web-en, web-fr, ..., code, math)
     shards/retrieval-<L>/       RULER-style retrieval documents of exactly L tokens, one per pretraining window
     chat/mid.jsonl              reasoning traces for mid-training (rendered with ChatML)
-    chat/sft.jsonl              SFT conversations: math in both modes, tool calls (xml and python), multi-turn
-    chat/preference.jsonl, chat/preference_heldout.jsonl   APO pairs (correct vs slipped solution)
+    chat/sft.jsonl              SFT conversations: math in both modes, tool calls (xml and python), multi-turn,
+                                needle-in-a-haystack questions (`sft_retrieval`)
+    chat/preference.jsonl, chat/preference_heldout.jsonl   APO pairs (correct vs slipped solution; right vs wrong
+                                tool call); the held-out ones ask the held-out math questions
     chat/math_heldout.jsonl     math questions not in any training file, for think vs no_think
 
 Every step writes its output atomically (or resumably: shards) and is skipped when its output exists, so an
@@ -84,6 +86,31 @@ def math_document(example: dict) -> str:
     return f"Question: {example['messages'][0]['content']}\nSolution: {answer}"
 
 
+def math_heldout(spec: dict) -> list[dict]:
+    """The held-out math questions (think-mode examples): drawn first, so that no training file (pretraining
+    documents, mid-training, SFT, preference pairs) ever holds one of them."""
+    n, kw = spec.get("chat", {}).get("math_heldout", 100), _math_options(spec)
+    seen, out = set(), []
+    for ex in synthetic.generate("small_arithmetic", 50 * n, seed=10, think=True, **kw):
+        q = ex["messages"][0]["content"]
+        if q not in seen:
+            seen.add(q)
+            out.append(ex)
+        if len(out) == n:
+            break
+    return out
+
+
+def _math_options(spec: dict) -> dict:
+    """build.math.ops: operations per problem, fixed so that every step of a solution sits where it did in the
+    last one (default: 2 or 3)."""
+    return {"n_ops": spec.get("math", {}).get("ops")}
+
+
+def _not_heldout(examples: list[dict], heldout: set[str], key: str = "messages") -> list[dict]:
+    return [ex for ex in examples if ex[key][0]["content"] not in heldout]
+
+
 def build_text(data: Path, spec: dict) -> None:
     """corpus -> text/ and heldout/ per source."""
     from smollm3.data.corpus import build_corpus
@@ -114,7 +141,9 @@ def build_text(data: Path, spec: dict) -> None:
     _write_jsonl(data / "heldout" / "code" / "python.jsonl", ({"text": t} for t in held))
     m = spec.get("math", {})
     n = m.get("documents", 20_000)
-    docs = [math_document(ex) for ex in synthetic.generate("small_arithmetic", n, seed=1, think=True)]
+    held = {ex["messages"][0]["content"] for ex in math_heldout(spec)}
+    docs = [math_document(ex) for ex in
+            _not_heldout(synthetic.generate("small_arithmetic", n, seed=1, think=True, **_math_options(spec)), held)]
     docs += [math_document(ex) for ex in synthetic.generate("word_problem", n // 4, seed=1, think=True)]
     rng.shuffle(docs)
     cut = max(1, len(docs) // 50)
@@ -199,6 +228,22 @@ def _distractor_queries(example: dict) -> list[str]:
     return lines
 
 
+def _retrieval_chats(data: Path, spec: dict, n: int) -> list[dict]:
+    """`n` needle-in-a-haystack conversations (no_think) at the retrieval lengths, each leaving room in its length for
+    the template's system turn: chat models that are asked the RULER question as a user turn learn to answer it."""
+    if not n:
+        return []
+    from smollm3.data.synthetic_long import make_retrieval
+    from smollm3.tokenizer import load_tokenizer
+
+    r = spec.get("retrieval", {})
+    tok = load_tokenizer(data / "tokenizer")
+    rng = random.Random("sft-retrieval")
+    room = 96  # tokens for the template's turns and a one-line system message
+    return [make_retrieval(rng, r.get("kind", "niah_multikey"), length=rng.choice(r["lengths"]) - room, tokenizer=tok)
+            for _ in range(n)]
+
+
 def with_system(example: dict, system: str | None) -> dict:
     """The example with a system turn first (conversations under `messages`, preference pairs under `prompt`). A
     short system message replaces the SmolLM3 template's default think-mode instructions (~400 tokens in a 2k
@@ -216,15 +261,19 @@ def build_chat(data: Path, spec: dict) -> None:
     if (chat / "done").exists():
         return
     n_mid = c.get("mid_examples", 3000)
-    mid = synthetic.generate("small_arithmetic", n_mid, seed=2, think=True)
+    ops = _math_options(spec)
+    math_test = math_heldout(spec)
+    held = {ex["messages"][0]["content"] for ex in math_test}
+    mid = _not_heldout(synthetic.generate("small_arithmetic", n_mid, seed=2, think=True, **ops), held)
     mid += synthetic.generate("word_problem", n_mid // 4, seed=2, think=True)
     mid += synthetic.generate("running_total", n_mid // 4, seed=2, think=True)
     _write_jsonl(chat / "mid.jsonl", mid)
 
-    n = c.get("sft_math", 2000)
+    n = c.get("sft_math", 2000)  # think-mode examples; no_think ones: sft_math_no_think (default the same)
     system = c.get("system")
-    sft = synthetic.generate("small_arithmetic", n, seed=3, think=True)
-    sft += synthetic.generate("small_arithmetic", n, seed=4, think=False)
+    sft = _not_heldout(synthetic.generate("small_arithmetic", n, seed=3, think=True, **ops), held)
+    sft += _not_heldout(synthetic.generate("small_arithmetic", c.get("sft_math_no_think", n), seed=4, think=False,
+                                           **ops), held)
     n_tools = c.get("sft_tools", 800)
     offered = c.get("tools_offered")  # a few tools per prompt: the template's tool section is long in a 2k vocabulary
     modes = c.get("tool_modes", ["no_think", "think"])
@@ -232,20 +281,29 @@ def build_chat(data: Path, spec: dict) -> None:
         for seed, mode in enumerate(modes, 5):
             sft += synthetic.generate(style, n_tools // len(modes), seed=seed, think=mode == "think", offered=offered)
     sft += synthetic.generate("memory_chat", c.get("sft_memory", 300), seed=7)
+    sft += _retrieval_chats(data, spec, c.get("sft_retrieval", 0))
     sft = [with_system(ex, system) for ex in sft]
     random.Random(8).shuffle(sft)
     _write_jsonl(chat / "sft.jsonl", sft)
 
-    n_pref = c.get("preference_pairs", 1500)
-    pairs = [with_system(ex, system) for ex in
-             synthetic.generate("preference", n_pref + 200, seed=9, think=True, small=True)]
-    _write_jsonl(chat / "preference.jsonl", pairs[:n_pref])
-    _write_jsonl(chat / "preference_heldout.jsonl", pairs[n_pref:])
+    n_pref, n_tool_pref = c.get("preference_pairs", 1500), c.get("preference_tools", 0)
+    # held-out pairs ask the held-out math questions, which no training file holds
+    every = synthetic.generate("preference", 4 * n_pref, seed=9, think=True, small=True, **ops)
+    pairs = _not_heldout(every, held, key="prompt")[:n_pref]
+    asked = {}
+    for ex in every:
+        asked.setdefault(ex["prompt"][0]["content"], ex)
+    heldout = [asked[q] for q in sorted(held) if q in asked]
+    if n_tool_pref:  # tool pairs: APO on math alone trades tool calling away
+        for style in ("xml", "python"):
+            tool_pairs = synthetic.generate("tool_preference", n_tool_pref // 2 + 20, seed=11, style=style,
+                                            offered=offered)
+            pairs, heldout = pairs + tool_pairs[:-20], heldout + tool_pairs[-20:]
+    random.Random(12).shuffle(pairs)
+    _write_jsonl(chat / "preference.jsonl", [with_system(ex, system) for ex in pairs])
+    _write_jsonl(chat / "preference_heldout.jsonl", [with_system(ex, system) for ex in heldout])
 
-    seen = {ex["messages"][0]["content"] for ex in sft + mid}
-    fresh = [ex for ex in synthetic.generate("small_arithmetic", 2000, seed=10, think=True)
-             if ex["messages"][0]["content"] not in seen]
-    _write_jsonl(chat / "math_heldout.jsonl", [with_system(ex, system) for ex in fresh[:c.get("math_heldout", 100)]])
+    _write_jsonl(chat / "math_heldout.jsonl", [with_system(ex, system) for ex in math_test])
     (chat / "done").write_text("ok\n")
 
 

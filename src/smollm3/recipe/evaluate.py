@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 from pathlib import Path
 
 import torch
@@ -64,6 +65,30 @@ def retrieval(model_dir: Path, spec: dict) -> dict:
                          max_tokens=spec.get("max_tokens", 16))
             acc = next(iter(r["results"].values()))["accuracy"]
             scores[f"{kind}@{length}" + (f"+yarn{factor:g}" if factor else "")] = acc
+    return scores
+
+
+def chat_retrieval(model_dir: Path, spec: dict) -> dict:
+    """{"<kind>@<length>": accuracy} for a chat model: the RULER question as the user turn (after spec's `system`
+    message), answered in no_think mode. LENGTH counts the whole prompt and the answer budget, template included."""
+    from smollm3.data.synthetic_long import make_retrieval
+    from smollm3.eval.runner import render_prompt, run_gen
+    from smollm3.infer.llm import LLM
+    from smollm3.recipe.build import with_system
+
+    n, system = spec.get("n", 50), spec.get("system")
+    llm = LLM(model_dir, device="cpu", dtype=torch.float32, max_num_seqs=n)
+    overhead = len(llm.tokenizer.encode(render_prompt(with_system({"messages": [{"role": "user", "content": ""}]},
+                                                                  system)["messages"], llm.chat_template, "no_think")))
+    scores = {}
+    for kind in spec.get("kinds", ["niah_single"]):
+        for length in spec.get("lengths", []):
+            rng = random.Random(f"chat-retrieval:{kind}:{length}")
+            items = [with_system(make_retrieval(rng, kind, length=length - overhead - spec.get("max_tokens", 16),
+                                                tokenizer=llm.tokenizer), system) for _ in range(n)]
+            prompts = [render_prompt(it["messages"][:-1], llm.chat_template, "no_think") for it in items]
+            s, _ = run_gen(llm, items, prompts, spec.get("max_tokens", 16))
+            scores[f"{kind}@{length}"] = s["exact_match"]
     return scores
 
 
@@ -125,10 +150,12 @@ def evaluate_checkpoint(model_dir: Path, battery: str, spec: dict) -> dict:
     base = spec.get("base", {})
     results = {"heldout": heldout_losses(model, tokenizer, Path(base["heldout"]), base.get("window", 2048),
                                          base.get("max_docs"))}
-    if base.get("retrieval"):
+    chat = spec.get("chat", {})
+    if battery == "chat" and chat.get("retrieval"):  # a chat model is asked in its own format
+        results["retrieval"] = chat_retrieval(model_dir, chat["retrieval"])
+    elif base.get("retrieval"):
         results["retrieval"] = retrieval(model_dir, base["retrieval"])
     if battery == "chat":
-        chat = spec.get("chat", {})
         if chat.get("math"):
             results["math"] = math_modes(model_dir, Path(chat["math"]["items"]), chat["math"].get("max_tokens", 64))
         if chat.get("tools"):

@@ -171,7 +171,8 @@ def write_report(recipe: dict, out: Path, report: dict) -> list[dict]:
     retr = [k for k, v in results.items() if v.get("retrieval")]
     if retr:
         keys = list(results[retr[0]]["retrieval"])
-        lines += ["## Retrieval accuracy (RULER-style, base-mode prompts)", "",
+        lines += ["## Retrieval accuracy (RULER-style: plain-text prompts for base checkpoints; for chat checkpoints the "
+                  "question as a user turn when the recipe's evaluation.chat.retrieval asks for it)", "",
                   _table(["checkpoint", *keys], [[k, *(results[k]["retrieval"].get(x) for x in keys)] for k in retr]), ""]
     chat = [k for k, v in results.items() if "math" in v or "tools" in v or "preference" in v]
     if chat:

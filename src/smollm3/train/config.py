@@ -37,6 +37,7 @@ class DataSection:
     # sft / preference: JSONL files in TRL's format
     paths: list = field(default_factory=list)
     template: str = "smollm3"  # sft/preference chat template: smollm3 | official | chatml
+    max_prompt_length: int | None = 512  # preference: a prompt keeps its last this many tokens (TRL's default)
     seed: int = 0
 
 

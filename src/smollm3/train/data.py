@@ -46,6 +46,7 @@ def build_data(cfg, tokenizer, dist) -> StepData:
             from smollm3.data.preference import PreferenceLoader
 
             loader = PreferenceLoader(d.paths, tokenizer, t.micro_batch, max_length=d.seq_len,
-                                      template=d.template, seed=d.seed, rank=dist.rank, world_size=dist.world)
+                                      max_prompt_length=d.max_prompt_length, template=d.template, seed=d.seed,
+                                      rank=dist.rank, world_size=dist.world)
         return StepData(loader, t.grad_accum)
     raise ConfigError(f"data.kind {d.kind!r} is unknown; choose pretrain, sft or preference")

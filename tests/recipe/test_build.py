@@ -63,8 +63,9 @@ def test_retrieval_too_short_for_its_needles_says_so(tmp_path, trained_tokenizer
 
 
 def test_chat_data_holds_no_heldout_math_question_and_pairs_teach_tool_calls(tmp_path):
-    """Held-out math questions appear in no training file (pretraining math documents included); held-out pairs ask
-    them; the tool pairs' chosen call parses and names the right function, the rejected one does neither."""
+    """Held-out math questions appear in no chat training file (mid-training, SFT, preference pairs; build_text filters
+    the pretraining math documents the same way); held-out pairs ask them; the tool pairs' chosen call parses and
+    names the right function, the rejected one does neither."""
     import json
 
     from smollm3.data.synthetic_tools import parse_call

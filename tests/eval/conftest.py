@@ -1,5 +1,7 @@
-"""Fixtures for the evaluation tests: a tiny random SmolLM3 with a real (small, trained) tokenizer."""
+"""Fixtures for the evaluation tests: a tiny random SmolLM3 with a real (small, trained) tokenizer, and bits-per-byte
+computed by hand to check the runner against."""
 
+import math
 from pathlib import Path
 
 import pytest
@@ -37,3 +39,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def _bits_per_byte(model, tok, texts):
+    """By hand: the NLL (nats) of every token after the first given all before it, over ln 2 and the UTF-8 bytes."""
+    nll = 0.0
+    for text in texts:
+        ids = torch.tensor([tok.encode(text, add_special_tokens=True)])
+        with torch.no_grad():
+            logp = model(ids)[0, :-1].double().log_softmax(-1)
+        nll -= float(logp.gather(-1, ids[0, 1:, None]).sum())
+    return nll / math.log(2) / sum(len(t.encode("utf-8")) for t in texts)
+
+
+@pytest.fixture
+def bits_per_byte():
+    """`bits_per_byte(model, tokenizer, texts)`, the reference the ppl tasks are checked against."""
+    return _bits_per_byte

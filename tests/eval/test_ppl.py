@@ -34,17 +34,6 @@ def heldout(tmp_path):
     return root
 
 
-def _bits_per_byte(model, tok, texts):
-    """By hand: the NLL (nats) of every token after the first given all before it, over ln 2 and the UTF-8 bytes."""
-    nll = 0.0
-    for text in texts:
-        ids = torch.tensor([tok.encode(text, add_special_tokens=True)])
-        with torch.no_grad():
-            logp = model(ids)[0, :-1].double().log_softmax(-1)
-        nll -= float(logp.gather(-1, ids[0, 1:, None]).sum())
-    return nll / math.log(2) / sum(len(t.encode("utf-8")) for t in texts)
-
-
 def test_directory_expands_to_one_task_per_file(heldout):
     tasks = parse_tasks(f"ppl:{heldout}/")  # a trailing slash does not end up in the names
     assert [t.name for t in tasks] == [f"ppl:{heldout}/code/python-stdlib", f"ppl:{heldout}/en/web",
@@ -58,7 +47,7 @@ def test_directory_expands_to_one_task_per_file(heldout):
         get_task(f"ppl:{heldout / 'missing'}")
 
 
-def test_bits_per_byte_per_language_and_domain(tiny_eval_dir, heldout, tmp_path, capsys):
+def test_bits_per_byte_per_language_and_domain(tiny_eval_dir, heldout, tmp_path, capsys, bits_per_byte):
     out = tmp_path / "r.json"
     assert main(["eval", "--model", str(tiny_eval_dir), "--tasks", f"ppl:{heldout}", "--out", str(out)]) == 0
     res = json.loads(out.read_text())
@@ -67,14 +56,14 @@ def test_bits_per_byte_per_language_and_domain(tiny_eval_dir, heldout, tmp_path,
     for rel, texts in FILES.items():
         r = res["results"][f"ppl:{heldout}/{rel.removesuffix('.jsonl')}"]
         assert r["kind"] == "ppl" and r["n"] == len(texts)
-        assert math.isclose(r["bits_per_byte"], _bits_per_byte(model, tok, texts), rel_tol=1e-6)
+        assert math.isclose(r["bits_per_byte"], bits_per_byte(model, tok, texts), rel_tol=1e-6)
         tokens = sum(len(tok.encode(t)) - 1 for t in texts)
         assert math.isclose(r["perplexity"], 2 ** (r["bits_per_byte"] * sum(len(t.encode()) for t in texts) / tokens),
                             rel_tol=1e-9)
     assert f"ppl:{heldout}/fr/web" in capsys.readouterr().out
 
 
-def test_windows_predict_every_token_once(tiny_eval_dir, tmp_path):
+def test_windows_predict_every_token_once(tiny_eval_dir, tmp_path, bits_per_byte):
     """A text longer than the window: each token after the first is predicted once, from the window it falls in."""
     model, tok = smollm3.load_pretrained(tiny_eval_dir), smollm3.load_tokenizer(tiny_eval_dir)
     text = "The quick brown fox jumps over the lazy dog while the children watch from the window. " * 2
@@ -96,4 +85,4 @@ def test_windows_predict_every_token_once(tiny_eval_dir, tmp_path):
     assert math.isclose(samples[0]["nll"], nll, rel_tol=1e-6)
     assert math.isclose(scores["bits_per_byte"], nll / math.log(2) / len(text.encode()), rel_tol=1e-6)
     whole = run_ppl(model, tok, get_task(f"ppl:{path}"), None)[0]["bits_per_byte"]  # one window: more context
-    assert math.isclose(whole, _bits_per_byte(model, tok, [text]), rel_tol=1e-6) and whole != scores["bits_per_byte"]
+    assert math.isclose(whole, bits_per_byte(model, tok, [text]), rel_tol=1e-6) and whole != scores["bits_per_byte"]

@@ -32,7 +32,7 @@ def test_think_and_no_think_render_different_prompts():
 
 
 @pytest.mark.real_weights
-def test_eval_cli_writes_results_and_samples(smollm2_dir, tmp_path, capsys):
+def test_eval_cli_writes_results_and_samples(smollm2_dir, tmp_path, capsys, bits_per_byte):
     mc = tmp_path / "mc.jsonl"
     mc.write_text(json.dumps({"query": "The capital of France is", "choices": [" Paris", " Rome"], "gold": 0}) + "\n"
                   + json.dumps({"query": "2 + 2 =", "choices": [" 5", " 4"], "gold": 1}) + "\n")
@@ -67,14 +67,7 @@ def test_eval_cli_writes_results_and_samples(smollm2_dir, tmp_path, capsys):
     import smollm3
 
     model, tok = smollm3.load_pretrained(smollm2_dir, dtype=torch.float32), smollm3.load_tokenizer(smollm2_dir)
-    nll = 0.0
-    for text in TEXTS:
-        ids = torch.tensor([tok.encode(text, add_special_tokens=True)])
-        with torch.no_grad():
-            logp = model(ids)[0, :-1].double().log_softmax(-1)
-        nll -= float(logp.gather(-1, ids[0, 1:, None]).sum())
-    n_bytes = sum(len(t.encode("utf-8")) for t in TEXTS)
-    assert math.isclose(p["bits_per_byte"], nll / math.log(2) / n_bytes, rel_tol=1e-5)
+    assert math.isclose(p["bits_per_byte"], bits_per_byte(model, tok, TEXTS), rel_tol=1e-5)
 
 
 def test_eval_cli_unknown_task_is_a_clear_error(tmp_path, capsys):

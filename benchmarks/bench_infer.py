@@ -53,10 +53,12 @@ def copy_bandwidth(device, nbytes: int, iters: int = 10) -> float:
     return 2 * nbytes / best / 1e9
 
 
-def make_engine(model, slots, max_len, cuda_graphs=None, fast_decode=None, gemv=None, async_decode=True):
+def make_engine(model, slots, max_len, cuda_graphs=None, fast_decode=None, gemv=None, async_decode=True,
+                decode_kernels=None):
     kv = kv_bytes_per_token(model.config, next(model.parameters()).dtype) * max_len * slots
     engine = Engine(model, None, max_num_seqs=slots, max_model_len=max_len, kv_cache_memory=kv,
-                    cuda_graphs=cuda_graphs, eos_token_ids=[], fast_decode=fast_decode, gemv=gemv)
+                    cuda_graphs=cuda_graphs, eos_token_ids=[], fast_decode=fast_decode, gemv=gemv,
+                    decode_kernels=decode_kernels)
     engine.async_decode = engine.async_decode and async_decode
     return engine
 
@@ -118,20 +120,22 @@ def main():
     res["copy_bandwidth_gbps"] = round(bw, 1)
     res["roofline_tok_s"] = round(bw * 1e9 / (weight_bytes + kv_read), 1)
 
-    # ---- ours: the fused compiled step with the Triton GEMVs and pipelined decode; the same step on cuBLAS with a
-    # host sync per step (2026-11-24's engine); the plain eager step (all CUDA graphs on GPU)
+    # ---- ours: the Triton decode kernels (decode_kernels.py) with pipelined decode; the compiled step with the
+    # Triton GEMVs, pipelined (the previous record's engine); the plain eager step (all CUDA graphs on GPU)
     max_len = args.prompt + args.gen + 16
     ours_tokens = None
-    variants = (("ours", None, None, True), ("ours_fused_cublas_sync", True, False, False),
-                ("ours_eager_step", False, None, False))
-    for key, fast, gemv, pipelined in variants:
-        engine = make_engine(model, args.streams, max_len, fast_decode=fast, gemv=gemv, async_decode=pipelined)
+    variants = (("ours", None, None, True, None), ("ours_compiled_gemv", True, None, True, False),
+                ("ours_eager_step", False, None, False, None))
+    for key, fast, gemv, pipelined, kernels in variants:
+        engine = make_engine(model, args.streams, max_len, fast_decode=fast, gemv=gemv, async_decode=pipelined,
+                             decode_kernels=kernels)
         warm, _ = timed(lambda e=engine: ours_generate(e, [prompt] * 2 + batch[:args.streams - 2], args.gen), device)
         warm1, first = timed(lambda e=engine: ours_generate(e, [prompt], args.gen), device)  # captures b=1 graphs
         res[f"{key}_warmup_s"] = round(warm + warm1, 2)
         res[f"{key}_cuda_graphs"] = engine.use_graphs
         res[f"{key}_fused_step"] = engine.fast is not None
         res[f"{key}_triton_gemv"] = engine.fast is not None and engine.fast.gemv
+        res[f"{key}_decode_kernels"] = engine.fast is not None and engine.fast.kernels
         res[f"{key}_pipelined"] = engine.async_decode
         res[f"{key}_decode_tok_s"] = round(decode_rate(lambda n, e=engine: ours_generate(e, [prompt], n), device,
                                                        args.gen), 1)
@@ -192,9 +196,8 @@ def main():
             ("decode, 1 stream, eager step (tok/s)", res["ours_eager_step_decode_tok_s"], None),
             (f"throughput, {args.streams} streams (tok/s)", res["ours_batch_tok_s"], res.get("hf_batch_tok_s")),
             (f"throughput, {args.streams} streams, eager step", res["ours_eager_step_batch_tok_s"], None),
-            ("decode, 1 stream, fused step cuBLAS sync", res["ours_fused_cublas_sync_decode_tok_s"], None),
-            (f"throughput, {args.streams} streams, fused cuBLAS sync", res["ours_fused_cublas_sync_batch_tok_s"],
-             None),
+            ("decode, 1 stream, compiled step + GEMVs", res["ours_compiled_gemv_decode_tok_s"], None),
+            (f"throughput, {args.streams} streams, compiled + GEMVs", res["ours_compiled_gemv_batch_tok_s"], None),
             (f"TTFT, {ttft_len}-token prompt (s)", res["ours_ttft_s"], res.get("hf_ttft_s"))]
     print(f"\n{'':<40} {'smollm3':>12} {'transformers':>14}")
     for label, ours, theirs in rows:
@@ -205,8 +208,13 @@ def main():
         res["batch_ratio_vs_hf"] = round(res["ours_batch_tok_s"] / res["hf_batch_tok_s"], 2)
     print(f"\nours at {res['ours_pct_of_roofline']}% of the bandwidth roofline; "
           f"CUDA graphs: {res['ours_cuda_graphs']}")
+    from smollm3.infer import decode_kernels
     from smollm3.infer import gemv as gemv_mod
 
+    res["decode_kernel_tuning"] = decode_kernels.tuning_log  # per batch-1 projection: the tile chosen, in-graph time
+    for row in decode_kernels.tuning_log:
+        print(f"kernel {row['n']:>6}x{row['k']:<5} norm={row['norm']:d} swiglu={row['swiglu']:d} "
+              f"residual={row['residual']:d} tile {row['tile']} {row['us']} us ({row['tbps']} TB/s)")
     res["gemv_tuning"] = gemv_mod.tuning_log  # per (b, N, K): cuBLAS vs best Triton tile, L2 flushed
     for row in gemv_mod.tuning_log:
         print(f"gemv b={row['b']:>2} {row['n']:>6}x{row['k']:<5} cuBLAS {row['cublas_us']:>7} us "

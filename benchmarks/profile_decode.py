@@ -53,8 +53,9 @@ def main():
     model = build_model(preset(args.preset), device="cuda", dtype=torch.bfloat16).eval()
     max_len = 512
     res = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": torch.cuda.get_device_name(), "rows": []}
-    for fast in (True, False):
+    for fast, kernels in ((True, True), (True, False), (False, None)):
         engine = Engine(model, None, max_num_seqs=32, max_model_len=max_len, eos_token_ids=[], fast_decode=fast,
+                        decode_kernels=kernels,
                         kv_cache_memory=kv_bytes_per_token(model.config, torch.bfloat16) * max_len * 32)
         sp = SamplingParams(max_tokens=64, temperature=0.0, ignore_eos=True)
         for b in (1, 32):
@@ -64,9 +65,9 @@ def main():
             engine.generate(prompts, sp)
             step_ms = (time.perf_counter() - t) / 64 * 1e3  # 1 prefill + 63 decode steps: an upper bound
             graph = engine._graphs[(b, 256)]
-            row = {"fused_step": fast, "batch": b, "graph_replay_ms": round(replay_ms(graph), 3),
+            row = {"fused_step": fast, "decode_kernels": kernels, "batch": b, "graph_replay_ms": round(replay_ms(graph), 3),
                    "engine_step_ms": round(step_ms, 3)}
-            print(f"fused={fast} batch {b}: graph replay {row['graph_replay_ms']} ms, engine step "
+            print(f"fused={fast} kernels={kernels} batch {b}: graph replay {row['graph_replay_ms']} ms, engine step "
                   f"{row['engine_step_ms']} ms", flush=True)
             row["top_kernels"] = top_kernels(graph)
             res["rows"].append(row)

@@ -96,7 +96,7 @@ class Engine:
                  max_model_len: int | None = None, kv_cache_memory: int | None = None,
                  max_prefill_tokens: int = 16384, cuda_graphs: bool | None = None,
                  defaults: dict | None = None, eos_token_ids: list[int] | None = None,
-                 fast_decode: bool | None = None, gemv: bool | None = None):
+                 fast_decode: bool | None = None, gemv: bool | None = None, decode_kernels: bool | None = None):
         cfg = model.config
         self.model, self.tokenizer, self.config = model.eval(), tokenizer, cfg
         p = next(model.parameters())
@@ -142,7 +142,8 @@ class Engine:
         if fast_decode if fast_decode is not None else self.use_graphs:
             from smollm3.infer.fast import FastDecode
 
-            self.fast = FastDecode(model, self.cache, compile=self.device.type == "cuda", gemv=gemv)
+            self.fast = FastDecode(model, self.cache, compile=self.device.type == "cuda", gemv=gemv,
+                                   kernels=decode_kernels)
         # pipelined greedy decode (_decode_async): step n+1 is launched before step n's tokens are read, the tokens
         # staying on the device in between, so the host's bookkeeping overlaps the GPU's work
         self.async_decode = self.fast is not None

@@ -71,6 +71,28 @@ def decode_layer(x, delta, w, k_cache, v_cache, cos, sin, lengths, mask, *, head
     return x, _linear(F.silu(gate) * up, w_down, gemv)
 
 
+def decode_layer_triton(x, w, k_cache, v_cache, cos, sin, lengths, kv_len: int, *, heads: int, kv_heads: int,
+                        eps: float, scale: float, use_rope: bool):
+    """decode_layer for one row in five or six Triton kernels (decode_kernels.py), the residual stream x [1, d]
+    complete between layers: RMSNorm + qkv; RoPE + KV write + attention (+ the merge of its key splits);
+    o_proj + residual; RMSNorm + gate/up + SwiGLU; down_proj + residual."""
+    from smollm3.infer import decode_kernels as kern
+
+    ln1, w_qkv, w_o, ln2, w_gu, w_down = w
+    qkv = kern.linear(x, w_qkv, norm=ln1, eps=eps)
+    attn = kern.attention(qkv, cos, sin, k_cache, v_cache, lengths, kv_len, heads=heads, kv_heads=kv_heads,
+                          scale=scale, rope=use_rope)
+    x = kern.linear(attn, w_o, residual=x)
+    return kern.linear(kern.linear(x, w_gu, norm=ln2, eps=eps, swiglu=True), w_down, residual=x)
+
+
+def decode_head_triton(x, norm_w, lm_head_w, eps: float):
+    from smollm3.infer import decode_kernels as kern
+
+    logits = kern.linear(x, lm_head_w, norm=norm_w, eps=eps)
+    return logits, kern.argmax(logits)
+
+
 def decode_head(x, delta, norm_w, lm_head_w, eps: float, gemv: bool = False):
     """Last residual add, final norm, LM head and the greedy choice: -> (logits [b, V], argmax [b])."""
     logits = _linear(_rms(x + delta, norm_w, eps), lm_head_w, gemv)
@@ -111,9 +133,12 @@ class FastDecode:
     """The engine's decode forward over its SlotCache: `run(tokens, lengths, kv_len)` -> (logits, greedy ids).
 
     `compile=False` runs the same functions eagerly (CPU tests check the fusion and the maths that way).
-    `gemv` (default: on CUDA with Triton) routes the projections and the LM head through gemv.small_linear."""
+    `gemv` (default: on CUDA with Triton) routes the projections and the LM head through gemv.small_linear.
+    `kernels` (default: where `gemv` is on, for bf16/fp16 weights and head_dim a power of two >= 32) runs batch-1
+    steps as the few Triton kernels of decode_kernels.py instead (decode_layer_triton)."""
 
-    def __init__(self, model: SmolLM3ForCausalLM, cache, compile: bool = True, gemv: bool | None = None):
+    def __init__(self, model: SmolLM3ForCausalLM, cache, compile: bool = True, gemv: bool | None = None,
+                 kernels: bool | None = None):
         cfg = model.config
         self.model, self.cache = model, cache
         self.weights = fuse_projections(model)
@@ -125,13 +150,19 @@ class FastDecode:
 
         device = next(model.parameters()).device
         self.gemv = (_gemv.available() and device.type == "cuda") if gemv is None else bool(gemv)
+        self.kw_kernels = dict(self.kw)
         self.kw["gemv"] = self.gemv
+        D = cfg.head_dim
+        fits = cache.k.dtype in (torch.bfloat16, torch.float16) and D >= 32 and D & (D - 1) == 0
+        self.kernels = (self.gemv and fits and device.type == "cuda") if kernels is None else bool(kernels)
+        if self.kernels and not (_gemv.triton is not None and fits):
+            raise ValueError("kernels=True needs Triton, bf16/fp16 weights and head_dim a power of two >= 32")
         self.layer_fn, self.head_fn = decode_layer, decode_head
         if compile:
-            import torch._dynamo
+            from torch import _dynamo
 
             # every (batch, KV-length) bucket and RoPE/NoPE variant is a guard set of the same code object
-            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+            _dynamo.config.cache_size_limit = max(_dynamo.config.cache_size_limit, 64)
             self.layer_fn = torch.compile(decode_layer, fullgraph=True)
             self.head_fn = torch.compile(decode_head, fullgraph=True)
 
@@ -142,8 +173,14 @@ class FastDecode:
             raise ValueError(f"decode would read {kv_len} positions; slots hold {cache.max_len}")
         b = tokens.shape[0]
         x = model.embed_tokens(tokens)
-        delta = torch.zeros_like(x)  # x + 0 is exact: the first layer's deferred add changes nothing
         cos, sin = model.rotary_emb(lengths, x.dtype)  # [b, D]
+        if self.kernels and b == 1:  # the batch-1 Triton kernels; the residual stream needs no deferred add
+            cos, sin = cos.contiguous(), sin.contiguous()
+            for i, w in enumerate(self.weights):
+                x = decode_layer_triton(x, w, cache.k[i, :b], cache.v[i, :b], cos, sin, lengths, kv_len,
+                                        use_rope=self.rope[i], **self.kw_kernels)
+            return decode_head_triton(x, model.norm.weight, self.model.lm_head.weight, self.eps)
+        delta = torch.zeros_like(x)  # x + 0 is exact: the first layer's deferred add changes nothing
         mask = (torch.arange(kv_len, device=x.device)[None, :] <= lengths[:, None])[:, None, None, :]
         for i, w in enumerate(self.weights):
             x, delta = self.layer_fn(x, delta, w, cache.k[i, :b], cache.v[i, :b], cos, sin, lengths, mask,

@@ -1,0 +1,155 @@
+"""The Triton decode kernels (infer/decode_kernels.py) against the eager decode layer of infer/fast.py: a whole
+batch-1 layer (RMSNorm, qkv, RoPE, KV write, attention with and without key splits, o_proj + residual, SwiGLU,
+down_proj + residual), batched attention, the LM head and the argmax; on the GPU in bf16, and through Triton's
+CPU interpreter in fp16 where Triton is installed. Then the engine's greedy tokens with the kernels on the GPU."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from smollm3 import build_model, preset
+from smollm3.infer import Engine, SamplingParams
+
+try:
+    import triton  # noqa: F401
+except ImportError:
+    triton = None
+
+LAYER_CASES = [(64, True), (256, True), (256, False), (100, True)]  # (kv_len bucket, rope): 1 key split, several
+
+
+def rel(a, b) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def kernel_errors(device: str, dtype: torch.dtype, heads: int = 4, kv_heads: int = 2) -> dict:
+    """Relative errors of the kernels against the eager maths of fast.py."""
+    from smollm3.infer import decode_kernels as kern
+    from smollm3.infer import fast
+
+    g = torch.Generator().manual_seed(0)
+    D, hid, inter = 64, 256, 704  # 704: K not a multiple of any tile width (masked K loads)
+
+    def rnd(*shape, scale=0.1):
+        return (scale * torch.randn(*shape, generator=g)).to(device, dtype)
+
+    def rope_tables(lengths):
+        inv = 1.0 / (10000 ** (torch.arange(0, D, 2, device=device).float() / D))
+        ang = (lengths.float()[:, None] * inv).repeat(1, 2)
+        return ang.cos().to(dtype), ang.sin().to(dtype)
+
+    w = (1 + rnd(hid, scale=0.2), rnd((heads + 2 * kv_heads) * D, hid), rnd(hid, heads * D), 1 + rnd(hid, scale=0.2),
+         rnd(2 * inter, hid), rnd(hid, inter))
+    kw = dict(heads=heads, kv_heads=kv_heads, eps=1e-6, scale=D ** -0.5)
+    out = {}
+    for kv_len, rope in LAYER_CASES:  # one layer, batch 1: the eager layer's x + delta is the kernels' x
+        kc, vc = rnd(1, kv_heads, 300, D, scale=1), rnd(1, kv_heads, 300, D, scale=1)
+        lengths = torch.tensor([kv_len - 1], device=device)
+        cos, sin = rope_tables(lengths)
+        x, delta = rnd(1, hid, scale=1), rnd(1, hid, scale=1)
+        mask = (torch.arange(kv_len, device=device)[None, :] <= lengths[:, None])[:, None, None, :]
+        k1, v1, k2, v2 = kc.clone(), vc.clone(), kc.clone(), vc.clone()
+        rx, rd = fast.decode_layer(x, delta, w, k1, v1, cos, sin, lengths, mask, use_rope=rope, **kw)
+        tx = fast.decode_layer_triton(x + delta, w, k2, v2, cos, sin, lengths, kv_len, use_rope=rope, **kw)
+        out[f"layer-{kv_len}-{rope}"] = {"x": rel(tx, rx + rd), "k": rel(k2, k1), "v": rel(v2, v1)}
+    # attention alone, rows of different lengths in one batch; 4096 keys make chunks of several blocks per split
+    b, kv_len = 3, 4096
+    lengths = torch.tensor([4095, 17, 2500], device=device)
+    cos, sin = rope_tables(lengths)
+    qkv = rnd(b, (heads + 2 * kv_heads) * D, scale=1)
+    kc, vc = rnd(b, kv_heads, kv_len, D, scale=1), rnd(b, kv_heads, kv_len, D, scale=1)
+    q, k, v = qkv.split([heads * D, kv_heads * D, kv_heads * D], -1)
+    q, k = (t.view(b, -1, D) * cos[:, None] + fast._rotate_half(t.view(b, -1, D)) * sin[:, None] for t in (q, k))
+    k1, v1 = kc.clone(), vc.clone()
+    k1[torch.arange(b), :, lengths] = k.to(dtype)
+    v1[torch.arange(b), :, lengths] = v.view(b, -1, D)
+    keys, values = (c[:, :, :kv_len].repeat_interleave(heads // kv_heads, 1).float() for c in (k1, v1))
+    scores = torch.einsum("bhd,bhsd->bhs", q.float(), keys) * D ** -0.5
+    scores = scores.masked_fill(torch.arange(kv_len, device=device)[None, None, :] > lengths[:, None, None], -1e30)
+    ref = torch.einsum("bhs,bhsd->bhd", scores.softmax(-1), values).reshape(b, heads * D)
+    k2, v2 = kc.clone(), vc.clone()
+    att = kern.attention(qkv, cos, sin, k2, v2, lengths, kv_len, heads=heads, kv_heads=kv_heads, scale=D ** -0.5,
+                         rope=True)
+    out["attention-batch-3"] = {"out": rel(att, ref), "k": rel(k2, k1), "v": rel(v2, v1)}
+    # LM head: RMSNorm + projection + argmax; argmax keeps the first of tied maxima (across its 32768-wide blocks)
+    x, lm, norm = rnd(1, hid, scale=1), rnd(5000, hid), 1 + rnd(hid, scale=0.2)
+    lr, ar = fast.decode_head(x, torch.zeros_like(x), norm, lm, 1e-6)
+    lt, at = fast.decode_head_triton(x, norm, lm, 1e-6)
+    tied = torch.zeros(2, 70000, device=device, dtype=dtype)
+    tied[0, [7, 40000, 69999]] = 3.0
+    tied[1, [1200, 50000]] = 2.0
+    out["head"] = {"logits": rel(lt, lr), "argmax_equal": bool((at == lt.argmax(-1)).all()),
+                   "argmax_ties": kern.argmax(tied).tolist() == [7, 1200]}
+    return out
+
+
+def check(errors: dict, tol: float):
+    for case, errs in errors.items():
+        for name, e in errs.items():
+            assert e is True if isinstance(e, bool) else e < tol, (case, name, e)
+
+
+@pytest.mark.skipif(triton is None, reason="needs Triton (its CPU interpreter runs the kernels without a GPU)")
+def test_kernels_match_eager_maths_in_interpreter():
+    # the interpreter is chosen when the kernels are defined, so it runs in its own process; fp16 (the interpreter
+    # emulates bf16 rounding differently from the GPU); GQA 2:1 and SmolLM3's 4:1
+    code = ("import json, runpy, torch; m = runpy.run_path(%r); "
+            "print(json.dumps([m['kernel_errors']('cpu', torch.float16, h, kv) for h, kv in ((4, 2), (8, 2))]))"
+            % __file__)
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    for errors in json.loads(res.stdout.strip().splitlines()[-1]):
+        check(errors, 3e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_kernels_match_eager_maths_on_gpu():
+    check(kernel_errors("cuda", torch.bfloat16), 2e-2)
+    check(kernel_errors("cuda", torch.bfloat16, heads=16, kv_heads=4), 2e-2)
+
+
+def greedy_gaps(engine, ref, prompts, n_new) -> torch.Tensor:
+    """For each token the engine picks greedily: how far below the fp32 model's best its fp32 logit is, as a
+    fraction of that step's logit range (teacher-forced on the engine's own output; 0 = the argmax)."""
+    gaps = []
+    for prompt in prompts:
+        out = engine.generate([prompt], SamplingParams(max_tokens=n_new, temperature=0.0, ignore_eos=True))[0]
+        with torch.no_grad():
+            logits = ref(torch.tensor([prompt + out.output_ids], device="cuda"))[0, len(prompt) - 1:-1].float()
+        best = logits.max(-1).values
+        chosen = logits.gather(1, torch.tensor(out.output_ids, device="cuda")[:, None])[:, 0]
+        gaps.append((best - chosen) / (best - logits.min(-1).values))
+    return torch.cat(gaps)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_engine_with_kernels_decodes_greedily_on_gpu():
+    """At batch 1 the kernels pick tokens as well as the eager bf16 model does: bf16 alone moves the logits of
+    this model by several % of their range (so neither always picks the fp32 argmax), while a wrong RoPE position,
+    cache slot or mask puts picks far below the best."""
+    cfg = preset("tiny")
+    cfg.hidden_size, cfg.intermediate_size, cfg.head_dim, cfg.num_attention_heads = 256, 704, 64, 8
+    ref = build_model(cfg)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # large weights: clear greedy winners (as conftest.randomise_)
+        for name, p in ref.named_parameters():
+            p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g) if name.endswith("norm.weight")
+                    else 0.1 * torch.randn(p.shape, generator=g))
+    ref = ref.to("cuda").eval()
+    prompts = [torch.randint(3, cfg.vocab_size, (n,), generator=g).tolist() for n in (5, 40, 300, 77, 150)]
+    gaps = {}
+    for kernels in (False, True):
+        model = build_model(cfg).to("cuda", torch.bfloat16).eval()
+        model.load_state_dict(ref.state_dict())
+        engine = Engine(model, None, max_model_len=512, cuda_graphs=kernels, fast_decode=kernels)
+        assert (engine.fast is not None and engine.fast.kernels) == kernels
+        gaps[kernels] = greedy_gaps(engine, ref, prompts, 40)
+    assert gaps[True].mean() <= 2 * gaps[False].mean() + 2e-3, (gaps[True].mean(), gaps[False].mean())
+    assert (gaps[True] == 0).float().mean() >= 0.9

@@ -77,7 +77,7 @@ def kernel_errors(device: str, dtype: torch.dtype, heads: int = 4, kv_heads: int
     out["attention-batch-3"] = {"out": rel(att, ref), "k": rel(k2, k1), "v": rel(v2, v1)}
     # LM head: RMSNorm + projection + argmax; argmax keeps the first of tied maxima (across its 32768-wide blocks)
     x, lm, norm = rnd(1, hid, scale=1), rnd(5000, hid), 1 + rnd(hid, scale=0.2)
-    lr, ar = fast.decode_head(x, torch.zeros_like(x), norm, lm, 1e-6)
+    lr, _ = fast.decode_head(x, torch.zeros_like(x), norm, lm, 1e-6)
     lt, at = fast.decode_head_triton(x, norm, lm, 1e-6)
     tied = torch.zeros(2, 70000, device=device, dtype=dtype)
     tied[0, [7, 40000, 69999]] = 3.0

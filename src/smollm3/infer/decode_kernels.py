@@ -9,8 +9,9 @@ those rides on a kernel that runs anyway:
   (flash-decoding: the keys are split across programs, partial softmax states merged by a second small kernel);
 - `argmax(logits)`: the greedy choice.
 Batch 1 only for the projections: at larger batches the tensor-core GEMMs with inductor's fusions win (fast.py).
-Rounding follows the eager model's bf16 steps (matmul outputs, silu(gate), its product with up, residual adds) except where fusing reorders them: RMSNorm's 1/rms multiplies the fp32 product (one pass over x, no
-statistics pass first), and the attention scores stay fp32.
+Rounding follows the eager model's bf16 steps (matmul outputs, silu(gate), its product with up, residual adds)
+except where fusing reorders them: RMSNorm's 1/rms multiplies the fp32 product (one pass over x, no statistics
+pass first), and the attention scores stay fp32.
 Tiles are chosen per shape by timing on the device, once, outside CUDA-graph capture (gemv.py's rule). On Hopper
 every kernel is launched with programmatic dependent launch: it starts while its predecessor drains, loads its first
 weight tile, and only then waits (GDC below); SMOLLM3_PDL=0 turns that off.
@@ -318,7 +319,8 @@ def argmax(logits: torch.Tensor) -> torch.Tensor:
 
 
 def attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-              lengths: torch.Tensor, kv_len: int, *, heads: int, kv_heads: int, scale: float, rope: bool) -> torch.Tensor:
+              lengths: torch.Tensor, kv_len: int, *, heads: int, kv_heads: int, scale: float,
+              rope: bool) -> torch.Tensor:
     """Decode attention for one new token per row. qkv [b, (H + 2 KV) * D] before RoPE; k_cache, v_cache
     [b, KV, S, D] (written at `lengths`); keys 0..lengths[b] are attended; kv_len bounds them all (the graph's
     bucket). -> [b, H * D]."""

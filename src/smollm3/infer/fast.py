@@ -8,7 +8,9 @@ CUDA graph each launch costs a microsecond or two, which at 36 layers is most of
 - one decoder layer's decode is a pure function of tensors, compiled once with torch.compile (inductor fuses
   RMSNorm, RoPE, the KV-cache write, the attention softmax and SwiGLU into a few kernels); every layer reuses it,
   and each layer's last residual add is deferred into the next layer's first kernel;
-- greedy argmax runs on the device, inside the same CUDA graph.
+- greedy argmax runs on the device, inside the same CUDA graph;
+- at batch 1 (bf16/fp16 on CUDA) each layer is instead five Triton kernels with the norms, RoPE, SwiGLU and
+  residual adds folded into the matrix-vector products and the attention (decode_layer_triton, decode_kernels.py).
 The operations are the eager model's, in its order (fused kernels may round bf16 intermediates differently);
 tests compare greedy tokens with the eager engine.
 """

@@ -135,7 +135,7 @@ if triton is not None:
         # the new key and value taken from registers. One split: the normalised output; several: partial states.
         # The split's first block of cached keys and values is loaded before waiting on the previous kernel: the
         # cache below L and the lengths were written by earlier steps, only qkv by the kernel just before.
-        b = tl.program_id(0)
+        b = tl.program_id(0).to(tl.int64)  # b * s_kb passes 2^31 for large caches at large batches
         kvh = tl.program_id(1)
         sp = tl.program_id(2)
         HALF: tl.constexpr = D // 2

@@ -19,6 +19,7 @@ weight tile, and only then waits (GDC below); SMOLLM3_PDL=0 turns that off.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -49,6 +50,18 @@ if triton is not None:
         return acc, acc_up, ss
 
     @triton.jit
+    def _load_w(w_ptr, rn, nmask, k0, K, swn, N, BK: tl.constexpr, EVEN_K: tl.constexpr, SWIGLU: tl.constexpr):
+        # the weight tile at columns [k0, k0+BK) of rows rn (and, SWIGLU, of the matching up rows N below)
+        rk = k0 + tl.arange(0, BK)
+        kmask = rk < K
+        wmask = nmask[:, None] if EVEN_K else nmask[:, None] & kmask[None, :]
+        w = tl.load(w_ptr + rn[:, None] * swn + rk[None, :], mask=wmask, other=0.0)
+        wu = w
+        if SWIGLU:
+            wu = tl.load(w_ptr + (rn + N)[:, None] * swn + rk[None, :], mask=wmask, other=0.0)
+        return w, wu, rk, kmask
+
+    @triton.jit
     def _linear_kernel(x_ptr, lnw_ptr, r_ptr, w_ptr, y_ptr, N, K, swn, eps, NORM: tl.constexpr,
                        SWIGLU: tl.constexpr, RESID: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                        EVEN_K: tl.constexpr, GDC: tl.constexpr):
@@ -64,22 +77,11 @@ if triton is not None:
         acc = tl.zeros((BN, BK), dtype=tl.float32)
         acc_up = tl.zeros((BN, BK), dtype=tl.float32)
         ss = tl.zeros((BK,), dtype=tl.float32)
-        rk = tl.arange(0, BK)
-        kmask = rk < K
-        wmask = nmask[:, None] if EVEN_K else nmask[:, None] & kmask[None, :]
-        w = tl.load(w_ptr + rn[:, None] * swn + rk[None, :], mask=wmask, other=0.0)
-        wu = w
-        if SWIGLU:
-            wu = tl.load(w_ptr + (rn + N)[:, None] * swn + rk[None, :], mask=wmask, other=0.0)
+        w, wu, rk, kmask = _load_w(w_ptr, rn, nmask, 0, K, swn, N, BK, EVEN_K, SWIGLU)
         _gdc_wait(GDC)
         acc, acc_up, ss = _linear_step(acc, acc_up, ss, w, wu, x_ptr, lnw_ptr, rk, kmask, NORM, SWIGLU)
         for k0 in tl.range(BK, K, BK):
-            rk = k0 + tl.arange(0, BK)
-            kmask = rk < K
-            wmask = nmask[:, None] if EVEN_K else nmask[:, None] & kmask[None, :]
-            w = tl.load(w_ptr + rn[:, None] * swn + rk[None, :], mask=wmask, other=0.0)
-            if SWIGLU:
-                wu = tl.load(w_ptr + (rn + N)[:, None] * swn + rk[None, :], mask=wmask, other=0.0)
+            w, wu, rk, kmask = _load_w(w_ptr, rn, nmask, k0, K, swn, N, BK, EVEN_K, SWIGLU)
             acc, acc_up, ss = _linear_step(acc, acc_up, ss, w, wu, x_ptr, lnw_ptr, rk, kmask, NORM, SWIGLU)
         out = tl.sum(acc, axis=1)
         if SWIGLU:
@@ -114,8 +116,23 @@ if triton is not None:
         tl.store(out_ptr + b, idx)
 
     @triton.jit
-    def _attend(m, lsum, acc1, acc2, q1, q2, kb1, kb2, vb1, vb2, valid, scale):
-        # one block of keys into the online softmax (head dim in two halves, as RoPE splits it)
+    def _kv_block(kbase, vbase, p0, L, stop, s_ks, rd, HALF: tl.constexpr, BLOCK: tl.constexpr):
+        # cached keys and values at positions [p0, p0+BLOCK) below L (zeros elsewhere); which are attended (valid)
+        # and which is the new token's position L (now: taken from registers, not the cache)
+        at = p0 + tl.arange(0, BLOCK)
+        valid = at < stop
+        off = at[:, None] * s_ks + rd[None, :]
+        cached = (valid & (at < L))[:, None]
+        return (tl.load(kbase + off, mask=cached, other=0.0), tl.load(kbase + off + HALF, mask=cached, other=0.0),
+                tl.load(vbase + off, mask=cached, other=0.0), tl.load(vbase + off + HALF, mask=cached, other=0.0),
+                valid, (at == L)[:, None])
+
+    @triton.jit
+    def _attend(m, lsum, acc1, acc2, q1, q2, k1, k2, v1, v2, kb1, kb2, vb1, vb2, valid, now, scale):
+        # one block of keys into the online softmax (head dim in two halves, as RoPE splits it); the row `now`
+        # holds the new key and value k1|k2, v1|v2
+        kb1, kb2 = tl.where(now, k1[None, :], kb1), tl.where(now, k2[None, :], kb2)
+        vb1, vb2 = tl.where(now, v1[None, :], vb1), tl.where(now, v2[None, :], vb2)
         s = (tl.dot(q1, tl.trans(kb1)) + tl.dot(q2, tl.trans(kb2))) * scale
         s = tl.where(valid[None, :], s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, axis=1))
@@ -146,14 +163,7 @@ if triton is not None:
         stop = tl.minimum(start + CHUNK, L + 1)
         kbase = kc_ptr + b * s_kb + kvh * s_kh
         vbase = vc_ptr + b * s_kb + kvh * s_kh
-        pos = start + tl.arange(0, BLOCK)
-        valid = pos < stop
-        koff = pos[:, None] * s_ks + rd[None, :]
-        ld = (valid & (pos < L))[:, None]
-        kb1 = tl.load(kbase + koff, mask=ld, other=0.0)
-        kb2 = tl.load(kbase + koff + HALF, mask=ld, other=0.0)
-        vb1 = tl.load(vbase + koff, mask=ld, other=0.0)
-        vb2 = tl.load(vbase + koff + HALF, mask=ld, other=0.0)
+        kb1, kb2, vb1, vb2, valid, now = _kv_block(kbase, vbase, start, L, stop, s_ks, rd, HALF, BLOCK)
         _gdc_wait(GDC)
         rg = tl.arange(0, GP)
         gmask = rg < G
@@ -185,21 +195,14 @@ if triton is not None:
         acc1 = tl.zeros((GP, HALF), tl.float32)
         acc2 = tl.zeros((GP, HALF), tl.float32)
         if start <= L:  # an empty split (all its positions past L) keeps m = -inf, lsum = 0
-            new = (pos == L)[:, None]
-            m, lsum, acc1, acc2 = _attend(m, lsum, acc1, acc2, q1, q2, tl.where(new, k1[None, :], kb1),
-                                          tl.where(new, k2[None, :], kb2), tl.where(new, v1[None, :], vb1),
-                                          tl.where(new, v2[None, :], vb2), valid, scale)
-        for p0 in tl.range(start + BLOCK, stop, BLOCK):  # the split's later blocks (long contexts)
-            at = p0 + tl.arange(0, BLOCK)
-            ok = at < stop
-            now = (at == L)[:, None]
-            off = at[:, None] * s_ks + rd[None, :]
-            cached = (ok & (at < L))[:, None]
-            m, lsum, acc1, acc2 = _attend(
-                m, lsum, acc1, acc2, q1, q2, tl.where(now, k1[None, :], tl.load(kbase + off, mask=cached, other=0.0)),
-                tl.where(now, k2[None, :], tl.load(kbase + off + HALF, mask=cached, other=0.0)),
-                tl.where(now, v1[None, :], tl.load(vbase + off, mask=cached, other=0.0)),
-                tl.where(now, v2[None, :], tl.load(vbase + off + HALF, mask=cached, other=0.0)), ok, scale)
+            m, lsum, acc1, acc2 = _attend(m, lsum, acc1, acc2, q1, q2, k1, k2, v1, v2, kb1, kb2, vb1, vb2, valid,
+                                          now, scale)
+        # the split's later blocks (long contexts); names of their own: p0 is int64, and reusing the first block's
+        # names would make them loop-carried
+        for p0 in tl.range(start + BLOCK, stop, BLOCK):
+            nk1, nk2, nv1, nv2, ok, at_l = _kv_block(kbase, vbase, p0, L, stop, s_ks, rd, HALF, BLOCK)
+            m, lsum, acc1, acc2 = _attend(m, lsum, acc1, acc2, q1, q2, k1, k2, v1, v2, nk1, nk2, nv1, nv2, ok, at_l,
+                                          scale)
         heads = kvh * G + rg
         if NSPLIT == 1:
             out = o_ptr + b * H * D + heads[:, None] * D + rd[None, :]
@@ -241,7 +244,13 @@ tuning_log: list[dict] = []
 
 def _pdl(t: torch.Tensor) -> dict:
     """Launch options for programmatic dependent launch: Hopper or newer, compiled (not the CPU interpreter)."""
-    if t.is_cuda and torch.cuda.get_device_capability(t.device)[0] >= 9 and os.environ.get("SMOLLM3_PDL", "1") != "0":
+    return _pdl_options(t.device.index if t.is_cuda else None)
+
+
+@functools.cache
+def _pdl_options(cuda_index: int | None) -> dict:
+    if cuda_index is not None and torch.cuda.get_device_capability(cuda_index)[0] >= 9 \
+            and os.environ.get("SMOLLM3_PDL", "1") != "0":
         return {"GDC": True, "launch_pdl": True}
     return {"GDC": False}
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from smollm3.infer import decode_kernels as kern
+from smollm3.infer import gemv as _gemv
 from smollm3.model import SmolLM3ForCausalLM
 
 
@@ -78,8 +80,6 @@ def decode_layer_triton(x, w, k_cache, v_cache, cos, sin, lengths, kv_len: int, 
     """decode_layer for one row in five or six Triton kernels (decode_kernels.py), the residual stream x [1, d]
     complete between layers: RMSNorm + qkv; RoPE + KV write + attention (+ the merge of its key splits);
     o_proj + residual; RMSNorm + gate/up + SwiGLU; down_proj + residual."""
-    from smollm3.infer import decode_kernels as kern
-
     ln1, w_qkv, w_o, ln2, w_gu, w_down = w
     qkv = kern.linear(x, w_qkv, norm=ln1, eps=eps)
     attn = kern.attention(qkv, cos, sin, k_cache, v_cache, lengths, kv_len, heads=heads, kv_heads=kv_heads,
@@ -89,8 +89,6 @@ def decode_layer_triton(x, w, k_cache, v_cache, cos, sin, lengths, kv_len: int, 
 
 
 def decode_head_triton(x, norm_w, lm_head_w, eps: float):
-    from smollm3.infer import decode_kernels as kern
-
     logits = kern.linear(x, lm_head_w, norm=norm_w, eps=eps)
     return logits, kern.argmax(logits)
 
@@ -148,12 +146,8 @@ class FastDecode:
         self.kw = dict(heads=cfg.num_attention_heads, kv_heads=cfg.num_key_value_heads, eps=cfg.rms_norm_eps,
                        scale=cfg.head_dim ** -0.5)
         self.eps = cfg.rms_norm_eps
-        from smollm3.infer import gemv as _gemv
-
         device = next(model.parameters()).device
         self.gemv = (_gemv.available() and device.type == "cuda") if gemv is None else bool(gemv)
-        self.kw_kernels = dict(self.kw)
-        self.kw["gemv"] = self.gemv
         D = cfg.head_dim
         fits = cache.k.dtype in (torch.bfloat16, torch.float16) and D >= 32 and D & (D - 1) == 0
         self.kernels = (self.gemv and fits and device.type == "cuda") if kernels is None else bool(kernels)
@@ -180,11 +174,11 @@ class FastDecode:
             cos, sin = cos.contiguous(), sin.contiguous()
             for i, w in enumerate(self.weights):
                 x = decode_layer_triton(x, w, cache.k[i, :b], cache.v[i, :b], cos, sin, lengths, kv_len,
-                                        use_rope=self.rope[i], **self.kw_kernels)
+                                        use_rope=self.rope[i], **self.kw)
             return decode_head_triton(x, model.norm.weight, self.model.lm_head.weight, self.eps)
         delta = torch.zeros_like(x)  # x + 0 is exact: the first layer's deferred add changes nothing
         mask = (torch.arange(kv_len, device=x.device)[None, :] <= lengths[:, None])[:, None, None, :]
         for i, w in enumerate(self.weights):
             x, delta = self.layer_fn(x, delta, w, cache.k[i, :b], cache.v[i, :b], cos, sin, lengths, mask,
-                                     use_rope=self.rope[i], **self.kw)
+                                     use_rope=self.rope[i], gemv=self.gemv, **self.kw)
         return self.head_fn(x, delta, model.norm.weight, self.model.lm_head.weight, self.eps, gemv=self.gemv)

@@ -8,7 +8,8 @@ Random-token shards (document lengths exponential, mean 1024, so intra-document 
 path: bf16 autocast over fp32 master weights, fused AdamW, clipping. A variant name is dash-separated words:
 eager|compile (torch.compile of each decoder layer), ac|noac (activation checkpointing of every layer), optional
 varlen|flex|sdpa (attention backend, default auto = varlen), mbN (micro-batch, default --micro-batch), gaN
-(gradient-accumulation steps, default 1). Tokens/s count every micro-batch of a step, so the optimizer's cost is
+(gradient-accumulation steps, default 1), optional fused|amp (train.grad_accum_fusion true|false; default auto = fused
+on CUDA: bf16 weight copies once a step, weight gradients added into fp32 .grad by their GEMMs). Tokens/s count every micro-batch of a step, so the optimizer's cost is
 amortised over the accumulation. The first steps (compilation, allocator warm-up) are left out of the median.
 `--profile VARIANT` reruns one variant for 3 steps under torch.profiler and prints its top GPU kernels.
 Under `torchrun --nproc_per_node N` the same variants run with FSDP2 over N GPUs (tokens/s are global; each rank
@@ -50,7 +51,8 @@ def make_assets(root: Path, vocab: int, n_tokens: int):
 
 def parse_variant(name: str, micro: int) -> dict:
     words = name.split("-")
-    v = {"compile_": "compile" in words, "ac": "ac" in words, "micro": micro, "accum": 1, "attn": "auto"}
+    v = {"compile_": "compile" in words, "ac": "ac" in words, "micro": micro, "accum": 1, "attn": "auto",
+         "fusion": True if "fused" in words else False if "amp" in words else None}
     for w in words:
         if w.startswith("mb") and w[2:].isdigit():
             v["micro"] = int(w[2:])
@@ -62,7 +64,7 @@ def parse_variant(name: str, micro: int) -> dict:
 
 
 def run(root: Path, name: str, preset: str, seq: int, steps: int, micro: int, compile_: bool, ac: bool,
-        accum: int = 1, attn: str = "auto") -> dict:
+        accum: int = 1, attn: str = "auto", fusion: bool | None = None) -> dict:
     from smollm3.train.config import load_train_config
     from smollm3.train.trainer import train
 
@@ -72,7 +74,7 @@ def run(root: Path, name: str, preset: str, seq: int, steps: int, micro: int, co
            "data": {"kind": "pretrain", "tokenizer": str(root / "tok"), "seq_len": seq,
                     "stages": [{"start_tokens": 0, "weights": {str(root / "shards"): 1.0}}]},
            "train": {"steps": steps, "micro_batch": micro, "grad_accum": accum, "dtype": "bfloat16",
-                     "compile": compile_, "activation_checkpointing": ac},
+                     "compile": compile_, "activation_checkpointing": ac, "grad_accum_fusion": fusion},
            "optim": {"lr": 2e-4, "warmup_steps": 2},
            "checkpoint": {"every": 0}, "log": {"every": 1, "tensorboard": False}}
     (root / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
@@ -101,6 +103,7 @@ def run(root: Path, name: str, preset: str, seq: int, steps: int, micro: int, co
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steady = records[min(3, len(records) - 1):]
     row = {"name": name, "micro_batch": micro, "grad_accum": accum, "attn": attn, "compile": compile_, "ac": ac,
+           "grad_accum_fusion": fusion,
            "tokens_per_s": round(statistics.median(r["tokens_per_s"] for r in steady)),
            "mfu": round(statistics.median(r.get("mfu", 0.0) for r in steady), 4),
            "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
@@ -141,17 +144,22 @@ def profile(root: Path, name: str, preset: str, seq: int, micro: int, out_file: 
     from torch.profiler import profile as torch_profile
 
     v = parse_variant(name, micro)
-    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
-        run(root, name + "-profiled", preset, seq, 3, v["micro"], v["compile_"], v["ac"], v["accum"], v["attn"])
-    events = [e for e in prof.key_averages() if getattr(e, "self_device_time_total", 0) > 0]  # GPU kernels only
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
+        run(root, name + "-profiled", preset, seq, 3, v["micro"], v["compile_"], v["ac"], v["accum"], v["attn"],
+            v["fusion"])
+    from torch.autograd import DeviceType
+
+    events = [e for e in prof.key_averages() if e.device_type == DeviceType.CUDA]  # kernels, not the ops above them
     total = sum(getattr(e, "self_device_time_total", 0) for e in events)
     rows = sorted(({"kernel": e.key[:90], "calls": e.count, "ms": getattr(e, "self_device_time_total", 0) / 1e3}
                    for e in events), key=lambda r: -r["ms"])[:25]
     print(f"\nprofile of {name} (3 steps, compilation included): {total / 1e3:.0f} ms of GPU kernels")
     for r in rows:
         print(f"{r['ms']:9.1f} ms {100 * r['ms'] * 1e3 / max(total, 1):5.1f}%  {r['calls']:6d}x  {r['kernel']}")
-    if out_file:
-        Path(out_file).write_text(prof.key_averages().table(sort_by="self_device_time_total", row_limit=60))
+    if out_file:  # the kernels, then the operators that launched them with their input shapes
+        Path(out_file).write_text(
+            prof.key_averages().table(sort_by="self_device_time_total", row_limit=60) + "\n\n"
+            + prof.key_averages(group_by_input_shape=True).table(sort_by="device_time_total", row_limit=120))
     return rows
 
 
@@ -192,7 +200,7 @@ def main():
         for variant in variants:
             v = parse_variant(variant, args.micro_batch)
             rows.append(run(root, variant, args.preset, args.seq, args.steps, v["micro"], v["compile_"], v["ac"],
-                            v["accum"], v["attn"]))
+                            v["accum"], v["attn"], v["fusion"]))
         top = profile(root, args.profile, args.preset, args.seq, args.micro_batch, args.profile_out) \
             if args.profile else None
     if reference:

@@ -128,7 +128,9 @@ def test_document_mask_boundaries_and_batch_rows():
     pos = torch.tensor([[0, 1, 2, 0, 1, 0], [0, 1, 2, 3, 4, 5]])
     doc = DocumentMask.from_position_ids(pos)
     assert doc.doc_ids.tolist() == [[0, 0, 0, 1, 1, 2], [3, 3, 3, 3, 3, 3]]
-    assert doc.cu_seqlens.tolist() == [0, 3, 5, 6, 12] and doc.max_seqlen == 6
+    # 4 documents, then empty ones up to a power-of-two length (one compiled shape per bucket of document counts)
+    assert doc.cu_seqlens.tolist() == [0, 3, 5, 6, 12, 12, 12, 12] and doc.max_seqlen == 6
+    assert DocumentMask.from_position_ids(pos[1:]).cu_seqlens.tolist() == [0, 6]
     dense = doc.dense()[0, 0]
     assert dense[4].tolist() == [False, False, False, True, True, False]
 

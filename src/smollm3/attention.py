@@ -29,7 +29,7 @@ class DocumentMask:
     """Where packed documents start, derived once per forward from position_ids and shared by all layers."""
 
     doc_ids: torch.Tensor  # [B, T] int32: document index of each token, counting across the whole batch
-    cu_seqlens: torch.Tensor  # [num_docs + 1] int32 offsets into the flattened B*T tokens
+    cu_seqlens: torch.Tensor  # int32 offsets into the flattened B*T tokens: num_docs + 1, then empty documents
     max_seqlen: int
     _block_mask: object = None  # FlexAttention BlockMask, built on first use
 
@@ -42,7 +42,10 @@ class DocumentMask:
         flat_starts = starts.reshape(-1)
         doc_ids = (torch.cumsum(flat_starts.to(torch.int32), 0) - 1).to(torch.int32).view(B, T)
         start_idx = torch.nonzero(flat_starts).flatten().to(torch.int32)
-        end = torch.tensor([B * T], dtype=torch.int32, device=position_ids.device)
+        # padded with empty documents at the end to a power-of-two length: the length is a shape inside the compiled
+        # layers, and every new document count would otherwise recompile them (~5 s each for the 3B preset)
+        pad = (1 << len(start_idx).bit_length()) - len(start_idx)
+        end = torch.full((pad,), B * T, dtype=torch.int32, device=position_ids.device)
         cu_seqlens = torch.cat([start_idx, end])
         max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
         return cls(doc_ids=doc_ids, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)

@@ -29,11 +29,14 @@ class SmolLM3RMSNorm(nn.Module):
         self.variance_epsilon = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.weight * self.normalize(x)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
         # statistics in fp32 whatever the activation dtype; the weight multiplies after the cast back (as HF does)
         dtype = x.dtype
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
-        return self.weight * x.to(dtype)
+        return x.to(dtype)
 
 
 class SmolLM3RotaryEmbedding(nn.Module):

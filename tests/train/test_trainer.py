@@ -158,6 +158,8 @@ def test_bad_configs_are_refused_before_compute(assets, tmp_path):
         load_train_config(write_config(assets, tmp_path / "x"), ["train.stpes=3"])
     with pytest.raises(ConfigError, match=r"tokenizer has \d+ ids but the model's vocabulary is 100"):
         train(load_train_config(write_config(assets, tmp_path / "x"), ["model.overrides.vocab_size=100"]))
+    with pytest.raises(ConfigError, match="grad_accum_fusion needs a single process and train.dtype bfloat16"):
+        train(load_train_config(write_config(assets, tmp_path / "x"), ["train.grad_accum_fusion=true"]))  # fp32
     with pytest.raises(ConfigError, match="exceeds the model's max_position_embeddings 1024"):
         train(load_train_config(write_config(assets, tmp_path / "x"), ["data.seq_len=2048"]))
     base = tmp_path / "base"
@@ -203,3 +205,28 @@ def test_preference_training_starts_at_the_formula_value_and_improves(assets, tm
     seq = losses(out)
     assert seq[0] == pytest.approx(first_loss, abs=1e-6)
     assert seq[-1] < seq[0] - 0.05  # every step sees the same 8 pairs: the loss on them falls
+
+
+def test_grad_accum_fusion_tracks_autocast_and_resumes_exactly(assets, tmp_path, monkeypatch):
+    from smollm3.train import trainer
+
+    amp, fused, cut = tmp_path / "amp", tmp_path / "fused", tmp_path / "cut"
+    train(load_train_config(write_config(assets, amp), ["train.dtype=bfloat16", "train.grad_accum_fusion=false"]))
+    train(load_train_config(write_config(assets, fused), ["train.dtype=bfloat16", "train.grad_accum_fusion=true"]))
+    assert losses(fused)[-1] < 0.85 * losses(fused)[0]
+    assert losses(fused) == pytest.approx(losses(amp), rel=0.02)
+
+    log = trainer._Metrics.log
+
+    def crash_after_step_6(self, record, force):
+        log(self, record, force)
+        if record["step"] == 6:
+            raise KeyboardInterrupt
+
+    cfg = write_config(assets, cut)
+    monkeypatch.setattr(trainer._Metrics, "log", crash_after_step_6)
+    with pytest.raises(KeyboardInterrupt):
+        train(load_train_config(cfg, ["train.dtype=bfloat16", "train.grad_accum_fusion=true"]))
+    monkeypatch.setattr(trainer._Metrics, "log", log)
+    train(load_train_config(cfg, ["train.dtype=bfloat16", "train.grad_accum_fusion=true"]))  # from step 4
+    assert losses(cut) == losses(fused)

@@ -54,6 +54,9 @@ class TrainSection:
     ref_model: str | None = None  # dpo / apo: frozen reference; default: the init_from checkpoint
     activation_checkpointing: bool = False
     compile: bool = False
+    # bf16 weight copies made once a step, weight gradients added into fp32 .grad by their own GEMMs (Megatron's
+    # gradient-accumulation fusion, train/precision.py); None: on for single-process CUDA runs in bf16/fp16
+    grad_accum_fusion: bool | None = None
     fsdp: bool = True  # under torchrun: shard with FSDP2 (fully_shard per block, then the root)
 
 

@@ -27,6 +27,7 @@ from smollm3.train.config import TrainConfig, dump_config
 from smollm3.train.data import build_data
 from smollm3.train.losses import preference_loss
 from smollm3.train.optim import build_optimizer, lr_factor, set_lr
+from smollm3.train.precision import GradAccumFusion
 
 SHAPE_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
               "num_key_value_heads", "head_dim", "tie_word_embeddings")
@@ -112,11 +113,12 @@ def train(cfg: TrainConfig) -> dict:
         ref.attn_backend = cfg.model.attn_backend
 
     model.to(dist.device)
+    fsdp = dist.world > 1
+    fusion = GradAccumFusion(model, _amp_dtype(cfg)) if _use_grad_accum_fusion(cfg, dist) else None
     if cfg.train.activation_checkpointing:
         D.apply_activation_checkpointing(model)
     if cfg.train.compile:
         D.apply_compile(model)
-    fsdp = dist.world > 1
     if fsdp:
         D.apply_fsdp(model, param_dtype=_amp_dtype(cfg))
     optimizer = build_optimizer(model, cfg.optim)
@@ -143,6 +145,8 @@ def train(cfg: TrainConfig) -> dict:
     for step in range(start, cfg.train.steps):
         set_lr(optimizer, cfg.optim.lr * lr_factor(step, cfg.train.steps, cfg.optim))
         micro = data.next_step()  # this rank's micro-batches for the global step
+        if fusion is not None:
+            fusion.begin_step()
         denom = _global_count(micro, preference, dist)
         loss_sum = torch.zeros((), device=dist.device)
         tokens = 0
@@ -170,7 +174,7 @@ def train(cfg: TrainConfig) -> dict:
                 f"The last good checkpoint is step {last_saved} in {out / 'checkpoints'}; lower optim.lr or check "
                 "the data, then resume")
         optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=fusion is None)  # the fusion's GEMMs write into the same .grad every step
         done = step + 1
         elapsed = time.perf_counter() - t0
         global_tokens = tokens * dist.world
@@ -221,6 +225,16 @@ def _global_count(micro: list[dict], preference: bool, dist) -> float:
 
 def _amp_dtype(cfg: TrainConfig):
     return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": None}[cfg.train.dtype]
+
+
+def _use_grad_accum_fusion(cfg: TrainConfig, dist) -> bool:
+    usable = dist.world == 1 and _amp_dtype(cfg) is not None
+    if cfg.train.grad_accum_fusion and not usable:
+        raise ConfigError("train.grad_accum_fusion needs a single process and train.dtype bfloat16 or float16 "
+                          "(under torchrun FSDP2 casts parameters itself); set it to null or false")
+    if cfg.train.grad_accum_fusion is None:  # auto: where it is measured faster (benchmarks/bench_train.py)
+        return usable and dist.device.type == "cuda"
+    return cfg.train.grad_accum_fusion
 
 
 def _autocast(cfg: TrainConfig, dist, fsdp: bool):

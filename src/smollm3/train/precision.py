@@ -1,0 +1,176 @@
+"""bf16 compute weights over fp32 parameters, with each weight gradient added into fp32 `.grad` by its own GEMM.
+
+Under plain autocast every micro-batch casts each fp32 weight to bf16 again, and autograd adds each micro-batch's
+gradient into the fp32 `.grad` in a separate pass (bf16 grad -> fp32 copy -> add). On the 3B preset that is ~8 ms of
+casts and ~16 ms of accumulation per 4,096-token micro-batch, an eighth of the step
+(benchmarks/results/2026-11-24-h100-train-1gpu.md). `GradAccumFusion` does what Megatron-LM's
+`--gradient-accumulation-fusion` does instead:
+
+- bf16 copies of the weights are made once per optimizer step (`begin_step`), not once per micro-batch;
+- every linear layer's weight-gradient GEMM writes `grad += dy.T @ x` in fp32 itself (cuBLAS with beta = 1,
+  `accumulate_wgrad`), so no bf16 gradient and no separate add exist; the LM head (in the chunked cross-entropy),
+  the embedding and the RMSNorm weights add into `.grad` the same way.
+
+On the H100 this made the trainer step 11.5% faster than autocast in the same run, with 1.8 GiB less peak memory
+(benchmarks/results/2026-11-24-h100-train-fused.md). Parameters, gradients, the optimizer, clipping and checkpoints
+are untouched: all stay fp32, so a run can switch between this and autocast at any checkpoint. It is applied from
+outside the model, like activation checkpointing: each Linear / Embedding / RMSNorm module (and the model itself)
+gets a subclass whose `forward` uses the copies. Single-process only (FSDP2 has its own mixed precision).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from smollm3.model import SmolLM3ForCausalLM, SmolLM3RMSNorm
+
+
+@torch.library.custom_op("smollm3::accumulate_wgrad", mutates_args=("grad",))
+def accumulate_wgrad(grad: torch.Tensor, dy: torch.Tensor, x: torch.Tensor) -> None:
+    """grad += dy.T @ x, accumulated in grad's dtype (fp32). dy [N, out], x [N, in], grad [out, in].
+
+    An opaque op that declares its mutation, so a compiled backward calls it in place on `.grad` (no copy)."""
+    if grad.is_cuda and grad.dtype == torch.float32 and dy.dtype == x.dtype and dy.dtype != torch.float32:
+        torch.addmm(grad, dy.T, x, out_dtype=torch.float32, out=grad)  # fp32 C read and written by the GEMM
+    else:
+        grad.addmm_(dy.T.to(grad.dtype), x.to(grad.dtype))
+
+
+@accumulate_wgrad.register_fake
+def _(grad, dy, x):
+    return None
+
+
+@torch.library.custom_op("smollm3::accumulate_into", mutates_args=("grad",))
+def accumulate_into(grad: torch.Tensor, value: torch.Tensor) -> None:
+    """grad += value (small gradients: the RMSNorm weights)."""
+    grad.add_(value)
+
+
+@accumulate_into.register_fake
+def _(grad, value):
+    return None
+
+
+class _Linear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, grad):
+        x = x.to(weight.dtype)
+        ctx.save_for_backward(x, weight)
+        ctx.grad = grad  # not saved: accumulating into it bumps its version, which saved tensors would refuse
+        return F.linear(x, weight)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight = ctx.saved_tensors
+        dy = dy.to(weight.dtype)
+        accumulate_wgrad(ctx.grad, dy.reshape(-1, dy.shape[-1]), x.reshape(-1, x.shape[-1]))
+        return dy @ weight, None, None
+
+
+class _Scale(torch.autograd.Function):
+    """x * weight with the weight's gradient (a sum over tokens) added into fp32 grad: the RMSNorm gain."""
+
+    @staticmethod
+    def forward(ctx, x, weight, grad):
+        ctx.save_for_backward(x, weight)
+        ctx.grad = grad
+        return x * weight
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight = ctx.saved_tensors
+        accumulate_into(ctx.grad, (dy.float() * x.float()).reshape(-1, x.shape[-1]).sum(0))
+        return dy * weight, None, None
+
+
+class _Embedding(torch.autograd.Function):
+    """The lookup from the bf16 copy. `param` (the fp32 parameter) is an input only so that the output requires
+    grad, as no other input here does; its gradient goes into `grad` directly, and autograd receives None."""
+
+    @staticmethod
+    def forward(ctx, ids, weight, grad, param):
+        ctx.save_for_backward(ids)
+        ctx.grad = grad
+        return F.embedding(ids, weight)
+
+    @staticmethod
+    def backward(ctx, dy):
+        (ids,) = ctx.saved_tensors
+        ctx.grad.index_add_(0, ids.reshape(-1), dy.reshape(-1, dy.shape[-1]).to(ctx.grad.dtype))
+        return None, None, None, None
+
+
+# The fused modules are subclasses that `GradAccumFusion` swaps in as each instance's class (as FSDP2's fully_shard
+# does): one class per kind keeps torch.compile at one graph for all layers, where a per-instance `forward` would be
+# a new guard, and a recompile, in every layer.
+
+
+class _FusedLinear(nn.Linear):
+    def forward(self, x):
+        return _Linear.apply(x, self.compute_weight, self.weight_grad)
+
+
+class _FusedRMSNorm(SmolLM3RMSNorm):
+    def forward(self, x):
+        return _Scale.apply(self.normalize(x).to(self.compute_weight.dtype), self.compute_weight, self.weight_grad)
+
+
+class _FusedEmbedding(nn.Embedding):
+    def forward(self, ids):
+        return _Embedding.apply(ids, self.compute_weight, self.weight_grad, self.weight)
+
+
+class _FusedCausalLM(SmolLM3ForCausalLM):
+    def forward(self, input_ids, position_ids=None, cache=None, labels=None):
+        """The LM head on the bf16 copy, its gradient added into fp32 `.grad` by the chunked cross-entropy."""
+        from smollm3.train.losses import chunked_cross_entropy
+
+        hidden = self.model(input_ids, position_ids, cache, self.attn_backend)
+        head = self.lm_head
+        if labels is None:
+            return _Linear.apply(hidden, head.compute_weight, head.weight_grad)
+        return chunked_cross_entropy(hidden, head.compute_weight, labels, reduction="none",
+                                     weight_grad=head.weight_grad)
+
+
+_FUSED = {nn.Linear: _FusedLinear, SmolLM3RMSNorm: _FusedRMSNorm, nn.Embedding: _FusedEmbedding,
+          SmolLM3ForCausalLM: _FusedCausalLM}
+
+
+class GradAccumFusion:
+    """Applies the above to a SmolLM3ForCausalLM in place; call `begin_step()` before each optimizer step's first
+    micro-batch (it refreshes the bf16 copies from the fp32 parameters and links `.grad`), and zero the gradients
+    with `optimizer.zero_grad(set_to_none=False)` so the links hold."""
+
+    def __init__(self, model, dtype: torch.dtype = torch.bfloat16):
+        self.dtype = dtype
+        swaps = []
+        for m in model.modules():
+            fused = _FUSED.get(type(m))
+            if fused is not None:
+                swaps.append((m, fused))
+            elif any(True for _ in m.parameters(recurse=False)):  # a weight this file would not route
+                raise TypeError(f"GradAccumFusion does not know {type(m).__name__}; set train.grad_accum_fusion: false")
+        if not all(p.requires_grad for p in model.parameters()):
+            raise ValueError("GradAccumFusion trains every weight; with frozen ones set train.grad_accum_fusion: false")
+        for m, fused in swaps:  # checked first, so a refusal leaves the model as it was
+            m.__class__ = fused
+        self.modules = [m for m, _ in swaps if m is not model]
+        self.params = list(dict.fromkeys(m.weight for m in self.modules))  # the tied head/embedding once
+        self.copies: dict[nn.Parameter, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def begin_step(self):
+        """Cast the fp32 parameters into the bf16 copies; give every parameter a zeroed fp32 `.grad` the first
+        time (lazily, so a checkpoint can be loaded before: DCP initialises optimizer state only without grads)."""
+        for p in self.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            if p not in self.copies:
+                self.copies[p] = torch.empty_like(p, dtype=self.dtype)
+        torch._foreach_copy_([self.copies[p] for p in self.params], self.params)
+        for m in self.modules:
+            m.compute_weight, m.weight_grad = self.copies[m.weight], m.weight.grad

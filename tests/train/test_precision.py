@@ -1,0 +1,112 @@
+"""GradAccumFusion (train/precision.py): bf16 weight copies, fp32 gradients added inside the GEMMs. Its gradients
+must be as close to fp32 as autocast's are, accumulate over micro-batches, follow the parameters after each
+optimizer step, and compile without graph breaks (GPU)."""
+
+import copy
+
+import pytest
+import torch
+
+from smollm3 import build_model, preset
+from smollm3.train.precision import GradAccumFusion, accumulate_wgrad
+
+
+def _micro_batches(vocab: int, device, n=3):
+    g = torch.Generator().manual_seed(0)
+    pos = torch.cat([torch.arange(40), torch.arange(24), torch.arange(64)]).view(2, 64).to(device)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(0, vocab, (2, 64), generator=g).to(device)
+        out.append((ids, pos, torch.roll(ids, -1, 1)))
+    return out
+
+
+def _grads(model, batches, device, amp: bool):
+    for ids, pos, labels in batches:
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=amp):
+            model(ids, pos, labels=labels).sum().backward()
+    return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+def _rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+def _three_ways(device, compile_fused=False):
+    torch.manual_seed(0)
+    fp32 = build_model(preset("tiny"), device=device, dtype=torch.float32)
+    amp, fused = copy.deepcopy(fp32), copy.deepcopy(fp32)
+    fusion = GradAccumFusion(fused)
+    if compile_fused:
+        for layer in fused.model.layers:
+            layer.compile(dynamic=False)
+    fusion.begin_step()
+    batches = _micro_batches(fp32.config.vocab_size, device)
+    return (_grads(fp32, batches, device, amp=False), _grads(amp, batches, device, amp=True),
+            _grads(fused, batches, device, amp=True), fused, fusion)
+
+
+def test_fused_gradients_are_as_close_to_fp32_as_autocast_and_accumulate():
+    exact, amp, fused, model, _ = _three_ways("cpu")
+    assert _rel(amp, exact) < 0.05
+    assert _rel(fused, exact) < 2 * _rel(amp, exact) + 1e-3
+    # every parameter got its gradient (the tied head/embedding once, the norms, every projection), in fp32
+    assert all(p.grad.dtype == torch.float32 and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_copies_follow_the_parameters_after_each_step():
+    torch.manual_seed(0)
+    model = build_model(preset("tiny"), dtype=torch.float32)
+    fusion = GradAccumFusion(model)
+    ids, pos, labels = _micro_batches(model.config.vocab_size, "cpu", 1)[0]
+    fusion.begin_step()
+    grads = [p.grad for p in model.parameters()]
+    before = model(ids, pos, labels=labels).sum().item()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(0.5)
+    assert model(ids, pos, labels=labels).sum().item() == before  # copies are per step, not per call
+    fusion.begin_step()
+    assert model(ids, pos, labels=labels).sum().item() != before
+    assert all(a is b for a, b in zip(grads, (p.grad for p in model.parameters())))  # the same buffers
+
+
+def test_accumulate_wgrad_adds_in_fp32():
+    g = torch.Generator().manual_seed(0)
+    dy, x = torch.randn(64, 8, generator=g).bfloat16(), torch.randn(64, 16, generator=g).bfloat16()
+    grad = torch.ones(8, 16)
+    accumulate_wgrad(grad, dy, x)
+    torch.testing.assert_close(grad, 1 + dy.double().T.mm(x.double()).float(), rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_accumulate_wgrad_is_one_fp32_gemm():
+    g = torch.Generator().manual_seed(0)
+    dy = torch.randn(4096, 512, generator=g).bfloat16().cuda()
+    x = torch.randn(4096, 256, generator=g).bfloat16().cuda()
+    grad = torch.randn(512, 256, generator=g).cuda()
+    want = grad.double() + dy.double().T.mm(x.double())
+    accumulate_wgrad(grad, dy, x)
+    torch.testing.assert_close(grad.double(), want, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_compiled_fused_layers_match_without_graph_breaks():
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    exact, amp, fused, _, _ = _three_ways("cuda", compile_fused=True)
+    assert sum(counters["graph_break"].values()) == 0
+    assert _rel(fused, exact) < 2 * _rel(amp, exact) + 1e-3
+
+
+def test_frozen_weights_are_refused_and_leave_the_model_as_it_was():
+    model = build_model(preset("tiny"), dtype=torch.float32)
+    model.model.norm.weight.requires_grad_(False)
+    with pytest.raises(ValueError, match="grad_accum_fusion: false"):
+        GradAccumFusion(model)
+    assert {type(m).__name__ for m in model.modules()} >= {"Linear", "Embedding", "SmolLM3RMSNorm",
+                                                          "SmolLM3ForCausalLM"}

@@ -6,6 +6,7 @@ import warnings
 import pytest
 import torch
 
+from smollm3.train import losses
 from smollm3.train.losses import (
     chunked_cross_entropy,
     cross_entropy,
@@ -58,8 +59,16 @@ def _head_problem(seed=0, B=2, T=29, D=24, V=61, dtype=torch.float32):
     return hidden.requires_grad_(), weight.requires_grad_(), labels
 
 
+@pytest.fixture(params=["stored", "recomputed"])
+def dlogits_path(request, monkeypatch):
+    """The backward either uses d nll / d logits kept from the forward or recomputes the logits (too big to keep)."""
+    if request.param == "recomputed":
+        monkeypatch.setattr(losses, "STORED_DLOGITS_BYTES", 0)
+    return request.param
+
+
 @pytest.mark.parametrize("reduction,chunk", [("mean", 7), ("sum", 7), ("none", 7), ("none", 1), ("none", 4096)])
-def test_chunked_cross_entropy_matches_plain_values_and_grads(reduction, chunk):
+def test_chunked_cross_entropy_matches_plain_values_and_grads(reduction, chunk, dlogits_path):
     hidden, weight, labels = _head_problem()
     plain = cross_entropy(hidden @ weight.T, labels, reduction=reduction)
     upstream = torch.randn_like(plain)  # a non-uniform upstream gradient exercises the per-token backward
@@ -72,13 +81,13 @@ def test_chunked_cross_entropy_matches_plain_values_and_grads(reduction, chunk):
     assert torch.count_nonzero(grads_chunked[0][0, :6]) == 0  # ignored rows get no gradient
 
 
-def test_chunked_cross_entropy_gradcheck_float64():
+def test_chunked_cross_entropy_gradcheck_float64(dlogits_path):
     hidden, weight, labels = _head_problem(B=2, T=7, D=5, V=11, dtype=torch.float64)
     assert torch.autograd.gradcheck(
         lambda h, w: chunked_cross_entropy(h, w, labels, chunk=2, reduction="none"), (hidden, weight))
 
 
-def test_chunked_cross_entropy_bf16_matches_plain_bf16_head():
+def test_chunked_cross_entropy_bf16_matches_plain_bf16_head(dlogits_path):
     hidden, weight, labels = _head_problem()
     h, w = hidden.detach().bfloat16(), weight.detach().bfloat16()
     plain = cross_entropy(h @ w.T, labels)
@@ -87,6 +96,20 @@ def test_chunked_cross_entropy_bf16_matches_plain_bf16_head():
     torch.testing.assert_close(chunked, plain, atol=1e-5, rtol=1e-5)
     chunked.backward()
     assert h.grad.dtype == torch.bfloat16 and w.grad.dtype == torch.bfloat16
+    h32, w32 = hidden.detach().bfloat16().float().requires_grad_(), weight.detach().bfloat16().float().requires_grad_()
+    cross_entropy(h32 @ w32.T, labels).backward()  # the same maths in fp32: bf16 rounding apart, the same gradients
+    assert ((h.grad.float() - h32.grad).norm() / h32.grad.norm()) < 2e-2
+    assert ((w.grad.float() - w32.grad).norm() / w32.grad.norm()) < 2e-2
+
+
+def test_chunked_cross_entropy_keeps_no_gradient_state_without_grad(monkeypatch):
+    kept = []
+    monkeypatch.setattr(losses._ChunkedNLL, "apply", lambda *a: kept.append(a[-1]) or torch.zeros(a[2].shape[0]))
+    hidden, weight, labels = _head_problem()
+    chunked_cross_entropy(hidden, weight, labels)
+    with torch.no_grad():
+        chunked_cross_entropy(hidden, weight, labels)
+    assert kept == [True, False]
 
 
 def test_chunked_cross_entropy_all_ignored_and_bad_shapes():

@@ -45,10 +45,11 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: to
     """`cross_entropy(hidden @ weight.T, labels)` without ever holding the [tokens, vocab] logits.
 
     hidden [..., D] (the final-norm output), weight [V, D] (the LM head), labels [...]. Logits are formed `chunk`
-    tokens at a time, in forward and again in backward, so extra memory is a few [chunk, V] fp32 blocks
-    (1024 x 128256 x 4 B = 0.5 GB at SmolLM3's vocabulary) instead of [B*T, V]. Ignored positions are dropped
+    tokens at a time, so extra memory is a few [chunk, V] fp32 blocks (1024 x 128256 x 4 B = 0.5 GB at SmolLM3's
+    vocabulary) instead of [B*T, V] fp32, plus, when training and it fits STORED_DLOGITS_BYTES, the gradient with
+    respect to the logits in the matmul dtype (see _ChunkedNLL). Ignored positions are dropped
     before any matmul, so masked prompts cost nothing. With `weight_grad` (an fp32 [V, D] buffer; `weight` is then a
-    bf16 copy that needs no grad) the weight's gradient is added into that buffer by each chunk's GEMM instead of
+    bf16 copy that needs no grad) the weight's gradient is added into that buffer by the gradient GEMMs instead of
     being returned (train/precision.py)."""
     _check_reduction(reduction)
     if hidden.shape[:-1] != labels.shape:
@@ -62,44 +63,70 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: to
     flat_labels = labels.reshape(-1)
     keep = flat_labels != ignore_index
     rows = hidden.reshape(-1, hidden.shape[-1])[keep]  # autograd scatters the gradient back to the kept rows
-    nll = _ChunkedNLL.apply(rows, weight, flat_labels[keep], chunk, weight_grad)
+    dtype = _matmul_dtype(rows, weight)
+    store = torch.is_grad_enabled() and (rows.requires_grad or weight.requires_grad) \
+        and rows.shape[0] * weight.shape[0] * dtype.itemsize <= STORED_DLOGITS_BYTES
+    nll = _ChunkedNLL.apply(rows, weight, flat_labels[keep], chunk, weight_grad, store)
     per_token = nll.new_zeros(flat_labels.shape).masked_scatter(keep, nll)
     return _reduce(per_token, keep, reduction, labels.shape)
+
+
+# d nll / d logits of a whole micro-batch is kept from the forward when it fits here (4,096 tokens x 128,256 x bf16
+# = 1.05 GB): the backward then skips the logits GEMM it would otherwise redo, 1.4% of a 3B trainer step on the
+# H100 and 2.6 GiB less peak memory (benchmarks/results/2026-11-24-h100-train-fused.md, run 7)
+STORED_DLOGITS_BYTES = 2 * 2**30
 
 
 class _ChunkedNLL(torch.autograd.Function):
     """-log softmax(rows @ weight.T)[target] per row, chunk by chunk.
 
-    The backward recomputes each chunk's logits rather than storing gradients from the forward: that costs one
-    extra matmul per chunk but allows any upstream gradient per token (reduction "none", DPO sums) and does no
-    gradient work at all in evaluation."""
+    When a gradient will be needed and d nll / d logits fits in STORED_DLOGITS_BYTES, the forward keeps it (without
+    the per-row upstream gradient, which is not known yet; the backward applies it to the [rows, hidden] operands,
+    so any per-token weighting still works: reduction "none", DPO sums). Otherwise the backward recomputes each
+    chunk's logits. Evaluation does no gradient work at all."""
 
     @staticmethod
-    def forward(ctx, rows, weight, targets, chunk, weight_grad):
+    def forward(ctx, rows, weight, targets, chunk, weight_grad, store):
         dtype = _matmul_dtype(rows, weight)
         w = weight.to(dtype)
-        nll = torch.empty(rows.shape[0], dtype=torch.promote_types(dtype, torch.float32), device=rows.device)
+        n = rows.shape[0]
+        nll = torch.empty(n, dtype=torch.promote_types(dtype, torch.float32), device=rows.device)
         lse = torch.empty_like(nll)
+        dlogits = torch.empty(n, w.shape[0], dtype=dtype, device=rows.device) if store else None
         with torch.autocast(rows.device.type, enabled=False):
-            for s in range(0, rows.shape[0], chunk):
+            for s in range(0, n, chunk):
                 logits = rows[s:s + chunk].to(dtype) @ w.T
-                lse[s:s + chunk], nll[s:s + chunk] = _elementwise(_lse_nll, logits)(logits, targets[s:s + chunk])
-        ctx.save_for_backward(rows, weight, targets, lse)
+                if dlogits is None:
+                    lse[s:s + chunk], nll[s:s + chunk] = _elementwise(_lse_nll, logits)(logits, targets[s:s + chunk])
+                else:
+                    lse[s:s + chunk], nll[s:s + chunk], dlogits[s:s + chunk] = _elementwise(_lse_nll_dlogits, logits)(
+                        logits, targets[s:s + chunk])
+        ctx.save_for_backward(rows, weight, targets, lse, dlogits)
         ctx.chunk, ctx.dtype, ctx.weight_grad = chunk, dtype, weight_grad
         return nll
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_nll):
-        rows, weight, targets, lse = ctx.saved_tensors
+        rows, weight, targets, lse, dlogits = ctx.saved_tensors
         dtype, chunk = ctx.dtype, ctx.chunk
         w = weight.to(dtype)
-        grad_rows = torch.empty_like(rows) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.zeros(weight.shape, dtype=lse.dtype, device=weight.device) \
-            if ctx.needs_input_grad[1] and ctx.weight_grad is None else None
         if ctx.weight_grad is not None:
             from smollm3.train.precision import accumulate_wgrad
         with torch.autocast(rows.device.type, enabled=False):
+            if dlogits is not None:
+                # kept unscaled: each row's upstream gradient multiplies the [rows, hidden] operands instead, and
+                # each product is one GEMM over all rows (the fp32 weight gradient is read and written once)
+                scale = grad_nll[:, None]
+                grad_rows = ((dlogits @ w) * scale).to(rows.dtype) if ctx.needs_input_grad[0] else None
+                scaled = (rows * scale).to(dtype)
+                if ctx.weight_grad is not None:
+                    accumulate_wgrad(ctx.weight_grad, dlogits, scaled)
+                grad_weight = (dlogits.T @ scaled) if ctx.needs_input_grad[1] and ctx.weight_grad is None else None
+                return grad_rows, None if grad_weight is None else grad_weight.to(weight.dtype), None, None, None, None
+            grad_rows = torch.empty_like(rows) if ctx.needs_input_grad[0] else None
+            grad_weight = torch.zeros(weight.shape, dtype=lse.dtype, device=weight.device) \
+                if ctx.needs_input_grad[1] and ctx.weight_grad is None else None
             for s in range(0, rows.shape[0], chunk):
                 r = rows[s:s + chunk].to(dtype)
                 logits = r @ w.T
@@ -111,7 +138,7 @@ class _ChunkedNLL(torch.autograd.Function):
                     accumulate_wgrad(ctx.weight_grad, g, r)
                 elif grad_weight is not None:
                     grad_weight += g.T @ r
-        return grad_rows, None if grad_weight is None else grad_weight.to(weight.dtype), None, None, None
+        return grad_rows, None if grad_weight is None else grad_weight.to(weight.dtype), None, None, None, None
 
 
 def _lse_nll(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,6 +152,11 @@ def _dlogits(logits: torch.Tensor, lse: torch.Tensor, targets: torch.Tensor, gra
     onehot = torch.arange(logits.shape[1], device=logits.device) == targets[:, None]
     g = torch.exp(_at_least_fp32(logits) - lse[:, None]) - onehot.to(lse.dtype)
     return (g * grad[:, None]).to(logits.dtype)
+
+
+def _lse_nll_dlogits(logits: torch.Tensor, targets: torch.Tensor):
+    lse, nll = _lse_nll(logits, targets)
+    return lse, nll, _dlogits(logits, lse, targets, torch.ones_like(lse))
 
 
 @functools.cache

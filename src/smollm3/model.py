@@ -129,9 +129,10 @@ class SmolLM3Attention(nn.Module):
 
     def forward(self, x, cos, sin, doc: DocumentMask | None, backend: str, cache: KVCache | None = None):
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = self.project(x)
+        q = q.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
         if self.use_rope:
             q, k = apply_rotary_pos_emb(q, k, cos, sin)
         if cache is not None:  # the cache stores k, v and decides what each query may see
@@ -139,6 +140,9 @@ class SmolLM3Attention(nn.Module):
         else:
             out = attention(q, k, v, doc, backend, self.scaling)
         return self.o_proj(out.reshape(B, T, self.num_heads * self.head_dim))
+
+    def project(self, x):
+        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
 
 
 class SmolLM3MLP(nn.Module):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from smollm3 import build_model, preset
+from smollm3.train import precision
 from smollm3.train.precision import GradAccumFusion, accumulate_wgrad
 
 
@@ -46,7 +47,9 @@ def _three_ways(device, compile_fused=False):
             _grads(fused, batches, device, amp=True), fused, fusion)
 
 
-def test_fused_gradients_are_as_close_to_fp32_as_autocast_and_accumulate():
+@pytest.mark.parametrize("stack", [True, False])
+def test_fused_gradients_are_as_close_to_fp32_as_autocast_and_accumulate(stack, monkeypatch):
+    monkeypatch.setattr(precision, "STACK_PROJECTIONS", stack)
     exact, amp, fused, model, _ = _three_ways("cpu")
     assert _rel(amp, exact) < 0.05
     assert _rel(fused, exact) < 2 * _rel(amp, exact) + 1e-3
@@ -69,6 +72,8 @@ def test_copies_follow_the_parameters_after_each_step():
     fusion.begin_step()
     assert model(ids, pos, labels=labels).sum().item() != before
     assert all(a is b for a, b in zip(grads, (p.grad for p in model.parameters())))  # the same buffers
+    attn, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp  # one GEMM for q/k/v, one for gate/up
+    assert attn.k_proj.weight.grad._base is attn.stacked_grad and mlp.up_proj.weight.grad._base is mlp.stacked_grad
 
 
 def test_accumulate_wgrad_adds_in_fp32():

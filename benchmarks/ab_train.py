@@ -1,0 +1,54 @@
+"""A/B in one process on the real trainer: one of the trainer's internal choices on, then off, then on, then off
+(so drift of the machine shows up as the spread within each side).
+
+    PYTHONPATH=src python3 benchmarks/ab_train.py --what stack --out $OUT/ab.json
+
+--what ce-dlogits: the chunked cross-entropy keeping d nll / d logits from the forward (`losses.STORED_DLOGITS_BYTES`)
+                   against recomputing the logits in the backward;
+--what stack:      q/k/v and gate/up as one GEMM each over stacked bf16 copies (`precision.STACK_PROJECTIONS`)
+                   against one GEMM per projection.
+3B preset, seq 4096, compiled layers, gradient-accumulation fusion, grad-accum 8 by default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import bench_train
+
+import smollm3.train.losses as losses
+import smollm3.train.precision as precision
+from smollm3 import preset
+
+SWITCHES = {"ce-dlogits": (losses, "STORED_DLOGITS_BYTES", 0), "stack": (precision, "STACK_PROJECTIONS", False)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--what", choices=sorted(SWITCHES), required=True)
+    ap.add_argument("--preset", default="smollm3-3b")
+    ap.add_argument("--seq", type=int, default=4096)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--accum", type=int, default=8)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    module, name, off = SWITCHES[args.what]
+    on = getattr(module, name)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        bench_train.make_assets(root, preset(args.preset).vocab_size, args.seq * args.accum * (args.steps + 2))
+        for i, enabled in enumerate([True, False, True, False]):
+            setattr(module, name, on if enabled else off)
+            label = f"ga{args.accum}-fused-{args.what}-{'on' if enabled else 'off'}-{i}"
+            rows.append(bench_train.run(root, label, args.preset, args.seq, args.steps, 1, True, False, args.accum,
+                                        "auto", True))
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

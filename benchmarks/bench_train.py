@@ -9,8 +9,8 @@ path: bf16 autocast over fp32 master weights, fused AdamW, clipping. A variant n
 eager|compile (torch.compile of each decoder layer), ac|noac (activation checkpointing of every layer), optional
 varlen|flex|sdpa (attention backend, default auto = varlen), mbN (micro-batch, default --micro-batch), gaN
 (gradient-accumulation steps, default 1), optional fused|amp (train.grad_accum_fusion true|false; default auto = fused
-on CUDA: bf16 weight copies once a step, weight gradients added into fp32 .grad by their GEMMs). Tokens/s count every micro-batch of a step, so the optimizer's cost is
-amortised over the accumulation. The first steps (compilation, allocator warm-up) are left out of the median.
+on CUDA: bf16 weight copies once a step, weight gradients added into fp32 .grad by their GEMMs). Tokens/s count every
+micro-batch of a step, so the optimizer's cost is amortised over the accumulation. The first steps (compilation, allocator warm-up) are left out of the median.
 `--profile VARIANT` reruns one variant for 3 steps under torch.profiler and prints its top GPU kernels.
 Under `torchrun --nproc_per_node N` the same variants run with FSDP2 over N GPUs (tokens/s are global; each rank
 takes micro-batch x grad-accum sequences a step).

@@ -113,5 +113,4 @@ def test_frozen_weights_are_refused_and_leave_the_model_as_it_was():
     model.model.norm.weight.requires_grad_(False)
     with pytest.raises(ValueError, match="grad_accum_fusion: false"):
         GradAccumFusion(model)
-    assert {type(m).__name__ for m in model.modules()} >= {"Linear", "Embedding", "SmolLM3RMSNorm",
-                                                          "SmolLM3ForCausalLM"}
+    assert not any(type(m).__name__.startswith("_Fused") for m in model.modules())

@@ -73,7 +73,7 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: to
 
 # d nll / d logits of a whole micro-batch is kept from the forward when it fits here (4,096 tokens x 128,256 x bf16
 # = 1.05 GB): the backward then skips the logits GEMM it would otherwise redo, 1.4% of a 3B trainer step on the
-# H100 and 2.6 GiB less peak memory (benchmarks/results/2026-11-24-h100-train-fused.md, run 7)
+# H100 (benchmarks/results/2026-11-24-h100-train-fused.md, run 7)
 STORED_DLOGITS_BYTES = 2 * 2**30
 
 

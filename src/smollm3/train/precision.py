@@ -14,10 +14,11 @@ casts and ~16 ms of accumulation per 4,096-token micro-batch, an eighth of the s
   slices of one stacked fp32 buffer (+2 to 4% more; the k and v GEMMs alone have N = 512).
 
 On the H100 the first two made the trainer step 11.5% faster than autocast in the same run, with 1.8 GiB less peak
-memory (benchmarks/results/2026-11-24-h100-train-fused.md). Parameters, gradients, the optimizer, clipping and checkpoints
-are untouched: all stay fp32, so a run can switch between this and autocast at any checkpoint. It is applied from
-outside the model, like activation checkpointing: each Linear / Embedding / RMSNorm / attention / MLP module (and
-the model itself) gets a subclass that uses the copies. Single-process only (FSDP2 has its own mixed precision).
+memory (benchmarks/results/2026-11-24-h100-train-fused.md). Parameters, gradients, the optimizer, clipping and
+checkpoints are untouched: all stay fp32, so a run can switch between this and autocast at any checkpoint. It is
+applied from outside the model, like activation checkpointing: each Linear / Embedding / RMSNorm / attention / MLP
+module (and the model itself) gets a subclass that uses the copies. Single-process only (FSDP2 has its own mixed
+precision).
 """
 
 from __future__ import annotations
@@ -197,7 +198,7 @@ class GradAccumFusion:
         time (lazily, so a checkpoint can be loaded before: DCP initialises optimizer state only without grads).
 
         The projections that share an input (q/k/v, gate/up) get one stacked copy and one stacked fp32 gradient
-        buffer, each parameter's `.copy` and `.grad` a row slice of it, so one GEMM serves them all."""
+        buffer, each parameter's bf16 copy and `.grad` a row slice of them, so one GEMM serves them all."""
         for m in self.stacks:
             members = _stacked(m)
             if any(lin.weight.grad is None for lin in members):

@@ -5,12 +5,13 @@
     python3 benchmarks/bench_train.py --variants eager-ac,compile-noac-ga4,compile-ac-mb4 --profile compile-noac-ga4
 
 Random-token shards (document lengths exponential, mean 1024, so intra-document masking is on) feed the pretraining
-path: bf16 autocast over fp32 master weights, fused AdamW, clipping. A variant name is dash-separated words:
-eager|compile (torch.compile of each decoder layer), ac|noac (activation checkpointing of every layer), optional
-varlen|flex|sdpa (attention backend, default auto = varlen), mbN (micro-batch, default --micro-batch), gaN
-(gradient-accumulation steps, default 1), optional fused|amp (train.grad_accum_fusion true|false; default auto = fused
+path: bf16 compute over fp32 master weights (see fused|amp below), fused AdamW, clipping. A variant name is
+dash-separated words: eager|compile (torch.compile of each decoder layer), ac|noac (activation checkpointing of
+every layer), optional varlen|flex|sdpa (attention backend, default auto = varlen), mbN (micro-batch, default
+--micro-batch), gaN (gradient-accumulation steps, default 1), optional fused|amp (train.grad_accum_fusion true|false; default auto = fused
 on CUDA: bf16 weight copies once a step, weight gradients added into fp32 .grad by their GEMMs). Tokens/s count every
-micro-batch of a step, so the optimizer's cost is amortised over the accumulation. The first steps (compilation, allocator warm-up) are left out of the median.
+micro-batch of a step, so the optimizer's cost is amortised over the accumulation. The first steps (compilation,
+allocator warm-up) are left out of the median.
 `--profile VARIANT` reruns one variant for 3 steps under torch.profiler and prints its top GPU kernels.
 Under `torchrun --nproc_per_node N` the same variants run with FSDP2 over N GPUs (tokens/s are global; each rank
 takes micro-batch x grad-accum sequences a step).
@@ -149,7 +150,8 @@ def profile(root: Path, name: str, preset: str, seq: int, micro: int, out_file: 
             v["fusion"])
     from torch.autograd import DeviceType
 
-    events = [e for e in prof.key_averages() if e.device_type == DeviceType.CUDA]  # kernels, not the ops above them
+    # kernels only: not the CPU ops that launched them, nor inductor's "## Call CompiledFxGraph" spans around them
+    events = [e for e in prof.key_averages() if e.device_type == DeviceType.CUDA and not e.key.startswith("## ")]
     total = sum(getattr(e, "self_device_time_total", 0) for e in events)
     rows = sorted(({"kernel": e.key[:90], "calls": e.count, "ms": getattr(e, "self_device_time_total", 0) / 1e3}
                    for e in events), key=lambda r: -r["ms"])[:25]

@@ -44,8 +44,8 @@ def main():
         for i, enabled in enumerate([True, False, True, False]):
             setattr(module, name, on if enabled else off)
             label = f"ga{args.accum}-fused-{args.what}-{'on' if enabled else 'off'}-{i}"
-            rows.append(bench_train.run(root, label, args.preset, args.seq, args.steps, 1, True, False, args.accum,
-                                        "auto", True))
+            rows.append(bench_train.run(root, label, args.preset, args.seq, args.steps,
+                                        bench_train.parse_variant(f"compile-noac-ga{args.accum}-fused", 1)))
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1))
 

@@ -64,10 +64,13 @@ def parse_variant(name: str, micro: int) -> dict:
     return v
 
 
-def run(root: Path, name: str, preset: str, seq: int, steps: int, micro: int, compile_: bool, ac: bool,
-        accum: int = 1, attn: str = "auto", fusion: bool | None = None) -> dict:
+def run(root: Path, name: str, preset: str, seq: int, steps: int, variant: dict) -> dict:
+    """Train `steps` steps of `variant` (parse_variant's dict) and return its row: median tokens/s, MFU, peak."""
     from smollm3.train.config import load_train_config
     from smollm3.train.trainer import train
+
+    micro, accum, compile_, ac = variant["micro"], variant["accum"], variant["compile_"], variant["ac"]
+    attn, fusion = variant["attn"], variant["fusion"]
 
     out = root / name
     cfg = {"out_dir": str(out), "model": {"preset": preset, "overrides": {"max_position_embeddings": seq},
@@ -146,8 +149,7 @@ def profile(root: Path, name: str, preset: str, seq: int, micro: int, out_file: 
 
     v = parse_variant(name, micro)
     with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
-        run(root, name + "-profiled", preset, seq, 3, v["micro"], v["compile_"], v["ac"], v["accum"], v["attn"],
-            v["fusion"])
+        run(root, name + "-profiled", preset, seq, 3, v)
     from torch.autograd import DeviceType
 
     # kernels only: not the CPU ops that launched them, nor inductor's "## Call CompiledFxGraph" spans around them
@@ -200,9 +202,7 @@ def main():
               f"seq {args.seq}  {args.steps} steps", flush=True)
         reference = hf_reference(args.preset, args.seq) if args.hf_reference and world == 1 else None
         for variant in variants:
-            v = parse_variant(variant, args.micro_batch)
-            rows.append(run(root, variant, args.preset, args.seq, args.steps, v["micro"], v["compile_"], v["ac"],
-                            v["accum"], v["attn"], v["fusion"]))
+            rows.append(run(root, variant, args.preset, args.seq, args.steps, parse_variant(variant, args.micro_batch)))
         top = profile(root, args.profile, args.preset, args.seq, args.micro_batch, args.profile_out) \
             if args.profile else None
     if reference:

@@ -153,7 +153,11 @@ class SmolLM3MLP(nn.Module):
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.project(x)
+        return self.down_proj(F.silu(gate) * up)
+
+    def project(self, x):
+        return self.gate_proj(x), self.up_proj(x)
 
 
 class SmolLM3DecoderLayer(nn.Module):

@@ -111,33 +111,38 @@ class _ChunkedNLL(torch.autograd.Function):
         rows, weight, targets, lse, dlogits = ctx.saved_tensors
         dtype, chunk = ctx.dtype, ctx.chunk
         w = weight.to(dtype)
+        want_rows = ctx.needs_input_grad[0]
+        want_weight = ctx.needs_input_grad[1] and ctx.weight_grad is None  # else it goes into ctx.weight_grad
         if ctx.weight_grad is not None:
             from smollm3.train.precision import accumulate_wgrad
+        grad_rows = grad_weight = None
         with torch.autocast(rows.device.type, enabled=False):
             if dlogits is not None:
                 # kept unscaled: each row's upstream gradient multiplies the [rows, hidden] operands instead, and
                 # each product is one GEMM over all rows (the fp32 weight gradient is read and written once)
                 scale = grad_nll[:, None]
-                grad_rows = ((dlogits @ w) * scale).to(rows.dtype) if ctx.needs_input_grad[0] else None
-                scaled = (rows * scale).to(dtype)
-                if ctx.weight_grad is not None:
-                    accumulate_wgrad(ctx.weight_grad, dlogits, scaled)
-                grad_weight = (dlogits.T @ scaled) if ctx.needs_input_grad[1] and ctx.weight_grad is None else None
-                return grad_rows, None if grad_weight is None else grad_weight.to(weight.dtype), None, None, None, None
-            grad_rows = torch.empty_like(rows) if ctx.needs_input_grad[0] else None
-            grad_weight = torch.zeros(weight.shape, dtype=lse.dtype, device=weight.device) \
-                if ctx.needs_input_grad[1] and ctx.weight_grad is None else None
-            for s in range(0, rows.shape[0], chunk):
-                r = rows[s:s + chunk].to(dtype)
-                logits = r @ w.T
-                g = _elementwise(_dlogits, logits)(logits, lse[s:s + chunk], targets[s:s + chunk],
-                                                   grad_nll[s:s + chunk])
-                if grad_rows is not None:
-                    grad_rows[s:s + chunk] = (g @ w).to(rows.dtype)
-                if ctx.weight_grad is not None:
-                    accumulate_wgrad(ctx.weight_grad, g, r)
-                elif grad_weight is not None:
-                    grad_weight += g.T @ r
+                if want_rows:
+                    grad_rows = ((dlogits @ w) * scale).to(rows.dtype)
+                if want_weight or ctx.weight_grad is not None:
+                    scaled = (rows * scale).to(dtype)
+                    if ctx.weight_grad is not None:
+                        accumulate_wgrad(ctx.weight_grad, dlogits, scaled)
+                    else:
+                        grad_weight = dlogits.T @ scaled
+            else:
+                grad_rows = torch.empty_like(rows) if want_rows else None
+                grad_weight = torch.zeros(weight.shape, dtype=lse.dtype, device=weight.device) if want_weight else None
+                for s in range(0, rows.shape[0], chunk):
+                    r = rows[s:s + chunk].to(dtype)
+                    logits = r @ w.T
+                    g = _elementwise(_dlogits, logits)(logits, lse[s:s + chunk], targets[s:s + chunk],
+                                                       grad_nll[s:s + chunk])
+                    if grad_rows is not None:
+                        grad_rows[s:s + chunk] = (g @ w).to(rows.dtype)
+                    if ctx.weight_grad is not None:
+                        accumulate_wgrad(ctx.weight_grad, g, r)
+                    elif grad_weight is not None:
+                        grad_weight += g.T @ r
         return grad_rows, None if grad_weight is None else grad_weight.to(weight.dtype), None, None, None, None
 
 
@@ -147,16 +152,18 @@ def _lse_nll(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor,
     return lse, lse - logits.gather(1, targets[:, None]).squeeze(1)
 
 
-def _dlogits(logits: torch.Tensor, lse: torch.Tensor, targets: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """d nll / d logits = softmax - onehot(target), scaled by each row's incoming gradient, in the logits' dtype."""
+def _dlogits(logits: torch.Tensor, lse: torch.Tensor, targets: torch.Tensor,
+             grad: torch.Tensor | None = None) -> torch.Tensor:
+    """d nll / d logits = softmax - onehot(target), scaled by each row's incoming gradient (if given), in the logits'
+    dtype."""
     onehot = torch.arange(logits.shape[1], device=logits.device) == targets[:, None]
     g = torch.exp(_at_least_fp32(logits) - lse[:, None]) - onehot.to(lse.dtype)
-    return (g * grad[:, None]).to(logits.dtype)
+    return (g if grad is None else g * grad[:, None]).to(logits.dtype)
 
 
 def _lse_nll_dlogits(logits: torch.Tensor, targets: torch.Tensor):
     lse, nll = _lse_nll(logits, targets)
-    return lse, nll, _dlogits(logits, lse, targets, torch.ones_like(lse))
+    return lse, nll, _dlogits(logits, lse, targets)
 
 
 @functools.cache

@@ -127,16 +127,24 @@ class _FusedEmbedding(nn.Embedding):
 
 
 class _FusedAttention(SmolLM3Attention):
+    members = ("q_proj", "k_proj", "v_proj")  # the projections one stacked GEMM serves, in output order
+
     def project(self, x):
-        """q, k and v from one GEMM over their stacked bf16 copies (the k and v GEMMs alone have N = 512)."""
-        qkv = _Linear.apply(x, self.stacked_weight, self.stacked_grad)
-        return qkv.split([self.q_proj.out_features, self.k_proj.out_features, self.v_proj.out_features], -1)
+        return _stacked_project(self, x)
 
 
 class _FusedMLP(SmolLM3MLP):
-    def forward(self, x):
-        gate, up = _Linear.apply(x, self.stacked_weight, self.stacked_grad).chunk(2, -1)
-        return self.down_proj(F.silu(gate) * up)
+    members = ("gate_proj", "up_proj")
+
+    def project(self, x):
+        return _stacked_project(self, x)
+
+
+def _stacked_project(module, x):
+    """The module's projections of x from one GEMM over their stacked bf16 copies (alone, the k and v GEMMs have
+    N = 512), split back into one output each."""
+    out = _Linear.apply(x, module.stacked_weight, module.stacked_grad)
+    return out.split([getattr(module, name).out_features for name in module.members], -1)
 
 
 class _FusedCausalLM(SmolLM3ForCausalLM):
@@ -160,13 +168,6 @@ _FUSED = {nn.Linear: _FusedLinear, SmolLM3RMSNorm: _FusedRMSNorm, nn.Embedding: 
 STACK_PROJECTIONS = True
 
 
-def _stacked(module) -> list[nn.Linear]:
-    """The projections one GEMM serves, in the order their outputs are split."""
-    if isinstance(module, SmolLM3Attention):
-        return [module.q_proj, module.k_proj, module.v_proj]
-    return [module.gate_proj, module.up_proj]
-
-
 class GradAccumFusion:
     """Applies the above to a SmolLM3ForCausalLM in place; call `begin_step()` before each optimizer step's first
     micro-batch (it refreshes the bf16 copies from the fp32 parameters and links `.grad`), and zero the gradients
@@ -188,7 +189,7 @@ class GradAccumFusion:
         for m, fused in swaps:  # checked first, so a refusal leaves the model as it was
             m.__class__ = fused
         self.modules = [m for m, _ in swaps if hasattr(m, "weight") and m is not model]
-        self.stacks = [m for m, _ in swaps if isinstance(m, (SmolLM3Attention, SmolLM3MLP))]
+        self.stacks = [m for m, _ in swaps if hasattr(m, "members")]
         self.params = list(dict.fromkeys(m.weight for m in self.modules))  # the tied head/embedding once
         self.copies: dict[nn.Parameter, torch.Tensor] = {}
 
@@ -200,7 +201,7 @@ class GradAccumFusion:
         The projections that share an input (q/k/v, gate/up) get one stacked copy and one stacked fp32 gradient
         buffer, each parameter's bf16 copy and `.grad` a row slice of them, so one GEMM serves them all."""
         for m in self.stacks:
-            members = _stacked(m)
+            members = [getattr(m, name) for name in m.members]
             if any(lin.weight.grad is None for lin in members):
                 w = members[0].weight
                 m.stacked_grad = torch.zeros(sum(lin.out_features for lin in members), w.shape[1], dtype=w.dtype,

@@ -12,7 +12,8 @@ every layer), optional varlen|flex|sdpa (attention backend, default auto = varle
 on CUDA: bf16 weight copies once a step, weight gradients added into fp32 .grad by their GEMMs). Tokens/s count every
 micro-batch of a step, so the optimizer's cost is amortised over the accumulation. The first steps (compilation,
 allocator warm-up) are left out of the median.
-`--profile VARIANT` reruns one variant for 3 steps under torch.profiler and prints its top GPU kernels.
+`--profile VARIANT` reruns one variant for 5 steps, the last under torch.profiler, and prints how busy the GPU was
+and its top kernels.
 Under `torchrun --nproc_per_node N` the same variants run with FSDP2 over N GPUs (tokens/s are global; each rank
 takes micro-batch x grad-accum sequences a step).
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -64,7 +66,7 @@ def parse_variant(name: str, micro: int) -> dict:
     return v
 
 
-def run(root: Path, name: str, preset: str, seq: int, steps: int, variant: dict) -> dict:
+def run(root: Path, name: str, preset: str, seq: int, steps: int, variant: dict, profile_step: int | None = None) -> dict:
     """Train `steps` steps of `variant` (parse_variant's dict) and return its row: median tokens/s, MFU, peak."""
     from smollm3.train.config import load_train_config
     from smollm3.train.trainer import train
@@ -80,7 +82,7 @@ def run(root: Path, name: str, preset: str, seq: int, steps: int, variant: dict)
            "train": {"steps": steps, "micro_batch": micro, "grad_accum": accum, "dtype": "bfloat16",
                      "compile": compile_, "activation_checkpointing": ac, "grad_accum_fusion": fusion},
            "optim": {"lr": 2e-4, "warmup_steps": 2},
-           "checkpoint": {"every": 0}, "log": {"every": 1, "tensorboard": False}}
+           "checkpoint": {"every": 0}, "log": {"every": 1, "tensorboard": False, "profile_step": profile_step}}
     (root / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
     cuda = torch.cuda.is_available()
     if cuda:
@@ -112,6 +114,8 @@ def run(root: Path, name: str, preset: str, seq: int, steps: int, variant: dict)
            "mfu": round(statistics.median(r.get("mfu", 0.0) for r in steady), 4),
            "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
            "wall_s": round(wall, 1), "graph_breaks": sum(counters["graph_break"].values()),
+           "graphs_compiled": counters["stats"]["unique_graphs"],
+           "steps_tokens_per_s": [round(r["tokens_per_s"]) for r in records],
            "loss_first_last": [round(records[0]["loss"], 4), round(records[-1]["loss"], 4)]}
     print(f"{name:<28} {row['tokens_per_s']:>9,} tok/s  MFU {row['mfu']:6.1%}  peak {row['peak_mem_gib']} GiB  "
           f"wall {wall:6.1f} s  graph breaks {row['graph_breaks']}  loss {row['loss_first_last']}", flush=True)
@@ -142,29 +146,19 @@ def hf_reference(preset_name: str, seq: int) -> dict:
     return row
 
 
-def profile(root: Path, name: str, preset: str, seq: int, micro: int, out_file: str | None) -> list[dict]:
-    """Run `name` for 3 steps under torch.profiler; print and return its top GPU kernels by total time."""
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
-
-    v = parse_variant(name, micro)
-    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
-        run(root, name + "-profiled", preset, seq, 3, v)
-    from torch.autograd import DeviceType
-
-    # kernels only: not the CPU ops that launched them, nor inductor's "## Call CompiledFxGraph" spans around them
-    events = [e for e in prof.key_averages() if e.device_type == DeviceType.CUDA and not e.key.startswith("## ")]
-    total = sum(getattr(e, "self_device_time_total", 0) for e in events)
-    rows = sorted(({"kernel": e.key[:90], "calls": e.count, "ms": getattr(e, "self_device_time_total", 0) / 1e3}
-                   for e in events), key=lambda r: -r["ms"])[:25]
-    print(f"\nprofile of {name} (3 steps, compilation included): {total / 1e3:.0f} ms of GPU kernels")
-    for r in rows:
-        print(f"{r['ms']:9.1f} ms {100 * r['ms'] * 1e3 / max(total, 1):5.1f}%  {r['calls']:6d}x  {r['kernel']}")
-    if out_file:  # the kernels, then the operators that launched them with their input shapes
-        Path(out_file).write_text(
-            prof.key_averages().table(sort_by="self_device_time_total", row_limit=60) + "\n\n"
-            + prof.key_averages(group_by_input_shape=True).table(sort_by="device_time_total", row_limit=120))
-    return rows
+def profile(root: Path, name: str, preset: str, seq: int, micro: int, steps: int = 5) -> dict:
+    """Run `name` for `steps` steps with the last one under torch.profiler (the trainer's `log.profile_step`, so
+    compilation and warm-up are outside it); print and return its summary: wall vs GPU-busy time, top kernels."""
+    run(root, name + "-profiled", preset, seq, steps, parse_variant(name, micro), profile_step=steps)
+    summary = json.loads((root / f"{name}-profiled" / "profile" / f"step{steps}_rank0_summary.json").read_text())
+    print(f"\nprofile of {name}, step {steps}: wall {summary['wall_ms']} ms, GPU busy {summary['gpu_busy_ms']} ms, "
+          f"kernel sum {summary['kernel_sum_ms']} ms over {summary['kernels']} kernels; idle gaps {summary['gaps']}")
+    for g in summary["longest_gaps"][:12]:
+        print(f"  gap {g['us']:9.1f} us at {g['at_ms']:8.2f} ms  after {g['after'][:50]}  before {g['before'][:50]}")
+    for r in summary["top"][:25]:
+        print(f"{r['ms']:9.2f} ms {100 * r['ms'] / max(summary['kernel_sum_ms'], 1e-9):5.1f}%  {r['calls']:6d}x  "
+              f"{r['kernel']}")
+    return summary
 
 
 def main():
@@ -176,7 +170,7 @@ def main():
     ap.add_argument("--variants", default="eager-ac,compile-ac")
     ap.add_argument("--hf-reference", action="store_true", help="time transformers' fwd+bwd first, same run")
     ap.add_argument("--profile", default=None, help="a variant to rerun under torch.profiler")
-    ap.add_argument("--profile-out", default=None, help="file for the profiler's full kernel table")
+    ap.add_argument("--profile-out", default=None, help="folder to copy the profiled step's trace and kernel table to")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     from smollm3 import preset
@@ -203,8 +197,9 @@ def main():
         reference = hf_reference(args.preset, args.seq) if args.hf_reference and world == 1 else None
         for variant in variants:
             rows.append(run(root, variant, args.preset, args.seq, args.steps, parse_variant(variant, args.micro_batch)))
-        top = profile(root, args.profile, args.preset, args.seq, args.micro_batch, args.profile_out) \
-            if args.profile else None
+        top = profile(root, args.profile, args.preset, args.seq, args.micro_batch) if args.profile else None
+        if args.profile and args.profile_out:
+            shutil.copytree(root / f"{args.profile}-profiled" / "profile", args.profile_out, dirs_exist_ok=True)
     if reference:
         print("ratio to transformers fwd+bwd:", {r["name"]: round(r["tokens_per_s"] / reference["tokens_per_s"], 3)
                                                  for r in rows if "tokens_per_s" in r})

@@ -130,9 +130,24 @@ def test_document_mask_boundaries_and_batch_rows():
     assert doc.doc_ids.tolist() == [[0, 0, 0, 1, 1, 2], [3, 3, 3, 3, 3, 3]]
     # 4 documents, then empty ones up to a power-of-two length (one compiled shape per bucket of document counts)
     assert doc.cu_seqlens.tolist() == [0, 3, 5, 6, 12, 12, 12, 12] and doc.max_seqlen == 6
-    assert DocumentMask.from_position_ids(pos[1:]).cu_seqlens.tolist() == [0, 6]
+    assert DocumentMask.from_position_ids(pos[1:]).cu_seqlens.tolist() == [0, 6, 6, 6]
     dense = doc.dense()[0, 0]
     assert dense[4].tolist() == [False, False, False, True, True, False]
+    moved = doc.to(torch.device("cpu"))
+    assert moved.cu_seqlens.tolist() == doc.cu_seqlens.tolist() and moved.max_seqlen == doc.max_seqlen
+
+
+def test_a_document_mask_given_beforehand_is_the_one_used():
+    """The trainer builds the mask on the CPU and passes it in; the model must use it, not re-derive one."""
+    cfg = ModelConfig(**{**BASE, "dtype": "float32"})
+    model = build_model(cfg).eval()
+    ids = torch.randint(0, cfg.vocab_size, (1, 8), generator=torch.Generator().manual_seed(0))
+    pos = torch.tensor([[0, 1, 2, 3, 0, 1, 2, 3]])
+    derived = model(ids, position_ids=pos)
+    given = model(ids, position_ids=pos, document_mask=DocumentMask.from_position_ids(pos))
+    assert torch.equal(derived, given)
+    one_doc = DocumentMask.from_position_ids(torch.arange(8)[None])  # a mask that lets the halves see each other
+    assert (model(ids, position_ids=pos, document_mask=one_doc) - derived).abs().max() > 1e-4
 
 
 def test_kv_cache_matches_full_forward():

@@ -6,8 +6,8 @@ logits it would get alone.
 
 - "sdpa":   torch's scaled_dot_product_attention; CPU and GPU. Packed documents use a dense boolean mask.
 - "flex":   FlexAttention with a document block mask (GPU; compiled once per process).
-- "varlen": flash-attention varlen kernels over cu_seqlens: torch.nn.attention.varlen (torch >= 2.9, CUDA)
-            or the flash-attn package when it is installed.
+- "varlen": flash-attention varlen kernels over cu_seqlens: torch's own FA2 kernels (CUDA builds), or the
+            flash-attn package when it is installed.
 "auto" picks sdpa for plain causal attention and on CPU, varlen (else flex) for packed documents on GPU; fp32
 attention (a model trained in fp32, no autocast) takes flex there, as the flash kernels are half precision only.
 """
@@ -15,7 +15,6 @@ attention (a model trained in fp32, no autocast) takes flex there, as the flash 
 from __future__ import annotations
 
 import functools
-import inspect
 from dataclasses import dataclass
 
 import torch
@@ -42,13 +41,23 @@ class DocumentMask:
         flat_starts = starts.reshape(-1)
         doc_ids = (torch.cumsum(flat_starts.to(torch.int32), 0) - 1).to(torch.int32).view(B, T)
         start_idx = torch.nonzero(flat_starts).flatten().to(torch.int32)
-        # padded with empty documents at the end to a power-of-two length: the length is a shape inside the compiled
-        # layers, and every new document count would otherwise recompile them (~5 s each for the 3B preset)
-        pad = (1 << len(start_idx).bit_length()) - len(start_idx)
+        # padded with empty documents at the end to a power-of-two length, 4 at least: the length is a shape inside
+        # the compiled layers, and every new document count would otherwise recompile them (~5 s each for the 3B
+        # preset); a lone document (length 2) would also get a graph of its own, specialised to one sequence
+        pad = max(4, 1 << len(start_idx).bit_length()) - len(start_idx)
         end = torch.full((pad,), B * T, dtype=torch.int32, device=position_ids.device)
         cu_seqlens = torch.cat([start_idx, end])
         max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
         return cls(doc_ids=doc_ids, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
+
+    def to(self, device: torch.device) -> DocumentMask:
+        """The same mask on `device`. Built on the CPU from the loader's position_ids and moved, it costs the GPU
+        stream no synchronisation (from_position_ids on GPU tensors waits for the queue: nonzero and max)."""
+        if device.type == "cuda":
+            move = lambda t: t.pin_memory().to(device, non_blocking=True)  # noqa: E731
+        else:
+            move = lambda t: t.to(device)  # noqa: E731
+        return DocumentMask(doc_ids=move(self.doc_ids), cu_seqlens=move(self.cu_seqlens), max_seqlen=self.max_seqlen)
 
     def dense(self) -> torch.Tensor:
         """[B, 1, T, T] boolean: True where a query may attend to a key."""
@@ -82,7 +91,8 @@ def resolve_backend(name: str, device: torch.device, packed: bool, seq_len: int,
         if name in ("flex", "varlen") and device.type != "cuda":
             raise ValueError(f"attention backend {name!r} needs a CUDA device; use 'sdpa' on {device.type}")
         if name == "varlen" and _varlen_impl() is None:
-            raise ValueError("attention backend 'varlen' needs torch.nn.attention.varlen (torch>=2.9) or flash-attn")
+            raise ValueError("attention backend 'varlen' needs a CUDA build of torch with flash attention, or the "
+                             "flash-attn package")
         if name == "flex" and seq_len % FLEX_BLOCK:
             raise ValueError(f"attention backend 'flex' needs a sequence length that is a multiple of {FLEX_BLOCK} "
                              f"(got {seq_len}); pad the batch or use 'varlen' / 'sdpa'")
@@ -165,6 +175,29 @@ def _compiled_flex():
     return torch.compile(flex_attention, dynamic=False)
 
 
+class _FlashVarlen(torch.autograd.Function):
+    """torch's own FA2 varlen kernels (aten._flash_attention_forward/backward over cu_seqlens, causal inside each
+    document), called directly: GQA natively (no repeated K/V heads), and no Python custom-op layer around each
+    call, whose host time (torch.nn.attention.varlen, torch 2.11) left the GPU idle in the compiled trainer's
+    forward (benchmarks/results/2026-11-24-h100-train-host.md)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, cu, max_len, scale):
+        out, lse, rng_state, unused, _ = torch.ops.aten._flash_attention_forward(
+            q, k, v, cu, cu, max_len, max_len, 0.0, True, False, scale=scale)
+        ctx.save_for_backward(q, k, v, out, lse, cu, rng_state, unused)
+        ctx.max_len, ctx.scale = max_len, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse, cu, rng_state, unused = ctx.saved_tensors
+        dq, dk, dv = torch.ops.aten._flash_attention_backward(
+            dout.contiguous(), q, k, v, out, lse, cu, cu, ctx.max_len, ctx.max_len, 0.0, True, rng_state, unused,
+            scale=ctx.scale)
+        return dq, dk, dv, None, None, None
+
+
 @functools.cache
 def _varlen_impl():
     """A callable (q, k, v, cu_seqlens, max_seqlen, scale) -> out over flattened tokens, or None."""
@@ -179,20 +212,6 @@ def _varlen_impl():
         return run
     except ImportError:
         pass
-    try:
-        from torch.nn.attention.varlen import varlen_attn
-    except ImportError:
+    if not hasattr(torch.ops.aten, "_flash_attention_forward"):
         return None
-    params = inspect.signature(varlen_attn).parameters
-    # the causal flag moved from is_causal (torch 2.9-2.11) to window_size=(-1, 0) in later releases
-    causal = {"is_causal": True} if "is_causal" in params else {"window_size": (-1, 0)}
-    native_gqa = "enable_gqa" in params
-
-    def run(q, k, v, cu, max_len, scale):
-        if native_gqa:
-            return varlen_attn(q, k, v, cu, cu, max_len, max_len, scale=scale, enable_gqa=True, **causal)
-        rep = q.shape[1] // k.shape[1]
-        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        return varlen_attn(q, k, v, cu, cu, max_len, max_len, scale=scale, **causal)
-
-    return run
+    return _FlashVarlen.apply

@@ -184,16 +184,17 @@ class SmolLM3Model(nn.Module):
         self.norm = SmolLM3RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = SmolLM3RotaryEmbedding(config)
 
-    def forward(self, input_ids, position_ids=None, cache: KVCache | None = None, attn_backend: str = "auto"):
+    def forward(self, input_ids, position_ids=None, cache: KVCache | None = None, attn_backend: str = "auto",
+                document_mask: DocumentMask | None = None):
         B, T = input_ids.shape
         x = self.embed_tokens(input_ids)
-        doc = None
+        doc = document_mask
         if cache is not None:
             if position_ids is None:
                 position_ids = cache.position_ids(B, T, input_ids.device)
         elif position_ids is None:
             position_ids = torch.arange(T, device=input_ids.device).expand(B, T)
-        else:
+        elif doc is None:
             doc = DocumentMask.from_position_ids(position_ids)  # packed documents: mask across their borders
         half = x.dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled(x.device.type)
         backend = resolve_backend(attn_backend, x.device, packed=doc is not None, seq_len=T, half=half)
@@ -222,11 +223,17 @@ class SmolLM3ForCausalLM(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
         self.attn_backend = "auto"  # "sdpa" | "flex" | "varlen" | "auto"; see smollm3.attention
 
-    def forward(self, input_ids, position_ids=None, cache: KVCache | None = None, labels=None):
+    def forward(self, input_ids, position_ids=None, cache: KVCache | None = None, labels=None,
+                document_mask: DocumentMask | None = None):
         """-> logits [B, T, vocab]. With `labels` -> the negative log-likelihood of each label, [B, T] fp32 (0 where
         the label is -100), computed in chunks so the fp32 logits never exist whole. Labels are shifted, the
-        project's convention (train/losses.py, data/): labels[t] is the token that position t predicts."""
-        hidden = self.model(input_ids, position_ids, cache, self.attn_backend)
+        project's convention (train/losses.py, data/): labels[t] is the token that position t predicts.
+        `document_mask`: position_ids' DocumentMask made beforehand (the trainer builds it on the CPU, as transformers'
+        packed training passes cu_seq_lens), else it is derived here."""
+        return self.head(self.model(input_ids, position_ids, cache, self.attn_backend, document_mask), labels)
+
+    def head(self, hidden, labels=None):
+        """The LM head over the final hidden states: logits, or with `labels` the chunked per-token NLL."""
         if labels is None:
             return self.lm_head(hidden)
         from smollm3.train.losses import chunked_cross_entropy

@@ -160,6 +160,10 @@ def test_bad_configs_are_refused_before_compute(assets, tmp_path):
         train(load_train_config(write_config(assets, tmp_path / "x"), ["model.overrides.vocab_size=100"]))
     with pytest.raises(ConfigError, match="grad_accum_fusion needs a single process and train.dtype bfloat16"):
         train(load_train_config(write_config(assets, tmp_path / "x"), ["train.grad_accum_fusion=true"]))  # fp32
+    with pytest.raises(ConfigError, match="keeps the activations checkpointing should drop"):
+        train(load_train_config(write_config(assets, tmp_path / "x"), [
+            "train.dtype=bfloat16", "train.grad_accum_fusion=true", "train.activation_checkpointing=true",
+            "train.compile=true"]))
     with pytest.raises(ConfigError, match="exceeds the model's max_position_embeddings 1024"):
         train(load_train_config(write_config(assets, tmp_path / "x"), ["data.seq_len=2048"]))
     base = tmp_path / "base"
@@ -230,3 +234,17 @@ def test_grad_accum_fusion_tracks_autocast_and_resumes_exactly(assets, tmp_path,
     monkeypatch.setattr(trainer._Metrics, "log", log)
     train(load_train_config(cfg, ["train.dtype=bfloat16", "train.grad_accum_fusion=true"]))  # from step 4
     assert losses(cut) == losses(fused)
+
+
+def test_profile_step_writes_a_trace_and_a_summary_of_that_step(assets, tmp_path):
+    train(load_train_config(write_config(assets, tmp_path / "run", train__steps=3, checkpoint__every=0,
+                                         log__profile_step=2)))
+    prof = tmp_path / "run" / "profile"
+    summary = json.loads((prof / "step2_rank0_summary.json").read_text())
+    assert summary["step"] == 2 and summary["wall_ms"] > 0
+    assert summary["kernels"] == 0 and summary["gpu_busy_ms"] == 0  # a CPU run has no device kernels
+    trace = json.loads((prof / "step2_rank0.json").read_text())
+    names = {e.get("name", "") for e in trace["traceEvents"]}
+    assert any("AdamW" in n or "adamw" in n.lower() for n in names), "the optimizer step is inside the profiled window"
+    assert "aten::mm" in (prof / "step2_rank0_kernels.txt").read_text()
+    assert len(losses(tmp_path / "run")) == 3

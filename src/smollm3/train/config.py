@@ -55,7 +55,8 @@ class TrainSection:
     activation_checkpointing: bool = False
     compile: bool = False
     # bf16 weight copies made once a step, weight gradients added into fp32 .grad by their own GEMMs (Megatron's
-    # gradient-accumulation fusion, train/precision.py); None: on for single-process CUDA runs in bf16/fp16
+    # gradient-accumulation fusion, train/precision.py); None: on for single-process CUDA runs in bf16/fp16, except
+    # compiled runs with activation checkpointing (there it keeps the activations: refused when asked for)
     grad_accum_fusion: bool | None = None
     fsdp: bool = True  # under torchrun: shard with FSDP2 (fully_shard per block, then the root)
 
@@ -73,6 +74,7 @@ class LogSection:
     every: int = 10
     tensorboard: bool = True  # when tensorboard is installed
     wandb_project: str | None = None
+    profile_step: int | None = None  # run this step (1-based) under torch.profiler; trace + kernels in out_dir/profile
 
 
 @dataclass

@@ -148,11 +148,10 @@ def _stacked_project(module, x):
 
 
 class _FusedCausalLM(SmolLM3ForCausalLM):
-    def forward(self, input_ids, position_ids=None, cache=None, labels=None):
+    def head(self, hidden, labels=None):
         """The LM head on the bf16 copy, its gradient added into fp32 `.grad` by the chunked cross-entropy."""
         from smollm3.train.losses import chunked_cross_entropy
 
-        hidden = self.model(input_ids, position_ids, cache, self.attn_backend)
         head = self.lm_head
         if labels is None:
             return _Linear.apply(hidden, head.compute_weight, head.weight_grad)

@@ -18,10 +18,12 @@ from pathlib import Path
 
 import torch
 
+from smollm3.attention import DocumentMask
 from smollm3.checkpoint import build_model, load_pretrained
 from smollm3.config import ConfigError, config_from_dict
 from smollm3.tokenizer import load_tokenizer
 from smollm3.train import distributed as D
+from smollm3.train import profiling
 from smollm3.train.checkpointing import find_resume_point, load_checkpoint, save_checkpoint
 from smollm3.train.config import TrainConfig, dump_config
 from smollm3.train.data import build_data
@@ -143,6 +145,7 @@ def train(cfg: TrainConfig) -> dict:
     model.train()
     t0 = time.perf_counter()
     for step in range(start, cfg.train.steps):
+        profiled = profiling.start(dist.device) if cfg.log.profile_step == step + 1 else None
         set_lr(optimizer, cfg.optim.lr * lr_factor(step, cfg.train.steps, cfg.optim))
         micro = data.next_step()  # this rank's micro-batches for the global step
         if fusion is not None:
@@ -155,12 +158,13 @@ def train(cfg: TrainConfig) -> dict:
                 last = i == len(micro) - 1
                 model.set_requires_gradient_sync(last)
                 model.set_reshard_after_backward(last)
-            batch = {k: v.to(dist.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            batch = _to_device(batch, dist.device)
             with autocast:
                 if preference:
                     loss = _preference_step(model, ref, batch, cfg)
                 else:
-                    loss = model(batch["input_ids"], batch["position_ids"], labels=batch["labels"]).sum()
+                    loss = model(batch["input_ids"], batch["position_ids"], labels=batch["labels"],
+                                 document_mask=batch["document_mask"]).sum()
             (loss * dist.world / denom).backward()
             loss_sum += loss.detach()
             tokens += batch["input_ids"].numel()
@@ -176,6 +180,11 @@ def train(cfg: TrainConfig) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=fusion is None)  # the fusion's GEMMs write into the same .grad every step
         done = step + 1
+        if profiled is not None:
+            summary = profiling.finish(*profiled, dist.device, out / "profile", done, dist.rank)
+            if dist.is_main:
+                print(f"profiled step {done}: wall {summary['wall_ms']} ms, GPU busy {summary['gpu_busy_ms']} ms; "
+                      f"trace and kernel table in {out / 'profile'}")
         elapsed = time.perf_counter() - t0
         global_tokens = tokens * dist.world
         record = {"step": done, "loss": loss_value, "lr": optimizer.param_groups[0]["lr"], "grad_norm": grad_norm,
@@ -200,7 +209,7 @@ def _preference_step(model, ref, batch, cfg: TrainConfig) -> torch.Tensor:
     seg, n_pairs = batch["segments"], batch["num_pairs"]
 
     def logps(m):
-        nll = m(batch["input_ids"], batch["position_ids"], labels=batch["labels"])
+        nll = m(batch["input_ids"], batch["position_ids"], labels=batch["labels"], document_mask=batch["document_mask"])
         sums = torch.zeros(2 * n_pairs, dtype=torch.float32, device=nll.device)
         keep = seg >= 0
         return sums.index_add(0, seg[keep], -nll[keep].float())
@@ -214,13 +223,25 @@ def _preference_step(model, ref, batch, cfg: TrainConfig) -> torch.Tensor:
     return loss * n_pairs  # a sum over pairs; the caller divides by the global pair count
 
 
+def _to_device(batch: dict, device: torch.device) -> dict:
+    """The loader's CPU tensors on `device`, asynchronously (pinned, non-blocking), with the document mask built on
+    the CPU first: nothing here waits for the GPU, so the host can queue kernels ahead of it across micro-batches."""
+    doc = DocumentMask.from_position_ids(batch["position_ids"]).to(device)
+    if device.type == "cuda":
+        moved = {k: v.pin_memory().to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    else:
+        moved = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    return {**moved, "document_mask": doc}
+
+
 def _global_count(micro: list[dict], preference: bool, dist) -> float:
     if preference:
         n = sum(b["num_pairs"] for b in micro)
     else:
         n = sum(int((b["labels"] != -100).sum()) for b in micro)
-    total = dist.all_reduce_sum(torch.tensor(float(n), device=dist.device)).item()
-    return max(total, 1.0)
+    if dist.world > 1:  # one process needs no device round trip (it would wait for the queued GPU work)
+        n = dist.all_reduce_sum(torch.tensor(float(n), device=dist.device)).item()
+    return max(float(n), 1.0)
 
 
 def _amp_dtype(cfg: TrainConfig):
@@ -232,8 +253,14 @@ def _use_grad_accum_fusion(cfg: TrainConfig, dist) -> bool:
     if cfg.train.grad_accum_fusion and not usable:
         raise ConfigError("train.grad_accum_fusion needs a single process and train.dtype bfloat16 or float16 "
                           "(under torchrun FSDP2 casts parameters itself); set it to null or false")
+    # compiled layers with activation checkpointing keep every activation when the fused modules are inside: 37 GiB
+    # against autocast's 5 GiB at micro-batch 4 of the 3B preset (benchmarks/results/2026-11-24-h100-train-host.md)
+    checkpointed_and_compiled = cfg.train.activation_checkpointing and cfg.train.compile
+    if cfg.train.grad_accum_fusion and checkpointed_and_compiled:
+        raise ConfigError("train.grad_accum_fusion with train.activation_checkpointing and train.compile keeps the "
+                          "activations checkpointing should drop; set grad_accum_fusion to null or false (autocast)")
     if cfg.train.grad_accum_fusion is None:  # auto: where it is measured faster (benchmarks/bench_train.py)
-        return usable and dist.device.type == "cuda"
+        return usable and dist.device.type == "cuda" and not checkpointed_and_compiled
     return cfg.train.grad_accum_fusion
 
 

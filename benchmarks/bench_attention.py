@@ -1,0 +1,156 @@
+"""Document-masked attention kernels on one GPU, forward and forward+backward, at the 3B preset's shape.
+
+    python3 benchmarks/bench_attention.py --out results.json
+
+Packs of `--seq` tokens are cut into documents with exponential lengths (mean 1024, as bench_train.py), 16 query
+heads over 4 KV heads of 128. Each backend is timed with CUDA events and checked against torch's flash-attention
+varlen (FA2, the trainer's kernel) on the same inputs: the output and the three input gradients, as max |diff| over
+max |reference|. TFLOP/s count only the unmasked (query, key) pairs: 4 * pairs * head_dim * heads forward, 2.5x
+that backward.
+
+Backends: fa2 (the model's varlen path: aten._flash_attention_forward/backward called directly, GQA native),
+fa2-op (the same kernels through torch.nn.attention.varlen's Python custom op, K/V heads repeated where that
+takes no GQA), flex (compiled FlexAttention with a document-causal block mask). With `--packs 1` a call is one
+layer's attention for one 4,096-token micro-batch, so host time per call shows; more packs make it GPU-bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+
+def doc_lengths(seq: int, rng) -> list[int]:
+    out = []
+    while sum(out) < seq:
+        out.append(max(16, int(rng.exponential(1024))))
+    out[-1] -= sum(out) - seq
+    return [n for n in out if n > 0]
+
+
+def fa2(q, k, v, cu, max_len, scale):
+    from smollm3.attention import _varlen_impl  # torch's varlen_attn, whose causal keyword differs by release
+
+    return _varlen_impl()(q, k, v, cu, max_len, scale)
+
+
+def fa2_custom_op(q, k, v, cu, max_len, scale):
+    """The same FA2 kernels through torch.nn.attention.varlen's Python custom op (the trainer's path before)."""
+    import inspect
+
+    from torch.nn.attention.varlen import varlen_attn
+
+    params = inspect.signature(varlen_attn).parameters
+    causal = {"is_causal": True} if "is_causal" in params else {"window_size": (-1, 0)}
+    if "enable_gqa" not in params:
+        rep = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        return varlen_attn(q, k, v, cu, cu, max_len, max_len, scale=scale, **causal)
+    return varlen_attn(q, k, v, cu, cu, max_len, max_len, scale=scale, enable_gqa=True, **causal)
+
+
+def make_flex(lengths, heads, device):
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    doc = torch.repeat_interleave(torch.arange(len(lengths), device=device),
+                                  torch.tensor(lengths, device=device))
+    n = doc.numel()
+    mask = create_block_mask(lambda b, h, qi, ki: (doc[qi] == doc[ki]) & (qi >= ki), 1, None, n, n, device=device)
+    compiled = torch.compile(flex_attention, dynamic=False)
+
+    def run(q, k, v, cu, max_len, scale):
+        o = compiled(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], block_mask=mask,
+                     scale=scale, enable_gqa=True)
+        return o[0].transpose(0, 1)
+    return run
+
+
+def timed(fn, iters: int) -> float:
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / iters
+
+
+def measure(fn, q, k, v, dout, cu, max_len, scale, iters):
+    """-> ([out, dq, dk, dv] in fp32, forward ms, forward+backward ms)."""
+    qq, kk, vv = (x.detach().clone().requires_grad_() for x in (q, k, v))
+    out = fn(qq, kk, vv, cu, max_len, scale)
+    out.backward(dout)
+    got = [out.detach().float(), qq.grad.float(), kk.grad.float(), vv.grad.float()]
+
+    def fwd():
+        with torch.no_grad():
+            fn(q, k, v, cu, max_len, scale)
+
+    def fwd_bwd():
+        qq.grad = kk.grad = vv.grad = None
+        fn(qq, kk, vv, cu, max_len, scale).backward(dout)
+    return got, timed(fwd, iters), timed(fwd_bwd, iters)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seq", type=int, default=4096)
+    ap.add_argument("--heads", type=int, default=16)
+    ap.add_argument("--kv-heads", type=int, default=4)
+    ap.add_argument("--head-dim", type=int, default=128)
+    ap.add_argument("--backends", default="fa2,fa2-op,flex")
+    ap.add_argument("--packs", type=int, default=1, help="packs of --seq tokens in one call")
+    ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    dev = torch.device("cuda")
+    rows = []
+    for layout in ("documents", "causal"):
+        rng = np.random.default_rng(0)
+        lengths = [n for _ in range(args.packs) for n in (doc_lengths(args.seq, rng) if layout == "documents"
+                                                          else [args.seq])]
+        total = args.seq * args.packs
+        cu = torch.tensor(np.concatenate([[0], np.cumsum(lengths)]), dtype=torch.int32, device=dev)
+        max_len, scale = max(lengths), args.head_dim ** -0.5
+        pairs = sum(n * (n + 1) // 2 for n in lengths)
+        flop_fwd = 4 * pairs * args.head_dim * args.heads
+        g = torch.Generator(device=dev).manual_seed(0)
+        q = torch.randn(total, args.heads, args.head_dim, device=dev, dtype=torch.bfloat16, generator=g)
+        k = torch.randn(total, args.kv_heads, args.head_dim, device=dev, dtype=torch.bfloat16, generator=g)
+        v = torch.randn(total, args.kv_heads, args.head_dim, device=dev, dtype=torch.bfloat16, generator=g)
+        dout = torch.randn(total, args.heads, args.head_dim, device=dev, dtype=torch.bfloat16, generator=g)
+        ref = None
+        for name in args.backends.split(","):
+            fn = {"fa2": fa2, "fa2-op": fa2_custom_op}.get(name) or make_flex(lengths, args.heads, dev)
+            try:
+                got, t_f, t_fb = measure(fn, q, k, v, dout, cu, max_len, scale, args.iters)
+            except Exception as e:  # a backend this torch build lacks is reported, not fatal
+                print(f"{layout:<9} {name:<6} failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
+                rows.append({"layout": layout, "backend": name, "error": f"{type(e).__name__}: {str(e)[:300]}"})
+                continue
+            if ref is None:
+                ref = got
+            err = [round(((a - b).abs().max() / b.abs().max()).item(), 5) for a, b in zip(got, ref)]
+            row = {"layout": layout, "backend": name, "docs": len(lengths), "pairs": pairs, "fwd_ms": round(t_f, 4),
+                   "fwd_bwd_ms": round(t_fb, 4), "fwd_tflops": round(flop_fwd / t_f / 1e9, 1),
+                   "fwd_bwd_tflops": round(3.5 * flop_fwd / t_fb / 1e9, 1),
+                   "rel_err_out_dq_dk_dv_vs_fa2": err, "packs": args.packs}
+            rows.append(row)
+            print(f"{layout:<9} {name:<6} fwd {t_f:7.3f} ms ({row['fwd_tflops']:6.1f} TFLOP/s)  fwd+bwd {t_fb:7.3f} ms "
+                  f"({row['fwd_bwd_tflops']:6.1f} TFLOP/s)  rel err vs fa2 {err}", flush=True)
+    result = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name(), "torch": torch.__version__,
+              "args": vars(args), "rows": rows}
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

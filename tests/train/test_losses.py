@@ -280,3 +280,41 @@ def test_matches_trl_dpo_trainer(loss_type, beta, tmp_path):
     assert diffs["loss"] <= 1e-6
     assert max(diffs[k] for k in ("logps/chosen", "logps/rejected")) <= 1e-4  # sums of ~4 fp32 token log-probs
     assert max(diffs[k] for k in ("rewards/chosen", "rewards/rejected")) <= 1e-5
+
+
+@pytest.mark.parametrize("vocab", [61, 4096, 128_256 + 7])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_ce_kernel_matches_the_eager_maths(vocab, dtype):
+    from smollm3.train import ce_kernel
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    logits = (torch.randn(37, vocab, device="cuda", generator=g) * 4).to(dtype)
+    targets = torch.randint(0, vocab, (37,), device="cuda", generator=g)
+    grad = torch.randn(37, device="cuda", generator=g)
+    lse, nll = torch.empty(37, device="cuda"), torch.empty(37, device="cuda")
+    dlogits = torch.empty_like(logits)
+    ce_kernel.lse_nll(logits, targets, lse, nll, dlogits)
+    want_lse, want_nll = losses._lse_nll(logits, targets)
+    torch.testing.assert_close(lse, want_lse, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(nll, want_nll, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dlogits, losses._dlogits(logits, want_lse, targets))
+    torch.testing.assert_close(ce_kernel.dlogits(logits, lse, targets, grad),
+                               losses._dlogits(logits, want_lse, targets, grad))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_chunked_cross_entropy_on_the_gpu_matches_plain(dlogits_path):
+    hidden, weight, labels = _head_problem(V=300)
+    hidden, weight = (t.detach().cuda().requires_grad_() for t in (hidden, weight))
+    labels = labels.cuda()
+    plain = cross_entropy(hidden @ weight.T, labels, reduction="none")
+    upstream = torch.randn_like(plain)
+    want = torch.autograd.grad((plain * upstream).sum(), (hidden, weight))
+    chunked = chunked_cross_entropy(hidden, weight, labels, chunk=7, reduction="none")
+    got = torch.autograd.grad((chunked * upstream).sum(), (hidden, weight))
+    torch.testing.assert_close(chunked, plain, atol=1e-5, rtol=1e-5)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

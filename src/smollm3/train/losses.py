@@ -9,11 +9,11 @@ the installed TRL is tested in tests/train/test_losses.py).
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
+
+from smollm3.train import ce_kernel
 
 IGNORE_INDEX = -100
 REDUCTIONS = ("mean", "sum", "none")
@@ -96,11 +96,8 @@ class _ChunkedNLL(torch.autograd.Function):
         with torch.autocast(rows.device.type, enabled=False):
             for s in range(0, n, chunk):
                 logits = rows[s:s + chunk].to(dtype) @ w.T
-                if dlogits is None:
-                    lse[s:s + chunk], nll[s:s + chunk] = _elementwise(_lse_nll, logits)(logits, targets[s:s + chunk])
-                else:
-                    lse[s:s + chunk], nll[s:s + chunk], dlogits[s:s + chunk] = _elementwise(_lse_nll_dlogits, logits)(
-                        logits, targets[s:s + chunk])
+                _lse_nll_pass(logits, targets[s:s + chunk], lse[s:s + chunk], nll[s:s + chunk],
+                              None if dlogits is None else dlogits[s:s + chunk])
         ctx.save_for_backward(rows, weight, targets, lse, dlogits)
         ctx.chunk, ctx.dtype, ctx.weight_grad = chunk, dtype, weight_grad
         return nll
@@ -135,8 +132,7 @@ class _ChunkedNLL(torch.autograd.Function):
                 for s in range(0, rows.shape[0], chunk):
                     r = rows[s:s + chunk].to(dtype)
                     logits = r @ w.T
-                    g = _elementwise(_dlogits, logits)(logits, lse[s:s + chunk], targets[s:s + chunk],
-                                                       grad_nll[s:s + chunk])
+                    g = _dlogits_pass(logits, lse[s:s + chunk], targets[s:s + chunk], grad_nll[s:s + chunk])
                     if grad_rows is not None:
                         grad_rows[s:s + chunk] = (g @ w).to(rows.dtype)
                     if ctx.weight_grad is not None:
@@ -161,20 +157,22 @@ def _dlogits(logits: torch.Tensor, lse: torch.Tensor, targets: torch.Tensor,
     return (g if grad is None else g * grad[:, None]).to(logits.dtype)
 
 
-def _lse_nll_dlogits(logits: torch.Tensor, targets: torch.Tensor):
-    lse, nll = _lse_nll(logits, targets)
-    return lse, nll, _dlogits(logits, lse, targets)
+def _lse_nll_pass(logits: torch.Tensor, targets: torch.Tensor, lse: torch.Tensor, nll: torch.Tensor,
+                  dlogits: torch.Tensor | None):
+    """One chunk's lse and nll, and d nll / d logits unless `dlogits` is None, written into the given slices: one
+    Triton kernel on the GPU (train/ce_kernel.py), the same maths eagerly elsewhere (and for fp64)."""
+    if ce_kernel.available(logits) and lse.dtype == torch.float32:
+        ce_kernel.lse_nll(logits, targets, lse, nll, dlogits)
+        return
+    lse[:], nll[:] = _lse_nll(logits, targets)
+    if dlogits is not None:
+        dlogits[:] = _dlogits(logits, lse, targets)
 
 
-@functools.cache
-def _compiled(fn):
-    return torch.compile(fn, dynamic=True)  # the last chunk of each micro-batch varies in length
-
-
-def _elementwise(fn, logits: torch.Tensor):
-    # on the GPU each [chunk, vocab] pass is one fused kernel (one read of the bf16 logits) instead of ~6 passes in
-    # fp32: ~8 ms of a 3B micro-batch of 4,096 tokens. The CPU runs the same maths eagerly.
-    return _compiled(fn) if logits.is_cuda else fn
+def _dlogits_pass(logits: torch.Tensor, lse: torch.Tensor, targets: torch.Tensor, grad: torch.Tensor):
+    if ce_kernel.available(logits):
+        return ce_kernel.dlogits(logits, lse, targets, grad)
+    return _dlogits(logits, lse, targets, grad)
 
 
 def _matmul_dtype(rows: torch.Tensor, weight: torch.Tensor) -> torch.dtype:

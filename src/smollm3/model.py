@@ -224,21 +224,23 @@ class SmolLM3ForCausalLM(nn.Module):
         self.attn_backend = "auto"  # "sdpa" | "flex" | "varlen" | "auto"; see smollm3.attention
 
     def forward(self, input_ids, position_ids=None, cache: KVCache | None = None, labels=None,
-                document_mask: DocumentMask | None = None):
+                document_mask: DocumentMask | None = None, label_index: torch.Tensor | None = None):
         """-> logits [B, T, vocab]. With `labels` -> the negative log-likelihood of each label, [B, T] fp32 (0 where
         the label is -100), computed in chunks so the fp32 logits never exist whole. Labels are shifted, the
         project's convention (train/losses.py, data/): labels[t] is the token that position t predicts.
-        `document_mask`: position_ids' DocumentMask made beforehand (the trainer builds it on the CPU, as transformers'
-        packed training passes cu_seq_lens), else it is derived here."""
-        return self.head(self.model(input_ids, position_ids, cache, self.attn_backend, document_mask), labels)
+        `document_mask` (position_ids' DocumentMask) and `label_index` (the flat positions whose label counts) may be
+        made beforehand where the batch is still on the CPU, as the trainer does, so the GPU never waits for the host
+        to learn their sizes; else they are derived here."""
+        hidden = self.model(input_ids, position_ids, cache, self.attn_backend, document_mask)
+        return self.head(hidden, labels, label_index)
 
-    def head(self, hidden, labels=None):
+    def head(self, hidden, labels=None, label_index=None):
         """The LM head over the final hidden states: logits, or with `labels` the chunked per-token NLL."""
         if labels is None:
             return self.lm_head(hidden)
         from smollm3.train.losses import chunked_cross_entropy
 
-        return chunked_cross_entropy(hidden, self.lm_head.weight, labels, reduction="none")
+        return chunked_cross_entropy(hidden, self.lm_head.weight, labels, reduction="none", label_index=label_index)
 
     @torch.no_grad()
     def init_weights(self, generator: torch.Generator | None = None):

@@ -81,6 +81,17 @@ def test_chunked_cross_entropy_matches_plain_values_and_grads(reduction, chunk, 
     assert torch.count_nonzero(grads_chunked[0][0, :6]) == 0  # ignored rows get no gradient
 
 
+def test_chunked_cross_entropy_takes_the_counted_positions_from_the_caller():
+    """The trainer finds the positions whose label counts on the CPU (no GPU sync); the result is the same."""
+    hidden, weight, labels = _head_problem()
+    index = (labels.reshape(-1) != -100).nonzero().squeeze(1)
+    for reduction in ("none", "mean", "sum"):
+        found = chunked_cross_entropy(hidden, weight, labels, chunk=7, reduction=reduction)
+        given = chunked_cross_entropy(hidden, weight, labels, chunk=7, reduction=reduction, label_index=index)
+        assert torch.equal(found, given)
+    assert chunked_cross_entropy(hidden, weight, labels, reduction="mean", label_index=index[:0]) == 0
+
+
 def test_chunked_cross_entropy_gradcheck_float64(dlogits_path):
     hidden, weight, labels = _head_problem(B=2, T=7, D=5, V=11, dtype=torch.float64)
     assert torch.autograd.gradcheck(

@@ -41,7 +41,8 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int 
 
 def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int = 1024,
                           ignore_index: int = IGNORE_INDEX, reduction: str = "mean",
-                          weight_grad: torch.Tensor | None = None) -> torch.Tensor:
+                          weight_grad: torch.Tensor | None = None,
+                          label_index: torch.Tensor | None = None) -> torch.Tensor:
     """`cross_entropy(hidden @ weight.T, labels)` without ever holding the [tokens, vocab] logits.
 
     hidden [..., D] (the final-norm output), weight [V, D] (the LM head), labels [...]. Logits are formed `chunk`
@@ -50,7 +51,9 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: to
     respect to the logits in the matmul dtype (see _ChunkedNLL). Ignored positions are dropped
     before any matmul, so masked prompts cost nothing. With `weight_grad` (an fp32 [V, D] buffer; `weight` is then a
     bf16 copy that needs no grad) the weight's gradient is added into that buffer by the gradient GEMMs instead of
-    being returned (train/precision.py)."""
+    being returned (train/precision.py). `label_index`: the flat positions whose label is not `ignore_index`, on
+    labels' device, found by the caller where the labels are still on the CPU (trainer._to_device); found here
+    otherwise, which makes the host wait for the GPU (the count of kept rows is a shape)."""
     _check_reduction(reduction)
     if hidden.shape[:-1] != labels.shape:
         raise ValueError(f"chunked_cross_entropy: hidden {tuple(hidden.shape)} and labels {tuple(labels.shape)} "
@@ -61,14 +64,19 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: to
     if chunk < 1:
         raise ValueError(f"chunked_cross_entropy: chunk must be >= 1, got {chunk}")
     flat_labels = labels.reshape(-1)
-    keep = flat_labels != ignore_index
-    rows = hidden.reshape(-1, hidden.shape[-1])[keep]  # autograd scatters the gradient back to the kept rows
+    if label_index is None:
+        label_index = (flat_labels != ignore_index).nonzero().squeeze(1)
+    # autograd scatters the gradient back to the kept rows
+    rows = hidden.reshape(-1, hidden.shape[-1]).index_select(0, label_index)
     dtype = _matmul_dtype(rows, weight)
     store = torch.is_grad_enabled() and (rows.requires_grad or weight.requires_grad) \
         and rows.shape[0] * weight.shape[0] * dtype.itemsize <= STORED_DLOGITS_BYTES
-    nll = _ChunkedNLL.apply(rows, weight, flat_labels[keep], chunk, weight_grad, store)
-    per_token = nll.new_zeros(flat_labels.shape).masked_scatter(keep, nll)
-    return _reduce(per_token, keep, reduction, labels.shape)
+    nll = _ChunkedNLL.apply(rows, weight, flat_labels.index_select(0, label_index), chunk, weight_grad, store)
+    per_token = nll.new_zeros(flat_labels.shape).index_copy(0, label_index, nll)
+    if reduction == "none":
+        return per_token.reshape(labels.shape)
+    total = per_token.sum()
+    return total if reduction == "sum" else total / max(label_index.numel(), 1)
 
 
 # d nll / d logits of a whole micro-batch is kept from the forward when it fits here (4,096 tokens x 128,256 x bf16

@@ -148,7 +148,7 @@ def _stacked_project(module, x):
 
 
 class _FusedCausalLM(SmolLM3ForCausalLM):
-    def head(self, hidden, labels=None):
+    def head(self, hidden, labels=None, label_index=None):
         """The LM head on the bf16 copy, its gradient added into fp32 `.grad` by the chunked cross-entropy."""
         from smollm3.train.losses import chunked_cross_entropy
 
@@ -156,7 +156,7 @@ class _FusedCausalLM(SmolLM3ForCausalLM):
         if labels is None:
             return _Linear.apply(hidden, head.compute_weight, head.weight_grad)
         return chunked_cross_entropy(hidden, head.compute_weight, labels, reduction="none",
-                                     weight_grad=head.weight_grad)
+                                     weight_grad=head.weight_grad, label_index=label_index)
 
 
 _FUSED = {nn.Linear: _FusedLinear, SmolLM3RMSNorm: _FusedRMSNorm, nn.Embedding: _FusedEmbedding,

@@ -27,7 +27,7 @@ from smollm3.train import profiling
 from smollm3.train.checkpointing import find_resume_point, load_checkpoint, save_checkpoint
 from smollm3.train.config import TrainConfig, dump_config
 from smollm3.train.data import build_data
-from smollm3.train.losses import preference_loss
+from smollm3.train.losses import IGNORE_INDEX, preference_loss
 from smollm3.train.optim import build_optimizer, lr_factor, set_lr
 from smollm3.train.precision import GradAccumFusion
 
@@ -164,7 +164,7 @@ def train(cfg: TrainConfig) -> dict:
                     loss = _preference_step(model, ref, batch, cfg)
                 else:
                     loss = model(batch["input_ids"], batch["position_ids"], labels=batch["labels"],
-                                 document_mask=batch["document_mask"]).sum()
+                                 document_mask=batch["document_mask"], label_index=batch["label_index"]).sum()
             (loss * dist.world / denom).backward()
             loss_sum += loss.detach()
             tokens += batch["input_ids"].numel()
@@ -209,10 +209,11 @@ def _preference_step(model, ref, batch, cfg: TrainConfig) -> torch.Tensor:
     seg, n_pairs = batch["segments"], batch["num_pairs"]
 
     def logps(m):
-        nll = m(batch["input_ids"], batch["position_ids"], labels=batch["labels"], document_mask=batch["document_mask"])
+        nll = m(batch["input_ids"], batch["position_ids"], labels=batch["labels"], document_mask=batch["document_mask"],
+                label_index=batch["label_index"])
         sums = torch.zeros(2 * n_pairs, dtype=torch.float32, device=nll.device)
-        keep = seg >= 0
-        return sums.index_add(0, seg[keep], -nll[keep].float())
+        # prompt and padding (-1) add 0 to segment 0: no boolean indexing, whose size the host would wait for
+        return sums.index_add(0, seg.clamp(min=0).flatten(), -(nll.float() * (seg >= 0)).flatten())
 
     policy = logps(model)
     with torch.no_grad():
@@ -224,14 +225,15 @@ def _preference_step(model, ref, batch, cfg: TrainConfig) -> torch.Tensor:
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
-    """The loader's CPU tensors on `device`, asynchronously (pinned, non-blocking), with the document mask built on
-    the CPU first: nothing here waits for the GPU, so the host can queue kernels ahead of it across micro-batches."""
-    doc = DocumentMask.from_position_ids(batch["position_ids"]).to(device)
+    """The loader's CPU tensors on `device`, asynchronously (pinned, non-blocking), with what the model would
+    otherwise derive on the GPU (the document mask, the positions whose label counts) found on the CPU first:
+    nothing here or in the model waits for the GPU, so the host can queue kernels ahead of it across micro-batches."""
+    cpu = {**batch, "label_index": (batch["labels"].reshape(-1) != IGNORE_INDEX).nonzero().squeeze(1)}
     if device.type == "cuda":
-        moved = {k: v.pin_memory().to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        moved = {k: v.pin_memory().to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in cpu.items()}
     else:
-        moved = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-    return {**moved, "document_mask": doc}
+        moved = {k: v.to(device) if torch.is_tensor(v) else v for k, v in cpu.items()}
+    return {**moved, "document_mask": DocumentMask.from_position_ids(batch["position_ids"]).to(device)}
 
 
 def _global_count(micro: list[dict], preference: bool, dist) -> float:

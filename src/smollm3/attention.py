@@ -53,10 +53,8 @@ class DocumentMask:
     def to(self, device: torch.device) -> DocumentMask:
         """The same mask on `device`. Built on the CPU from the loader's position_ids and moved, it costs the GPU
         stream no synchronisation (from_position_ids on GPU tensors waits for the queue: nonzero and max)."""
-        if device.type == "cuda":
-            move = lambda t: t.pin_memory().to(device, non_blocking=True)  # noqa: E731
-        else:
-            move = lambda t: t.to(device)  # noqa: E731
+        def move(t):
+            return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
         return DocumentMask(doc_ids=move(self.doc_ids), cu_seqlens=move(self.cu_seqlens), max_seqlen=self.max_seqlen)
 
     def dense(self) -> torch.Tensor:

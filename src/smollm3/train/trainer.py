@@ -240,7 +240,7 @@ def _global_count(micro: list[dict], preference: bool, dist) -> float:
     if preference:
         n = sum(b["num_pairs"] for b in micro)
     else:
-        n = sum(int((b["labels"] != -100).sum()) for b in micro)
+        n = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in micro)
     if dist.world > 1:  # one process needs no device round trip (it would wait for the queued GPU work)
         n = dist.all_reduce_sum(torch.tensor(float(n), device=dist.device)).item()
     return max(float(n), 1.0)

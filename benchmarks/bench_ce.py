@@ -16,20 +16,9 @@ import time
 
 import torch
 
+from bench_attention import timed
+
 from smollm3.train import ce_kernel, losses
-
-
-def timed(fn, iters: int) -> float:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters * 1e3  # us
 
 
 def main():
@@ -61,7 +50,7 @@ def main():
     size = logits.numel() * logits.element_size()
     rows = []
     for name, fn in cases.items():
-        us = timed(fn, args.iters)
+        us = timed(fn, args.iters) * 1e3
         moved = (3 if name.startswith("forward") else 2) * size
         rows.append({"case": name, "us": round(us, 1), "tb_per_s": round(moved / us / 1e6, 2)})
         print(f"{name:<24} {us:9.1f} us  {moved / us / 1e6:5.2f} TB/s", flush=True)

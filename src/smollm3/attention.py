@@ -161,8 +161,8 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
 
 @torch.compiler.allow_in_graph
 def _varlen_call(q, k, v, cu_seqlens, max_seqlen: int, scale: float) -> torch.Tensor:
-    """One opaque node for torch.compile: dynamo would break the graph on the implementation lookup (a cached
-    import probe), while AOTAutograd traces straight through to torch's varlen custom op and its autograd."""
+    """One node for dynamo, which would break the graph on the implementation lookup (a cached import probe);
+    AOTAutograd then traces straight through it to the flash kernels (_FlashVarlen) and their backward."""
     return _varlen_impl()(q, k, v, cu_seqlens, max_seqlen, scale)
 
 

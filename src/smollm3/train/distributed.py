@@ -72,7 +72,7 @@ def apply_activation_checkpointing(model):
 
 def apply_compile(model):
     """Compile each decoder layer (same shapes every layer: one graph per RoPE/NoPE variant, compiled once).
-    The varlen attention call is one opaque node (attention._varlen_call), so the layer compiles without breaks."""
+    The varlen attention call is one node for dynamo (attention._varlen_call), so the layer compiles without breaks."""
     import torch._dynamo
 
     # RoPE and NoPE layers, each with and without activation checkpointing, are guard sets of one code object

@@ -36,7 +36,7 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int 
                          "labels must have the logits' shape minus the vocabulary axis (shift them before the call)")
     per_token = F.cross_entropy(_at_least_fp32(logits.reshape(-1, logits.shape[-1])), labels.reshape(-1),
                                 ignore_index=ignore_index, reduction="none")
-    return _reduce(per_token, labels.reshape(-1) != ignore_index, reduction, labels.shape)
+    return _reduce(per_token, (labels != ignore_index).sum(), reduction, labels.shape)
 
 
 def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int = 1024,
@@ -73,10 +73,7 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: to
         and rows.shape[0] * weight.shape[0] * dtype.itemsize <= STORED_DLOGITS_BYTES
     nll = _ChunkedNLL.apply(rows, weight, flat_labels.index_select(0, label_index), chunk, weight_grad, store)
     per_token = nll.new_zeros(flat_labels.shape).index_copy(0, label_index, nll)
-    if reduction == "none":
-        return per_token.reshape(labels.shape)
-    total = per_token.sum()
-    return total if reduction == "sum" else total / max(label_index.numel(), 1)
+    return _reduce(per_token, label_index.numel(), reduction, labels.shape)
 
 
 # d nll / d logits of a whole micro-batch is kept from the forward when it fits here (4,096 tokens x 128,256 x bf16
@@ -169,7 +166,7 @@ def _lse_nll_pass(logits: torch.Tensor, targets: torch.Tensor, lse: torch.Tensor
                   dlogits: torch.Tensor | None):
     """One chunk's lse and nll, and d nll / d logits unless `dlogits` is None, written into the given slices: one
     Triton kernel on the GPU (train/ce_kernel.py), the same maths eagerly elsewhere (and for fp64)."""
-    if ce_kernel.available(logits) and lse.dtype == torch.float32:
+    if ce_kernel.available(logits):
         ce_kernel.lse_nll(logits, targets, lse, nll, dlogits)
         return
     lse[:], nll[:] = _lse_nll(logits, targets)
@@ -201,11 +198,14 @@ def _check_reduction(reduction: str):
         raise ValueError(f"reduction {reduction!r} is not one of {', '.join(REDUCTIONS)}")
 
 
-def _reduce(per_token: torch.Tensor, counted: torch.Tensor, reduction: str, shape) -> torch.Tensor:
+def _reduce(per_token: torch.Tensor, counted, reduction: str, shape) -> torch.Tensor:
+    """`counted`: how many positions carry loss (an int, or a 0-d tensor so the host need not wait for it)."""
     if reduction == "none":
         return per_token.reshape(shape)
     total = per_token.sum()
-    return total if reduction == "sum" else total / counted.sum().clamp(min=1)
+    if reduction == "sum":
+        return total
+    return total / (counted.clamp(min=1) if torch.is_tensor(counted) else max(counted, 1))
 
 
 # ------------------------------------------------------------------------------------------------------------------

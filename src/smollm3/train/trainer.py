@@ -228,12 +228,14 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     """The loader's CPU tensors on `device`, asynchronously (pinned, non-blocking), with what the model would
     otherwise derive on the GPU (the document mask, the positions whose label counts) found on the CPU first:
     nothing here or in the model waits for the GPU, so the host can queue kernels ahead of it across micro-batches."""
+    def move(v):
+        if not torch.is_tensor(v):
+            return v
+        return v.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else v.to(device)
+
     cpu = {**batch, "label_index": (batch["labels"].reshape(-1) != IGNORE_INDEX).nonzero().squeeze(1)}
-    if device.type == "cuda":
-        moved = {k: v.pin_memory().to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in cpu.items()}
-    else:
-        moved = {k: v.to(device) if torch.is_tensor(v) else v for k, v in cpu.items()}
-    return {**moved, "document_mask": DocumentMask.from_position_ids(batch["position_ids"]).to(device)}
+    return {**{k: move(v) for k, v in cpu.items()},
+            "document_mask": DocumentMask.from_position_ids(batch["position_ids"]).to(device)}
 
 
 def _global_count(micro: list[dict], preference: bool, dist) -> float:

@@ -8,10 +8,11 @@ Random-token shards (document lengths exponential, mean 1024, so intra-document 
 path: bf16 compute over fp32 master weights (see fused|amp below), fused AdamW, clipping. A variant name is
 dash-separated words: eager|compile (torch.compile of each decoder layer), ac|noac (activation checkpointing of
 every layer), optional varlen|flex|sdpa (attention backend, default auto = varlen), mbN (micro-batch, default
---micro-batch), gaN (gradient-accumulation steps, default 1), optional fused|amp (train.grad_accum_fusion true|false; default auto = fused
-on CUDA: bf16 weight copies once a step, weight gradients added into fp32 .grad by their GEMMs). Tokens/s count every
-micro-batch of a step, so the optimizer's cost is amortised over the accumulation. The first steps (compilation,
-allocator warm-up) are left out of the median.
+--micro-batch), gaN (gradient-accumulation steps, default 1), optional fused|amp (train.grad_accum_fusion
+true|false; default auto = fused on CUDA: bf16 weight copies once a step, weight gradients added into fp32 .grad by
+their GEMMs), optional fp8row|fp8tensor (train.fp8 rowwise|tensorwise: FP8 forward and input-gradient GEMMs in the
+decoder layers). Tokens/s count every micro-batch of a step, so the optimizer's cost is amortised over the
+accumulation. The first steps (compilation, allocator warm-up) are left out of the median.
 `--profile VARIANT` reruns one variant for 5 steps, the last under torch.profiler, and prints how busy the GPU was
 and its top kernels.
 Under `torchrun --nproc_per_node N` the same variants run with FSDP2 over N GPUs (tokens/s are global; each rank
@@ -55,7 +56,8 @@ def make_assets(root: Path, vocab: int, n_tokens: int):
 def parse_variant(name: str, micro: int) -> dict:
     words = name.split("-")
     v = {"compile_": "compile" in words, "ac": "ac" in words, "micro": micro, "accum": 1, "attn": "auto",
-         "fusion": True if "fused" in words else False if "amp" in words else None}
+         "fusion": True if "fused" in words else False if "amp" in words else None,
+         "fp8": "rowwise" if "fp8row" in words else "tensorwise" if "fp8tensor" in words else None}
     for w in words:
         if w.startswith("mb") and w[2:].isdigit():
             v["micro"] = int(w[2:])
@@ -72,7 +74,7 @@ def run(root: Path, name: str, preset: str, seq: int, steps: int, variant: dict,
     from smollm3.train.trainer import train
 
     micro, accum, compile_, ac = variant["micro"], variant["accum"], variant["compile_"], variant["ac"]
-    attn, fusion = variant["attn"], variant["fusion"]
+    attn, fusion, fp8 = variant["attn"], variant["fusion"], variant["fp8"]
 
     out = root / name
     cfg = {"out_dir": str(out), "model": {"preset": preset, "overrides": {"max_position_embeddings": seq},
@@ -80,7 +82,8 @@ def run(root: Path, name: str, preset: str, seq: int, steps: int, variant: dict,
            "data": {"kind": "pretrain", "tokenizer": str(root / "tok"), "seq_len": seq,
                     "stages": [{"start_tokens": 0, "weights": {str(root / "shards"): 1.0}}]},
            "train": {"steps": steps, "micro_batch": micro, "grad_accum": accum, "dtype": "bfloat16",
-                     "compile": compile_, "activation_checkpointing": ac, "grad_accum_fusion": fusion},
+                     "compile": compile_, "activation_checkpointing": ac, "grad_accum_fusion": fusion,
+                     "fp8": fp8},
            "optim": {"lr": 2e-4, "warmup_steps": 2},
            "checkpoint": {"every": 0}, "log": {"every": 1, "tensorboard": False, "profile_step": profile_step}}
     (root / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
@@ -109,7 +112,7 @@ def run(root: Path, name: str, preset: str, seq: int, steps: int, variant: dict,
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steady = records[min(3, len(records) - 1):]
     row = {"name": name, "micro_batch": micro, "grad_accum": accum, "attn": attn, "compile": compile_, "ac": ac,
-           "grad_accum_fusion": fusion,
+           "grad_accum_fusion": fusion, "fp8": fp8,
            "tokens_per_s": round(statistics.median(r["tokens_per_s"] for r in steady)),
            "mfu": round(statistics.median(r.get("mfu", 0.0) for r in steady), 4),
            "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,

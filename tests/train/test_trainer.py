@@ -164,6 +164,10 @@ def test_bad_configs_are_refused_before_compute(assets, tmp_path):
         train(load_train_config(write_config(assets, tmp_path / "x"), [
             "train.dtype=bfloat16", "train.grad_accum_fusion=true", "train.activation_checkpointing=true",
             "train.compile=true"]))
+    with pytest.raises(ConfigError, match="train.fp8 is 'e5m2'; use one of rowwise, tensorwise or null"):
+        train(load_train_config(write_config(assets, tmp_path / "x"), ["train.dtype=bfloat16", "train.fp8=e5m2"]))
+    with pytest.raises(ConfigError, match="train.fp8 runs inside the fused bf16 path"):
+        train(load_train_config(write_config(assets, tmp_path / "x"), ["train.fp8=rowwise"]))  # fp32
     with pytest.raises(ConfigError, match="exceeds the model's max_position_embeddings 1024"):
         train(load_train_config(write_config(assets, tmp_path / "x"), ["data.seq_len=2048"]))
     base = tmp_path / "base"
@@ -234,6 +238,15 @@ def test_grad_accum_fusion_tracks_autocast_and_resumes_exactly(assets, tmp_path,
     monkeypatch.setattr(trainer._Metrics, "log", log)
     train(load_train_config(cfg, ["train.dtype=bfloat16", "train.grad_accum_fusion=true"]))  # from step 4
     assert losses(cut) == losses(fused)
+
+
+def test_fp8_training_tracks_bf16(assets, tmp_path):
+    bf16, fp8 = tmp_path / "bf16", tmp_path / "fp8"
+    train(load_train_config(write_config(assets, bf16), ["train.dtype=bfloat16", "train.grad_accum_fusion=true"]))
+    train(load_train_config(write_config(assets, fp8), ["train.dtype=bfloat16", "train.fp8=rowwise"]))
+    assert losses(fp8)[-1] < 0.85 * losses(fp8)[0]
+    assert losses(fp8) == pytest.approx(losses(bf16), rel=0.02)
+    assert losses(fp8) != losses(bf16)
 
 
 def test_profile_step_writes_a_trace_and_a_summary_of_that_step(assets, tmp_path):

@@ -58,6 +58,9 @@ class TrainSection:
     # gradient-accumulation fusion, train/precision.py); None: on for single-process CUDA runs in bf16/fp16, except
     # compiled runs with activation checkpointing (there it keeps the activations: refused when asked for)
     grad_accum_fusion: bool | None = None
+    # rowwise | tensorwise: the decoder layers' forward and input-gradient GEMMs in FP8 with dynamic scales, weight
+    # gradients still bf16 into fp32 (train/fp8.py); needs the fused path above and an Ada/Hopper GPU (or the CPU)
+    fp8: str | None = None
     fsdp: bool = True  # under torchrun: shard with FSDP2 (fully_shard per block, then the root)
 
 

@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from smollm3.model import SmolLM3Attention, SmolLM3ForCausalLM, SmolLM3MLP, SmolLM3RMSNorm
+from smollm3.train import fp8 as F8
 
 
 @torch.library.custom_op("smollm3::accumulate_wgrad", mutates_args=("grad",))
@@ -73,6 +74,36 @@ class _Linear(torch.autograd.Function):
         return dy @ weight, None, None
 
 
+class _Fp8Linear(torch.autograd.Function):
+    """_Linear with its forward and input-gradient GEMMs in FP8 (train/fp8.py): x and dy quantized with dynamic
+    scales, W from its per-step e4m3 copies; the weight gradient stays bf16, added into fp32 grad."""
+
+    @staticmethod
+    def forward(ctx, x, w, w_scale, wt, wt_scale, grad):
+        shape, rowwise = x.shape, w_scale.dim() == 2
+        x = x.reshape(-1, shape[-1])
+        xq, x_scale = F8.quantize(x, rowwise)
+        y = F8.scaled_mm(xq, x_scale, w, w_scale, x.dtype)
+        ctx.save_for_backward(x, wt, wt_scale)
+        ctx.grad, ctx.rowwise, ctx.shape = grad, rowwise, shape
+        return y.reshape(*shape[:-1], y.shape[-1])
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, wt, wt_scale = ctx.saved_tensors
+        dy = dy.reshape(-1, dy.shape[-1]).to(x.dtype)
+        accumulate_wgrad(ctx.grad, dy, x)
+        dyq, dy_scale = F8.quantize(dy, ctx.rowwise)
+        dx = F8.scaled_mm(dyq, dy_scale, wt, wt_scale, x.dtype)
+        return dx.reshape(ctx.shape), None, None, None, None, None
+
+
+def _linear(x, weight, grad, fp8: tuple[torch.Tensor, ...] | None):
+    if fp8 is None:
+        return _Linear.apply(x, weight, grad)
+    return _Fp8Linear.apply(x, *fp8, grad)
+
+
 class _Scale(torch.autograd.Function):
     """x * weight with the weight's gradient (a sum over tokens) added into fp32 grad: the RMSNorm gain."""
 
@@ -112,8 +143,10 @@ class _Embedding(torch.autograd.Function):
 
 
 class _FusedLinear(nn.Linear):
+    fp8 = None  # the per-step e4m3 copies (fp8.weight_copies) where train.fp8 is on
+
     def forward(self, x):
-        return _Linear.apply(x, self.compute_weight, self.weight_grad)
+        return _linear(x, self.compute_weight, self.weight_grad, self.fp8)
 
 
 class _FusedRMSNorm(SmolLM3RMSNorm):
@@ -127,6 +160,7 @@ class _FusedEmbedding(nn.Embedding):
 
 
 class _FusedAttention(SmolLM3Attention):
+    fp8 = None
     members = ("q_proj", "k_proj", "v_proj")  # the projections one stacked GEMM serves, in output order
 
     def project(self, x):
@@ -134,6 +168,7 @@ class _FusedAttention(SmolLM3Attention):
 
 
 class _FusedMLP(SmolLM3MLP):
+    fp8 = None
     members = ("gate_proj", "up_proj")
 
     def project(self, x):
@@ -141,9 +176,9 @@ class _FusedMLP(SmolLM3MLP):
 
 
 def _stacked_project(module, x):
-    """The module's projections of x from one GEMM over their stacked bf16 copies (alone, the k and v GEMMs have
-    N = 512), split back into one output each."""
-    out = _Linear.apply(x, module.stacked_weight, module.stacked_grad)
+    """The module's projections of x from one GEMM over their stacked bf16 (or e4m3) copies (alone, the k and v
+    GEMMs have N = 512), split back into one output each."""
+    out = _linear(x, module.stacked_weight, module.stacked_grad, module.fp8)
     return out.split([getattr(module, name).out_features for name in module.members], -1)
 
 
@@ -170,9 +205,10 @@ STACK_PROJECTIONS = True
 class GradAccumFusion:
     """Applies the above to a SmolLM3ForCausalLM in place; call `begin_step()` before each optimizer step's first
     micro-batch (it refreshes the bf16 copies from the fp32 parameters and links `.grad`), and zero the gradients
-    with `optimizer.zero_grad(set_to_none=False)` so the links hold."""
+    with `optimizer.zero_grad(set_to_none=False)` so the links hold. `fp8` ("rowwise" | "tensorwise") also runs
+    the decoder layers' projections through FP8 GEMMs (train/fp8.py)."""
 
-    def __init__(self, model, dtype: torch.dtype = torch.bfloat16):
+    def __init__(self, model, dtype: torch.dtype = torch.bfloat16, fp8: str | None = None):
         self.dtype = dtype
         swaps = []
         for m in model.modules():
@@ -191,6 +227,17 @@ class GradAccumFusion:
         self.stacks = [m for m, _ in swaps if hasattr(m, "members")]
         self.params = list(dict.fromkeys(m.weight for m in self.modules))  # the tied head/embedding once
         self.copies: dict[nn.Parameter, torch.Tensor] = {}
+        # train.fp8: the decoder layers' projections (not the LM head) read per-step e4m3 copies of their weights
+        if fp8 not in (None, *F8.RECIPES):
+            raise ValueError(f"train.fp8 is {fp8!r}; use one of {', '.join(F8.RECIPES)} or null")
+        members = {id(getattr(m, name)) for m in self.stacks for name in m.members}
+        self.fp8_modules = [m for layer in model.model.layers for m in layer.modules()
+                            if fp8 and (hasattr(m, "members") or isinstance(m, _FusedLinear) and id(m) not in members)]
+        self.rowwise = fp8 == "rowwise"
+        # their weights are quantized straight from fp32 and get no bf16 copy (5 GiB less on the 3B preset)
+        self.fp8_weights = {m: [getattr(m, name).weight for name in m.members] if hasattr(m, "members") else [m.weight]
+                            for m in self.fp8_modules}
+        self.no_copy = {p for weights in self.fp8_weights.values() for p in weights}
 
     @torch.no_grad()
     def begin_step(self):
@@ -205,17 +252,24 @@ class GradAccumFusion:
                 w = members[0].weight
                 m.stacked_grad = torch.zeros(sum(lin.out_features for lin in members), w.shape[1], dtype=w.dtype,
                                              device=w.device)
-                m.stacked_weight = torch.empty_like(m.stacked_grad, dtype=self.dtype)
+                m.stacked_weight = None if m in self.fp8_weights else torch.empty_like(m.stacked_grad,
+                                                                                        dtype=self.dtype)
                 rows = 0
                 for lin in members:
                     lin.weight.grad = m.stacked_grad[rows:rows + lin.out_features]
-                    self.copies[lin.weight] = m.stacked_weight[rows:rows + lin.out_features]
+                    if m.stacked_weight is not None:
+                        self.copies[lin.weight] = m.stacked_weight[rows:rows + lin.out_features]
                     rows += lin.out_features
         for p in self.params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-            if p not in self.copies:
+            if p not in self.copies and p not in self.no_copy:
                 self.copies[p] = torch.empty_like(p, dtype=self.dtype)
-        torch._foreach_copy_([self.copies[p] for p in self.params], self.params)
+        torch._foreach_copy_(list(self.copies.values()), list(self.copies))
         for m in self.modules:
-            m.compute_weight, m.weight_grad = self.copies[m.weight], m.weight.grad
+            m.compute_weight, m.weight_grad = self.copies.get(m.weight), m.weight.grad
+        for m, weights in self.fp8_weights.items():
+            if m.fp8 is None:
+                m.fp8 = F8.weight_copies(sum(w.shape[0] for w in weights), weights[0].shape[1], self.rowwise,
+                                         weights[0].device)
+            F8.refresh(m.fp8, weights)

@@ -27,6 +27,8 @@ from smollm3.train import profiling
 from smollm3.train.checkpointing import find_resume_point, load_checkpoint, save_checkpoint
 from smollm3.train.config import TrainConfig, dump_config
 from smollm3.train.data import build_data
+from smollm3.train.fp8 import RECIPES as FP8_RECIPES
+from smollm3.train.fp8 import supported as fp8_supported
 from smollm3.train.losses import IGNORE_INDEX, preference_loss
 from smollm3.train.optim import build_optimizer, lr_factor, set_lr
 from smollm3.train.precision import GradAccumFusion
@@ -116,7 +118,7 @@ def train(cfg: TrainConfig) -> dict:
 
     model.to(dist.device)
     fsdp = dist.world > 1
-    fusion = GradAccumFusion(model, _amp_dtype(cfg)) if _use_grad_accum_fusion(cfg, dist) else None
+    fusion = GradAccumFusion(model, _amp_dtype(cfg), cfg.train.fp8) if _use_grad_accum_fusion(cfg, dist) else None
     if cfg.train.activation_checkpointing:
         D.apply_activation_checkpointing(model)
     if cfg.train.compile:
@@ -263,9 +265,22 @@ def _use_grad_accum_fusion(cfg: TrainConfig, dist) -> bool:
     if cfg.train.grad_accum_fusion and checkpointed_and_compiled:
         raise ConfigError("train.grad_accum_fusion with train.activation_checkpointing and train.compile keeps the "
                           "activations checkpointing should drop; set grad_accum_fusion to null or false (autocast)")
+    fp8 = cfg.train.fp8
     if cfg.train.grad_accum_fusion is None:  # auto: where it is measured faster (benchmarks/bench_train.py)
-        return usable and dist.device.type == "cuda" and not checkpointed_and_compiled
-    return cfg.train.grad_accum_fusion
+        fused = usable and (dist.device.type == "cuda" or fp8 is not None) and not checkpointed_and_compiled
+    else:
+        fused = cfg.train.grad_accum_fusion
+    if fp8 is not None:
+        if fp8 not in FP8_RECIPES:
+            raise ConfigError(f"train.fp8 is {fp8!r}; use one of {', '.join(FP8_RECIPES)} or null")
+        if not fused or cfg.train.dtype != "bfloat16":
+            raise ConfigError("train.fp8 runs inside the fused bf16 path (train.grad_accum_fusion): it needs one "
+                              "process, train.dtype bfloat16, and no activation checkpointing in compiled runs; "
+                              "set train.fp8 to null otherwise")
+        if not fp8_supported(dist.device):
+            raise ConfigError(f"train.fp8 needs FP8 tensor cores (compute capability 8.9+: Ada, Hopper); "
+                              f"{torch.cuda.get_device_name(dist.device)} has none; set train.fp8 to null")
+    return fused
 
 
 def _autocast(cfg: TrainConfig, dist, fsdp: bool):

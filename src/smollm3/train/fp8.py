@@ -54,7 +54,12 @@ def weight_copies(out: int, inp: int, rowwise: bool, device) -> tuple[torch.Tens
 def refresh(copies: tuple[torch.Tensor, ...], weights: list[torch.Tensor]):
     """Quantize the fp32 `weights`, stacked along their output rows (q/k/v, gate/up: one GEMM serves them), into
     their `weight_copies` in place: once per optimizer step, into fixed storage, so compiled graphs see the same
-    tensors every step. Straight from fp32: no bf16 copy of these weights exists."""
+    tensors every step. Straight from fp32: no bf16 copy of these weights exists. Compiled on CUDA (one graph per
+    projection kind): eager, its abs/amax/divide/clamp/cast passes took ~86 ms a step on the 3B preset."""
+    (_refresh_compiled if weights[0].is_cuda else _refresh)(copies, weights)
+
+
+def _refresh(copies, weights):
     w, w_scale, wt, wt_scale = copies
     if w_scale.dim() == 2:  # rowwise: per output row for the forward, per input column (over all members) for dgrad
         row_amax = torch.cat([x.abs().amax(1) for x in weights])
@@ -72,6 +77,9 @@ def refresh(copies: tuple[torch.Tensor, ...], weights: list[torch.Tensor]):
         c = col_scale[:, None] if col_scale.dim() else col_scale
         wt[:, rows:rows + n] = (x.t() / c).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)
         rows += n
+
+
+_refresh_compiled = torch.compile(_refresh, dynamic=False)  # compiles at its first call
 
 
 def scaled_mm(a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tensor, b_scale: torch.Tensor, dtype) -> torch.Tensor:

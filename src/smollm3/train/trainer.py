@@ -278,8 +278,9 @@ def _use_grad_accum_fusion(cfg: TrainConfig, dist) -> bool:
                               "process, train.dtype bfloat16, and no activation checkpointing in compiled runs; "
                               "set train.fp8 to null otherwise")
         if not fp8_supported(dist.device):
-            raise ConfigError(f"train.fp8 needs FP8 tensor cores (compute capability 8.9+: Ada, Hopper); "
-                              f"{torch.cuda.get_device_name(dist.device)} has none; set train.fp8 to null")
+            name = torch.cuda.get_device_name(dist.device) if dist.device.type == "cuda" else dist.device.type
+            raise ConfigError(f"train.fp8 needs FP8 tensor cores (compute capability 8.9+: Ada, Hopper); {name} has "
+                              "none; set train.fp8 to null")
     return fused
 
 

@@ -198,20 +198,27 @@ def main():
         print(f"device {torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}  torch {torch.__version__}  preset {args.preset}  "
               f"seq {args.seq}  {args.steps} steps", flush=True)
         reference = hf_reference(args.preset, args.seq) if args.hf_reference and world == 1 else None
+        top = None
+
+        def write():  # after every variant, so a run cut short keeps what finished
+            if args.out and rank == 0:
+                device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+                Path(args.out).write_text(json.dumps({
+                    "date": time.strftime("%Y-%m-%d"), "device": device, "torch": torch.__version__,
+                    "preset": args.preset, "seq": args.seq, "gpus": world, "reference": reference, "rows": rows,
+                    "profile_variant": args.profile, "profile_top": top}, indent=2))
+
         for variant in variants:
             rows.append(run(root, variant, args.preset, args.seq, args.steps, parse_variant(variant, args.micro_batch)))
-        top = profile(root, args.profile, args.preset, args.seq, args.micro_batch) if args.profile else None
+            write()
+        if args.profile:
+            top = profile(root, args.profile, args.preset, args.seq, args.micro_batch)
+            write()
         if args.profile and args.profile_out:
             shutil.copytree(root / f"{args.profile}-profiled" / "profile", args.profile_out, dirs_exist_ok=True)
     if reference:
         print("ratio to transformers fwd+bwd:", {r["name"]: round(r["tokens_per_s"] / reference["tokens_per_s"], 3)
                                                  for r in rows if "tokens_per_s" in r})
-    if args.out and rank == 0:
-        device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-        Path(args.out).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "device": device,
-                                              "torch": torch.__version__, "preset": args.preset, "seq": args.seq, "gpus": world,
-                                              "reference": reference, "rows": rows, "profile_variant": args.profile, "profile_top": top},
-                                             indent=2))
 
 
 if __name__ == "__main__":

@@ -50,13 +50,6 @@ class DocumentMask:
         max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
         return cls(doc_ids=doc_ids, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
 
-    def to(self, device: torch.device) -> DocumentMask:
-        """The same mask on `device`. Built on the CPU from the loader's position_ids and moved, it costs the GPU
-        stream no synchronisation (from_position_ids on GPU tensors waits for the queue: nonzero and max)."""
-        def move(t):
-            return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
-        return DocumentMask(doc_ids=move(self.doc_ids), cu_seqlens=move(self.cu_seqlens), max_seqlen=self.max_seqlen)
-
     def dense(self) -> torch.Tensor:
         """[B, 1, T, T] boolean: True where a query may attend to a key."""
         T = self.doc_ids.shape[1]

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from smollm3.config import ConfigError
@@ -238,6 +239,19 @@ def test_grad_accum_fusion_tracks_autocast_and_resumes_exactly(assets, tmp_path,
     monkeypatch.setattr(trainer._Metrics, "log", log)
     train(load_train_config(cfg, ["train.dtype=bfloat16", "train.grad_accum_fusion=true"]))  # from step 4
     assert losses(cut) == losses(fused)
+
+
+def test_to_device_brings_the_document_mask_and_the_counted_labels():
+    from smollm3.attention import DocumentMask
+    from smollm3.train.trainer import _to_device
+
+    pos = torch.tensor([[0, 1, 2, 0, 1, 0]])
+    labels = torch.tensor([[5, 6, -100, 7, -100, 8]])
+    batch = _to_device({"input_ids": pos, "position_ids": pos, "labels": labels}, torch.device("cpu"))
+    doc, moved = DocumentMask.from_position_ids(pos), batch["document_mask"]
+    assert moved.cu_seqlens.tolist() == doc.cu_seqlens.tolist() and moved.max_seqlen == doc.max_seqlen
+    assert moved.doc_ids.tolist() == doc.doc_ids.tolist()
+    assert batch["label_index"].tolist() == [0, 1, 3, 5]
 
 
 def test_fp8_training_tracks_bf16(assets, tmp_path):

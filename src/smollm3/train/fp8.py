@@ -34,10 +34,16 @@ RECIPES = ("rowwise", "tensorwise")
 def quantize(t: torch.Tensor, rowwise: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """t (2-D) as e4m3 values q and fp32 scales s with t ~= q * s: s = amax / 448 per row ([rows, 1]) or for the
     whole tensor ([]). The clamp keeps a value rounded past 448 finite (e4m3fn has no infinity: it would be NaN)."""
-    amax = t.abs().amax(dim=-1, keepdim=True) if rowwise else t.abs().amax()
-    scale = amax.float().clamp(min=1e-12) / E4M3_MAX
-    q = (t.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)
-    return q, scale
+    scale = _scale(t.abs().amax(dim=-1, keepdim=True) if rowwise else t.abs().amax())
+    return _cast(t, scale), scale
+
+
+def _scale(amax: torch.Tensor) -> torch.Tensor:
+    return amax.float().clamp(min=1e-12) / E4M3_MAX
+
+
+def _cast(t: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return (t.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)
 
 
 def supported(device: torch.device) -> bool:
@@ -70,16 +76,15 @@ def _refresh(copies, weights):
         col_amax = torch.stack([x.abs().amax(0) for x in weights]).amax(0)
     else:
         row_amax = col_amax = torch.stack([x.abs().amax() for x in weights]).amax()
-    row_scale, col_scale = (a.float().clamp(min=1e-12) / E4M3_MAX for a in (row_amax, col_amax))
+    row_scale, col_scale = _scale(row_amax), _scale(col_amax)
     w_scale.copy_(row_scale.reshape(w_scale.shape))
     wt_scale.copy_(col_scale.reshape(wt_scale.shape))
+    col = col_scale[:, None] if col_scale.dim() else col_scale
     rows = 0
     for x in weights:
         n = x.shape[0]
-        r = row_scale[rows:rows + n, None] if row_scale.dim() else row_scale
-        w[rows:rows + n] = (x / r).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)
-        c = col_scale[:, None] if col_scale.dim() else col_scale
-        wt[:, rows:rows + n] = (x.t() / c).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)
+        w[rows:rows + n] = _cast(x, row_scale[rows:rows + n, None] if row_scale.dim() else row_scale)
+        wt[:, rows:rows + n] = _cast(x.t(), col)
         rows += n
 
 

@@ -11,6 +11,7 @@ a killed run resumes exactly. A non-finite loss or gradient norm stops the run a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import time
@@ -236,8 +237,9 @@ def _to_device(batch: dict, device: torch.device) -> dict:
         return v.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else v.to(device)
 
     cpu = {**batch, "label_index": (batch["labels"].reshape(-1) != IGNORE_INDEX).nonzero().squeeze(1)}
+    mask = DocumentMask.from_position_ids(batch["position_ids"])
     return {**{k: move(v) for k, v in cpu.items()},
-            "document_mask": DocumentMask.from_position_ids(batch["position_ids"]).to(device)}
+            "document_mask": dataclasses.replace(mask, doc_ids=move(mask.doc_ids), cu_seqlens=move(mask.cu_seqlens))}
 
 
 def _global_count(micro: list[dict], preference: bool, dist) -> float:

@@ -6,7 +6,9 @@
 --what ce-dlogits: the chunked cross-entropy keeping d nll / d logits from the forward (`losses.STORED_DLOGITS_BYTES`)
                    against recomputing the logits in the backward;
 --what stack:      q/k/v and gate/up as one GEMM each over stacked bf16 copies (`precision.STACK_PROJECTIONS`)
-                   against one GEMM per projection.
+                   against one GEMM per projection;
+--what swiglu:     SwiGLU's backward as train/swiglu.py's Triton kernel (`precision.SWIGLU_KERNEL`) against
+                   inductor's code for it.
 3B preset, seq 4096, compiled layers, gradient-accumulation fusion, grad-accum 8 by default.
 """
 
@@ -23,7 +25,8 @@ import smollm3.train.losses as losses
 import smollm3.train.precision as precision
 from smollm3 import preset
 
-SWITCHES = {"ce-dlogits": (losses, "STORED_DLOGITS_BYTES", 0), "stack": (precision, "STACK_PROJECTIONS", False)}
+SWITCHES = {"ce-dlogits": (losses, "STORED_DLOGITS_BYTES", 0), "stack": (precision, "STACK_PROJECTIONS", False),
+            "swiglu": (precision, "SWIGLU_KERNEL", False)}
 
 
 def main():

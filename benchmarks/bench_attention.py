@@ -4,11 +4,13 @@
 
 Packs of `--seq` tokens are cut into documents with exponential lengths (mean 1024, as bench_train.py), 16 query
 heads over 4 KV heads of 128. Each backend is timed with CUDA events and checked against torch's flash-attention
-varlen (FA2, the trainer's kernel) on the same inputs: the output and the three input gradients, as max |diff| over
-max |reference|. TFLOP/s count only the unmasked (query, key) pairs: 4 * pairs * head_dim * heads forward, 2.5x
-that backward.
+varlen (FA2, the trainer's kernel) on the same inputs, with the document offsets and length bound the compiled
+trainer passes (offsets padded with empty documents to a power-of-two count, bound = the row length): the output
+and the three input gradients, as max |diff| over max |reference|. TFLOP/s count only the unmasked (query, key)
+pairs: 4 * pairs * head_dim * heads forward, 2.5x that backward.
 
 Backends: fa2 (the model's varlen path: aten._flash_attention_forward/backward called directly, GQA native),
+fa2-exact (the same with the longest document as the length bound, as eager calls pass),
 fa2-op (the same kernels through torch.nn.attention.varlen's Python custom op, K/V heads repeated where that
 takes no GQA), flex (compiled FlexAttention with a document-causal block mask). With `--packs 1` a call is one
 layer's attention for one 4,096-token micro-batch, so host time per call shows; more packs make it GPU-bound.
@@ -22,6 +24,8 @@ import time
 
 import numpy as np
 import torch
+
+from smollm3.attention import DocumentMask
 
 
 def doc_lengths(seq: int, rng) -> list[int]:
@@ -105,7 +109,7 @@ def main():
     ap.add_argument("--heads", type=int, default=16)
     ap.add_argument("--kv-heads", type=int, default=4)
     ap.add_argument("--head-dim", type=int, default=128)
-    ap.add_argument("--backends", default="fa2,fa2-op,flex")
+    ap.add_argument("--backends", default="fa2,fa2-exact,fa2-op,flex")
     ap.add_argument("--packs", type=int, default=1, help="packs of --seq tokens in one call")
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--out", default=None)
@@ -117,8 +121,11 @@ def main():
         lengths = [n for _ in range(args.packs) for n in (doc_lengths(args.seq, rng) if layout == "documents"
                                                           else [args.seq])]
         total = args.seq * args.packs
-        cu = torch.tensor(np.concatenate([[0], np.cumsum(lengths)]), dtype=torch.int32, device=dev)
-        max_len, scale = max(lengths), args.head_dim ** -0.5
+        # as the trainer calls the kernels: offsets padded with empty documents (DocumentMask), and the row length
+        # as the bound on every document (what the compiled layers pass)
+        positions = torch.cat([torch.arange(n) for n in lengths]).view(args.packs, args.seq)
+        cu = DocumentMask.from_position_ids(positions).cu_seqlens.to(dev)
+        max_len, scale = args.seq, args.head_dim ** -0.5
         pairs = sum(n * (n + 1) // 2 for n in lengths)
         flop_fwd = 4 * pairs * args.head_dim * args.heads
         g = torch.Generator(device=dev).manual_seed(0)
@@ -128,9 +135,10 @@ def main():
         dout = torch.randn(total, args.heads, args.head_dim, device=dev, dtype=torch.bfloat16, generator=g)
         ref = None
         for name in args.backends.split(","):
-            fn = {"fa2": fa2, "fa2-op": fa2_custom_op}.get(name) or make_flex(lengths, args.heads, dev)
+            fn = {"fa2": fa2, "fa2-exact": fa2, "fa2-op": fa2_custom_op}.get(name) or make_flex(lengths, args.heads, dev)
+            bound = max(lengths) if name.endswith("-exact") else max_len
             try:
-                got, t_f, t_fb = measure(fn, q, k, v, dout, cu, max_len, scale, args.iters)
+                got, t_f, t_fb = measure(fn, q, k, v, dout, cu, bound, scale, args.iters)
             except Exception as e:  # a backend this torch build lacks is reported, not fatal
                 print(f"{layout:<9} {name:<6} failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
                 rows.append({"layout": layout, "backend": name, "error": f"{type(e).__name__}: {str(e)[:300]}"})

@@ -11,7 +11,8 @@ casts and ~16 ms of accumulation per 4,096-token micro-batch, an eighth of the s
   `accumulate_wgrad`), so no bf16 gradient and no separate add exist; the LM head (in the chunked cross-entropy),
   the embedding and the RMSNorm weights add into `.grad` the same way;
 - projections that read the same input (q/k/v, gate/up) run as one GEMM over a stacked copy, their `.grad`s row
-  slices of one stacked fp32 buffer (+2 to 4% more; the k and v GEMMs alone have N = 512).
+  slices of one stacked fp32 buffer (+2 to 4% more; the k and v GEMMs alone have N = 512); SwiGLU then reads the
+  stacked gate/up output, its backward one Triton kernel on the GPU (train/swiglu.py).
 
 On the H100 the first two made the trainer step 11.5% faster than autocast in the same run, with 1.8 GiB less peak
 memory (benchmarks/results/2026-11-24-h100-train-fused.md). Parameters, gradients, the optimizer, clipping and
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 
 from smollm3.model import SmolLM3Attention, SmolLM3ForCausalLM, SmolLM3MLP, SmolLM3RMSNorm
 from smollm3.train import fp8 as F8
+from smollm3.train.swiglu import swiglu
 
 
 @torch.library.custom_op("smollm3::accumulate_wgrad", mutates_args=("grad",))
@@ -171,6 +173,11 @@ class _FusedMLP(SmolLM3MLP):
     fp8 = None
     members = ("gate_proj", "up_proj")
 
+    def forward(self, x):
+        if self.fp8 is not None or not SWIGLU_KERNEL:  # under FP8 inductor fuses SwiGLU's backward with the
+            return super().forward(x)                   # row maxima of its output, which the kernel would not
+        return self.down_proj(swiglu(_linear(x, self.stacked_weight, self.stacked_grad, None)))
+
     def project(self, x):
         return _stacked_project(self, x)
 
@@ -200,6 +207,8 @@ _FUSED = {nn.Linear: _FusedLinear, SmolLM3RMSNorm: _FusedRMSNorm, nn.Embedding: 
 
 # q/k/v and gate/up as one GEMM each (benchmarks/ab_train.py measures it against one GEMM per projection)
 STACK_PROJECTIONS = True
+# SwiGLU's backward as train/swiglu.py's kernel, not inductor's code (benchmarks/ab_train.py measures it)
+SWIGLU_KERNEL = True
 
 
 class GradAccumFusion:

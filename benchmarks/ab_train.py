@@ -9,7 +9,8 @@
                    against one GEMM per projection;
 --what swiglu:     SwiGLU's backward as train/swiglu.py's Triton kernel (`precision.SWIGLU_KERNEL`) against
                    inductor's code for it.
-3B preset, seq 4096, compiled layers, gradient-accumulation fusion, grad-accum 8 by default.
+3B preset, seq 4096, compiled layers, gradient-accumulation fusion (with --fp8, and train.fp8: rowwise), grad-accum 8
+by default.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def main():
     ap.add_argument("--seq", type=int, default=4096)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--accum", type=int, default=8)
+    ap.add_argument("--fp8", action="store_true", help="both sides with train.fp8: rowwise")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     module, name, off = SWITCHES[args.what]
@@ -46,9 +48,10 @@ def main():
         bench_train.make_assets(root, preset(args.preset).vocab_size, args.seq * args.accum * (args.steps + 2))
         for i, enabled in enumerate([True, False, True, False]):
             setattr(module, name, on if enabled else off)
-            label = f"ga{args.accum}-fused-{args.what}-{'on' if enabled else 'off'}-{i}"
+            base = f"compile-noac-ga{args.accum}-" + ("fp8row" if args.fp8 else "fused")
+            label = f"{base}-{args.what}-{'on' if enabled else 'off'}-{i}"
             rows.append(bench_train.run(root, label, args.preset, args.seq, args.steps,
-                                        bench_train.parse_variant(f"compile-noac-ga{args.accum}-fused", 1)))
+                                        bench_train.parse_variant(base, 1)))
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1))
 

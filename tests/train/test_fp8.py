@@ -9,7 +9,8 @@ import torch
 
 from smollm3 import build_model, preset
 from smollm3.train import fp8 as F8
-from smollm3.train.precision import GradAccumFusion, _Fp8Linear, accumulate_wgrad
+from smollm3.train.precision import GradAccumFusion, _Fp8Linear, _Fp8SwiGLU, accumulate_wgrad
+from smollm3.train.swiglu import swiglu
 
 E4M3_STEP = 2.0**-3  # relative spacing of e4m3 values (3 mantissa bits): rounding error at most half of it
 E4M3_SUBNORMAL = 2.0**-9  # smallest e4m3 step (subnormals), in units of the scale
@@ -89,6 +90,21 @@ def test_fp8_linear_is_within_fp8_error_and_its_weight_gradient_is_the_bf16_one(
     want = torch.zeros(48, 96)
     accumulate_wgrad(want, dy, x.detach())
     assert torch.equal(grad, want)
+
+
+def test_fp8_swiglu_equals_the_fp8_linear_then_swiglu():
+    """The gate/up GEMM with SwiGLU in one Function (its backward quantizes SwiGLU's gradient itself) gives what
+    _Fp8Linear followed by SwiGLU gives: output, input gradient and the fp32 weight gradient, bit for bit."""
+    g = torch.Generator().manual_seed(0)
+    x, w, copies, grad = _fp8_linear(True, g)
+    dh = torch.randn(64, 24, generator=g).bfloat16()
+    x2, grad2 = x.detach().clone().requires_grad_(), grad.clone()
+    h = _Fp8SwiGLU.apply(x, *copies, grad)
+    h.backward(dh)
+    want = swiglu(_Fp8Linear.apply(x2, *copies, grad2))
+    want.backward(dh)
+    assert torch.equal(h, want) and torch.equal(x.grad, x2.grad) and torch.equal(grad, grad2)
+    assert grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("recipe", F8.RECIPES)

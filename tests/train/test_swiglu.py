@@ -2,7 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from smollm3.train.swiglu import swiglu, swiglu_backward_reference, triton
+from smollm3.train import fp8 as F8
+from smollm3.train.swiglu import swiglu, swiglu_backward_fp8, swiglu_backward_reference, triton
 
 
 def _autograd(gate_up, dh):
@@ -50,3 +51,22 @@ def test_triton_backward_equals_the_reference(cols):
     y = gate_up.clone().requires_grad_()
     compiled(y).backward()
     torch.testing.assert_close(y.grad, swiglu_backward_reference(gate_up, torch.ones_like(dh)), rtol=2**-7, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or triton is None, reason="needs CUDA and Triton")
+def test_triton_fp8_backward_quantizes_its_own_gradient_as_fp8_quantize_does():
+    """The FP8 variant: the bf16 gradient as above, and its e4m3 values and row scales equal to `fp8.quantize` of
+    that very gradient (a row with an outlier included, and one of zeros)."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    gate_up = (torch.randn(257, 2 * 11008, device="cuda", generator=g) * 4).bfloat16()
+    dh = torch.randn(257, 11008, device="cuda", generator=g).bfloat16()
+    dh[3, 5] = 3e4
+    dh[7] = 0
+    grad, q, scale = swiglu_backward_fp8(gate_up, dh)
+    want = swiglu_backward_reference(gate_up, dh)
+    assert ((grad.float() - want.float()).abs() <= want.float().abs() * 2**-7 + 1e-6).all()
+    want_q, want_scale = F8.quantize(grad, rowwise=True)
+    torch.testing.assert_close(scale, want_scale, rtol=1e-6, atol=0)
+    assert (q.float() == want_q.float()).float().mean() > 0.999  # a division's last bit may move a rounding
+    assert ((q.float() - want_q.float()).abs() <= want_q.float().abs() * 2**-3 + 2**-9).all()

@@ -14,8 +14,9 @@ micro-batch. This is torchao's float8 training (dynamic scaling, e4m3 everywhere
   quantizing takes two passes (amax, then cast), one outlier coarsens the whole tensor, and the scale couples every
   token of the micro-batch, later ones included. The trainer step was no faster than rowwise.
 
-On the H100 (3B preset, grad-accum 32) rowwise made the trainer step 1.12x faster than bf16, with the loss of a
-135M model within 0.6% of bf16's after 1,000 steps (benchmarks/results/2026-11-24-h100-train-fp8.md).
+On the H100 (3B preset, grad-accum 32) rowwise made the trainer step 1.13x faster than bf16
+(benchmarks/results/2026-11-24-h100-train-swiglu.md), with the loss of a 135M model within 0.6% of bf16's after
+1,000 steps (benchmarks/results/2026-11-24-h100-train-fp8.md).
 
 The LM head and the embedding stay bf16 (the logits feed a 128k-way softmax). Parameters, gradients, optimizer and
 checkpoints stay fp32, so a run can switch FP8 on or off at any checkpoint. Needs compute capability 8.9 (Ada,

@@ -12,7 +12,8 @@ casts and ~16 ms of accumulation per 4,096-token micro-batch, an eighth of the s
   the embedding and the RMSNorm weights add into `.grad` the same way;
 - projections that read the same input (q/k/v, gate/up) run as one GEMM over a stacked copy, their `.grad`s row
   slices of one stacked fp32 buffer (+2 to 4% more; the k and v GEMMs alone have N = 512); SwiGLU then reads the
-  stacked gate/up output, its backward one Triton kernel on the GPU (train/swiglu.py).
+  stacked gate/up output, its backward one Triton kernel on the GPU (train/swiglu.py; with FP8 rowwise it also
+  quantizes the gradient for the FP8 GEMM).
 
 On the H100 the first two made the trainer step 11.5% faster than autocast in the same run, with 1.8 GiB less peak
 memory (benchmarks/results/2026-11-24-h100-train-fused.md). Parameters, gradients, the optimizer, clipping and
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 
 from smollm3.model import SmolLM3Attention, SmolLM3ForCausalLM, SmolLM3MLP, SmolLM3RMSNorm
 from smollm3.train import fp8 as F8
-from smollm3.train.swiglu import swiglu
+from smollm3.train.swiglu import swiglu, swiglu_backward_fp8, swiglu_forward
 
 
 @torch.library.custom_op("smollm3::accumulate_wgrad", mutates_args=("grad",))
@@ -82,22 +83,52 @@ class _Fp8Linear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w, w_scale, wt, wt_scale, grad):
-        shape, rowwise = x.shape, w_scale.dim() == 2
+        shape = x.shape
         x = x.reshape(-1, shape[-1])
-        xq, x_scale = F8.quantize(x, rowwise)
-        y = F8.scaled_mm(xq, x_scale, w, w_scale, x.dtype)
+        y = _fp8_forward(x, w, w_scale)
         ctx.save_for_backward(x, wt, wt_scale)
-        ctx.grad, ctx.rowwise, ctx.shape = grad, rowwise, shape
+        ctx.grad, ctx.shape = grad, shape
         return y.reshape(*shape[:-1], y.shape[-1])
 
     @staticmethod
     def backward(ctx, dy):
         x, wt, wt_scale = ctx.saved_tensors
         dy = dy.reshape(-1, dy.shape[-1]).to(x.dtype)
-        accumulate_wgrad(ctx.grad, dy, x)
-        dyq, dy_scale = F8.quantize(dy, ctx.rowwise)
-        dx = F8.scaled_mm(dyq, dy_scale, wt, wt_scale, x.dtype)
+        dx = _fp8_backward(ctx.grad, dy, *F8.quantize(dy, wt_scale.dim() == 2), x, wt, wt_scale)
         return dx.reshape(ctx.shape), None, None, None, None, None
+
+
+class _Fp8SwiGLU(torch.autograd.Function):
+    """silu(gate) * up over the stacked gate/up projection in rowwise FP8: _Fp8Linear and then SwiGLU, with SwiGLU's
+    backward and the rowwise quantization of its result in one kernel (train/swiglu.py)."""
+
+    @staticmethod
+    def forward(ctx, x, w, w_scale, wt, wt_scale, grad):
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        gate_up = _fp8_forward(x, w, w_scale)
+        ctx.save_for_backward(x, gate_up, wt, wt_scale)
+        ctx.grad, ctx.shape = grad, shape
+        h = swiglu_forward(gate_up)
+        return h.reshape(*shape[:-1], h.shape[-1])
+
+    @staticmethod
+    def backward(ctx, dh):
+        x, gate_up, wt, wt_scale = ctx.saved_tensors
+        d_gate_up, dq, d_scale = swiglu_backward_fp8(gate_up, dh.reshape(-1, dh.shape[-1]).to(x.dtype))
+        dx = _fp8_backward(ctx.grad, d_gate_up, dq, d_scale, x, wt, wt_scale)
+        return dx.reshape(ctx.shape), None, None, None, None, None
+
+
+def _fp8_forward(x, w, w_scale):
+    """y = x W^T, x [N, in] quantized per row (or per tensor, as the weight's scale says)."""
+    return F8.scaled_mm(*F8.quantize(x, w_scale.dim() == 2), w, w_scale, x.dtype)
+
+
+def _fp8_backward(grad, dy, dyq, dy_scale, x, wt, wt_scale):
+    """grad += dy^T x in bf16 into fp32; -> dx = dy W from dy's e4m3 values."""
+    accumulate_wgrad(grad, dy, x)
+    return F8.scaled_mm(dyq, dy_scale, wt, wt_scale, x.dtype)
 
 
 def _linear(x, weight, grad, fp8: tuple[torch.Tensor, ...] | None):
@@ -174,8 +205,13 @@ class _FusedMLP(SmolLM3MLP):
     members = ("gate_proj", "up_proj")
 
     def forward(self, x):
-        if self.fp8 is not None or not SWIGLU_KERNEL:  # under FP8 inductor fuses SwiGLU's backward with the
-            return super().forward(x)                   # row maxima of its output, which the kernel would not
+        """SwiGLU over the stacked gate/up GEMM, its backward one Triton kernel (train/swiglu.py); with FP8 rowwise
+        that kernel also quantizes its result. Tensorwise FP8 keeps inductor's code, which fuses SwiGLU's backward
+        with the whole tensor's maximum."""
+        if not SWIGLU_KERNEL or (self.fp8 is not None and self.fp8[1].dim() != 2):
+            return super().forward(x)
+        if self.fp8 is not None:
+            return self.down_proj(_Fp8SwiGLU.apply(x, *self.fp8, self.stacked_grad))
         return self.down_proj(swiglu(_linear(x, self.stacked_weight, self.stacked_grad, None)))
 
     def project(self, x):

@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from smollm3.config import ConfigError
+from smollm3.train.fp8 import RECIPES as FP8_RECIPES
 from smollm3.train.optim import OptimConfig
 
 
@@ -103,6 +104,8 @@ class TrainConfig:
                               f"{' or '.join(kinds)}, not {self.data.kind!r}")
         if self.train.steps < 1 or self.train.micro_batch < 1 or self.train.grad_accum < 1:
             raise ConfigError("train.steps, train.micro_batch and train.grad_accum must be >= 1")
+        if self.train.fp8 not in (None, *FP8_RECIPES):
+            raise ConfigError(f"train.fp8 is {self.train.fp8!r}; use one of {', '.join(FP8_RECIPES)} or null")
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:

@@ -29,6 +29,10 @@ except ImportError:
 BLOCK = 1024  # columns per program
 
 
+def _kernels_for(t: torch.Tensor) -> bool:
+    return triton is not None and t.is_cuda
+
+
 def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up for gate_up = [gate | up] along the last axis."""
     return _SwiGLU.apply(gate_up)
@@ -49,7 +53,7 @@ class _SwiGLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dh):
         (gate_up,) = ctx.saved_tensors
-        if triton is not None and gate_up.is_cuda:
+        if _kernels_for(gate_up):
             return torch.ops.smollm3.swiglu_backward(gate_up.contiguous(), dh.contiguous())
         return swiglu_backward_reference(gate_up, dh)
 
@@ -57,7 +61,7 @@ class _SwiGLU(torch.autograd.Function):
 def swiglu_backward_fp8(gate_up: torch.Tensor, dh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """SwiGLU's gradient for 2-D gate_up [rows, 2I] and dh [rows, I] with its rowwise e4m3 quantization for the FP8
     input-gradient GEMM: one pass over the row on the GPU, where inductor's fused version read its inputs twice."""
-    if triton is not None and gate_up.is_cuda:
+    if _kernels_for(gate_up):
         return torch.ops.smollm3.swiglu_backward_fp8_rowwise(gate_up.contiguous(), dh.contiguous())
     grad = swiglu_backward_reference(gate_up, dh)
     return (grad, *F8.quantize(grad, rowwise=True))

@@ -8,7 +8,9 @@
 --what stack:      q/k/v and gate/up as one GEMM each over stacked bf16 copies (`precision.STACK_PROJECTIONS`)
                    against one GEMM per projection;
 --what swiglu:     SwiGLU's backward as train/swiglu.py's Triton kernel (`precision.SWIGLU_KERNEL`) against
-                   inductor's code for it.
+                   inductor's code for it;
+--what attention:  document-masked attention as attention_triton.py's kernels (`attention.TRITON_KERNELS`)
+                   against torch's FA2 varlen.
 3B preset, seq 4096, compiled layers, gradient-accumulation fusion (with --fp8, and train.fp8: rowwise), grad-accum 8
 by default.
 """
@@ -22,12 +24,13 @@ from pathlib import Path
 
 import bench_train
 
+import smollm3.attention as attention
 import smollm3.train.losses as losses
 import smollm3.train.precision as precision
 from smollm3 import preset
 
 SWITCHES = {"ce-dlogits": (losses, "STORED_DLOGITS_BYTES", 0), "stack": (precision, "STACK_PROJECTIONS", False),
-            "swiglu": (precision, "SWIGLU_KERNEL", False)}
+            "swiglu": (precision, "SWIGLU_KERNEL", False), "attention": (attention, "TRITON_KERNELS", False)}
 
 
 def main():

@@ -198,23 +198,27 @@ def test_packed_documents_every_gpu_backend(backend):
 
     if backend == "varlen" and _varlen_impl() is None:
         pytest.skip("no varlen kernel (torch.nn.attention.varlen or flash-attn)")
-    # flash kernels need bf16/fp16; compare each backend's packed output with the same backend's documents alone
+    # packed rows against the fp32 model's documents alone; the flash kernels need bf16/fp16
     cfg = ModelConfig(**{**BASE, **PARITY_CASES["nope-interval-4"], "dtype": "float32", "head_dim": 64,
                          "hidden_size": 256, "num_attention_heads": 4})
     model = build_model(cfg, device="cuda").eval()
     randomise_(model)
-    model.attn_backend = backend
     g = torch.Generator().manual_seed(7)
     docs = [torch.randint(0, cfg.vocab_size, (n,), generator=g).cuda() for n in (37, 5, 86)]
     ids, pos = pack(docs)
-    dtype = torch.float32 if backend != "varlen" else torch.bfloat16
-    model.to(dtype)
     with torch.no_grad():
-        packed = model(ids, position_ids=pos.cuda())[0].float()
         model.attn_backend = "sdpa"
         alone = torch.cat([model(d[None])[0] for d in docs]).float()
-    tol = 1e-5 if dtype == torch.float32 else 3e-2
-    assert (packed - alone).abs().max() <= tol
+        if backend == "varlen":
+            model.to(torch.bfloat16)
+            alone_bf16 = torch.cat([model(d[None])[0] for d in docs]).float()
+        model.attn_backend = backend
+        packed = model(ids, position_ids=pos.cuda())[0].float()
+    if backend != "varlen":
+        assert (packed - alone).abs().max() <= 1e-5
+    else:  # bf16 kernels round differently (ours are not torch's): as close to fp32 as bf16 SDPA is for each
+        # document alone; a mask that leaks across documents is off by O(1)
+        assert (packed - alone).abs().max() <= 1.25 * (alone_bf16 - alone).abs().max() + 1e-2
 
 
 def test_labels_give_per_token_nll_equal_to_logits_cross_entropy():

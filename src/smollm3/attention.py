@@ -6,8 +6,8 @@ logits it would get alone.
 
 - "sdpa":   torch's scaled_dot_product_attention; CPU and GPU. Packed documents use a dense boolean mask.
 - "flex":   FlexAttention with a document block mask (GPU; compiled once per process).
-- "varlen": flash-attention varlen kernels over cu_seqlens: torch's own FA2 kernels (CUDA builds), or the
-            flash-attn package when it is installed.
+- "varlen": flash-attention over cu_seqlens: our Triton kernels (attention_triton.py, half precision, head_dim
+            64 or 128), else torch's own FA2 kernels (CUDA builds) or the flash-attn package when installed.
 "auto" picks sdpa for plain causal attention and on CPU, varlen (else flex) for packed documents on GPU; fp32
 attention (a model trained in fp32, no autocast) takes flex there, as the flash kernels are half precision only.
 """
@@ -20,7 +20,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from smollm3 import attention_triton
+
 BACKENDS = ("auto", "sdpa", "flex", "varlen")
+TRITON_KERNELS = True  # varlen runs attention_triton's kernels where they apply (benchmarks/ab_train.py turns it off)
 
 
 @dataclass
@@ -155,8 +158,28 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
 @torch.compiler.allow_in_graph
 def _varlen_call(q, k, v, cu_seqlens, max_seqlen: int, scale: float) -> torch.Tensor:
     """One node for dynamo, which would break the graph on the implementation lookup (a cached import probe);
-    AOTAutograd then traces straight through it to the flash kernels (_FlashVarlen) and their backward."""
+    AOTAutograd then traces straight through it to the kernels and their backward."""
+    if TRITON_KERNELS and attention_triton.supported(q, k, v):
+        return _TritonVarlen.apply(q, k, v, cu_seqlens, scale)
     return _varlen_impl()(q, k, v, cu_seqlens, max_seqlen, scale)
+
+
+class _TritonVarlen(torch.autograd.Function):
+    """attention_triton's kernels: 1.47x FA2's forward and 1.34x its backward on the trainer's packs (H100,
+    benchmarks/results/2026-11-24-h100-attention-triton.md)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, cu, scale):
+        out, lse = torch.ops.smollm3.doc_attention_forward(q, k, v, cu, scale)
+        ctx.save_for_backward(q, k, v, out, lse, cu)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse, cu = ctx.saved_tensors
+        dq, dk, dv = torch.ops.smollm3.doc_attention_backward(dout, q, k, v, out, lse, cu, ctx.scale)
+        return dq, dk, dv, None, None
 
 
 @functools.cache

@@ -1,0 +1,328 @@
+"""Document-masked causal attention with grouped-query heads as Triton kernels: the varlen backend's training path.
+
+Inputs as flash-attention varlen takes them: flattened tokens q [tokens, heads, D], k, v [tokens, kv_heads, D], and
+cu_seqlens, the document offsets (padded at the end with empty documents, as DocumentMask builds them). torch's FA2
+does the same work at ~140 TFLOP/s forward and ~130 backward on the trainer's 4,096-token packs of ~600-token
+documents (H100): its 128-row tiles waste much of their work at document edges, and its GQA backward writes dK, dV
+per query head before summing them. Here (benchmarks/results/2026-11-24-h100-attention-triton.md):
+
+- forward: 64 query rows of one head a program; key blocks from the first row's document start to the diagonal.
+  A row's document start is the largest offset at or before it, found against the whole (short) offset vector, so
+  rows of one block may belong to different documents. Only the blocks that cross a document start or the
+  diagonal compute a mask. Writes the output and the natural-log log-sum-exp [heads, tokens].
+- backward, dQ: the forward's walk again, recomputing the probabilities from the log-sum-exp; it also writes each
+  row's delta = rowsum(dO * O), for
+- backward, dK and dV: 64 keys of one KV head a program, walking the query rows from the diagonal to the end of
+  each key's document; each query head's share is added into fp32 dK, dV atomically.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+try:  # triton ships with CUDA builds of torch
+    import triton
+    import triton.language as tl
+except ImportError:
+    triton = None
+
+# block shapes measured on the H100 for head_dim 128 (benchmarks/tune_attention.py)
+FWD = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2, "REVERSE": True}
+DKDV = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2, "HEADS": 1}
+DQ = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2, "REVERSE": True}
+
+
+def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether the kernels take q [tokens, heads, D], k, v [tokens, kv_heads, D]: CUDA (Ampere on), half precision,
+    D of 64 or 128, whole query groups."""
+    return (triton is not None and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16)
+            and k.dtype == v.dtype == q.dtype and q.shape[-1] in (64, 128) and q.shape[1] % k.shape[1] == 0
+            and torch.cuda.get_device_capability(q.device)[0] >= 8)
+
+
+if triton is not None:
+    LOG2E = 1.4426950408889634
+
+    @triton.jit
+    def _documents(CU, n_cu, total, pos, CU_BLOCK: tl.constexpr):
+        """(start, end) of the document holding each position (offsets past n_cu read as `total`)."""
+        cu = tl.load(CU + tl.arange(0, CU_BLOCK), mask=tl.arange(0, CU_BLOCK) < n_cu, other=total)
+        before = cu[None, :] <= pos[:, None]
+        start = tl.max(tl.where(before, cu[None, :], 0), 1)
+        end = tl.min(tl.where(before, total, cu[None, :]), 1)
+        return start, end
+
+    @triton.jit
+    def _load_rows(ptr, rows, stride, offs_d, total, MASKED: tl.constexpr):
+        p = ptr + rows[:, None].to(tl.int64) * stride + offs_d[None, :]
+        if MASKED:
+            return tl.load(p, mask=(rows < total)[:, None], other=0.0)
+        return tl.load(p)
+
+    # ---------------------------------------------------------------------------------------------------- forward
+    @triton.jit
+    def _fwd_block(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, start, offs_m, doc_start, offs_n, offs_d, qk_scale,
+                   total, MASKED: tl.constexpr):
+        n = start + offs_n
+        k = _load_rows(K, n, stride_kt, offs_d, total, MASKED)
+        qk = tl.dot(q, tl.trans(k)) * qk_scale
+        if MASKED:
+            keep = (n[None, :] <= offs_m[:, None]) & (n[None, :] >= doc_start[:, None])
+            qk = tl.where(keep, qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        p = tl.math.exp2(qk - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = _load_rows(V, n, stride_vt, offs_d, total, MASKED)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        return acc, l_i, m_new
+
+    @triton.jit
+    def _query_range(CU, n_cu, total, offs_m, m0, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     CU_BLOCK: tl.constexpr):
+        """Key blocks for query rows offs_m: [lo, unmasked) cross a document start, [unmasked, m0) need no mask,
+        [m0, hi) hold the diagonal."""
+        doc_start, _ = _documents(CU, n_cu, total, offs_m, CU_BLOCK)
+        lo = (tl.min(doc_start, 0) // BLOCK_N) * BLOCK_N
+        unmasked = tl.minimum(tl.cdiv(tl.max(doc_start, 0), BLOCK_N) * BLOCK_N, m0)
+        return doc_start, lo, unmasked, tl.minimum(m0 + BLOCK_M, total)
+
+    @triton.jit
+    def _fwd_kernel(Q, K, V, Out, LSE, CU, n_cu, total, qk_scale, stride_qt, stride_qh, stride_kt, stride_kh,
+                    stride_vt, stride_vh, stride_ot, stride_oh, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CU_BLOCK: tl.constexpr, REVERSE: tl.constexpr):
+        pid = tl.program_id(0)
+        if REVERSE:  # the last rows of a pack, which see the most keys, start first
+            pid = tl.num_programs(0) - 1 - pid
+        m0 = pid * BLOCK_M
+        h = tl.program_id(1)
+        offs_m = m0 + tl.arange(0, BLOCK_M)
+        offs_n = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, HEAD_DIM)
+        doc_start, lo, unmasked, hi = _query_range(CU, n_cu, total, offs_m, m0, BLOCK_M, BLOCK_N, CU_BLOCK)
+        q = _load_rows(Q + h * stride_qh, offs_m, stride_qt, offs_d, total, True)
+        K += (h // GROUP) * stride_kh
+        V += (h // GROUP) * stride_vh
+        m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)  # finite: a row may see no key in its first blocks
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+        for start in range(lo, unmasked, BLOCK_N):
+            acc, l_i, m_i = _fwd_block(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, start, offs_m, doc_start,
+                                       offs_n, offs_d, qk_scale, total, MASKED=True)
+        for start in range(unmasked, m0, BLOCK_N):
+            acc, l_i, m_i = _fwd_block(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, start, offs_m, doc_start,
+                                       offs_n, offs_d, qk_scale, total, MASKED=False)
+        for start in range(m0, hi, BLOCK_N):
+            acc, l_i, m_i = _fwd_block(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, start, offs_m, doc_start,
+                                       offs_n, offs_d, qk_scale, total, MASKED=True)
+        row_ok = offs_m < total
+        tl.store(Out + h * stride_oh + offs_m[:, None].to(tl.int64) * stride_ot + offs_d[None, :],
+                 (acc / l_i[:, None]).to(Out.dtype.element_ty), mask=row_ok[:, None])
+        # natural-log lse, as FA2 keeps it ([heads, tokens]); qk is in log2 units here
+        tl.store(LSE + h * total + offs_m, (m_i + tl.math.log2(l_i)) / 1.4426950408889634, mask=row_ok)
+
+    # --------------------------------------------------------------------------------------------------- backward
+    @triton.jit
+    def _dkdv_block(dk, dv, k, v, Q, DO, LSE, DELTA, stride_qt, stride_dot, start, offs_n, doc_end, offs_m, offs_d,
+                    qk_scale, total, MASKED: tl.constexpr):
+        """Rows start.. of one head against this program's keys: adds their share of dK and dV (keys on axis 0)."""
+        m = start + offs_m
+        q = _load_rows(Q, m, stride_qt, offs_d, total, MASKED)
+        do = _load_rows(DO, m, stride_dot, offs_d, total, MASKED)
+        if MASKED:
+            lse = tl.load(LSE + m, mask=m < total, other=0.0)
+            delta = tl.load(DELTA + m, mask=m < total, other=0.0)
+        else:
+            lse = tl.load(LSE + m)
+            delta = tl.load(DELTA + m)
+        p_t = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk_scale - lse[None, :] * 1.4426950408889634)
+        if MASKED:
+            keep = (m[None, :] >= offs_n[:, None]) & (m[None, :] < doc_end[:, None])
+            p_t = tl.where(keep, p_t, 0.0)
+        dv += tl.dot(p_t.to(do.dtype), do)
+        ds_t = p_t * (tl.dot(v, tl.trans(do)) - delta[None, :])
+        dk += tl.dot(ds_t.to(q.dtype), q)
+        return dk, dv
+
+    @triton.jit
+    def _dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU, n_cu, total, qk_scale, sm_scale,
+                     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
+                     stride_dkt, stride_dkh, stride_dvt, stride_dvh,
+                     GROUP: tl.constexpr, HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+                     BLOCK_N: tl.constexpr, CU_BLOCK: tl.constexpr):
+        """BLOCK_N keys of one KV head; rows of HEADS of its query heads from the keys' diagonal to their
+        documents' end. dK, dV accumulate over those heads in registers; with HEADS < GROUP, programs add their
+        shares into fp32 dK, dV atomically."""
+        n0 = tl.program_id(0) * BLOCK_N
+        h0 = tl.program_id(1) * HEADS
+        kvh = h0 // GROUP
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        offs_m = tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, HEAD_DIM)
+        _, doc_end = _documents(CU, n_cu, total, offs_n, CU_BLOCK)
+        hi = tl.max(doc_end, 0)
+        # rows in [diag_end, unmasked) are past every key and inside every key's document: no mask
+        diag_end = tl.minimum(n0 + BLOCK_N, hi)
+        unmasked = tl.maximum(tl.minimum(tl.min(doc_end, 0) // BLOCK_M * BLOCK_M, hi), diag_end)
+        k = _load_rows(K + kvh * stride_kh, offs_n, stride_kt, offs_d, total, True)
+        v = _load_rows(V + kvh * stride_vh, offs_n, stride_vt, offs_d, total, True)
+        dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+        dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+        for g in range(HEADS):
+            h = h0 + g
+            Qh, DOh = Q + h * stride_qh, DO + h * stride_doh
+            LSEh, DELTAh = LSE + h * total, DELTA + h * total
+            for start in range(n0, diag_end, BLOCK_M):
+                dk, dv = _dkdv_block(dk, dv, k, v, Qh, DOh, LSEh, DELTAh, stride_qt, stride_dot, start, offs_n,
+                                     doc_end, offs_m, offs_d, qk_scale, total, MASKED=True)
+            for start in range(diag_end, unmasked, BLOCK_M):
+                dk, dv = _dkdv_block(dk, dv, k, v, Qh, DOh, LSEh, DELTAh, stride_qt, stride_dot, start, offs_n,
+                                     doc_end, offs_m, offs_d, qk_scale, total, MASKED=False)
+            for start in range(unmasked, hi, BLOCK_M):
+                dk, dv = _dkdv_block(dk, dv, k, v, Qh, DOh, LSEh, DELTAh, stride_qt, stride_dot, start, offs_n,
+                                     doc_end, offs_m, offs_d, qk_scale, total, MASKED=True)
+        key_ok = (offs_n < total)[:, None]
+        dk_ptr = DK + kvh * stride_dkh + offs_n[:, None].to(tl.int64) * stride_dkt + offs_d[None, :]
+        dv_ptr = DV + kvh * stride_dvh + offs_n[:, None].to(tl.int64) * stride_dvt + offs_d[None, :]
+        if HEADS == GROUP:
+            tl.store(dk_ptr, (dk * sm_scale).to(DK.dtype.element_ty), mask=key_ok)
+            tl.store(dv_ptr, dv.to(DV.dtype.element_ty), mask=key_ok)
+        else:
+            tl.atomic_add(dk_ptr, dk * sm_scale, mask=key_ok, sem="relaxed")
+            tl.atomic_add(dv_ptr, dv, mask=key_ok, sem="relaxed")
+
+    @triton.jit
+    def _dq_block(dq, q, do, lse, delta, K, V, stride_kt, stride_vt, start, offs_m, doc_start, offs_n, offs_d,
+                  qk_scale, total, MASKED: tl.constexpr):
+        n = start + offs_n
+        k = _load_rows(K, n, stride_kt, offs_d, total, MASKED)
+        v = _load_rows(V, n, stride_vt, offs_d, total, MASKED)
+        p = tl.math.exp2(tl.dot(q, tl.trans(k)) * qk_scale - lse[:, None])
+        if MASKED:
+            keep = (n[None, :] <= offs_m[:, None]) & (n[None, :] >= doc_start[:, None])
+            p = tl.where(keep, p, 0.0)
+        ds = p * (tl.dot(do, tl.trans(v)) - delta[:, None])
+        return dq + tl.dot(ds.to(k.dtype), k)
+
+    @triton.jit
+    def _dq_kernel(Q, K, V, Out, DO, LSE, DELTA, DQ, CU, n_cu, total, qk_scale, sm_scale,
+                   stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+                   stride_dot, stride_doh, stride_dqt, stride_dqh,
+                   GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   CU_BLOCK: tl.constexpr, REVERSE: tl.constexpr):
+        """BLOCK_M rows of one query head against their keys, as the forward walks them. Also writes those rows'
+        delta = rowsum(dO * O), which the dK/dV kernel (launched after) reads: FA2 spends a pass on it."""
+        pid = tl.program_id(0)
+        if REVERSE:
+            pid = tl.num_programs(0) - 1 - pid
+        m0 = pid * BLOCK_M
+        h = tl.program_id(1)
+        offs_m = m0 + tl.arange(0, BLOCK_M)
+        offs_n = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, HEAD_DIM)
+        doc_start, lo, unmasked, hi = _query_range(CU, n_cu, total, offs_m, m0, BLOCK_M, BLOCK_N, CU_BLOCK)
+        row_ok = offs_m < total
+        q = _load_rows(Q + h * stride_qh, offs_m, stride_qt, offs_d, total, True)
+        do = _load_rows(DO + h * stride_doh, offs_m, stride_dot, offs_d, total, True)
+        lse = tl.load(LSE + h * total + offs_m, mask=row_ok, other=0.0) * 1.4426950408889634
+        o = _load_rows(Out + h * stride_oh, offs_m, stride_ot, offs_d, total, True)
+        delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
+        tl.store(DELTA + h * total + offs_m, delta, mask=row_ok)
+        K += (h // GROUP) * stride_kh
+        V += (h // GROUP) * stride_vh
+        dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+        for start in range(lo, unmasked, BLOCK_N):
+            dq = _dq_block(dq, q, do, lse, delta, K, V, stride_kt, stride_vt, start, offs_m, doc_start, offs_n,
+                           offs_d, qk_scale, total, MASKED=True)
+        for start in range(unmasked, m0, BLOCK_N):
+            dq = _dq_block(dq, q, do, lse, delta, K, V, stride_kt, stride_vt, start, offs_m, doc_start, offs_n,
+                           offs_d, qk_scale, total, MASKED=False)
+        for start in range(m0, hi, BLOCK_N):
+            dq = _dq_block(dq, q, do, lse, delta, K, V, stride_kt, stride_vt, start, offs_m, doc_start, offs_n,
+                           offs_d, qk_scale, total, MASKED=True)
+        tl.store(DQ + h * stride_dqh + offs_m[:, None].to(tl.int64) * stride_dqt + offs_d[None, :],
+                 (dq * sm_scale).to(DQ.dtype.element_ty), mask=row_ok[:, None])
+
+    # ------------------------------------------------------------------------------------------------- launchers
+    def _cu_block(cu_seqlens):
+        return max(16, triton.next_power_of_2(cu_seqlens.numel()))
+
+    def _rows(x):
+        """x with its last axis contiguous (the kernels take any other strides)."""
+        return x if x.stride(-1) == 1 else x.contiguous()
+
+    def forward(q, k, v, cu_seqlens, scale, cfg=FWD):
+        """(out [tokens, heads, D], lse [heads, tokens] fp32, natural log)."""
+        q, k, v = _rows(q), _rows(k), _rows(v)
+        total, heads, d = q.shape
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)  # contiguous, whatever q's layout
+        lse = torch.empty(heads, total, dtype=torch.float32, device=q.device)
+        grid = (triton.cdiv(total, cfg["BLOCK_M"]), heads)
+        _fwd_kernel[grid](
+            q, k, v, out, lse, cu_seqlens, cu_seqlens.numel(), total, scale * LOG2E,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0),
+            out.stride(1), GROUP=heads // k.shape[1], HEAD_DIM=d, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+            CU_BLOCK=_cu_block(cu_seqlens), REVERSE=cfg["REVERSE"], num_warps=cfg["num_warps"],
+            num_stages=cfg["num_stages"])
+        return out, lse
+
+    def backward(dout, q, k, v, out, lse, cu_seqlens, scale, dkdv_cfg=DKDV, dq_cfg=DQ):
+        """(dq, dk, dv) for the forward's inputs, output and lse."""
+        dout, q, k, v, out = _rows(dout), _rows(q), _rows(k), _rows(v), _rows(out)
+        delta = torch.empty_like(lse)
+        dq = backward_dq(dout, q, k, v, out, lse, delta, cu_seqlens, scale, dq_cfg)  # writes delta
+        return dq, *backward_dkdv(dout, q, k, v, lse, delta, cu_seqlens, scale, dkdv_cfg)
+
+    def backward_dkdv(dout, q, k, v, lse, delta, cu_seqlens, scale, cfg):
+        total, heads, d = q.shape
+        kv_heads = k.shape[1]
+        group = heads // kv_heads
+        heads_per = cfg["HEADS"]
+        split = heads_per < group  # then fp32 sums, added into atomically
+        alloc = functools.partial(torch.zeros if split else torch.empty, k.shape, device=k.device,
+                                  dtype=torch.float32 if split else k.dtype)
+        dk, dv = alloc(), alloc()
+        _dkdv_kernel[(triton.cdiv(total, cfg["BLOCK_N"]), heads // heads_per)](
+            q, k, v, dout, lse, delta, dk, dv, cu_seqlens, cu_seqlens.numel(), total, scale * LOG2E, scale,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), dout.stride(0),
+            dout.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1), GROUP=group, HEADS=heads_per,
+            HEAD_DIM=d, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], CU_BLOCK=_cu_block(cu_seqlens),
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        return (dk.to(k.dtype), dv.to(v.dtype)) if split else (dk, dv)
+
+    def backward_dq(dout, q, k, v, out, lse, delta, cu_seqlens, scale, cfg):
+        total, heads, d = q.shape
+        dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        _dq_kernel[(triton.cdiv(total, cfg["BLOCK_M"]), heads)](
+            q, k, v, out, dout, lse, delta, dq, cu_seqlens, cu_seqlens.numel(), total, scale * LOG2E, scale,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0),
+            out.stride(1), dout.stride(0), dout.stride(1), dq.stride(0), dq.stride(1), GROUP=heads // k.shape[1],
+            HEAD_DIM=d, CU_BLOCK=_cu_block(cu_seqlens), BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+            REVERSE=cfg["REVERSE"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        return dq
+
+    # Opaque custom ops: a compiled graph calls them with the real tensors, whose strides the launchers read then
+    # (inductor may lay a traced view out differently), and inductor needs no look inside the kernels.
+    @torch.library.custom_op("smollm3::doc_attention_forward", mutates_args=())
+    def doc_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                              scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(out [tokens, heads, D], lse [heads, tokens]) for q [tokens, heads, D], k, v [tokens, kv_heads, D]
+        (last axis contiguous), causal within the documents that cu_seqlens delimits."""
+        return forward(q, k, v, cu_seqlens, scale)
+
+    @doc_attention_forward.register_fake
+    def _(q, k, v, cu_seqlens, scale):
+        return q.new_empty(q.shape), q.new_empty(q.shape[1], q.shape[0], dtype=torch.float32)
+
+    @torch.library.custom_op("smollm3::doc_attention_backward", mutates_args=())
+    def doc_attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                               out: torch.Tensor, lse: torch.Tensor, cu_seqlens: torch.Tensor,
+                               scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(dq, dk, dv) of doc_attention_forward, contiguous."""
+        return backward(dout, q, k, v, out, lse, cu_seqlens, scale)
+
+    @doc_attention_backward.register_fake
+    def _(dout, q, k, v, out, lse, cu_seqlens, scale):
+        return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)

@@ -9,7 +9,8 @@ trainer passes (offsets padded with empty documents to a power-of-two count, bou
 and the three input gradients, as max |diff| over max |reference|. TFLOP/s count only the unmasked (query, key)
 pairs: 4 * pairs * head_dim * heads forward, 2.5x that backward.
 
-Backends: fa2 (the model's varlen path: aten._flash_attention_forward/backward called directly, GQA native),
+Backends: fa2 (torch's FA2: aten._flash_attention_forward/backward called directly, GQA native; the model's varlen
+path where attention_triton's kernels do not apply; benchmarks/tune_attention.py times those against it),
 fa2-exact (the same with the longest document as the length bound, as eager calls pass),
 fa2-op (the same kernels through torch.nn.attention.varlen's Python custom op, K/V heads repeated where that
 takes no GQA), flex (compiled FlexAttention with a document-causal block mask). With `--packs 1` a call is one
@@ -37,7 +38,7 @@ def doc_lengths(seq: int, rng) -> list[int]:
 
 
 def fa2(q, k, v, cu, max_len, scale):
-    from smollm3.attention import _varlen_impl  # torch's varlen_attn, whose causal keyword differs by release
+    from smollm3.attention import _varlen_impl  # torch's FA2 (attention._FlashVarlen) or the flash-attn package
 
     return _varlen_impl()(q, k, v, cu, max_len, scale)
 

@@ -12,8 +12,9 @@ per query head before summing them. Here (benchmarks/results/2026-11-24-h100-att
   diagonal compute a mask. Writes the output and the natural-log log-sum-exp [heads, tokens].
 - backward, dQ: the forward's walk again, recomputing the probabilities from the log-sum-exp; it also writes each
   row's delta = rowsum(dO * O), for
-- backward, dK and dV: 64 keys of one KV head a program, walking the query rows from the diagonal to the end of
-  each key's document; each query head's share is added into fp32 dK, dV atomically.
+- backward, dK and dV: 64 keys and one query head a program, walking the query rows from the diagonal to the end
+  of each key's document; with grouped heads each query head's share is added into fp32 dK, dV atomically (a
+  program per KV head looping over its group measured slower: fewer, longer programs balance worse).
 """
 
 from __future__ import annotations
@@ -80,28 +81,28 @@ if triton is not None:
         return acc, l_i, m_new
 
     @triton.jit
-    def _query_range(CU, n_cu, total, offs_m, m0, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     CU_BLOCK: tl.constexpr):
-        """Key blocks for query rows offs_m: [lo, unmasked) cross a document start, [unmasked, m0) need no mask,
-        [m0, hi) hold the diagonal."""
+    def _row_block(CU, n_cu, total, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CU_BLOCK: tl.constexpr,
+                   REVERSE: tl.constexpr):
+        """This program's query rows m0 + [0, BLOCK_M), their document starts, and their key blocks:
+        [lo, unmasked) cross a document start, [unmasked, m0) need no mask, [m0, hi) hold the diagonal."""
+        pid = tl.program_id(0)
+        if REVERSE:  # the last rows of a pack, which see the most keys, start first
+            pid = tl.num_programs(0) - 1 - pid
+        m0 = pid * BLOCK_M
+        offs_m = m0 + tl.arange(0, BLOCK_M)
         doc_start, _ = _documents(CU, n_cu, total, offs_m, CU_BLOCK)
         lo = (tl.min(doc_start, 0) // BLOCK_N) * BLOCK_N
         unmasked = tl.minimum(tl.cdiv(tl.max(doc_start, 0), BLOCK_N) * BLOCK_N, m0)
-        return doc_start, lo, unmasked, tl.minimum(m0 + BLOCK_M, total)
+        return m0, offs_m, doc_start, lo, unmasked, tl.minimum(m0 + BLOCK_M, total)
 
     @triton.jit
     def _fwd_kernel(Q, K, V, Out, LSE, CU, n_cu, total, qk_scale, stride_qt, stride_qh, stride_kt, stride_kh,
                     stride_vt, stride_vh, stride_ot, stride_oh, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CU_BLOCK: tl.constexpr, REVERSE: tl.constexpr):
-        pid = tl.program_id(0)
-        if REVERSE:  # the last rows of a pack, which see the most keys, start first
-            pid = tl.num_programs(0) - 1 - pid
-        m0 = pid * BLOCK_M
+        m0, offs_m, doc_start, lo, unmasked, hi = _row_block(CU, n_cu, total, BLOCK_M, BLOCK_N, CU_BLOCK, REVERSE)
         h = tl.program_id(1)
-        offs_m = m0 + tl.arange(0, BLOCK_M)
         offs_n = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, HEAD_DIM)
-        doc_start, lo, unmasked, hi = _query_range(CU, n_cu, total, offs_m, m0, BLOCK_M, BLOCK_N, CU_BLOCK)
         q = _load_rows(Q + h * stride_qh, offs_m, stride_qt, offs_d, total, True)
         K += (h // GROUP) * stride_kh
         V += (h // GROUP) * stride_vh
@@ -214,15 +215,10 @@ if triton is not None:
                    CU_BLOCK: tl.constexpr, REVERSE: tl.constexpr):
         """BLOCK_M rows of one query head against their keys, as the forward walks them. Also writes those rows'
         delta = rowsum(dO * O), which the dK/dV kernel (launched after) reads: FA2 spends a pass on it."""
-        pid = tl.program_id(0)
-        if REVERSE:
-            pid = tl.num_programs(0) - 1 - pid
-        m0 = pid * BLOCK_M
+        m0, offs_m, doc_start, lo, unmasked, hi = _row_block(CU, n_cu, total, BLOCK_M, BLOCK_N, CU_BLOCK, REVERSE)
         h = tl.program_id(1)
-        offs_m = m0 + tl.arange(0, BLOCK_M)
         offs_n = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, HEAD_DIM)
-        doc_start, lo, unmasked, hi = _query_range(CU, n_cu, total, offs_m, m0, BLOCK_M, BLOCK_N, CU_BLOCK)
         row_ok = offs_m < total
         q = _load_rows(Q + h * stride_qh, offs_m, stride_qt, offs_d, total, True)
         do = _load_rows(DO + h * stride_doh, offs_m, stride_dot, offs_d, total, True)

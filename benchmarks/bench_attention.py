@@ -37,6 +37,22 @@ def doc_lengths(seq: int, rng) -> list[int]:
     return [n for n in out if n > 0]
 
 
+def pack_offsets(lengths: list[int], rows: int, device) -> tuple[torch.Tensor, int]:
+    """Documents of `lengths` laid out in `rows` equal rows -> (cu_seqlens as the trainer passes them: DocumentMask's,
+    padded with empty documents; the number of unmasked (query, key) pairs)."""
+    positions = torch.cat([torch.arange(n) for n in lengths]).view(rows, -1)
+    cu = DocumentMask.from_position_ids(positions).cu_seqlens.to(device)
+    return cu, sum(n * (n + 1) // 2 for n in lengths)
+
+
+def write_result(path: str | None, args, rows: list[dict]) -> None:
+    if path:
+        result = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                  "args": vars(args), "rows": rows}
+        with open(path, "w") as f:
+            json.dump(result, f, indent=1)
+
+
 def fa2(q, k, v, cu, max_len, scale):
     from smollm3.attention import _varlen_impl  # torch's FA2 (attention._FlashVarlen) or the flash-attn package
 
@@ -122,12 +138,9 @@ def main():
         lengths = [n for _ in range(args.packs) for n in (doc_lengths(args.seq, rng) if layout == "documents"
                                                           else [args.seq])]
         total = args.seq * args.packs
-        # as the trainer calls the kernels: offsets padded with empty documents (DocumentMask), and the row length
-        # as the bound on every document (what the compiled layers pass)
-        positions = torch.cat([torch.arange(n) for n in lengths]).view(args.packs, args.seq)
-        cu = DocumentMask.from_position_ids(positions).cu_seqlens.to(dev)
+        # as the trainer calls the kernels: the row length as the bound on every document (what compiled layers pass)
+        cu, pairs = pack_offsets(lengths, args.packs, dev)
         max_len, scale = args.seq, args.head_dim ** -0.5
-        pairs = sum(n * (n + 1) // 2 for n in lengths)
         flop_fwd = 4 * pairs * args.head_dim * args.heads
         g = torch.Generator(device=dev).manual_seed(0)
         q = torch.randn(total, args.heads, args.head_dim, device=dev, dtype=torch.bfloat16, generator=g)
@@ -154,11 +167,7 @@ def main():
             rows.append(row)
             print(f"{layout:<9} {name:<6} fwd {t_f:7.3f} ms ({row['fwd_tflops']:6.1f} TFLOP/s)  fwd+bwd {t_fb:7.3f} ms "
                   f"({row['fwd_bwd_tflops']:6.1f} TFLOP/s)  rel err vs fa2 {err}", flush=True)
-    result = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name(), "torch": torch.__version__,
-              "args": vars(args), "rows": rows}
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
+    write_result(args.out, args, rows)
 
 
 if __name__ == "__main__":

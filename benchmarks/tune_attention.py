@@ -15,15 +15,12 @@ from __future__ import annotations
 import argparse
 import functools
 import itertools
-import json
-import time
 
 import numpy as np
 import torch
 
-from bench_attention import doc_lengths
+from bench_attention import doc_lengths, pack_offsets, write_result
 from smollm3 import attention_triton as AT
-from smollm3.attention import DocumentMask
 
 
 def fa2_forward(q, k, v, cu, max_len, scale):
@@ -93,10 +90,8 @@ def main():
             lengths = [n for _ in range(packs) for n in (doc_lengths(args.seq, rng) if layout == "documents"
                                                          else [args.seq])]
         total = sum(lengths)
-        positions = torch.cat([torch.arange(n) for n in lengths])[None]
-        cu = DocumentMask.from_position_ids(positions).cu_seqlens.to(dev)
+        cu, pairs = pack_offsets(lengths, 1, dev)
         max_len = max(lengths) if layout == "ragged" else args.seq
-        pairs = sum(n * (n + 1) // 2 for n in lengths)
         flop = 4 * pairs * D * H
         g = torch.Generator(device=dev).manual_seed(packs)
         qkv = torch.randn(total, H + 2 * KV, D, device=dev, dtype=torch.bfloat16, generator=g)
@@ -149,11 +144,7 @@ def main():
         print(f"  backward with {best['dkdv']} {best['dq']}: {whole:.4f} ms (x{t_b / whole:.3f} FA2)", flush=True)
         rows.append({"layout": layout, "packs": packs, "best": best, "bwd_ms": round(whole, 4),
                      "bwd_vs_fa2": round(t_b / whole, 3)})
-    result = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name(), "torch": torch.__version__,
-              "args": vars(args), "rows": rows}
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
+    write_result(args.out, args, rows)
 
 
 if __name__ == "__main__":

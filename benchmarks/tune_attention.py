@@ -67,12 +67,14 @@ def main():
     ap.add_argument("--seq", type=int, default=4096)
     ap.add_argument("--packs", default="1,4")
     ap.add_argument("--sweep", default="fwd,dkdv,dq", help="which kernels' block shapes to sweep (on documents)")
+    ap.add_argument("--grid", default="full", choices=("full", "tma"),
+                    help="full: block shapes; tma: block shapes with and without TMA descriptor loads")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     dev, H, KV, D = torch.device("cuda"), 16, 4, 128
     scale = D ** -0.5
-    sweeps = {
+    sweeps = {  # --grid full: the block-shape sweeps of session 8
         "fwd": [dict(BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=s, REVERSE=True)
                 for m, n, w, s in itertools.product((64, 128), (32, 64), (4, 8), (2, 3)) if n <= m],
         "dkdv": [dict(BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=s, HEADS=heads)
@@ -81,6 +83,16 @@ def main():
         "dq": [dict(BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=s, REVERSE=True)
                for m, n, w, s in itertools.product((64, 128), (32, 64), (4, 8), (1, 2, 3)) if n <= m],
     }
+    if args.grid == "tma":  # blocks loaded through TMA descriptors; key blocks up to 128 wide (session 9)
+        rows_keys = ((64, 64), (64, 128), (128, 64), (128, 128))
+        sweeps = {"fwd": [dict(BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=s, REVERSE=True, TMA=True)
+                          for (m, n), w, s in itertools.product(rows_keys, (4, 8), (2, 3, 4))]}
+        sweeps["dq"] = [dict(c) for c in sweeps["fwd"]]
+        sweeps["dkdv"] = [dict(BLOCK_M=m, BLOCK_N=n, num_warps=w, num_stages=s, HEADS=1, TMA=True)
+                          for (m, n), w, s in itertools.product(((32, 64), (64, 64), (32, 128), (64, 128)), (4, 8),
+                                                                (2, 3))]
+        for kernel, cfgs in sweeps.items():  # the session-8 shapes with pointer loads, for reference
+            cfgs.insert(0, {**{"fwd": AT.FWD, "dq": AT.DQ, "dkdv": AT.DKDV}[kernel], "num_stages": 2, "TMA": False})
     rows = []
     for packs, layout in itertools.product([int(p) for p in args.packs.split(",")], ("documents", "causal", "ragged")):
         rng = np.random.default_rng(0)

@@ -165,8 +165,8 @@ def _varlen_call(q, k, v, cu_seqlens, max_seqlen: int, scale: float) -> torch.Te
 
 
 class _TritonVarlen(torch.autograd.Function):
-    """attention_triton's kernels: 1.47x FA2's forward and 1.34x its backward on the trainer's packs (H100,
-    benchmarks/results/2026-11-24-h100-attention-triton.md)."""
+    """attention_triton's kernels: 1.60x FA2's forward and 1.48x its backward on the trainer's packs (H100,
+    benchmarks/results/2026-11-24-h100-wgrad-attention-tma.md)."""
 
     @staticmethod
     def forward(ctx, q, k, v, cu, scale):
@@ -179,7 +179,8 @@ class _TritonVarlen(torch.autograd.Function):
     def backward(ctx, dout):
         q, k, v, out, lse, cu = ctx.saved_tensors
         dq, dk, dv = torch.ops.smollm3.doc_attention_backward(dout, q, k, v, out, lse, cu, ctx.scale)
-        return dq, dk, dv, None, None
+        # dk, dv may be fp32 sums: compiled, the cast fuses into RoPE's backward and the q/k/v concatenation
+        return dq, dk.to(k.dtype), dv.to(v.dtype), None, None
 
 
 @functools.cache

@@ -4,22 +4,26 @@ Inputs as flash-attention varlen takes them: flattened tokens q [tokens, heads, 
 cu_seqlens, the document offsets (padded at the end with empty documents, as DocumentMask builds them). torch's FA2
 does the same work at ~140 TFLOP/s forward and ~130 backward on the trainer's 4,096-token packs of ~600-token
 documents (H100): its 128-row tiles waste much of their work at document edges, and its GQA backward writes dK, dV
-per query head before summing them. Here (benchmarks/results/2026-11-24-h100-attention-triton.md):
+per query head before summing them. Here (benchmarks/results/2026-11-24-h100-attention-triton.md and
+2026-11-24-h100-wgrad-attention-tma.md: 1.60x FA2's forward, 1.48x its backward on those packs):
 
 - forward: 64 query rows of one head a program; key blocks from the first row's document start to the diagonal.
   A row's document start is the largest offset at or before it, found against the whole (short) offset vector, so
   rows of one block may belong to different documents. Only the blocks that cross a document start or the
   diagonal compute a mask. Writes the output and the natural-log log-sum-exp [heads, tokens].
 - backward, dQ: the forward's walk again, recomputing the probabilities from the log-sum-exp; it also writes each
-  row's delta = rowsum(dO * O), for
+  row's delta = rowsum(dO * O), and zeroes the fp32 dK, dV rows for
 - backward, dK and dV: 64 keys and one query head a program, walking the query rows from the diagonal to the end
   of each key's document; with grouped heads each query head's share is added into fp32 dK, dV atomically (a
-  program per KV head looping over its group measured slower: fewer, longer programs balance worse).
+  program per KV head looping over its group measured slower: fewer, longer programs balance worse). dK, dV leave
+  as those fp32 sums, so a compiled caller fuses their cast into what reads them next.
+
+On Hopper the blocks each loop streams (K/V, or Q/dO) load through TMA descriptors made in the kernel, pipelined
+on mbarriers; Triton left the pointer loads unpipelined (3-9% of each kernel's time).
 """
 
 from __future__ import annotations
 
-import functools
 
 import torch
 
@@ -30,9 +34,10 @@ except ImportError:
     triton = None
 
 # block shapes measured on the H100 for head_dim 128 (benchmarks/tune_attention.py)
-FWD = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2, "REVERSE": True}
-DKDV = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2, "HEADS": 1}
-DQ = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2, "REVERSE": True}
+# (TMA: the loops' blocks load through tensor descriptors on Hopper, pipelined; the pointer loads were not)
+FWD = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3, "REVERSE": True, "TMA": True}
+DKDV = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2, "HEADS": 1, "TMA": True}
+DQ = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2, "REVERSE": True, "TMA": True}
 
 
 def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
@@ -56,18 +61,35 @@ if triton is not None:
         return start, end
 
     @triton.jit
-    def _load_rows(ptr, rows, stride, offs_d, total, MASKED: tl.constexpr):
-        p = ptr + rows[:, None].to(tl.int64) * stride + offs_d[None, :]
-        if MASKED:
-            return tl.load(p, mask=(rows < total)[:, None], other=0.0)
-        return tl.load(p)
+    def _source(ptr, stride, total, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, TMA: tl.constexpr):
+        """Where a loop's [ROWS, HEAD_DIM] blocks come from: the pointer itself, or with TMA a tensor descriptor
+        over [total, HEAD_DIM] (rows past `total` read as zeros, as the masked loads do)."""
+        if TMA:  # one return per branch: Triton types a function by all its returns
+            src = tl.make_tensor_descriptor(ptr, shape=[total, HEAD_DIM], strides=[stride, 1],
+                                            block_shape=[ROWS, HEAD_DIM])
+        else:
+            src = ptr
+        return src
+
+    @triton.jit
+    def _load_rows(src, start, rows, stride, offs_d, total, MASKED: tl.constexpr, TMA: tl.constexpr = False):
+        """Rows start.. (`rows`) of a head: through the TMA descriptor, or as masked (MASKED) or plain loads."""
+        if TMA:
+            x = src.load([start, 0])
+        else:
+            p = src + rows[:, None].to(tl.int64) * stride + offs_d[None, :]
+            if MASKED:
+                x = tl.load(p, mask=(rows < total)[:, None], other=0.0)
+            else:
+                x = tl.load(p)
+        return x
 
     # ---------------------------------------------------------------------------------------------------- forward
     @triton.jit
     def _fwd_block(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, start, offs_m, doc_start, offs_n, offs_d, qk_scale,
-                   total, MASKED: tl.constexpr):
+                   total, MASKED: tl.constexpr, TMA: tl.constexpr):
         n = start + offs_n
-        k = _load_rows(K, n, stride_kt, offs_d, total, MASKED)
+        k = _load_rows(K, start, n, stride_kt, offs_d, total, MASKED, TMA)
         qk = tl.dot(q, tl.trans(k)) * qk_scale
         if MASKED:
             keep = (n[None, :] <= offs_m[:, None]) & (n[None, :] >= doc_start[:, None])
@@ -76,7 +98,7 @@ if triton is not None:
         p = tl.math.exp2(qk - m_new[:, None])
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = _load_rows(V, n, stride_vt, offs_d, total, MASKED)
+        v = _load_rows(V, start, n, stride_vt, offs_d, total, MASKED, TMA)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         return acc, l_i, m_new
 
@@ -84,7 +106,8 @@ if triton is not None:
     def _row_block(CU, n_cu, total, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CU_BLOCK: tl.constexpr,
                    REVERSE: tl.constexpr):
         """This program's query rows m0 + [0, BLOCK_M), their document starts, and their key blocks:
-        [lo, unmasked) cross a document start, [unmasked, m0) need no mask, [m0, hi) hold the diagonal."""
+        [lo, unmasked) cross a document start, [unmasked, diag) need no mask, [diag, hi) hold the diagonal
+        (diag is m0 rounded down to a key block, for key blocks wider than the row block)."""
         pid = tl.program_id(0)
         if REVERSE:  # the last rows of a pack, which see the most keys, start first
             pid = tl.num_programs(0) - 1 - pid
@@ -92,32 +115,34 @@ if triton is not None:
         offs_m = m0 + tl.arange(0, BLOCK_M)
         doc_start, _ = _documents(CU, n_cu, total, offs_m, CU_BLOCK)
         lo = (tl.min(doc_start, 0) // BLOCK_N) * BLOCK_N
-        unmasked = tl.minimum(tl.cdiv(tl.max(doc_start, 0), BLOCK_N) * BLOCK_N, m0)
-        return m0, offs_m, doc_start, lo, unmasked, tl.minimum(m0 + BLOCK_M, total)
+        diag = m0 // BLOCK_N * BLOCK_N
+        unmasked = tl.minimum(tl.cdiv(tl.max(doc_start, 0), BLOCK_N) * BLOCK_N, diag)
+        return m0, offs_m, doc_start, lo, unmasked, diag, tl.minimum(m0 + BLOCK_M, total)
 
     @triton.jit
     def _fwd_kernel(Q, K, V, Out, LSE, CU, n_cu, total, qk_scale, stride_qt, stride_qh, stride_kt, stride_kh,
                     stride_vt, stride_vh, stride_ot, stride_oh, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CU_BLOCK: tl.constexpr, REVERSE: tl.constexpr):
-        m0, offs_m, doc_start, lo, unmasked, hi = _row_block(CU, n_cu, total, BLOCK_M, BLOCK_N, CU_BLOCK, REVERSE)
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CU_BLOCK: tl.constexpr, REVERSE: tl.constexpr,
+                    TMA: tl.constexpr):
+        m0, offs_m, doc_start, lo, unmasked, diag, hi = _row_block(CU, n_cu, total, BLOCK_M, BLOCK_N, CU_BLOCK, REVERSE)
         h = tl.program_id(1)
         offs_n = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, HEAD_DIM)
-        q = _load_rows(Q + h * stride_qh, offs_m, stride_qt, offs_d, total, True)
-        K += (h // GROUP) * stride_kh
-        V += (h // GROUP) * stride_vh
+        q = _load_rows(Q + h * stride_qh, m0, offs_m, stride_qt, offs_d, total, True)
+        K = _source(K + (h // GROUP) * stride_kh, stride_kt, total, BLOCK_N, HEAD_DIM, TMA)
+        V = _source(V + (h // GROUP) * stride_vh, stride_vt, total, BLOCK_N, HEAD_DIM, TMA)
         m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)  # finite: a row may see no key in its first blocks
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
         for start in range(lo, unmasked, BLOCK_N):
             acc, l_i, m_i = _fwd_block(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, start, offs_m, doc_start,
-                                       offs_n, offs_d, qk_scale, total, MASKED=True)
-        for start in range(unmasked, m0, BLOCK_N):
+                                       offs_n, offs_d, qk_scale, total, MASKED=True, TMA=TMA)
+        for start in range(unmasked, diag, BLOCK_N):
             acc, l_i, m_i = _fwd_block(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, start, offs_m, doc_start,
-                                       offs_n, offs_d, qk_scale, total, MASKED=False)
-        for start in range(m0, hi, BLOCK_N):
+                                       offs_n, offs_d, qk_scale, total, MASKED=False, TMA=TMA)
+        for start in range(diag, hi, BLOCK_N):
             acc, l_i, m_i = _fwd_block(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, start, offs_m, doc_start,
-                                       offs_n, offs_d, qk_scale, total, MASKED=True)
+                                       offs_n, offs_d, qk_scale, total, MASKED=True, TMA=TMA)
         row_ok = offs_m < total
         tl.store(Out + h * stride_oh + offs_m[:, None].to(tl.int64) * stride_ot + offs_d[None, :],
                  (acc / l_i[:, None]).to(Out.dtype.element_ty), mask=row_ok[:, None])
@@ -127,11 +152,11 @@ if triton is not None:
     # --------------------------------------------------------------------------------------------------- backward
     @triton.jit
     def _dkdv_block(dk, dv, k, v, Q, DO, LSE, DELTA, stride_qt, stride_dot, start, offs_n, doc_end, offs_m, offs_d,
-                    qk_scale, total, MASKED: tl.constexpr):
+                    qk_scale, total, MASKED: tl.constexpr, TMA: tl.constexpr):
         """Rows start.. of one head against this program's keys: adds their share of dK and dV (keys on axis 0)."""
         m = start + offs_m
-        q = _load_rows(Q, m, stride_qt, offs_d, total, MASKED)
-        do = _load_rows(DO, m, stride_dot, offs_d, total, MASKED)
+        q = _load_rows(Q, start, m, stride_qt, offs_d, total, MASKED, TMA)
+        do = _load_rows(DO, start, m, stride_dot, offs_d, total, MASKED, TMA)
         if MASKED:
             lse = tl.load(LSE + m, mask=m < total, other=0.0)
             delta = tl.load(DELTA + m, mask=m < total, other=0.0)
@@ -152,7 +177,7 @@ if triton is not None:
                      stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
                      stride_dkt, stride_dkh, stride_dvt, stride_dvh,
                      GROUP: tl.constexpr, HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
-                     BLOCK_N: tl.constexpr, CU_BLOCK: tl.constexpr):
+                     BLOCK_N: tl.constexpr, CU_BLOCK: tl.constexpr, TMA: tl.constexpr):
         """BLOCK_N keys of one KV head; rows of HEADS of its query heads from the keys' diagonal to their
         documents' end. dK, dV accumulate over those heads in registers; with HEADS < GROUP, programs add their
         shares into fp32 dK, dV atomically."""
@@ -167,23 +192,24 @@ if triton is not None:
         # rows in [diag_end, unmasked) are past every key and inside every key's document: no mask
         diag_end = tl.minimum(n0 + BLOCK_N, hi)
         unmasked = tl.maximum(tl.minimum(tl.min(doc_end, 0) // BLOCK_M * BLOCK_M, hi), diag_end)
-        k = _load_rows(K + kvh * stride_kh, offs_n, stride_kt, offs_d, total, True)
-        v = _load_rows(V + kvh * stride_vh, offs_n, stride_vt, offs_d, total, True)
+        k = _load_rows(K + kvh * stride_kh, n0, offs_n, stride_kt, offs_d, total, True)
+        v = _load_rows(V + kvh * stride_vh, n0, offs_n, stride_vt, offs_d, total, True)
         dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
         dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
         for g in range(HEADS):
             h = h0 + g
-            Qh, DOh = Q + h * stride_qh, DO + h * stride_doh
+            Qh = _source(Q + h * stride_qh, stride_qt, total, BLOCK_M, HEAD_DIM, TMA)
+            DOh = _source(DO + h * stride_doh, stride_dot, total, BLOCK_M, HEAD_DIM, TMA)
             LSEh, DELTAh = LSE + h * total, DELTA + h * total
             for start in range(n0, diag_end, BLOCK_M):
                 dk, dv = _dkdv_block(dk, dv, k, v, Qh, DOh, LSEh, DELTAh, stride_qt, stride_dot, start, offs_n,
-                                     doc_end, offs_m, offs_d, qk_scale, total, MASKED=True)
+                                     doc_end, offs_m, offs_d, qk_scale, total, MASKED=True, TMA=TMA)
             for start in range(diag_end, unmasked, BLOCK_M):
                 dk, dv = _dkdv_block(dk, dv, k, v, Qh, DOh, LSEh, DELTAh, stride_qt, stride_dot, start, offs_n,
-                                     doc_end, offs_m, offs_d, qk_scale, total, MASKED=False)
+                                     doc_end, offs_m, offs_d, qk_scale, total, MASKED=False, TMA=TMA)
             for start in range(unmasked, hi, BLOCK_M):
                 dk, dv = _dkdv_block(dk, dv, k, v, Qh, DOh, LSEh, DELTAh, stride_qt, stride_dot, start, offs_n,
-                                     doc_end, offs_m, offs_d, qk_scale, total, MASKED=True)
+                                     doc_end, offs_m, offs_d, qk_scale, total, MASKED=True, TMA=TMA)
         key_ok = (offs_n < total)[:, None]
         dk_ptr = DK + kvh * stride_dkh + offs_n[:, None].to(tl.int64) * stride_dkt + offs_d[None, :]
         dv_ptr = DV + kvh * stride_dvh + offs_n[:, None].to(tl.int64) * stride_dvt + offs_d[None, :]
@@ -196,10 +222,10 @@ if triton is not None:
 
     @triton.jit
     def _dq_block(dq, q, do, lse, delta, K, V, stride_kt, stride_vt, start, offs_m, doc_start, offs_n, offs_d,
-                  qk_scale, total, MASKED: tl.constexpr):
+                  qk_scale, total, MASKED: tl.constexpr, TMA: tl.constexpr):
         n = start + offs_n
-        k = _load_rows(K, n, stride_kt, offs_d, total, MASKED)
-        v = _load_rows(V, n, stride_vt, offs_d, total, MASKED)
+        k = _load_rows(K, start, n, stride_kt, offs_d, total, MASKED, TMA)
+        v = _load_rows(V, start, n, stride_vt, offs_d, total, MASKED, TMA)
         p = tl.math.exp2(tl.dot(q, tl.trans(k)) * qk_scale - lse[:, None])
         if MASKED:
             keep = (n[None, :] <= offs_m[:, None]) & (n[None, :] >= doc_start[:, None])
@@ -208,42 +234,62 @@ if triton is not None:
         return dq + tl.dot(ds.to(k.dtype), k)
 
     @triton.jit
-    def _dq_kernel(Q, K, V, Out, DO, LSE, DELTA, DQ, CU, n_cu, total, qk_scale, sm_scale,
+    def _dq_kernel(Q, K, V, Out, DO, LSE, DELTA, DQ, DK, DV, CU, n_cu, total, qk_scale, sm_scale,
                    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
-                   stride_dot, stride_doh, stride_dqt, stride_dqh,
+                   stride_dot, stride_doh, stride_dqt, stride_dqh, stride_dkt, stride_dkh,
                    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   CU_BLOCK: tl.constexpr, REVERSE: tl.constexpr):
+                   CU_BLOCK: tl.constexpr, REVERSE: tl.constexpr, TMA: tl.constexpr, ZERO_DKDV: tl.constexpr):
         """BLOCK_M rows of one query head against their keys, as the forward walks them. Also writes those rows'
-        delta = rowsum(dO * O), which the dK/dV kernel (launched after) reads: FA2 spends a pass on it."""
-        m0, offs_m, doc_start, lo, unmasked, hi = _row_block(CU, n_cu, total, BLOCK_M, BLOCK_N, CU_BLOCK, REVERSE)
+        delta = rowsum(dO * O), which the dK/dV kernel (launched after) reads: FA2 spends a pass on it; and with
+        ZERO_DKDV, zeroes the rows of the fp32 dK, dV that the dK/dV kernel adds into (two fill kernels less)."""
+        m0, offs_m, doc_start, lo, unmasked, diag, hi = _row_block(CU, n_cu, total, BLOCK_M, BLOCK_N, CU_BLOCK, REVERSE)
         h = tl.program_id(1)
         offs_n = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, HEAD_DIM)
         row_ok = offs_m < total
-        q = _load_rows(Q + h * stride_qh, offs_m, stride_qt, offs_d, total, True)
-        do = _load_rows(DO + h * stride_doh, offs_m, stride_dot, offs_d, total, True)
+        q = _load_rows(Q + h * stride_qh, m0, offs_m, stride_qt, offs_d, total, True)
+        do = _load_rows(DO + h * stride_doh, m0, offs_m, stride_dot, offs_d, total, True)
         lse = tl.load(LSE + h * total + offs_m, mask=row_ok, other=0.0) * 1.4426950408889634
-        o = _load_rows(Out + h * stride_oh, offs_m, stride_ot, offs_d, total, True)
+        o = _load_rows(Out + h * stride_oh, m0, offs_m, stride_ot, offs_d, total, True)
         delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
         tl.store(DELTA + h * total + offs_m, delta, mask=row_ok)
-        K += (h // GROUP) * stride_kh
-        V += (h // GROUP) * stride_vh
+        if ZERO_DKDV:
+            if h % GROUP == 0:  # one query head of each group zeroes its KV head's rows
+                rows = (h // GROUP) * stride_dkh + offs_m[:, None].to(tl.int64) * stride_dkt + offs_d[None, :]
+                tl.store(DK + rows, tl.zeros([BLOCK_M, HEAD_DIM], tl.float32), mask=row_ok[:, None])
+                tl.store(DV + rows, tl.zeros([BLOCK_M, HEAD_DIM], tl.float32), mask=row_ok[:, None])
+        K = _source(K + (h // GROUP) * stride_kh, stride_kt, total, BLOCK_N, HEAD_DIM, TMA)
+        V = _source(V + (h // GROUP) * stride_vh, stride_vt, total, BLOCK_N, HEAD_DIM, TMA)
         dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
         for start in range(lo, unmasked, BLOCK_N):
             dq = _dq_block(dq, q, do, lse, delta, K, V, stride_kt, stride_vt, start, offs_m, doc_start, offs_n,
-                           offs_d, qk_scale, total, MASKED=True)
-        for start in range(unmasked, m0, BLOCK_N):
+                           offs_d, qk_scale, total, MASKED=True, TMA=TMA)
+        for start in range(unmasked, diag, BLOCK_N):
             dq = _dq_block(dq, q, do, lse, delta, K, V, stride_kt, stride_vt, start, offs_m, doc_start, offs_n,
-                           offs_d, qk_scale, total, MASKED=False)
-        for start in range(m0, hi, BLOCK_N):
+                           offs_d, qk_scale, total, MASKED=False, TMA=TMA)
+        for start in range(diag, hi, BLOCK_N):
             dq = _dq_block(dq, q, do, lse, delta, K, V, stride_kt, stride_vt, start, offs_m, doc_start, offs_n,
-                           offs_d, qk_scale, total, MASKED=True)
+                           offs_d, qk_scale, total, MASKED=True, TMA=TMA)
         tl.store(DQ + h * stride_dqh + offs_m[:, None].to(tl.int64) * stride_dqt + offs_d[None, :],
                  (dq * sm_scale).to(DQ.dtype.element_ty), mask=row_ok[:, None])
 
     # ------------------------------------------------------------------------------------------------- launchers
     def _cu_block(cu_seqlens):
         return max(16, triton.next_power_of_2(cu_seqlens.numel()))
+
+    def _scratch(size: int, alignment: int, stream):
+        return torch.empty(size, dtype=torch.int8, device="cuda")
+
+    def _tma(cfg, *streamed) -> bool:
+        """Whether the loop's blocks load through TMA descriptors made in the kernel (cfg "TMA"; Hopper; every row
+        stride and head start 16-byte aligned). The descriptors live in scratch memory that Triton asks torch for."""
+        if not cfg.get("TMA") or torch.cuda.get_device_capability()[0] < 9:
+            return False
+        if not all(t.stride(0) * t.element_size() % 16 == 0 and t.stride(1) * t.element_size() % 16 == 0
+                   and t.data_ptr() % 16 == 0 for t in streamed):
+            return False
+        triton.set_allocator(_scratch)
+        return True
 
     def _rows(x):
         """x with its last axis contiguous (the kernels take any other strides)."""
@@ -260,43 +306,56 @@ if triton is not None:
             q, k, v, out, lse, cu_seqlens, cu_seqlens.numel(), total, scale * LOG2E,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0),
             out.stride(1), GROUP=heads // k.shape[1], HEAD_DIM=d, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-            CU_BLOCK=_cu_block(cu_seqlens), REVERSE=cfg["REVERSE"], num_warps=cfg["num_warps"],
-            num_stages=cfg["num_stages"])
+            CU_BLOCK=_cu_block(cu_seqlens), REVERSE=cfg["REVERSE"], TMA=_tma(cfg, k, v),
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
         return out, lse
 
     def backward(dout, q, k, v, out, lse, cu_seqlens, scale, dkdv_cfg=DKDV, dq_cfg=DQ):
-        """(dq, dk, dv) for the forward's inputs, output and lse."""
+        """(dq, dk, dv) for the forward's inputs, output and lse; dk and dv in fp32 where grouped heads add into
+        them (`grad_dtype`), so that a compiled caller fuses their cast into whatever reads them next."""
         dout, q, k, v, out = _rows(dout), _rows(q), _rows(k), _rows(v), _rows(out)
         delta = torch.empty_like(lse)
-        dq = backward_dq(dout, q, k, v, out, lse, delta, cu_seqlens, scale, dq_cfg)  # writes delta
-        return dq, *backward_dkdv(dout, q, k, v, lse, delta, cu_seqlens, scale, dkdv_cfg)
+        dtype = grad_dtype(q, k, dkdv_cfg)
+        dk, dv = (torch.empty(k.shape, dtype=dtype, device=k.device) for _ in range(2))
+        # writes delta, and zeroes dk, dv where the dK/dV kernel adds into them
+        dq = backward_dq(dout, q, k, v, out, lse, delta, cu_seqlens, scale, dq_cfg,
+                         zero=(dk, dv) if dtype == torch.float32 else None)
+        return dq, *backward_dkdv(dout, q, k, v, lse, delta, cu_seqlens, scale, dkdv_cfg, out=(dk, dv))
 
-    def backward_dkdv(dout, q, k, v, lse, delta, cu_seqlens, scale, cfg):
+    def backward_dkdv(dout, q, k, v, lse, delta, cu_seqlens, scale, cfg, out=None):
+        """(dk, dv); `out`: the buffers, zeroed already where grouped heads add into them (fp32)."""
         total, heads, d = q.shape
         kv_heads = k.shape[1]
         group = heads // kv_heads
         heads_per = cfg["HEADS"]
-        split = heads_per < group  # then fp32 sums, added into atomically
-        alloc = functools.partial(torch.zeros if split else torch.empty, k.shape, device=k.device,
-                                  dtype=torch.float32 if split else k.dtype)
-        dk, dv = alloc(), alloc()
+        if out is None:
+            out = [(torch.zeros if heads_per < group else torch.empty)(k.shape, dtype=grad_dtype(q, k, cfg),
+                                                                       device=k.device) for _ in range(2)]
+        dk, dv = out
         _dkdv_kernel[(triton.cdiv(total, cfg["BLOCK_N"]), heads // heads_per)](
             q, k, v, dout, lse, delta, dk, dv, cu_seqlens, cu_seqlens.numel(), total, scale * LOG2E, scale,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), dout.stride(0),
             dout.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1), GROUP=group, HEADS=heads_per,
             HEAD_DIM=d, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], CU_BLOCK=_cu_block(cu_seqlens),
-            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-        return (dk.to(k.dtype), dv.to(v.dtype)) if split else (dk, dv)
+            TMA=_tma(cfg, q, dout), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        return dk, dv
 
-    def backward_dq(dout, q, k, v, out, lse, delta, cu_seqlens, scale, cfg):
+    def grad_dtype(q, k, cfg=DKDV) -> torch.dtype:
+        """dk's and dv's dtype out of `backward`: fp32 where programs add into them atomically."""
+        return torch.float32 if cfg["HEADS"] < q.shape[1] // k.shape[1] else k.dtype
+
+    def backward_dq(dout, q, k, v, out, lse, delta, cu_seqlens, scale, cfg, zero=None):
+        """dq; also writes delta, and zeroes the contiguous fp32 (dk, dv) of `zero` if given."""
         total, heads, d = q.shape
         dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        dk, dv = zero if zero is not None else (dq, dq)  # unused without ZERO_DKDV
         _dq_kernel[(triton.cdiv(total, cfg["BLOCK_M"]), heads)](
-            q, k, v, out, dout, lse, delta, dq, cu_seqlens, cu_seqlens.numel(), total, scale * LOG2E, scale,
+            q, k, v, out, dout, lse, delta, dq, dk, dv, cu_seqlens, cu_seqlens.numel(), total, scale * LOG2E, scale,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0),
-            out.stride(1), dout.stride(0), dout.stride(1), dq.stride(0), dq.stride(1), GROUP=heads // k.shape[1],
-            HEAD_DIM=d, CU_BLOCK=_cu_block(cu_seqlens), BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-            REVERSE=cfg["REVERSE"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+            out.stride(1), dout.stride(0), dout.stride(1), dq.stride(0), dq.stride(1), dk.stride(0), dk.stride(1),
+            GROUP=heads // k.shape[1], HEAD_DIM=d, CU_BLOCK=_cu_block(cu_seqlens), BLOCK_M=cfg["BLOCK_M"],
+            BLOCK_N=cfg["BLOCK_N"], REVERSE=cfg["REVERSE"], TMA=_tma(cfg, k, v), ZERO_DKDV=zero is not None,
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
         return dq
 
     # Opaque custom ops: a compiled graph calls them with the real tensors, whose strides the launchers read then
@@ -316,9 +375,10 @@ if triton is not None:
     def doc_attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                out: torch.Tensor, lse: torch.Tensor, cu_seqlens: torch.Tensor,
                                scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(dq, dk, dv) of doc_attention_forward, contiguous."""
+        """(dq, dk, dv) of doc_attention_forward, contiguous; dk, dv in `grad_dtype`."""
         return backward(dout, q, k, v, out, lse, cu_seqlens, scale)
 
     @doc_attention_backward.register_fake
     def _(dout, q, k, v, out, lse, cu_seqlens, scale):
-        return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+        return q.new_empty(q.shape), k.new_empty(k.shape, dtype=grad_dtype(q, k)), v.new_empty(v.shape,
+                                                                                             dtype=grad_dtype(q, k))

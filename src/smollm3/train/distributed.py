@@ -71,14 +71,17 @@ def apply_activation_checkpointing(model):
 
 
 def apply_compile(model):
-    """Compile each decoder layer (same shapes every layer: one graph per RoPE/NoPE variant, compiled once).
-    The varlen attention call is one node for dynamo (attention._varlen_call), so the layer compiles without breaks."""
+    """Compile each decoder layer (same shapes every layer: one graph per RoPE/NoPE variant, compiled once), and the
+    final norm, whose eager forward and backward are ~20 elementwise passes over [tokens, hidden] fp32 (~0.4 ms a
+    4,096-token micro-batch of the 3B preset on the H100). The varlen attention call is one node for dynamo
+    (attention._varlen_call), so the layer compiles without breaks."""
     import torch._dynamo
 
     # RoPE and NoPE layers, each with and without activation checkpointing, are guard sets of one code object
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
     for layer in model.model.layers:
         layer.compile(dynamic=False)
+    model.model.norm.compile(dynamic=False)
 
 
 def apply_fsdp(model, param_dtype: torch.dtype | None, reduce_dtype: torch.dtype = torch.float32):

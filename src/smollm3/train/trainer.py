@@ -160,6 +160,10 @@ def train(cfg: TrainConfig) -> dict:
                 last = i == len(micro) - 1
                 model.set_requires_gradient_sync(last)
                 model.set_reshard_after_backward(last)
+                # each layer keeps its gathered parameters from forward to backward too (+16% on 2 H200s, +5 GiB;
+                # benchmarks/results/2026-11-24-h200x2-fsdp-compiled.md); the root already does
+                for layer in model.model.layers:
+                    layer.set_reshard_after_forward(last)
             batch = _to_device(batch, dist.device)
             with autocast:
                 if preference:

@@ -24,7 +24,6 @@ on mbarriers; Triton left the pointer loads unpipelined (3-9% of each kernel's t
 
 from __future__ import annotations
 
-
 import torch
 
 try:  # triton ships with CUDA builds of torch
@@ -283,7 +282,7 @@ if triton is not None:
     def _tma(cfg, *streamed) -> bool:
         """Whether the loop's blocks load through TMA descriptors made in the kernel (cfg "TMA"; Hopper; every row
         stride and head start 16-byte aligned). The descriptors live in scratch memory that Triton asks torch for."""
-        if not cfg.get("TMA") or torch.cuda.get_device_capability()[0] < 9:
+        if not cfg.get("TMA") or torch.cuda.get_device_capability(streamed[0].device)[0] < 9:
             return False
         if not all(t.stride(0) * t.element_size() % 16 == 0 and t.stride(1) * t.element_size() % 16 == 0
                    and t.data_ptr() % 16 == 0 for t in streamed):

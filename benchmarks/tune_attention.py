@@ -4,10 +4,10 @@
 
 Packs are cut as bench_attention.py cuts them and passed as the trainer passes them (offsets padded with empty
 documents; q, k, v strided views of one stacked tensor). `--sweep` names the kernels whose block shapes are swept on
-the document packs: fwd, dkdv, dq (each sweep keeps the best shape for the next). Every configuration is checked
-against FA2 on the same inputs (output, log-sum-exp, dq, dk, dv as max |diff| / max |FA2|) and timed as GPU time:
-`--iters` calls captured in one CUDA graph, so the host's launch cost is left out. The causal and odd-length packs
-run the module's chosen shapes.
+the document packs: fwd, dkdv, dq (each sweep keeps the best shape for the next); `--grid` picks the sweep. Every
+configuration is checked against FA2 on the same inputs (output, log-sum-exp, dq, dk, dv as max |diff| / max |FA2|)
+and timed as GPU time: `--iters` calls captured in one CUDA graph, so the host's launch cost is left out. The causal
+and odd-length packs run the module's chosen shapes.
 """
 
 from __future__ import annotations
@@ -68,7 +68,8 @@ def main():
     ap.add_argument("--packs", default="1,4")
     ap.add_argument("--sweep", default="fwd,dkdv,dq", help="which kernels' block shapes to sweep (on documents)")
     ap.add_argument("--grid", default="full", choices=("full", "tma"),
-                    help="full: block shapes; tma: block shapes with and without TMA descriptor loads")
+                    help="full: session 8's block-shape sweep (pointer loads); tma: shapes with TMA descriptor loads, "
+                         "key blocks up to 128 wide, and session 8's shapes with pointer loads for reference")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()

@@ -281,7 +281,8 @@ if triton is not None:
 
     def _tma(cfg, *streamed) -> bool:
         """Whether the loop's blocks load through TMA descriptors made in the kernel (cfg "TMA"; Hopper; every row
-        stride and head start 16-byte aligned). The descriptors live in scratch memory that Triton asks torch for."""
+        stride and head start 16-byte aligned). The descriptors live in scratch memory that Triton asks torch for;
+        the allocator is set at each launch because Triton keeps it per thread, and the backward runs in autograd's."""
         if not cfg.get("TMA") or torch.cuda.get_device_capability(streamed[0].device)[0] < 9:
             return False
         if not all(t.stride(0) * t.element_size() % 16 == 0 and t.stride(1) * t.element_size() % 16 == 0
@@ -324,12 +325,11 @@ if triton is not None:
     def backward_dkdv(dout, q, k, v, lse, delta, cu_seqlens, scale, cfg, out=None):
         """(dk, dv); `out`: the buffers, zeroed already where grouped heads add into them (fp32)."""
         total, heads, d = q.shape
-        kv_heads = k.shape[1]
-        group = heads // kv_heads
-        heads_per = cfg["HEADS"]
+        group, heads_per = heads // k.shape[1], cfg["HEADS"]
         if out is None:
-            out = [(torch.zeros if heads_per < group else torch.empty)(k.shape, dtype=grad_dtype(q, k, cfg),
-                                                                       device=k.device) for _ in range(2)]
+            dtype = grad_dtype(q, k, cfg)
+            alloc = torch.zeros if dtype == torch.float32 else torch.empty  # fp32: added into atomically
+            out = [alloc(k.shape, dtype=dtype, device=k.device) for _ in range(2)]
         dk, dv = out
         _dkdv_kernel[(triton.cdiv(total, cfg["BLOCK_N"]), heads // heads_per)](
             q, k, v, dout, lse, delta, dk, dv, cu_seqlens, cu_seqlens.numel(), total, scale * LOG2E, scale,

@@ -10,7 +10,11 @@
 --what swiglu:     SwiGLU's backward as train/swiglu.py's Triton kernel (`precision.SWIGLU_KERNEL`) against
                    inductor's code for it;
 --what attention:  document-masked attention as attention_triton.py's kernels (`attention.TRITON_KERNELS`)
-                   against torch's FA2 varlen.
+                   against torch's FA2 varlen;
+--what fold-norms: each layer's RMSNorm gains folded into the stacked q/k/v and gate/up copies, their gradients
+                   finished once a step (`precision.FOLD_NORM_GAINS`), against the gain multiply per micro-batch;
+--what qkv-rope:   attention from the stacked q/k/v output with RoPE inside, its backward writing that output's
+                   gradient whole (`precision.QKV_ATTENTION`), against RoPE and the concatenation in inductor's code.
 3B preset, seq 4096, compiled layers, gradient-accumulation fusion (with --fp8, and train.fp8: rowwise), grad-accum 8
 by default.
 """
@@ -30,7 +34,8 @@ import smollm3.train.precision as precision
 from smollm3 import preset
 
 SWITCHES = {"ce-dlogits": (losses, "STORED_DLOGITS_BYTES", 0), "stack": (precision, "STACK_PROJECTIONS", False),
-            "swiglu": (precision, "SWIGLU_KERNEL", False), "attention": (attention, "TRITON_KERNELS", False)}
+            "swiglu": (precision, "SWIGLU_KERNEL", False), "attention": (attention, "TRITON_KERNELS", False),
+            "fold-norms": (precision, "FOLD_NORM_GAINS", False), "qkv-rope": (precision, "QKV_ATTENTION", False)}
 
 
 def main():

@@ -8,6 +8,8 @@ logits it would get alone.
 - "flex":   FlexAttention with a document block mask (GPU; compiled once per process).
 - "varlen": flash-attention over cu_seqlens: our Triton kernels (attention_triton.py, half precision, head_dim
             64 or 128), else torch's own FA2 kernels (CUDA builds) or the flash-attn package when installed.
+            `qkv_attention` runs the Triton kernels from a stacked q/k/v projection, RoPE inside (the trainer's
+            fused layers, train/precision.py).
 "auto" picks sdpa for plain causal attention and on CPU, varlen (else flex) for packed documents on GPU; fp32
 attention (a model trained in fp32, no autocast) takes flex there, as the flash kernels are half precision only.
 """
@@ -98,6 +100,16 @@ def resolve_backend(name: str, device: torch.device, packed: bool, seq_len: int,
     return "flex" if seq_len % FLEX_BLOCK == 0 else "sdpa"
 
 
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary_pos_emb(q, k, cos, sin):
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # broadcast over heads: [B, 1, T, D] (or [T, 1, D])
+    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc: DocumentMask | None, backend: str,
               scale: float) -> torch.Tensor:
     """q [B, H, T, D]; k, v [B, KV, T, D] -> [B, T, H, D]. Causal, and intra-document when `doc` is given
@@ -181,6 +193,54 @@ class _TritonVarlen(torch.autograd.Function):
         dq, dk, dv = torch.ops.smollm3.doc_attention_backward(dout, q, k, v, out, lse, cu, ctx.scale)
         # dk, dv may be fp32 sums: compiled, the cast fuses into RoPE's backward and the q/k/v concatenation
         return dq, dk.to(k.dtype), dv.to(v.dtype), None, None
+
+
+def qkv_kernels_run_on(device: torch.device) -> bool:
+    """Whether `qkv_attention`'s kernels run on this device (CUDA, Ampere on, Triton); asked outside compiled code."""
+    return (attention_triton.triton is not None and device.type == "cuda"
+            and torch.cuda.get_device_capability(device)[0] >= 8)
+
+
+def qkv_kernels_apply(x: torch.Tensor, backend: str, head_dim: int) -> bool:
+    """Whether `qkv_attention` serves a layer whose projections read x, on a device where they run: the Triton
+    kernels' varlen path, half precision, head_dim 64 or 128."""
+    return (backend == "varlen" and TRITON_KERNELS and x.dtype in (torch.bfloat16, torch.float16)
+            and head_dim in (64, 128))
+
+
+def qkv_attention(qkv: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None, doc: DocumentMask,
+                  num_heads: int, num_kv_heads: int, scale: float) -> torch.Tensor:
+    """Document-masked attention straight from the stacked q/k/v projection output qkv [B, T, (H + 2 KV) * D],
+    rotated by cos, sin [B, T, D] (None on NoPE layers) inside. -> [B, T, H, D]. Where `qkv_kernels_apply`.
+
+    The kernels' backward then writes qkv's gradient whole: RoPE's backward runs on dQ in the dQ kernel's epilogue
+    and on dK where its fp32 sum is rounded, so neither RoPE's backward nor the concatenation of dq, dk, dv is a pass
+    of its own: on the 3B preset (H100) autograd's took 37 us a layer, the kernel that rounds dK, dV now takes 9
+    (benchmarks/results/2026-11-25-h100-norm-gain-rope-fold.md)."""
+    B, T, _ = qkv.shape
+    rope = (None, None) if cos is None else (cos.reshape(B * T, -1), sin.reshape(B * T, -1))
+    out = _TritonVarlenQKV.apply(qkv.view(B * T, -1), *rope, doc.cu_seqlens, scale, num_heads, num_kv_heads)
+    return out.view(B, T, num_heads, -1)
+
+
+class _TritonVarlenQKV(torch.autograd.Function):
+    """RoPE (inductor's code, compiled) and attention_triton's forward; their backward in one op, into d qkv."""
+
+    @staticmethod
+    def forward(ctx, qkv, cos, sin, cu, scale, heads, kv_heads):
+        q, k, v = qkv.view(qkv.shape[0], heads + 2 * kv_heads, -1).split([heads, kv_heads, kv_heads], 1)
+        if cos is not None:
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        out, lse = torch.ops.smollm3.doc_attention_forward(q, k, v, cu, scale)
+        ctx.save_for_backward(q, k, v, out, lse, cu, cos, sin)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse, cu, cos, sin = ctx.saved_tensors
+        dqkv = torch.ops.smollm3.doc_attention_backward_qkv(dout, q, k, v, out, lse, cu, ctx.scale, cos, sin)
+        return dqkv, None, None, None, None, None, None
 
 
 @functools.cache

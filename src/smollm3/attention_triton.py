@@ -18,6 +18,10 @@ per query head before summing them. Here (benchmarks/results/2026-11-24-h100-att
   program per KV head looping over its group measured slower: fewer, longer programs balance worse). dK, dV leave
   as those fp32 sums, so a compiled caller fuses their cast into what reads them next.
 
+`backward_qkv` writes the gradient of the stacked q/k/v projection output that q, k and v were split from (and
+rotated, where cos/sin are given) as one tensor: RoPE's backward runs on dQ in the dQ kernel's epilogue and on dK in
+the kernel that rounds the fp32 dK, dV sums, so neither RoPE's backward nor the concatenation is a pass of its own.
+
 On Hopper the blocks each loop streams (K/V, or Q/dO) load through TMA descriptors made in the kernel, pipelined
 on mbarriers; Triton left the pointer loads unpipelined (3-9% of each kernel's time).
 """
@@ -220,6 +224,18 @@ if triton is not None:
             tl.atomic_add(dv_ptr, dv, mask=key_ok, sem="relaxed")
 
     @triton.jit
+    def _unrotate(x, COS, SIN, rows, stride_ct, offs_d, row_ok):
+        """RoPE's backward on x [rows, D] (fp32): x * cos + R^T(x * sin), where the forward's rotate_half is
+        R(y) = (-y2, y1) on the halves of D, so R^T(z) = (z2, -z1)."""
+        M: tl.constexpr = x.shape[0]
+        D: tl.constexpr = x.shape[1]
+        tables = rows[:, None].to(tl.int64) * stride_ct + offs_d[None, :]
+        c = tl.load(COS + tables, mask=row_ok[:, None], other=0.0).to(tl.float32)
+        s = tl.load(SIN + tables, mask=row_ok[:, None], other=0.0).to(tl.float32)
+        z1, z2 = tl.split(tl.permute(tl.reshape(x * s, [M, 2, D // 2]), [0, 2, 1]))
+        return x * c + tl.reshape(tl.permute(tl.join(z2, -z1), [0, 2, 1]), [M, D])
+
+    @triton.jit
     def _dq_block(dq, q, do, lse, delta, K, V, stride_kt, stride_vt, start, offs_m, doc_start, offs_n, offs_d,
                   qk_scale, total, MASKED: tl.constexpr, TMA: tl.constexpr):
         n = start + offs_n
@@ -233,14 +249,16 @@ if triton is not None:
         return dq + tl.dot(ds.to(k.dtype), k)
 
     @triton.jit
-    def _dq_kernel(Q, K, V, Out, DO, LSE, DELTA, DQ, DK, DV, CU, n_cu, total, qk_scale, sm_scale,
+    def _dq_kernel(Q, K, V, Out, DO, LSE, DELTA, DQ, DK, DV, COS, SIN, CU, n_cu, total, qk_scale, sm_scale,
                    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
-                   stride_dot, stride_doh, stride_dqt, stride_dqh, stride_dkt, stride_dkh,
+                   stride_dot, stride_doh, stride_dqt, stride_dqh, stride_dkt, stride_dkh, stride_ct,
                    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   CU_BLOCK: tl.constexpr, REVERSE: tl.constexpr, TMA: tl.constexpr, ZERO_DKDV: tl.constexpr):
+                   CU_BLOCK: tl.constexpr, REVERSE: tl.constexpr, TMA: tl.constexpr, ZERO_DKDV: tl.constexpr,
+                   ROPE: tl.constexpr):
         """BLOCK_M rows of one query head against their keys, as the forward walks them. Also writes those rows'
         delta = rowsum(dO * O), which the dK/dV kernel (launched after) reads: FA2 spends a pass on it; and with
-        ZERO_DKDV, zeroes the rows of the fp32 dK, dV that the dK/dV kernel adds into (two fill kernels less)."""
+        ZERO_DKDV, zeroes the rows of the fp32 dK, dV that the dK/dV kernel adds into (two fill kernels less).
+        With ROPE, dQ leaves through RoPE's backward (q was rotated by COS, SIN)."""
         m0, offs_m, doc_start, lo, unmasked, diag, hi = _row_block(CU, n_cu, total, BLOCK_M, BLOCK_N, CU_BLOCK, REVERSE)
         h = tl.program_id(1)
         offs_n = tl.arange(0, BLOCK_N)
@@ -269,8 +287,30 @@ if triton is not None:
         for start in range(diag, hi, BLOCK_N):
             dq = _dq_block(dq, q, do, lse, delta, K, V, stride_kt, stride_vt, start, offs_m, doc_start, offs_n,
                            offs_d, qk_scale, total, MASKED=True, TMA=TMA)
+        dq = dq * sm_scale
+        if ROPE:
+            dq = _unrotate(dq, COS, SIN, offs_m, stride_ct, offs_d, row_ok)
         tl.store(DQ + h * stride_dqh + offs_m[:, None].to(tl.int64) * stride_dqt + offs_d[None, :],
-                 (dq * sm_scale).to(DQ.dtype.element_ty), mask=row_ok[:, None])
+                 dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])
+
+    @triton.jit
+    def _finish_dkdv_kernel(DK, DV, COS, SIN, DKV, total, stride_dkt, stride_dkh, stride_dvt, stride_dvh,
+                            stride_ct, stride_gt, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
+                            BLOCK: tl.constexpr, ROPE: tl.constexpr):
+        """BLOCK tokens of one KV head: dK (through RoPE's backward with ROPE) and dV, rounded into DKV, the
+        [tokens, 2 * KV heads * D] columns of the stacked gradient after dQ's."""
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        h = tl.program_id(1)
+        offs_d = tl.arange(0, HEAD_DIM)
+        row_ok = offs < total
+        rows = offs[:, None].to(tl.int64)
+        dk = tl.load(DK + h * stride_dkh + rows * stride_dkt + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+        dv = tl.load(DV + h * stride_dvh + rows * stride_dvt + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+        if ROPE:
+            dk = _unrotate(dk.to(tl.float32), COS, SIN, offs, stride_ct, offs_d, row_ok)
+        out = DKV + rows * stride_gt + offs_d[None, :]
+        tl.store(out + h * HEAD_DIM, dk.to(DKV.dtype.element_ty), mask=row_ok[:, None])
+        tl.store(out + (KV_HEADS + h) * HEAD_DIM, dv.to(DKV.dtype.element_ty), mask=row_ok[:, None])
 
     # ------------------------------------------------------------------------------------------------- launchers
     def _cu_block(cu_seqlens):
@@ -313,14 +353,36 @@ if triton is not None:
     def backward(dout, q, k, v, out, lse, cu_seqlens, scale, dkdv_cfg=DKDV, dq_cfg=DQ):
         """(dq, dk, dv) for the forward's inputs, output and lse; dk and dv in fp32 where grouped heads add into
         them (`grad_dtype`), so that a compiled caller fuses their cast into whatever reads them next."""
+        dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        return dq, *_backward_into(dq, dout, q, k, v, out, lse, cu_seqlens, scale, dkdv_cfg, dq_cfg)
+
+    def backward_qkv(dout, q, k, v, out, lse, cu_seqlens, scale, rope=None, dkdv_cfg=DKDV, dq_cfg=DQ):
+        """The gradient of the stacked projection output [tokens, (heads + 2 kv_heads) * D] that q, k, v were
+        split from, in q's dtype; `rope`: (cos, sin) [tokens, D] where q and k were rotated by them, so the
+        gradient is the one before RoPE."""
+        total, heads, d = q.shape
+        kv = k.shape[1]
+        dqkv = torch.empty(total, (heads + 2 * kv) * d, dtype=q.dtype, device=q.device)
+        rope = None if rope is None else tuple(_rows(t) for t in rope)
+        dk, dv = _backward_into(dqkv[:, :heads * d].view(total, heads, d), dout, q, k, v, out, lse, cu_seqlens,
+                                scale, dkdv_cfg, dq_cfg, rope)
+        dkv = dqkv[:, heads * d:]
+        cos, sin = rope if rope is not None else (dk, dk)  # unused without ROPE
+        _finish_dkdv_kernel[(triton.cdiv(total, 64), kv)](
+            dk, dv, cos, sin, dkv, total, dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1), cos.stride(0),
+            dkv.stride(0), KV_HEADS=kv, HEAD_DIM=d, BLOCK=64, ROPE=rope is not None, num_warps=4)
+        return dqkv
+
+    def _backward_into(dq, dout, q, k, v, out, lse, cu_seqlens, scale, dkdv_cfg, dq_cfg, rope=None):
+        """dQ into `dq` (through RoPE's backward with `rope`), then (dk, dv) in `grad_dtype`."""
         dout, q, k, v, out = _rows(dout), _rows(q), _rows(k), _rows(v), _rows(out)
         delta = torch.empty_like(lse)
         dtype = grad_dtype(q, k, dkdv_cfg)
         dk, dv = (torch.empty(k.shape, dtype=dtype, device=k.device) for _ in range(2))
         # writes delta, and zeroes dk, dv where the dK/dV kernel adds into them
-        dq = backward_dq(dout, q, k, v, out, lse, delta, cu_seqlens, scale, dq_cfg,
-                         zero=(dk, dv) if dtype == torch.float32 else None)
-        return dq, *backward_dkdv(dout, q, k, v, lse, delta, cu_seqlens, scale, dkdv_cfg, out=(dk, dv))
+        backward_dq(dout, q, k, v, out, lse, delta, cu_seqlens, scale, dq_cfg,
+                    zero=(dk, dv) if dtype == torch.float32 else None, dq=dq, rope=rope)
+        return backward_dkdv(dout, q, k, v, lse, delta, cu_seqlens, scale, dkdv_cfg, out=(dk, dv))
 
     def backward_dkdv(dout, q, k, v, lse, delta, cu_seqlens, scale, cfg, out=None):
         """(dk, dv); `out`: the buffers, zeroed already where grouped heads add into them (fp32)."""
@@ -343,18 +405,22 @@ if triton is not None:
         """dk's and dv's dtype out of `backward`: fp32 where programs add into them atomically."""
         return torch.float32 if cfg["HEADS"] < q.shape[1] // k.shape[1] else k.dtype
 
-    def backward_dq(dout, q, k, v, out, lse, delta, cu_seqlens, scale, cfg, zero=None):
-        """dq; also writes delta, and zeroes the contiguous fp32 (dk, dv) of `zero` if given."""
+    def backward_dq(dout, q, k, v, out, lse, delta, cu_seqlens, scale, cfg, zero=None, dq=None, rope=None):
+        """dq (into `dq` if given: any strides, last axis contiguous); also writes delta, and zeroes the contiguous
+        fp32 (dk, dv) of `zero` if given. `rope`: (cos, sin) [tokens, D] that rotated q: dq through RoPE's
+        backward."""
         total, heads, d = q.shape
-        dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        dq = torch.empty(q.shape, dtype=q.dtype, device=q.device) if dq is None else dq
         dk, dv = zero if zero is not None else (dq, dq)  # unused without ZERO_DKDV
+        cos, sin = rope if rope is not None else (dq, dq)  # unused without ROPE
         _dq_kernel[(triton.cdiv(total, cfg["BLOCK_M"]), heads)](
-            q, k, v, out, dout, lse, delta, dq, dk, dv, cu_seqlens, cu_seqlens.numel(), total, scale * LOG2E, scale,
-            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0),
-            out.stride(1), dout.stride(0), dout.stride(1), dq.stride(0), dq.stride(1), dk.stride(0), dk.stride(1),
-            GROUP=heads // k.shape[1], HEAD_DIM=d, CU_BLOCK=_cu_block(cu_seqlens), BLOCK_M=cfg["BLOCK_M"],
-            BLOCK_N=cfg["BLOCK_N"], REVERSE=cfg["REVERSE"], TMA=_tma(cfg, k, v), ZERO_DKDV=zero is not None,
-            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+            q, k, v, out, dout, lse, delta, dq, dk, dv, cos, sin, cu_seqlens, cu_seqlens.numel(), total,
+            scale * LOG2E, scale, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+            out.stride(0), out.stride(1), dout.stride(0), dout.stride(1), dq.stride(0), dq.stride(1), dk.stride(0),
+            dk.stride(1), cos.stride(0), GROUP=heads // k.shape[1], HEAD_DIM=d, CU_BLOCK=_cu_block(cu_seqlens),
+            BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], REVERSE=cfg["REVERSE"], TMA=_tma(cfg, k, v),
+            ZERO_DKDV=zero is not None, ROPE=rope is not None, num_warps=cfg["num_warps"],
+            num_stages=cfg["num_stages"])
         return dq
 
     # Opaque custom ops: a compiled graph calls them with the real tensors, whose strides the launchers read then
@@ -376,6 +442,17 @@ if triton is not None:
                                scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(dq, dk, dv) of doc_attention_forward, contiguous; dk, dv in `grad_dtype`."""
         return backward(dout, q, k, v, out, lse, cu_seqlens, scale)
+
+    @torch.library.custom_op("smollm3::doc_attention_backward_qkv", mutates_args=())
+    def doc_attention_backward_qkv(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                   out: torch.Tensor, lse: torch.Tensor, cu_seqlens: torch.Tensor, scale: float,
+                                   cos: torch.Tensor | None, sin: torch.Tensor | None) -> torch.Tensor:
+        """`backward_qkv`: the gradient of the stacked q/k/v projection output, before RoPE where cos, sin given."""
+        return backward_qkv(dout, q, k, v, out, lse, cu_seqlens, scale, None if cos is None else (cos, sin))
+
+    @doc_attention_backward_qkv.register_fake
+    def _(dout, q, k, v, out, lse, cu_seqlens, scale, cos, sin):
+        return q.new_empty(q.shape[0], (q.shape[1] + 2 * k.shape[1]) * q.shape[2])
 
     @doc_attention_backward.register_fake
     def _(dout, q, k, v, out, lse, cu_seqlens, scale):

@@ -18,7 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from smollm3.attention import DocumentMask, attention, attention_with_cache, resolve_backend
+from smollm3.attention import (DocumentMask, apply_rotary_pos_emb, attention, attention_with_cache,
+                                resolve_backend)
 from smollm3.config import ModelConfig
 
 
@@ -100,16 +101,6 @@ def _yarn(cfg: ModelConfig, pos_freqs: torch.Tensor) -> tuple[torch.Tensor, floa
     extrapolate = 1 - ramp  # high-frequency dims keep their frequency; low-frequency ones are interpolated
     inv_freq = (1.0 / (factor * pos_freqs)) * (1 - extrapolate) + (1.0 / pos_freqs) * extrapolate
     return inv_freq, float(attention_factor)
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_rotary_pos_emb(q, k, cos, sin):
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # broadcast over heads: [B, 1, T, D]
-    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
 
 
 class SmolLM3Attention(nn.Module):

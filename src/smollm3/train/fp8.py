@@ -62,16 +62,19 @@ def weight_copies(out: int, inp: int, rowwise: bool, device) -> tuple[torch.Tens
 
 
 @torch.no_grad()
-def refresh(copies: tuple[torch.Tensor, ...], weights: list[torch.Tensor]):
-    """Quantize the fp32 `weights`, stacked along their output rows (q/k/v, gate/up: one GEMM serves them), into
+def refresh(copies: tuple[torch.Tensor, ...], weights: list[torch.Tensor], gain: torch.Tensor | None = None):
+    """Quantize the fp32 `weights` (times `gain` along their input axis, where given: a folded RMSNorm gain),
+    stacked along their output rows (q/k/v, gate/up: one GEMM serves them), into
     their `weight_copies` in place: once per optimizer step, into fixed storage, so compiled graphs see the same
     tensors every step. Straight from fp32: no bf16 copy of these weights exists. Compiled on CUDA (one graph per
     projection kind): eager, its abs/amax/divide/clamp/cast passes took ~86 ms a step on the 3B preset."""
-    (_refresh_compiled if weights[0].is_cuda else _refresh)(copies, weights)
+    (_refresh_compiled if weights[0].is_cuda else _refresh)(copies, weights, gain)
 
 
-def _refresh(copies, weights):
+def _refresh(copies, weights, gain=None):
     w, w_scale, wt, wt_scale = copies
+    if gain is not None:
+        weights = [x * gain for x in weights]
     if w_scale.dim() == 2:  # rowwise: per output row for the forward, per input column (over all members) for dgrad
         row_amax = torch.cat([x.abs().amax(1) for x in weights])
         col_amax = torch.stack([x.abs().amax(0) for x in weights]).amax(0)

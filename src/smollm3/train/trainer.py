@@ -174,6 +174,8 @@ def train(cfg: TrainConfig) -> dict:
             (loss * dist.world / denom).backward()
             loss_sum += loss.detach()
             tokens += batch["input_ids"].numel()
+        if fusion is not None:
+            fusion.end_step()  # the folded RMSNorm gains' gradients
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
         loss_value = dist.all_reduce_sum(loss_sum).item() / denom
         grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)

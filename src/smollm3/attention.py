@@ -195,15 +195,10 @@ class _TritonVarlen(torch.autograd.Function):
         return dq, dk.to(k.dtype), dv.to(v.dtype), None, None
 
 
-def qkv_kernels_run_on(device: torch.device) -> bool:
-    """Whether `qkv_attention`'s kernels run on this device (CUDA, Ampere on, Triton); asked outside compiled code."""
-    return (attention_triton.triton is not None and device.type == "cuda"
-            and torch.cuda.get_device_capability(device)[0] >= 8)
-
-
 def qkv_kernels_apply(x: torch.Tensor, backend: str, head_dim: int) -> bool:
-    """Whether `qkv_attention` serves a layer whose projections read x, on a device where they run: the Triton
-    kernels' varlen path, half precision, head_dim 64 or 128."""
+    """Whether `qkv_attention` serves a layer whose projections read x, on a device where the kernels run
+    (`attention_triton.runs_on`, asked outside compiled code): the varlen backend, half precision, head_dim 64 or
+    128."""
     return (backend == "varlen" and TRITON_KERNELS and x.dtype in (torch.bfloat16, torch.float16)
             and head_dim in (64, 128))
 

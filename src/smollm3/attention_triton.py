@@ -43,12 +43,16 @@ DKDV = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2, "HEADS": 
 DQ = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2, "REVERSE": True, "TMA": True}
 
 
+def runs_on(device: torch.device) -> bool:
+    """Whether the kernels run on this device: CUDA, Ampere on, with Triton."""
+    return triton is not None and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    """Whether the kernels take q [tokens, heads, D], k, v [tokens, kv_heads, D]: CUDA (Ampere on), half precision,
-    D of 64 or 128, whole query groups."""
-    return (triton is not None and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16)
-            and k.dtype == v.dtype == q.dtype and q.shape[-1] in (64, 128) and q.shape[1] % k.shape[1] == 0
-            and torch.cuda.get_device_capability(q.device)[0] >= 8)
+    """Whether the kernels take q [tokens, heads, D], k, v [tokens, kv_heads, D]: a device they run on, half
+    precision, D of 64 or 128, whole query groups."""
+    return (runs_on(q.device) and q.dtype in (torch.bfloat16, torch.float16) and k.dtype == v.dtype == q.dtype
+            and q.shape[-1] in (64, 128) and q.shape[1] % k.shape[1] == 0)
 
 
 if triton is not None:

@@ -34,7 +34,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from smollm3.attention import qkv_attention, qkv_kernels_apply, qkv_kernels_run_on
+from smollm3 import attention_triton
+from smollm3.attention import qkv_attention, qkv_kernels_apply
 from smollm3.model import SmolLM3Attention, SmolLM3ForCausalLM, SmolLM3MLP, SmolLM3RMSNorm
 from smollm3.train import fp8 as F8
 from smollm3.train.swiglu import swiglu, swiglu_backward_fp8, swiglu_forward
@@ -192,9 +193,8 @@ class _FusedRMSNorm(SmolLM3RMSNorm):
     folded = False  # True where the gain lives in the next projection's weight copy (GradAccumFusion.end_step)
 
     def forward(self, x):
-        if self.folded:
-            return self.normalize(x).to(self.compute_weight.dtype)
-        return _Scale.apply(self.normalize(x).to(self.compute_weight.dtype), self.compute_weight, self.weight_grad)
+        x = self.normalize(x).to(self.compute_weight.dtype)
+        return x if self.folded else _Scale.apply(x, self.compute_weight, self.weight_grad)
 
 
 class _FusedEmbedding(nn.Embedding):
@@ -328,7 +328,7 @@ class GradAccumFusion:
         buffer, each parameter's bf16 copy and `.grad` a row slice of them, so one GEMM serves them all."""
         for m in self.stacks:
             if isinstance(m, _FusedAttention):
-                m.qkv_kernels = qkv_kernels_run_on(m.q_proj.weight.device)
+                m.qkv_kernels = attention_triton.runs_on(m.q_proj.weight.device)
             members = [getattr(m, name) for name in m.members]
             if any(lin.weight.grad is None for lin in members):
                 w = members[0].weight

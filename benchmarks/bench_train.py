@@ -11,7 +11,8 @@ every layer), optional varlen|flex|sdpa (attention backend, default auto = varle
 --micro-batch), gaN (gradient-accumulation steps, default 1), optional fused|amp (train.grad_accum_fusion
 true|false; default auto = fused on CUDA: bf16 weight copies once a step, weight gradients added into fp32 .grad by
 their GEMMs), optional fp8row|fp8tensor (train.fp8 rowwise|tensorwise: FP8 forward and input-gradient GEMMs in the
-decoder layers). Tokens/s count every micro-batch of a step, so the optimizer's cost is amortised over the
+decoder layers), optional graphs (train.cuda_graphs: each micro-batch's forward and backward replayed as a CUDA
+graph). Tokens/s count every micro-batch of a step, so the optimizer's cost is amortised over the
 accumulation. The first steps (compilation, allocator warm-up) are left out of the median.
 `--profile VARIANT` reruns one variant for 5 steps, the last under torch.profiler, and prints how busy the GPU was
 and its top kernels.
@@ -57,7 +58,8 @@ def parse_variant(name: str, micro: int) -> dict:
     words = name.split("-")
     v = {"compile_": "compile" in words, "ac": "ac" in words, "micro": micro, "accum": 1, "attn": "auto",
          "fusion": True if "fused" in words else False if "amp" in words else None,
-         "fp8": "rowwise" if "fp8row" in words else "tensorwise" if "fp8tensor" in words else None}
+         "fp8": "rowwise" if "fp8row" in words else "tensorwise" if "fp8tensor" in words else None,
+         "graphs": "graphs" in words}
     for w in words:
         if w.startswith("mb") and w[2:].isdigit():
             v["micro"] = int(w[2:])
@@ -74,7 +76,7 @@ def run(root: Path, name: str, preset: str, seq: int, steps: int, variant: dict,
     from smollm3.train.trainer import train
 
     micro, accum, compile_, ac = variant["micro"], variant["accum"], variant["compile_"], variant["ac"]
-    attn, fusion, fp8 = variant["attn"], variant["fusion"], variant["fp8"]
+    attn, fusion, fp8, graphs = variant["attn"], variant["fusion"], variant["fp8"], variant.get("graphs", False)
 
     out = root / name
     cfg = {"out_dir": str(out), "model": {"preset": preset, "overrides": {"max_position_embeddings": seq},
@@ -83,7 +85,7 @@ def run(root: Path, name: str, preset: str, seq: int, steps: int, variant: dict,
                     "stages": [{"start_tokens": 0, "weights": {str(root / "shards"): 1.0}}]},
            "train": {"steps": steps, "micro_batch": micro, "grad_accum": accum, "dtype": "bfloat16",
                      "compile": compile_, "activation_checkpointing": ac, "grad_accum_fusion": fusion,
-                     "fp8": fp8},
+                     "fp8": fp8, "cuda_graphs": graphs},
            "optim": {"lr": 2e-4, "warmup_steps": 2},
            "checkpoint": {"every": 0}, "log": {"every": 1, "tensorboard": False, "profile_step": profile_step}}
     (root / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
@@ -97,7 +99,7 @@ def run(root: Path, name: str, preset: str, seq: int, steps: int, variant: dict,
     torch._dynamo.reset()
     t0 = time.time()
     try:
-        train(load_train_config(root / f"{name}.yaml"))
+        result = train(load_train_config(root / f"{name}.yaml"))
     except torch.OutOfMemoryError:
         peak = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         print(f"{name:<28} out of memory (peak {peak:.2f} GiB)", flush=True)
@@ -112,16 +114,18 @@ def run(root: Path, name: str, preset: str, seq: int, steps: int, variant: dict,
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steady = records[min(3, len(records) - 1):]
     row = {"name": name, "micro_batch": micro, "grad_accum": accum, "attn": attn, "compile": compile_, "ac": ac,
-           "grad_accum_fusion": fusion, "fp8": fp8,
+           "grad_accum_fusion": fusion, "fp8": fp8, "cuda_graphs": graphs,
            "tokens_per_s": round(statistics.median(r["tokens_per_s"] for r in steady)),
            "mfu": round(statistics.median(r.get("mfu", 0.0) for r in steady), 4),
            "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
            "wall_s": round(wall, 1), "graph_breaks": sum(counters["graph_break"].values()),
            "graphs_compiled": counters["stats"]["unique_graphs"],
            "steps_tokens_per_s": [round(r["tokens_per_s"]) for r in records],
-           "loss_first_last": [round(records[0]["loss"], 4), round(records[-1]["loss"], 4)]}
+           "loss_first_last": [round(records[0]["loss"], 4), round(records[-1]["loss"], 4)],
+           "graph_stats": result.get("cuda_graphs")}
     print(f"{name:<28} {row['tokens_per_s']:>9,} tok/s  MFU {row['mfu']:6.1%}  peak {row['peak_mem_gib']} GiB  "
-          f"wall {wall:6.1f} s  graph breaks {row['graph_breaks']}  loss {row['loss_first_last']}", flush=True)
+          f"wall {wall:6.1f} s  graph breaks {row['graph_breaks']}  loss {row['loss_first_last']}"
+          + (f"  CUDA graphs {row['graph_stats']}" if row["graph_stats"] else ""), flush=True)
     return row
 
 

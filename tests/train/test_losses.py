@@ -92,6 +92,24 @@ def test_chunked_cross_entropy_takes_the_counted_positions_from_the_caller():
     assert chunked_cross_entropy(hidden, weight, labels, reduction="mean", label_index=index[:0]) == 0
 
 
+def test_ignored_positions_in_the_label_index_count_nothing(dlogits_path):
+    """CUDA-graphed micro-batches pad the counted positions with ignored ones to a fixed count (train/graphs.py):
+    the loss, its mean and both gradients are those of the unpadded index."""
+    hidden, weight, labels = _head_problem()
+    flat = labels.reshape(-1)
+    index = (flat != -100).nonzero().squeeze(1)
+    padded = torch.cat([index, (flat == -100).nonzero().squeeze(1)[:4]])
+    upstream = torch.randn(labels.shape)
+    for reduction in ("none", "mean", "sum"):
+        out = [chunked_cross_entropy(hidden, weight, labels, chunk=7, reduction=reduction, label_index=i)
+               for i in (index, padded)]
+        grads = [torch.autograd.grad((o * (upstream if reduction == "none" else 1)).sum(), (hidden, weight))
+                 for o in out]
+        torch.testing.assert_close(out[1], out[0], atol=0, rtol=0)
+        for a, b in zip(grads[1], grads[0]):
+            torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-6)
+
+
 def test_chunked_cross_entropy_gradcheck_float64(dlogits_path):
     hidden, weight, labels = _head_problem(B=2, T=7, D=5, V=11, dtype=torch.float64)
     assert torch.autograd.gradcheck(

@@ -169,6 +169,8 @@ def test_bad_configs_are_refused_before_compute(assets, tmp_path):
         train(load_train_config(write_config(assets, tmp_path / "x"), ["train.dtype=bfloat16", "train.fp8=e5m2"]))
     with pytest.raises(ConfigError, match="train.fp8 runs inside the fused bf16 path"):
         train(load_train_config(write_config(assets, tmp_path / "x"), ["train.fp8=rowwise"]))  # fp32
+    with pytest.raises(ConfigError, match="train.cuda_graphs: it needs a CUDA device; set train.cuda_graphs to false"):
+        train(load_train_config(write_config(assets, tmp_path / "x"), ["train.cuda_graphs=true"]))
     with pytest.raises(ConfigError, match="exceeds the model's max_position_embeddings 1024"):
         train(load_train_config(write_config(assets, tmp_path / "x"), ["data.seq_len=2048"]))
     base = tmp_path / "base"
@@ -261,6 +263,24 @@ def test_fp8_training_tracks_bf16(assets, tmp_path):
     assert losses(fp8)[-1] < 0.85 * losses(fp8)[0]
     assert losses(fp8) == pytest.approx(losses(bf16), rel=0.02)
     assert losses(fp8) != losses(bf16)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("setting", [["train.compile=true"], ["train.compile=true", "train.fp8=rowwise"],
+                                     ["train.activation_checkpointing=true"]], ids=["compiled", "fp8", "checkpointed"])
+def test_cuda_graphs_track_eager_training(assets, tmp_path, setting):
+    runs = {}
+    for graphs in (False, None):  # None: auto, on here
+        out = tmp_path / f"graphs-{graphs}"
+        result = train(load_train_config(write_config(assets, out, checkpoint__every=0), [
+            "train.dtype=bfloat16", "train.steps=6", "train.grad_accum=3", *setting,
+            f"train.cuda_graphs={'false' if graphs is False else 'null'}"]))
+        runs[graphs is None] = (result, losses(out))
+    assert "cuda_graphs" not in runs[False][0]
+    stats = runs[True][0]["cuda_graphs"]
+    assert stats["replays"] > stats["eager"] + stats["captures"]
+    assert runs[True][1] == pytest.approx(runs[False][1], rel=2e-3)
 
 
 def test_profile_step_writes_a_trace_and_a_summary_of_that_step(assets, tmp_path):

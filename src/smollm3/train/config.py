@@ -62,6 +62,9 @@ class TrainSection:
     # rowwise | tensorwise: the decoder layers' forward and input-gradient GEMMs in FP8 with dynamic scales, weight
     # gradients still bf16 into fp32 (train/fp8.py); needs the fused path above and an Ada/Hopper GPU (or the CPU)
     fp8: str | None = None
+    # replay each micro-batch's forward and backward as a CUDA graph (train/graphs.py); needs one process on CUDA,
+    # the fused path above, a causal-LM objective (lm, sft); None: on wherever those hold
+    cuda_graphs: bool | None = None
     fsdp: bool = True  # under torchrun: shard with FSDP2 (fully_shard per block, then the root)
 
 

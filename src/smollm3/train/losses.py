@@ -53,7 +53,8 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: to
     bf16 copy that needs no grad) the weight's gradient is added into that buffer by the gradient GEMMs instead of
     being returned (train/precision.py). `label_index`: the flat positions whose label is not `ignore_index`, on
     labels' device, found by the caller where the labels are still on the CPU (trainer._to_device); found here
-    otherwise, which makes the host wait for the GPU (the count of kept rows is a shape)."""
+    otherwise, which makes the host wait for the GPU (the count of kept rows is a shape). Ignored positions in it
+    add nothing to the loss or the gradients."""
     _check_reduction(reduction)
     if hidden.shape[:-1] != labels.shape:
         raise ValueError(f"chunked_cross_entropy: hidden {tuple(hidden.shape)} and labels {tuple(labels.shape)} "
@@ -71,9 +72,12 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: to
     dtype = _matmul_dtype(rows, weight)
     store = torch.is_grad_enabled() and (rows.requires_grad or weight.requires_grad) \
         and rows.shape[0] * weight.shape[0] * dtype.itemsize <= STORED_DLOGITS_BYTES
-    nll = _ChunkedNLL.apply(rows, weight, flat_labels.index_select(0, label_index), chunk, weight_grad, store)
-    per_token = nll.new_zeros(flat_labels.shape).index_copy(0, label_index, nll)
-    return _reduce(per_token, label_index.numel(), reduction, labels.shape)
+    targets = flat_labels.index_select(0, label_index)
+    # label_index may also name ignored positions (padding to a fixed row count, train/graphs.py): they count nothing
+    ignored = targets == ignore_index
+    nll = _ChunkedNLL.apply(rows, weight, targets.masked_fill(ignored, 0), chunk, weight_grad, store)
+    per_token = nll.new_zeros(flat_labels.shape).index_copy(0, label_index, nll.masked_fill(ignored, 0.0))
+    return _reduce(per_token, (~ignored).sum(), reduction, labels.shape)
 
 
 # d nll / d logits of a whole micro-batch is kept from the forward when it fits here (4,096 tokens x 128,256 x bf16

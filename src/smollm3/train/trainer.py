@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from smollm3.attention import DocumentMask
+from smollm3.attention import DocumentMask, resolve_backend
 from smollm3.checkpoint import build_model, load_pretrained
 from smollm3.config import ConfigError, config_from_dict
 from smollm3.tokenizer import load_tokenizer
@@ -29,6 +29,7 @@ from smollm3.train.checkpointing import find_resume_point, load_checkpoint, save
 from smollm3.train.config import TrainConfig, dump_config
 from smollm3.train.data import build_data
 from smollm3.train.fp8 import supported as fp8_supported
+from smollm3.train.graphs import MicroBatchGraphs
 from smollm3.train.losses import IGNORE_INDEX, preference_loss
 from smollm3.train.optim import build_optimizer, lr_factor, set_lr
 from smollm3.train.precision import GradAccumFusion
@@ -121,6 +122,7 @@ def train(cfg: TrainConfig) -> dict:
     fusion = GradAccumFusion(model, _amp_dtype(cfg), cfg.train.fp8) if _use_grad_accum_fusion(cfg, dist) else None
     if cfg.train.activation_checkpointing:
         D.apply_activation_checkpointing(model)
+    graphs = _micro_batch_graphs(cfg, model, fusion, dist)
     if cfg.train.compile:
         D.apply_compile(model)
     if fsdp:
@@ -153,6 +155,8 @@ def train(cfg: TrainConfig) -> dict:
         if fusion is not None:
             fusion.begin_step()
         denom = _global_count(micro, preference, dist)
+        if graphs is not None:
+            graphs.set_loss_scale(dist.world / denom)
         loss_sum = torch.zeros((), device=dist.device)
         tokens = 0
         for i, batch in enumerate(micro):
@@ -164,14 +168,17 @@ def train(cfg: TrainConfig) -> dict:
                 # benchmarks/results/2026-11-24-h200x2-fsdp-compiled.md); the root already does
                 for layer in model.model.layers:
                     layer.set_reshard_after_forward(last)
-            batch = _to_device(batch, dist.device)
-            with autocast:
-                if preference:
-                    loss = _preference_step(model, ref, batch, cfg)
-                else:
-                    loss = model(batch["input_ids"], batch["position_ids"], labels=batch["labels"],
-                                 document_mask=batch["document_mask"], label_index=batch["label_index"]).sum()
-            (loss * dist.world / denom).backward()
+            if graphs is not None:
+                loss = graphs(batch)
+            else:
+                batch = _to_device(batch, dist.device)
+                with autocast:
+                    if preference:
+                        loss = _preference_step(model, ref, batch, cfg)
+                    else:
+                        loss = model(batch["input_ids"], batch["position_ids"], labels=batch["labels"],
+                                     document_mask=batch["document_mask"], label_index=batch["label_index"]).sum()
+                (loss * dist.world / denom).backward()
             loss_sum += loss.detach()
             tokens += batch["input_ids"].numel()
         if fusion is not None:
@@ -208,7 +215,10 @@ def train(cfg: TrainConfig) -> dict:
     pbar.close()
     metrics.close()
     D.close_distributed()
-    return {"steps": cfg.train.steps, "out_dir": str(out)}
+    result = {"steps": cfg.train.steps, "out_dir": str(out)}
+    if graphs is not None:
+        result["cuda_graphs"] = {"eager": graphs.eager, "captures": graphs.captures, "replays": graphs.replays}
+    return result
 
 
 def _preference_step(model, ref, batch, cfg: TrainConfig) -> torch.Tensor:
@@ -287,6 +297,28 @@ def _use_grad_accum_fusion(cfg: TrainConfig, dist) -> bool:
             raise ConfigError(f"train.fp8 needs FP8 tensor cores (compute capability 8.9+: Ada, Hopper); {name} has "
                               "none; set train.fp8 to null")
     return fused
+
+
+def _micro_batch_graphs(cfg: TrainConfig, model, fusion, dist) -> MicroBatchGraphs | None:
+    """train.cuda_graphs: true (refused with the reason where it cannot run), false, or null: on wherever it can
+    (benchmarks/results/2026-11-25-h100-cuda-graphs.md: 3.7x on the 360M preset, 1-2% on the 3B)."""
+    if cfg.train.cuda_graphs is False:
+        return None
+    if dist.device.type != "cuda":
+        why = "it needs a CUDA device"
+    elif dist.world > 1:
+        why = "it needs one process"
+    elif fusion is None:
+        why = "it replays the fused path's fp32 gradient buffers (train.grad_accum_fusion)"
+    elif cfg.train.objective not in ("lm", "sft"):
+        why = f"it runs causal-LM objectives (lm, sft), not {cfg.train.objective}"
+    elif resolve_backend(model.attn_backend, dist.device, True, cfg.data.seq_len) == "flex":
+        why = "its shapes must not change: use attn_backend varlen or sdpa, not flex"
+    else:
+        return MicroBatchGraphs(model, _amp_dtype(cfg), dist.device)
+    if cfg.train.cuda_graphs:
+        raise ConfigError(f"train.cuda_graphs: {why}; set train.cuda_graphs to false")
+    return None
 
 
 def _autocast(cfg: TrainConfig, dist, fsdp: bool):

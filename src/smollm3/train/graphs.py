@@ -1,9 +1,10 @@
 """Whole micro-batches (forward, loss and backward) replayed as CUDA graphs: `train.cuda_graphs`.
 
-A compiled 3B micro-batch launches ~1,100 kernels. The host stays ahead of the GPU, but each launch still leaves the
-GPU idle for 1-2 us between dependent kernels (longer after a Triton launch or an autograd hand-off): ~2 ms of a
-~147 ms micro-batch on the H100 (benchmarks/results/2026-11-25-h100-norm-gain-rope-fold-profile-kernels.txt).
-A graph replays the same kernels from one launch.
+A compiled micro-batch launches ~30 kernels a layer. For the small presets the host cannot launch them as fast as
+the GPU runs them; for the 3B preset it keeps ahead, but the GPU still idles 1-2 us between dependent kernels (~2 ms
+of a ~147 ms micro-batch). A graph replays them all from one launch. On the H100
+(benchmarks/results/2026-11-25-h100-cuda-graphs.md): 3.7x the tokens/s on the 360M preset, 4.5x on the 135M, 1-2%
+on the 3B.
 
 A graph replays fixed addresses and shapes, so:
 - the batch is copied into static input buffers before each replay. Shapes are made few: the document offsets are

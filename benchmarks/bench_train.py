@@ -76,7 +76,7 @@ def run(root: Path, name: str, preset: str, seq: int, steps: int, variant: dict,
     from smollm3.train.trainer import train
 
     micro, accum, compile_, ac = variant["micro"], variant["accum"], variant["compile_"], variant["ac"]
-    attn, fusion, fp8, graphs = variant["attn"], variant["fusion"], variant["fp8"], variant.get("graphs", False)
+    attn, fusion, fp8, graphs = variant["attn"], variant["fusion"], variant["fp8"], variant["graphs"]
 
     out = root / name
     cfg = {"out_dir": str(out), "model": {"preset": preset, "overrides": {"max_position_embeddings": seq},

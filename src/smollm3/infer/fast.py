@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from smollm3.attention import rotate_half
 from smollm3.infer import decode_kernels as kern
 from smollm3.infer import gemv as _gemv
 from smollm3.model import SmolLM3ForCausalLM
@@ -31,11 +32,6 @@ def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     xf = x.float()
     xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     return weight * xf.to(dtype)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
 
 
 def _linear(x, w, gemv: bool):
@@ -58,7 +54,7 @@ def decode_layer(x, delta, w, k_cache, v_cache, cos, sin, lengths, mask, *, head
     q, k, v = q.view(b, heads, D), k.view(b, kv_heads, D), v.view(b, kv_heads, D)
     if use_rope:
         c, s = cos[:, None], sin[:, None]
-        q, k = q * c + _rotate_half(q) * s, k * c + _rotate_half(k) * s
+        q, k = q * c + rotate_half(q) * s, k * c + rotate_half(k) * s
     rows = torch.arange(b, device=x.device)
     k_cache[rows, :, lengths] = k
     v_cache[rows, :, lengths] = v

@@ -77,7 +77,7 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: to
     ignored = targets == ignore_index
     nll = _ChunkedNLL.apply(rows, weight, targets.masked_fill(ignored, 0), chunk, weight_grad, store)
     per_token = nll.new_zeros(flat_labels.shape).index_copy(0, label_index, nll.masked_fill(ignored, 0.0))
-    return _reduce(per_token, (~ignored).sum(), reduction, labels.shape)
+    return _reduce(per_token, (~ignored).sum() if reduction == "mean" else None, reduction, labels.shape)
 
 
 # d nll / d logits of a whole micro-batch is kept from the forward when it fits here (4,096 tokens x 128,256 x bf16
@@ -203,7 +203,8 @@ def _check_reduction(reduction: str):
 
 
 def _reduce(per_token: torch.Tensor, counted, reduction: str, shape) -> torch.Tensor:
-    """`counted`: how many positions carry loss (an int, or a 0-d tensor so the host need not wait for it)."""
+    """`counted`: how many positions carry loss, read by "mean" only (an int, or a 0-d tensor so the host need not
+    wait for it)."""
     if reduction == "none":
         return per_token.reshape(shape)
     total = per_token.sum()

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from smollm3 import build_model, preset
+from smollm3.attention import rotate_half
 from smollm3.infer import Engine, SamplingParams
 
 try:
@@ -63,7 +64,7 @@ def kernel_errors(device: str, dtype: torch.dtype, heads: int = 4, kv_heads: int
     qkv = rnd(b, (heads + 2 * kv_heads) * D, scale=1)
     kc, vc = rnd(b, kv_heads, kv_len, D, scale=1), rnd(b, kv_heads, kv_len, D, scale=1)
     q, k, v = qkv.split([heads * D, kv_heads * D, kv_heads * D], -1)
-    q, k = (t.view(b, -1, D) * cos[:, None] + fast._rotate_half(t.view(b, -1, D)) * sin[:, None] for t in (q, k))
+    q, k = (t.view(b, -1, D) * cos[:, None] + rotate_half(t.view(b, -1, D)) * sin[:, None] for t in (q, k))
     k1, v1 = kc.clone(), vc.clone()
     k1[torch.arange(b), :, lengths] = k.to(dtype)
     v1[torch.arange(b), :, lengths] = v.view(b, -1, D)

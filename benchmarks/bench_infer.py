@@ -132,10 +132,10 @@ def main():
         warm, _ = timed(lambda e=engine: ours_generate(e, [prompt] * 2 + batch[:args.streams - 2], args.gen), device)
         warm1, first = timed(lambda e=engine: ours_generate(e, [prompt], args.gen), device)  # captures b=1 graphs
         res[f"{key}_warmup_s"] = round(warm + warm1, 2)
-        res[f"{key}_cuda_graphs"] = engine.use_graphs
-        res[f"{key}_fused_step"] = engine.fast is not None
-        res[f"{key}_triton_gemv"] = engine.fast is not None and engine.fast.gemv
-        res[f"{key}_decode_kernels"] = engine.fast is not None and engine.fast.kernels
+        res[f"{key}_cuda_graphs"] = engine.runner.use_graphs
+        res[f"{key}_fused_step"] = engine.runner.fast is not None
+        res[f"{key}_triton_gemv"] = engine.runner.fast is not None and engine.runner.fast.gemv
+        res[f"{key}_decode_kernels"] = engine.runner.fast is not None and engine.runner.fast.kernels
         res[f"{key}_pipelined"] = engine.async_decode
         res[f"{key}_decode_tok_s"] = round(decode_rate(lambda n, e=engine: ours_generate(e, [prompt], n), device,
                                                        args.gen), 1)

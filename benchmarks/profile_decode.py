@@ -64,7 +64,7 @@ def main():
             t = time.perf_counter()
             engine.generate(prompts, sp)
             step_ms = (time.perf_counter() - t) / 64 * 1e3  # 1 prefill + 63 decode steps: an upper bound
-            graph = engine._graphs[(b, 256)]
+            graph = engine.runner._graphs[(b, 256)]
             row = {"fused_step": fast, "decode_kernels": kernels, "batch": b,
                    "graph_replay_ms": round(replay_ms(graph), 3), "engine_step_ms": round(step_ms, 3)}
             print(f"fused={fast} kernels={kernels} batch {b}: graph replay {row['graph_replay_ms']} ms, engine step "

@@ -1,7 +1,9 @@
 """The Triton decode kernels (infer/decode_kernels.py) against the eager decode layer of infer/fast.py: a whole
 batch-1 layer (RMSNorm, qkv, RoPE, KV write, attention with and without key splits, o_proj + residual, SwiGLU,
 down_proj + residual), batched attention, the LM head and the argmax; on the GPU in bf16, and through Triton's
-CPU interpreter in fp16 where Triton is installed. Then the engine's greedy tokens with the kernels on the GPU."""
+CPU interpreter in fp16 where Triton is installed. The KV cache is paged, its blocks shuffled (block tables that
+are not the identity), in blocks smaller and larger than the kernel's key tile. Then the engine's greedy tokens
+with the kernels on the GPU."""
 
 import json
 import os
@@ -27,6 +29,23 @@ def rel(a, b) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
+def paged(cache: torch.Tensor, block_size: int, order: torch.Tensor):
+    """A contiguous cache [b, KV, S, D] as a paged one: (blocks [b * S / bs, KV, bs, D] shuffled by `order` (physical
+    block p holds logical block order[p]), block tables [b, S / bs]): gathering each row's table gives it back."""
+    b, kv, S, d = cache.shape
+    nb = S // block_size
+    blocks = cache.view(b, kv, nb, block_size, d).permute(0, 2, 1, 3, 4).reshape(b * nb, kv, block_size, d)
+    tables = torch.empty(b * nb, dtype=torch.int32)
+    tables[order] = torch.arange(b * nb, dtype=torch.int32)
+    return blocks[order.to(cache.device)].contiguous(), tables.view(b, nb).to(cache.device)
+
+
+def unpaged(blocks: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
+    from smollm3.infer.cache import gather_kv
+
+    return gather_kv(blocks, tables.long())
+
+
 def kernel_errors(device: str, dtype: torch.dtype, heads: int = 4, kv_heads: int = 2) -> dict:
     """Relative errors of the kernels against the eager maths of fast.py."""
     from smollm3.infer import decode_kernels as kern
@@ -47,22 +66,27 @@ def kernel_errors(device: str, dtype: torch.dtype, heads: int = 4, kv_heads: int
          rnd(2 * inter, hid), rnd(hid, inter))
     kw = dict(heads=heads, kv_heads=kv_heads, eps=1e-6, scale=D ** -0.5)
     out = {}
-    for kv_len, rope in LAYER_CASES:  # one layer, batch 1: the eager layer's x + delta is the kernels' x
-        kc, vc = rnd(1, kv_heads, 300, D, scale=1), rnd(1, kv_heads, 300, D, scale=1)
+    for (kv_len, rope), bs in zip(LAYER_CASES, (16, 64, 128, 32)):  # one layer, batch 1: x + delta is the kernels' x
+        order = torch.randperm(512 // bs, generator=g)
+        kc, tables = paged(rnd(1, kv_heads, 512, D, scale=1), bs, order)
+        vc, _ = paged(rnd(1, kv_heads, 512, D, scale=1), bs, order)
         lengths = torch.tensor([kv_len - 1], device=device)
         cos, sin = rope_tables(lengths)
         x, delta = rnd(1, hid, scale=1), rnd(1, hid, scale=1)
-        mask = (torch.arange(kv_len, device=device)[None, :] <= lengths[:, None])[:, None, None, :]
         k1, v1, k2, v2 = kc.clone(), vc.clone(), kc.clone(), vc.clone()
-        rx, rd = fast.decode_layer(x, delta, w, k1, v1, cos, sin, lengths, mask, use_rope=rope, **kw)
-        tx = fast.decode_layer_triton(x + delta, w, k2, v2, cos, sin, lengths, kv_len, use_rope=rope, **kw)
-        out[f"layer-{kv_len}-{rope}"] = {"x": rel(tx, rx + rd), "k": rel(k2, k1), "v": rel(v2, v1)}
+        nb = -(-kv_len // bs)
+        rx, rd = fast.decode_layer(x, delta, w, k1, v1, cos, sin, lengths, tables[:, :nb].long(), use_rope=rope,
+                                   **kw)
+        tx = fast.decode_layer_triton(x + delta, w, k2, v2, cos, sin, lengths, tables, nb * bs, use_rope=rope, **kw)
+        out[f"layer-{kv_len}-{rope}-bs{bs}"] = {"x": rel(tx, rx + rd), "k": rel(k2, k1), "v": rel(v2, v1)}
     # attention alone, rows of different lengths in one batch; 4096 keys make chunks of several blocks per split
     b, kv_len = 3, 4096
     lengths = torch.tensor([4095, 17, 2500], device=device)
     cos, sin = rope_tables(lengths)
     qkv = rnd(b, (heads + 2 * kv_heads) * D, scale=1)
     kc, vc = rnd(b, kv_heads, kv_len, D, scale=1), rnd(b, kv_heads, kv_len, D, scale=1)
+    order = torch.randperm(b * kv_len // 64, generator=g)
+    (kp, tables), (vp, _) = paged(kc, 64, order), paged(vc, 64, order)
     q, k, v = qkv.split([heads * D, kv_heads * D, kv_heads * D], -1)
     q, k = (t.view(b, -1, D) * cos[:, None] + rotate_half(t.view(b, -1, D)) * sin[:, None] for t in (q, k))
     k1, v1 = kc.clone(), vc.clone()
@@ -72,10 +96,11 @@ def kernel_errors(device: str, dtype: torch.dtype, heads: int = 4, kv_heads: int
     scores = torch.einsum("bhd,bhsd->bhs", q.float(), keys) * D ** -0.5
     scores = scores.masked_fill(torch.arange(kv_len, device=device)[None, None, :] > lengths[:, None, None], -1e30)
     ref = torch.einsum("bhs,bhsd->bhd", scores.softmax(-1), values).reshape(b, heads * D)
-    k2, v2 = kc.clone(), vc.clone()
-    att = kern.attention(qkv, cos, sin, k2, v2, lengths, kv_len, heads=heads, kv_heads=kv_heads, scale=D ** -0.5,
-                         rope=True)
-    out["attention-batch-3"] = {"out": rel(att, ref), "k": rel(k2, k1), "v": rel(v2, v1)}
+    k2, v2 = kp.clone(), vp.clone()
+    att = kern.attention(qkv, cos, sin, k2, v2, lengths, tables, kv_len, heads=heads, kv_heads=kv_heads,
+                         scale=D ** -0.5, rope=True)
+    out["attention-batch-3"] = {"out": rel(att, ref), "k": rel(unpaged(k2, tables), k1),
+                                "v": rel(unpaged(v2, tables), v1)}
     # LM head: RMSNorm + projection + argmax; argmax keeps the first of tied maxima (across its 32768-wide blocks)
     x, lm, norm = rnd(1, hid, scale=1), rnd(5000, hid), 1 + rnd(hid, scale=0.2)
     lr, _ = fast.decode_head(x, torch.zeros_like(x), norm, lm, 1e-6)
@@ -150,7 +175,7 @@ def test_engine_with_kernels_decodes_greedily_on_gpu():
         model = build_model(cfg).to("cuda", torch.bfloat16).eval()
         model.load_state_dict(ref.state_dict())
         engine = Engine(model, None, max_model_len=512, cuda_graphs=kernels, fast_decode=kernels)
-        assert (engine.fast is not None and engine.fast.kernels) == kernels
+        assert (engine.runner.fast is not None and engine.runner.fast.kernels) == kernels
         gaps[kernels] = greedy_gaps(engine, ref, prompts, 40)
     assert gaps[True].mean() <= 2 * gaps[False].mean() + 2e-3, (gaps[True].mean(), gaps[False].mean())
     assert (gaps[True] == 0).float().mean() >= 0.9

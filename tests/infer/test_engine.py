@@ -37,7 +37,7 @@ def test_greedy_batched_equals_reference_loop(tiny):
 
 
 def test_continuous_batching_requests_join_and_leave(tiny):
-    """More requests than slots, arriving while others decode, with different lengths: each gets its solo tokens."""
+    """More requests than max_num_seqs, arriving while others decode, with different lengths: each gets its solo tokens."""
     model, engine = tiny
     ps = prompts([5, 33, 12, 60, 8, 21], model.config.vocab_size, seed=1)
     lengths = [6, 20, 9, 14, 25, 3]
@@ -50,7 +50,7 @@ def test_continuous_batching_requests_join_and_leave(tiny):
     while not all(r.finished for r in reqs):
         engine.step()
         most_running = max(most_running, engine.num_running)
-    assert most_running == engine.num_slots == 4
+    assert most_running == engine.max_num_seqs == 4
     assert [r.output_ids for r in reqs] == alone
 
 
@@ -114,16 +114,18 @@ def test_seed_gives_same_tokens_whatever_the_batch(tiny):
     assert other.output_ids != alone
 
 
-def test_abort_frees_the_slot(tiny):
+def test_abort_frees_the_blocks(tiny):
     _, engine = tiny
+    free = engine.num_free_blocks
     r = engine.add_request(prompts([9], engine.config.vocab_size)[0], SamplingParams(max_tokens=200, **GREEDY))
     engine.step()
     engine.step()
-    assert r.slot is not None and engine.num_running == 1
+    assert r.block_table and engine.num_running == 1 and engine.num_free_blocks == free - len(r.block_table)
     engine.abort(r)
     engine.step()
     assert r.finish_reason == "abort" and engine.num_running == 0 and not engine.has_work()
-    assert engine.stats["aborted"] >= 1
+    assert engine.stats["aborted"] >= 1 and engine.num_free_blocks == free and not r.block_table
+    engine.blocks.check()
 
 
 def test_repetition_penalty_changes_greedy_output(tiny):
@@ -160,15 +162,15 @@ def test_yarn_on_demand_in_memory_only(tiny_dir):
 
 
 def test_bucketed_decode_shapes_change_nothing(tiny):
-    """The CUDA-graph path pads decode to batch and KV-length buckets (free slots ride along, extra keys are
-    masked) and computes attention with grouped matmuls instead of CPU SDPA; run exactly that on CPU and compare."""
+    """The CUDA-graph path pads decode to batch and KV-length buckets (padding rows write to the scratch block, extra
+    keys are masked) and computes attention with grouped matmuls instead of CPU SDPA; run exactly that on CPU."""
     model, _ = tiny
     ps = prompts([5, 40, 300], model.config.vocab_size, seed=6)
     sp = SamplingParams(max_tokens=12, **GREEDY)
     plain = Engine(model, None, max_model_len=512, max_num_seqs=6).generate(ps, sp)
     padded = Engine(model, None, max_model_len=512, max_num_seqs=6)
-    padded.bucket_shapes, padded.cache.sdpa_decode = True, False
-    first = padded.add_request(ps[0], sp)  # slot 0 finishes early: later steps decode with a hole at slot 0
+    padded.runner.bucket_shapes, padded.runner.cache.sdpa_decode = True, False
+    first = padded.add_request(ps[0], sp)  # finishes early: later steps decode without it
     padded.step()
     rest = [padded.add_request(p, sp) for p in ps[1:]]
     while not all(r.finished for r in [first, *rest]):
@@ -192,3 +194,69 @@ def test_defaults_and_stop_ids_come_from_the_model_directory(tiny_dir, tmp_path)
     engine, _ = build_engine(d, device="cpu", dtype=torch.float32, max_model_len=64, max_num_seqs=1,
                              chat_template="official")
     assert engine.defaults == {"temperature": 0.6, "top_p": 0.95}  # SmolLM3's recommendation
+
+
+def test_chunked_prefill_keeps_streams_flowing(tiny):
+    """A long prompt is read a token budget at a time, in the same steps as a running stream's decode: the stream
+    gets a token every step, and both get exactly their solo tokens."""
+    model, _ = tiny
+    short, long = prompts([6, 300], model.config.vocab_size, seed=7)
+    sp = SamplingParams(max_tokens=30, **GREEDY)
+    solo = Engine(model, None, max_model_len=512, max_num_seqs=4)
+    ref = [solo.generate([p], sp)[0].output_ids for p in (short, long)]
+    engine = Engine(model, None, max_model_len=512, max_num_seqs=4, max_num_batched_tokens=32, block_size=16)
+    a = engine.add_request(short, sp)
+    for _ in range(3):
+        engine.step()
+    b = engine.add_request(long, sp)
+    chunk_steps = 0
+    while not b.output_ids:
+        before = len(a.output_ids)
+        engine.step()
+        chunk_steps += 1
+        assert len(a.output_ids) == before + 1  # the stream never waits for the long prompt
+    assert chunk_steps == -(-300 // 31)  # 31 prompt tokens a step beside the stream's one
+    while not (a.finished and b.finished):
+        engine.step()
+    assert [a.output_ids, b.output_ids] == ref
+
+
+def test_prefix_cache_serves_shared_prompt_heads_exactly(tiny):
+    model, _ = tiny
+    head = prompts([100], model.config.vocab_size, seed=8)[0]
+    tails = prompts([5, 17, 30], model.config.vocab_size, seed=9)
+    sp = SamplingParams(max_tokens=12, **GREEDY)
+    plain = Engine(model, None, max_model_len=256, max_num_seqs=4, prefix_caching=False)
+    ref = [plain.generate([head + t], sp)[0].output_ids for t in tails]
+    engine = Engine(model, None, max_model_len=256, max_num_seqs=4, block_size=16)
+    first = engine.generate([head + tails[0]], sp)[0]
+    assert first.num_cached_tokens == 0
+    rest = engine.generate([head + t for t in tails[1:]], sp)
+    assert [r.num_cached_tokens for r in rest] == [96, 96]  # 6 whole blocks of the 100-token head
+    assert [r.output_ids for r in [first, *rest]] == ref
+    # a request that repeats a finished one (prompt and output) is served from the blocks its output filled
+    again = engine.generate([head + tails[0] + first.output_ids[:8]], sp)[0]
+    assert again.num_cached_tokens == 112 and engine.stats["cached_prompt_tokens"] == 96 * 2 + 112
+    assert plain.generate([head + tails[0] + first.output_ids[:8]], sp)[0].output_ids == again.output_ids
+    engine.blocks.check()
+
+
+def test_preemption_under_memory_pressure_recomputes_exactly(tiny):
+    """Six requests whose contexts together need twice the cache: the newest running ones are preempted and
+    recomputed later, every output is the request's solo output, and every block comes back."""
+    model, _ = tiny
+    ps = prompts([40, 70, 25, 90, 55, 10], model.config.vocab_size, seed=10)
+    sp = SamplingParams(max_tokens=60, **GREEDY)
+    solo = Engine(model, None, max_model_len=256, max_num_seqs=6)
+    ref = [solo.generate([p], sp)[0].output_ids for p in ps]
+    from smollm3.infer.cache import kv_bytes_per_token
+
+    per_token = kv_bytes_per_token(model.config, torch.float32)
+    engine = Engine(model, None, max_model_len=256, max_num_seqs=6, block_size=16,
+                    kv_cache_memory=per_token * (256 + 16))  # 256 tokens and the scratch block
+    assert engine.kv_cache_tokens == 256
+    out = engine.generate(ps, sp)
+    assert engine.stats["preemptions"] > 0 and any(r.num_preemptions for r in out)
+    assert [r.output_ids for r in out] == ref
+    assert engine.num_free_blocks == 16 and engine.num_running == 0
+    engine.blocks.check()

@@ -38,9 +38,9 @@ def test_fast_decode_equals_eager_engine(tiny_dir):
     sp = SamplingParams(max_tokens=16, **GREEDY)
     plain = Engine(model, None, max_model_len=512, max_num_seqs=4, fast_decode=False).generate(ps, sp)
     fast = Engine(model, None, max_model_len=512, max_num_seqs=4, fast_decode=True)
-    fast.bucket_shapes = True  # the padded (batch, KV-length) shapes the CUDA graphs use
+    fast.runner.bucket_shapes = True  # the padded (batch, KV-length) shapes the CUDA graphs use
     out = fast.generate(ps, sp)
-    assert fast.fast is not None and [r.output_ids for r in out] == [r.output_ids for r in plain]
+    assert fast.runner.fast is not None and [r.output_ids for r in out] == [r.output_ids for r in plain]
     # sampled rows go through the logits buffer, not the device argmax
     sampled = SamplingParams(max_tokens=8, temperature=0.8, seed=1, ignore_eos=True)
     a = Engine(model, None, max_model_len=512, max_num_seqs=2, fast_decode=False).generate(ps[:2], sampled)
@@ -57,7 +57,7 @@ def test_compiled_fast_decode_matches_eager_on_gpu(tiny_dir):
     eager = Engine(model, None, max_model_len=512, cuda_graphs=False, fast_decode=False).generate(ps, sp)
     fast = Engine(model, None, max_model_len=512, cuda_graphs=True)
     out = fast.generate(ps, sp)
-    assert fast.fast is not None and fast._graphs
+    assert fast.runner.fast is not None and fast.runner._graphs
     assert [r.output_ids for r in out] == [r.output_ids for r in eager]
 
 
@@ -74,7 +74,7 @@ def test_async_decode_matches_sync_engine(tiny_dir):
     ref = plain.generate(ps, params)
 
     fast = Engine(model, None, max_model_len=512, max_num_seqs=3, fast_decode=True, gemv=True)
-    fast.bucket_shapes = True
+    fast.runner.bucket_shapes = True
     assert fast.async_decode
     reqs = [fast.add_request(p, sp) for p, sp in zip(ps[:2], params[:2])]
     for _ in range(5):
@@ -134,9 +134,9 @@ def test_gemv_fast_decode_bf16_follows_eager_model_on_gpu(tiny_dir):
     model = load_pretrained(tiny_dir, device="cuda", dtype=torch.bfloat16)
     ps = prompts([5, 40, 300], model.config.vocab_size)
     fast = Engine(model, None, max_model_len=512, cuda_graphs=True)
-    assert fast.fast is not None and fast.fast.gemv and fast.async_decode
+    assert fast.runner.fast is not None and fast.runner.fast.gemv and fast.async_decode
     out = fast.generate(ps, SamplingParams(max_tokens=16, **GREEDY))
-    assert fast._graphs
+    assert fast.runner._graphs
     with torch.no_grad():
         for p, r in zip(ps, out):
             ids = torch.tensor([p + r.output_ids[:-1]], device="cuda")

@@ -256,7 +256,7 @@ def test_server_on_gpu_with_cuda_graphs(smollm2_dir):
     from smollm3.infer.llm import build_engine
 
     engine, _ = build_engine(smollm2_dir, device="cuda", dtype=torch.bfloat16, max_model_len=512, max_num_seqs=8)
-    assert engine.use_graphs
+    assert engine.runner.use_graphs
     from smollm3.infer import SamplingParams
 
     ids = engine.tokenizer.encode("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n")

@@ -1,17 +1,18 @@
-"""The engine's KV cache: one preallocated row ("slot") per running request, each with its own length.
+"""The engine's KV cache: fixed-size blocks of token positions, found through each request's block table.
 
-Layout: k, v are [layers, slots, kv_heads, max_len, head_dim]. A slot holds one whole sequence contiguously, so
-decode attention reads a plain strided view of the cache (no gather, no paging kernel needed); the price is that
-memory is reserved for `max_len` tokens per slot, so the engine sizes the slot count to the memory budget.
+Layout: k, v are [layers, num_blocks, kv_heads, block_size, head_dim]. Token t of a request lives in block
+block_table[t // block_size] at offset t % block_size (block_manager.py hands the blocks out). Within a block one
+head's keys are contiguous, so a kernel reads a block of keys as one strided tile (decode_kernels.py); the torch
+paths here gather a request's blocks into a contiguous [kv_heads, length, head_dim] view first.
 
 The model drives the cache through the protocol of smollm3.model.KVCache (position_ids / attend / advance). Before
-each forward the engine sets a plan:
-- prefill: `plan_prefill(slots)` - B fresh prompts, right-padded to a common length T, written at positions 0..T-1
-  of the given slots. Right padding keeps plain causal attention exact for every real token (pads come after it).
-- decode: `plan_decode(lengths, kv_len)` - one new token for each of the first b slots, written at position
-  lengths[i]; queries see keys 0..lengths[i]. Free slots inside [0, b) ride along with length 0 and are ignored.
-  All shapes depend only on (b, kv_len), so the step can be captured in a CUDA graph per bucket.
-Lengths are the engine's bookkeeping, not the cache's: `advance` is a no-op.
+each forward the model runner sets a plan:
+- prefill: `plan_prefill(chunks)` - prompt chunks of several requests packed into one row [1, N]. Chunk i is
+  tokens [start_i, start_i + n_i) of its request; each token's query sees the request's keys 0..its own position
+  (those before start_i are read from the cache: an earlier chunk, or a cached prefix).
+- decode: `plan_decode(lengths, tables, kv_len)` - one new token per row at position lengths[i]; queries see keys
+  0..lengths[i]. kv_len (a whole number of blocks) bounds what is read, so shapes depend only on (rows, kv_len)
+  and a step can be captured in a CUDA graph per bucket.
 """
 
 from __future__ import annotations
@@ -27,69 +28,103 @@ def kv_bytes_per_token(config: ModelConfig, dtype: torch.dtype) -> int:
     return 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * elem
 
 
-class SlotCache:
-    def __init__(self, config: ModelConfig, num_slots: int, max_len: int, device, dtype):
-        shape = (config.num_hidden_layers, num_slots, config.num_key_value_heads, max_len, config.head_dim)
+def write_kv(k_cache, v_cache, k, v, blocks, offsets):
+    """k, v [n, KV, D] into one layer's cache [num_blocks, KV, bs, D] at (blocks[i], offsets[i])."""
+    k_cache[blocks, :, offsets] = k
+    v_cache[blocks, :, offsets] = v
+
+
+def gather_kv(cache: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
+    """One layer's cache [num_blocks, KV, bs, D] read through block tables [b, nb] -> [b, KV, nb * bs, D]."""
+    b, nb = tables.shape
+    _, kv, bs, d = cache.shape
+    return cache[tables].permute(0, 2, 1, 3, 4).reshape(b, kv, nb * bs, d)
+
+
+def decode_attention(q, k, v, k_cache, v_cache, lengths, tables, scale: float, sdpa: bool = False):
+    """Attention for one new token per row through the block tables, after writing its k, v.
+    q [b, H, D] (after RoPE), k, v [b, KV, D]; lengths [b] (the new token's position); tables [b, nb] -> [b, H, D].
+    `sdpa`: one fused CPU kernel; else grouped matmuls (the G query heads of a group share one key block) that any
+    CUDA graph or torch.compile takes."""
+    b, H, D = q.shape
+    KV = k.shape[1]
+    bs = k_cache.shape[2]
+    rows = torch.arange(b, device=q.device)
+    write_kv(k_cache, v_cache, k, v, tables[rows, lengths // bs], lengths % bs)
+    keys, values = gather_kv(k_cache, tables), gather_kv(v_cache, tables)
+    visible = torch.arange(keys.shape[2], device=q.device)[None, :] <= lengths[:, None]  # [b, S]
+    if sdpa:
+        out = F.scaled_dot_product_attention(q[:, :, None], keys, values, attn_mask=visible[:, None, None],
+                                             scale=scale, enable_gqa=True)
+        return out[:, :, 0]
+    qg = q.reshape(b, KV, H // KV, D)
+    scores = torch.matmul(qg, keys.transpose(-1, -2)).float() * scale  # [b, KV, G, S]
+    scores = scores.masked_fill(~visible[:, None, None], float("-inf"))
+    probs = scores.softmax(-1).to(values.dtype)
+    return torch.matmul(probs, values).reshape(b, H, D)
+
+
+class PagedCache:
+    def __init__(self, config: ModelConfig, num_blocks: int, block_size: int, device, dtype):
+        shape = (config.num_hidden_layers, num_blocks, config.num_key_value_heads, block_size, config.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.num_slots, self.max_len = num_slots, max_len
-        self.sdpa_decode = torch.device(device).type == "cpu"  # decode attention kernel, see _decode_attend
+        self.num_blocks, self.block_size = num_blocks, block_size
+        self.sdpa_decode = torch.device(device).type == "cpu"  # see decode_attention
         self._mode = None
-        self._slots = None  # prefill: LongTensor[B] of slot indices
-        self._lengths = None  # decode: LongTensor[b], tokens already cached per slot
-        self._kv_len = 0  # decode: keys read per slot (>= max(lengths) + 1)
-        self._mask = None  # decode: [b, 1, 1, kv_len] True where a key is visible
+        self._positions = None  # prefill: [1, N]; decode: [b, 1]
+        self._chunks = []  # prefill: (query offset, n, start, table [nb]) per chunk
+        self._slots = None  # prefill: (blocks [N], offsets [N]) where each new token's K/V goes
+        self._lengths = self._tables = None  # decode
 
-    def plan_prefill(self, slots: torch.Tensor):
-        self._mode, self._slots = "prefill", slots
+    def plan_prefill(self, chunks: list[tuple[list[int], int, int]], device):
+        """chunks: (block table, start, n) per request, packed in this order."""
+        bs = self.block_size
+        pos, blocks, self._chunks, offset = [], [], [], 0
+        for table, start, n in chunks:
+            p = torch.arange(start, start + n)
+            t = torch.tensor(table[:-(-(start + n) // bs)])
+            pos.append(p)
+            blocks.append(t[p // bs])
+            self._chunks.append((offset, n, start, t.to(device)))
+            offset += n
+        positions = torch.cat(pos)
+        self._slots = torch.cat(blocks).to(device), (positions % bs).to(device)
+        self._positions = positions[None].to(device)
+        self._mode = "prefill"
 
-    def plan_decode(self, lengths: torch.Tensor, kv_len: int):
-        if kv_len > self.max_len:
-            raise ValueError(f"decode would read {kv_len} positions; slots hold {self.max_len}")
-        self._mode, self._lengths, self._kv_len = "decode", lengths, kv_len
-        # computed once per step, shared by all layers (tensor ops only: capturable in a CUDA graph)
-        self._mask = (torch.arange(kv_len, device=lengths.device)[None, :] <= lengths[:, None])[:, None, None, :]
+    def plan_decode(self, lengths: torch.Tensor, tables: torch.Tensor):
+        self._mode, self._lengths, self._tables = "decode", lengths, tables
+        self._positions = lengths[:, None]
 
     # ---- the model's cache protocol
 
     def position_ids(self, B: int, T: int, device) -> torch.Tensor:
-        if self._mode == "decode":
-            return self._lengths[:, None]
-        return torch.arange(T, device=device).expand(B, T)
+        return self._positions
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-        if self._mode == "prefill":
-            T = k.shape[2]
-            self.k[layer, self._slots, :, :T] = k
-            self.v[layer, self._slots, :, :T] = v
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
-            return out.transpose(1, 2)
-        if self._mode == "decode":
-            return self._decode_attend(layer, q, k, v, scale)
-        raise RuntimeError("SlotCache: call plan_prefill or plan_decode before the forward")
+        kc, vc = self.k[layer], self.v[layer]
+        if self._mode == "decode":  # q [b, H, 1, D]
+            out = decode_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0], kc, vc, self._lengths, self._tables, scale,
+                                   self.sdpa_decode)
+            return out[:, None]
+        if self._mode != "prefill":
+            raise RuntimeError("PagedCache: call plan_prefill or plan_decode before the forward")
+        # q [1, H, N, D], k, v [1, KV, N, D]: write every new token's K/V, then attend chunk by chunk
+        write_kv(kc, vc, k[0].transpose(0, 1), v[0].transpose(0, 1), *self._slots)
+        out = torch.empty_like(q[0].transpose(0, 1))  # [N, H, D]
+        for offset, n, start, table in self._chunks:
+            qi = q[:, :, offset:offset + n]
+            if start == 0:  # the whole prefix is this chunk: no cache read, plain causal attention
+                ki, vi = k[:, :, offset:offset + n], v[:, :, offset:offset + n]
+                o = F.scaled_dot_product_attention(qi, ki, vi, is_causal=True, scale=scale, enable_gqa=True)
+            else:
+                end = start + n
+                ki, vi = gather_kv(kc, table[None])[:, :, :end], gather_kv(vc, table[None])[:, :, :end]
+                visible = torch.arange(end, device=q.device)[None, :] <= torch.arange(start, end, device=q.device)[:, None]
+                o = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=visible, scale=scale, enable_gqa=True)
+            out[offset:offset + n] = o[0].transpose(0, 1)
+        return out[None]
 
     def advance(self, T: int):
-        """Nothing to do here: the engine owns the lengths (it knows which rows were padding or free slots)."""
-
-    # ----
-
-    def _decode_attend(self, layer, q, k, v, scale):
-        b, H, _, D = q.shape
-        KV = k.shape[1]
-        index = self._lengths.view(b, 1, 1, 1).expand(b, KV, 1, D)
-        keys, values = self.k[layer, :b], self.v[layer, :b]  # views into the cache
-        keys.scatter_(2, index, k)
-        values.scatter_(2, index, v)
-        keys, values = keys[:, :, :self._kv_len], values[:, :, :self._kv_len]
-        if self.sdpa_decode:
-            # one fused kernel: on a busy CPU every separately parallelised op pays a thread handoff
-            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=self._mask, scale=scale, enable_gqa=True)
-            return out.transpose(1, 2)
-        # GPU: grouped-query attention without repeating K/V (the G query heads of a group share one [S, D] key
-        # block), plain matmuls that any CUDA graph captures, reading only the first kv_len positions
-        qg = q.reshape(b, KV, H // KV, D)
-        scores = torch.matmul(qg, keys.transpose(-1, -2)).float() * scale  # [b, KV, G, S]
-        scores = scores.masked_fill(~self._mask, float("-inf"))
-        probs = scores.softmax(-1).to(values.dtype)
-        out = torch.matmul(probs, values)  # [b, KV, G, D]
-        return out.reshape(b, 1, H, D)
+        """Nothing to do here: the engine owns the lengths."""

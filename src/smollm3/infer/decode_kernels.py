@@ -5,8 +5,9 @@ attention, SwiGLU, residual adds) is ~0.6 ms of small kernels and launch gaps, a
 those rides on a kernel that runs anyway:
 - `linear(x, w, ...)`: the batch-1 GEMV of gemv.py with RMSNorm folded in front (`norm=`), SwiGLU behind the fused
   gate/up product (`swiglu=`), or the residual add behind o_proj and down_proj (`residual=`);
-- `attention(qkv, ...)`: RoPE on the new q and k, the KV-cache write and GQA attention over the cache in one kernel
-  (flash-decoding: the keys are split across programs, partial softmax states merged by a second small kernel);
+- `attention(qkv, ...)`: RoPE on the new q and k, the KV-cache write and GQA attention over the paged cache (read
+  through each row's block table) in one kernel (flash-decoding: the keys are split across programs, partial
+  softmax states merged by a second small kernel); any batch size;
 - `argmax(logits)`: the greedy choice.
 Batch 1 only for the projections: at larger batches the tensor-core GEMMs with inductor's fusions win (fast.py).
 Rounding follows the eager model's bf16 steps (matmul outputs, silu(gate), its product with up, residual adds)
@@ -116,15 +117,20 @@ if triton is not None:
         tl.store(out_ptr + b, idx)
 
     @triton.jit
-    def _kv_block(kbase, vbase, p0, L, stop, s_ks, rd, HALF: tl.constexpr, BLOCK: tl.constexpr):
-        # cached keys and values at positions [p0, p0+BLOCK) below L (zeros elsewhere); which are attended (valid)
-        # and which is the new token's position L (now: taken from registers, not the cache)
+    def _kv_block(kc_ptr, vc_ptr, tbase, hoff, p0, L, stop, s_blk, s_ks, rd, HALF: tl.constexpr, BLOCK: tl.constexpr,
+                  BS: tl.constexpr):
+        # cached keys and values at positions [p0, p0+BLOCK) below L (zeros elsewhere), found through the block
+        # table (position p: block tbase[p // BS], row p % BS); which are attended (valid) and which is the new
+        # token's position L (now: taken from registers, not the cache)
         at = p0 + tl.arange(0, BLOCK)
         valid = at < stop
-        off = at[:, None] * s_ks + rd[None, :]
-        cached = (valid & (at < L))[:, None]
-        return (tl.load(kbase + off, mask=cached, other=0.0), tl.load(kbase + off + HALF, mask=cached, other=0.0),
-                tl.load(vbase + off, mask=cached, other=0.0), tl.load(vbase + off + HALF, mask=cached, other=0.0),
+        cached = valid & (at < L)
+        blk = tl.load(tbase + at // BS, mask=cached, other=0).to(tl.int64)  # int64: caches pass 2^31 elements
+        off = (blk * s_blk + hoff + (at % BS) * s_ks)[:, None] + rd[None, :]
+        return (tl.load(kc_ptr + off, mask=cached[:, None], other=0.0),
+                tl.load(kc_ptr + off + HALF, mask=cached[:, None], other=0.0),
+                tl.load(vc_ptr + off, mask=cached[:, None], other=0.0),
+                tl.load(vc_ptr + off + HALF, mask=cached[:, None], other=0.0),
                 valid, (at == L)[:, None])
 
     @triton.jit
@@ -143,16 +149,19 @@ if triton is not None:
                 acc2 * alpha[:, None] + tl.dot(pd, vb2))
 
     @triton.jit
-    def _attention_kernel(qkv_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, len_ptr, o_ptr, part_ptr, ml_ptr,
-                          s_qkv, s_cos, s_kb, s_kh, s_ks, scale, CHUNK,
+    def _attention_kernel(qkv_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, len_ptr, table_ptr, o_ptr, part_ptr, ml_ptr,
+                          s_qkv, s_cos, s_tb, s_blk, s_kh, s_ks, scale, CHUNK,
                           H: tl.constexpr, KV: tl.constexpr, D: tl.constexpr, G: tl.constexpr, GP: tl.constexpr,
-                          BLOCK: tl.constexpr, NSPLIT: tl.constexpr, ROPE: tl.constexpr, GDC: tl.constexpr):
+                          BLOCK: tl.constexpr, BS: tl.constexpr, NSPLIT: tl.constexpr, ROPE: tl.constexpr,
+                          GDC: tl.constexpr):
         # program (b, kv head, split): RoPE on the row's new q (G heads) and k, the cache write (by the split that
         # holds position L = lengths[b]), then online-softmax attention over positions [split*CHUNK, ...) ∩ [0, L],
         # the new key and value taken from registers. One split: the normalised output; several: partial states.
+        # The cache is paged: row b's position p is in block table[b, p // BS] at row p % BS.
         # The split's first block of cached keys and values is loaded before waiting on the previous kernel: the
-        # cache below L and the lengths were written by earlier steps, only qkv by the kernel just before.
-        b = tl.program_id(0).to(tl.int64)  # b * s_kb passes 2^31 for large caches at large batches
+        # cache below L, the block table and the lengths were written by earlier steps, only qkv by the kernel just
+        # before.
+        b = tl.program_id(0).to(tl.int64)
         kvh = tl.program_id(1)
         sp = tl.program_id(2)
         HALF: tl.constexpr = D // 2
@@ -161,9 +170,10 @@ if triton is not None:
         L = tl.load(len_ptr + b)
         start = sp * CHUNK
         stop = tl.minimum(start + CHUNK, L + 1)
-        kbase = kc_ptr + b * s_kb + kvh * s_kh
-        vbase = vc_ptr + b * s_kb + kvh * s_kh
-        kb1, kb2, vb1, vb2, valid, now = _kv_block(kbase, vbase, start, L, stop, s_ks, rd, HALF, BLOCK)
+        tbase = table_ptr + b * s_tb
+        hoff = kvh * s_kh
+        kb1, kb2, vb1, vb2, valid, now = _kv_block(kc_ptr, vc_ptr, tbase, hoff, start, L, stop, s_blk, s_ks, rd, HALF,
+                                                   BLOCK, BS)
         _gdc_wait(GDC)
         rg = tl.arange(0, GP)
         gmask = rg < G
@@ -186,10 +196,11 @@ if triton is not None:
             k1, k2 = k1 * c1 - k2 * n1, k2 * c2 + k1 * n2
         q1, q2, k1, k2 = q1.to(dt), q2.to(dt), k1.to(dt), k2.to(dt)
         if (start <= L) & (L < start + CHUNK):
-            tl.store(kbase + L * s_ks + rd, k1)
-            tl.store(kbase + L * s_ks + HALF + rd, k2)
-            tl.store(vbase + L * s_ks + rd, v1)
-            tl.store(vbase + L * s_ks + HALF + rd, v2)
+            at_l = tl.load(tbase + L // BS).to(tl.int64) * s_blk + hoff + (L % BS) * s_ks
+            tl.store(kc_ptr + at_l + rd, k1)
+            tl.store(kc_ptr + at_l + HALF + rd, k2)
+            tl.store(vc_ptr + at_l + rd, v1)
+            tl.store(vc_ptr + at_l + HALF + rd, v2)
         m = tl.full((GP,), float("-inf"), tl.float32)
         lsum = tl.zeros((GP,), tl.float32)
         acc1 = tl.zeros((GP, HALF), tl.float32)
@@ -200,8 +211,9 @@ if triton is not None:
         # the split's later blocks (long contexts); names of their own: p0 is int64, and reusing the first block's
         # names would make them loop-carried
         for p0 in tl.range(start + BLOCK, stop, BLOCK):
-            nk1, nk2, nv1, nv2, ok, at_l = _kv_block(kbase, vbase, p0, L, stop, s_ks, rd, HALF, BLOCK)
-            m, lsum, acc1, acc2 = _attend(m, lsum, acc1, acc2, q1, q2, k1, k2, v1, v2, nk1, nk2, nv1, nv2, ok, at_l,
+            nk1, nk2, nv1, nv2, ok, is_l = _kv_block(kc_ptr, vc_ptr, tbase, hoff, p0, L, stop, s_blk, s_ks, rd, HALF,
+                                                     BLOCK, BS)
+            m, lsum, acc1, acc2 = _attend(m, lsum, acc1, acc2, q1, q2, k1, k2, v1, v2, nk1, nk2, nv1, nv2, ok, is_l,
                                           scale)
         heads = kvh * G + rg
         if NSPLIT == 1:
@@ -331,13 +343,14 @@ def argmax(logits: torch.Tensor) -> torch.Tensor:
 
 
 def attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-              lengths: torch.Tensor, kv_len: int, *, heads: int, kv_heads: int, scale: float,
+              lengths: torch.Tensor, tables: torch.Tensor, kv_len: int, *, heads: int, kv_heads: int, scale: float,
               rope: bool) -> torch.Tensor:
-    """Decode attention for one new token per row. qkv [b, (H + 2 KV) * D] before RoPE; k_cache, v_cache
-    [b, KV, S, D] (written at `lengths`); keys 0..lengths[b] are attended; kv_len bounds them all (the graph's
-    bucket). -> [b, H * D]."""
+    """Decode attention for one new token per row through a paged cache. qkv [b, (H + 2 KV) * D] before RoPE;
+    k_cache, v_cache [num_blocks, KV, block_size, D] (one layer's); tables [b, >= kv_len / block_size] block ids
+    per row; the new k, v are written at position lengths[b]; keys 0..lengths[b] are attended; kv_len bounds them
+    all (the graph's bucket). -> [b, H * D]."""
     b = qkv.shape[0]
-    D = k_cache.shape[-1]
+    D, bs = k_cache.shape[-1], k_cache.shape[2]
     g = heads // kv_heads
     block = 64
     # enough programs to fill the GPU (~2 per SM), but chunks of at least one block
@@ -349,11 +362,12 @@ def attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: 
     if nsplit > 1:
         part = torch.empty(b, heads, nsplit, D, dtype=torch.float32, device=qkv.device)
         ml = torch.empty(b, heads, nsplit, 2, dtype=torch.float32, device=qkv.device)
-    assert k_cache.stride(-1) == 1 and k_cache.stride() == v_cache.stride()
+    assert k_cache.stride(-1) == 1 and k_cache.stride() == v_cache.stride() and bs & (bs - 1) == 0
     _attention_kernel[(b, kv_heads, nsplit)](
-        qkv, cos, sin, k_cache, v_cache, lengths, out, part, ml, qkv.stride(0), cos.stride(0), k_cache.stride(0),
-        k_cache.stride(1), k_cache.stride(2), scale, chunk, H=heads, KV=kv_heads, D=D, G=g,
-        GP=max(16, triton.next_power_of_2(g)), BLOCK=block, NSPLIT=nsplit, ROPE=rope, num_warps=4, **_pdl(qkv))
+        qkv, cos, sin, k_cache, v_cache, lengths, tables, out, part, ml, qkv.stride(0), cos.stride(0),
+        tables.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), scale, chunk, H=heads, KV=kv_heads,
+        D=D, G=g, GP=max(16, triton.next_power_of_2(g)), BLOCK=block, BS=bs, NSPLIT=nsplit, ROPE=rope, num_warps=4,
+        **_pdl(qkv))
     if nsplit > 1:
         _merge_kernel[(b, heads)](part, ml, out, H=heads, D=D, NSPLIT=nsplit, num_warps=4, **_pdl(qkv))
     return out

@@ -1,102 +1,54 @@
-"""The inference engine: continuous batching over a slot KV cache, with CUDA-graph decode on GPU.
+"""The inference engine: continuous batching over a paged KV cache, with prefix caching, chunked prefill and
+CUDA-graph decode.
 
-One `Engine.step()` either prefills newly admitted requests (right-padded into one batch, up to a token budget)
-or decodes one token for every running request. Requests join and leave between steps, so a long generation
-never holds short ones back. On CUDA the decode step is captured once per (batch bucket, KV-length bucket) in a
-CUDA graph and replayed, which removes the per-kernel launch cost that dominates small-batch decode; the step
-itself is the fused, compiled one of fast.py (fewer, larger kernels), with the greedy argmax inside the graph.
-Loading a model directory into an engine, and the offline `LLM` API, are in llm.py.
+Split as nano-vllm splits it: sequence.py (a request's state), block_manager.py (KV blocks and the prefix cache),
+scheduler.py (what runs each step: decodes, prompt chunks, admission, preemption), model_runner.py (the forward
+passes and CUDA graphs), and this file: requests in, one `step()` at a time, tokens out (sampling, stops,
+detokenising, streaming callbacks). Loading a model directory into an engine, and the offline `LLM` API, are in
+llm.py.
+
+Each step decodes one token for every running request past its prompt and prefills prompt chunks within the
+step's token budget. Greedy decode with the fused step is pipelined: step n+1 is launched before step n's tokens
+are read (they stay on the device in between), so the host's bookkeeping overlaps the GPU's work; whenever the set
+of decoding requests changes, the host's state is brought up to date first.
 """
 
 from __future__ import annotations
 
-import itertools
 import queue
 import threading
 import time
 import traceback
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 
-from smollm3.infer.cache import SlotCache, kv_bytes_per_token
+from smollm3.infer.block_manager import BlockManager
+from smollm3.infer.cache import kv_bytes_per_token
 from smollm3.infer.constrain import ToolCallConstraint
+from smollm3.infer.model_runner import ModelRunner
 from smollm3.infer.sampling import SamplingParams, generation_defaults, sampling_scores
+from smollm3.infer.scheduler import Scheduler
+from smollm3.infer.sequence import IncrementalDetokenizer, Request, new_request_id
 from smollm3.model import SmolLM3ForCausalLM
 
-_ids = itertools.count()
-
-
-class IncrementalDetokenizer:
-    """Text for a growing list of token ids without re-decoding it all: decode a short window, emit what is new,
-    and hold back while the window ends inside a multi-byte character (vLLM's prefix/read offsets)."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.prefix, self.read = 0, 0
-
-    def push(self, token: int) -> str:
-        self.ids.append(token)
-        before = self.tokenizer.decode(self.ids[self.prefix:self.read])
-        after = self.tokenizer.decode(self.ids[self.prefix:])
-        if len(after) > len(before) and not after.endswith("\ufffd"):
-            self.prefix, self.read = self.read, len(self.ids)
-            return after[len(before):]
-        return ""
-
-    def flush(self) -> str:
-        """What is still held back (an unfinished character decodes as U+FFFD, as everywhere else)."""
-        before = self.tokenizer.decode(self.ids[self.prefix:self.read])
-        after = self.tokenizer.decode(self.ids[self.prefix:])
-        self.prefix = self.read = len(self.ids)
-        return after[len(before):]
-
-
-@dataclass(eq=False)
-class Request:
-    """One generation: its prompt, parameters, and (filled in by the engine) its output so far."""
-
-    prompt_ids: list[int]
-    params: SamplingParams
-    id: str = ""
-    constraint: ToolCallConstraint | None = None
-    on_update: Callable[[Request], None] | None = None  # called from the engine's thread after each change
-    output_ids: list[int] = field(default_factory=list)  # sampled ids, a final stop id included
-    text: str = ""  # decoded output, stop ids and stop strings excluded
-    stable_len: int = 0  # text[:stable_len] is final (the rest may still turn out to start a stop string)
-    sent_len: int = 0  # how much text take_delta() has handed out
-    finish_reason: str | None = None  # "stop" | "length" | "abort" | "error"
-    stop_reason: str | int | None = None  # the stop string or stop id that ended it
-    error: str | None = None
-    aborted: bool = False  # set from any thread; the engine finishes the request at its next step
-    slot: int | None = None
-    arrival_time: float = field(default_factory=time.perf_counter)
-    first_token_time: float | None = None
-    finish_time: float | None = None
-    _stop_ids: frozenset = frozenset()
-    _generator: torch.Generator | None = None
-    _detok: IncrementalDetokenizer | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.finish_reason is not None
-
-    def take_delta(self) -> str:
-        """The final text not handed out yet (call from on_update to stream)."""
-        delta = self.text[self.sent_len:self.stable_len]
-        self.sent_len = self.stable_len
-        return delta
+__all__ = ["BackgroundEngine", "Engine", "IncrementalDetokenizer", "Request"]
 
 
 class Engine:
-    def __init__(self, model: SmolLM3ForCausalLM, tokenizer=None, *, max_num_seqs: int = 32,
+    """`Engine(model, tokenizer)`: `add_request` (any thread), `step()`, `abort`, `generate`.
+
+    Memory: the KV cache is `kv_cache_memory` bytes if given, else on CUDA what `gpu_memory_utilization` of the
+    card leaves after the weights, the other tensors already allocated and a reserve for prefill activations (as
+    vLLM's flag), else 4 GiB. It must hold at least one `max_model_len` sequence. `max_num_seqs` bounds the
+    requests running at once, `max_num_batched_tokens` the tokens computed per step (decodes plus prompt chunks)."""
+
+    def __init__(self, model: SmolLM3ForCausalLM, tokenizer=None, *, max_num_seqs: int = 256,
                  max_model_len: int | None = None, kv_cache_memory: int | None = None,
-                 max_prefill_tokens: int = 16384, cuda_graphs: bool | None = None,
-                 defaults: dict | None = None, eos_token_ids: list[int] | None = None,
-                 fast_decode: bool | None = None, gemv: bool | None = None, decode_kernels: bool | None = None):
+                 gpu_memory_utilization: float = 0.9, block_size: int = 64, max_num_batched_tokens: int = 2048,
+                 prefix_caching: bool = True, cuda_graphs: bool | None = None, defaults: dict | None = None,
+                 eos_token_ids: list[int] | None = None, fast_decode: bool | None = None, gemv: bool | None = None,
+                 decode_kernels: bool | None = None):
         cfg = model.config
         self.model, self.tokenizer, self.config = model.eval(), tokenizer, cfg
         p = next(model.parameters())
@@ -105,55 +57,48 @@ class Engine:
         if self.max_model_len > cfg.max_position_embeddings:
             raise ValueError(f"max_model_len {self.max_model_len} exceeds the model's {cfg.max_position_embeddings} "
                              "positions; load with extend_context() (YaRN) first")
-        per_slot = kv_bytes_per_token(cfg, self.dtype) * self.max_model_len
-        budget = kv_cache_memory if kv_cache_memory is not None else _default_kv_budget(self.device)
-        self.num_slots = min(max_num_seqs, budget // per_slot)
-        if self.num_slots < 1:
-            raise ValueError(f"one sequence of {self.max_model_len} tokens needs {per_slot / 2**30:.2f} GiB of KV cache "
-                             f"but the budget is {budget / 2**30:.2f} GiB; lower max_model_len or raise kv_cache_memory")
-        self.cache = SlotCache(cfg, self.num_slots, self.max_model_len, self.device, self.dtype)
-        self.max_prefill_tokens = max_prefill_tokens
+        if block_size < 1 or block_size & (block_size - 1):
+            raise ValueError(f"block_size must be a power of two, got {block_size}")
+        if not 0 < gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
+        if max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be at least 1, got {max_num_seqs}")
+        max_num_batched_tokens = max(max_num_batched_tokens, max_num_seqs)
+        per_block = kv_bytes_per_token(cfg, self.dtype) * block_size
+        budget = kv_cache_memory if kv_cache_memory is not None else _default_kv_budget(
+            model, gpu_memory_utilization, max_num_batched_tokens)
+        num_blocks = max(0, budget // per_block - 1)  # one block more is the runner's scratch block
+        if num_blocks * block_size < self.max_model_len:
+            raise ValueError(f"the KV cache budget ({budget / 2**30:.2f} GiB) holds {num_blocks * block_size} tokens, "
+                             f"less than one sequence of max_model_len {self.max_model_len} "
+                             f"({per_block / block_size * self.max_model_len / 2**30:.2f} GiB); lower max_model_len, "
+                             "or raise gpu_memory_utilization / kv_cache_memory")
+        self.blocks = BlockManager(num_blocks, block_size, prefix_caching)
+        self.scheduler = Scheduler(self.blocks, max_num_seqs, max_num_batched_tokens)
+        self.runner = ModelRunner(model, num_blocks, block_size, max_num_seqs, self.max_model_len,
+                                  cuda_graphs=cuda_graphs, fast_decode=fast_decode, gemv=gemv,
+                                  decode_kernels=decode_kernels)
+        self.max_num_seqs, self.max_num_batched_tokens, self.block_size = max_num_seqs, max_num_batched_tokens, \
+            block_size
+        self.kv_cache_tokens = num_blocks * block_size
         self.defaults = dict(defaults) if defaults is not None else generation_defaults({})
         eos = eos_token_ids if eos_token_ids is not None else _as_list(cfg.eos_token_id)
         if tokenizer is not None and tokenizer.eos_token_id is not None:
             eos = list(eos) + [tokenizer.eos_token_id]
         self.eos_token_ids = frozenset(i for i in eos if i is not None)
-
-        self.lengths = [0] * self.num_slots  # tokens in each slot's cache
-        self.slots: list[Request | None] = [None] * self.num_slots
-        self.waiting: deque[Request] = deque()
         self.pending: queue.SimpleQueue[Request] = queue.SimpleQueue()  # add_request may run on any thread
-        V = cfg.vocab_size
-        self.seen = torch.zeros(self.num_slots, V, dtype=torch.bool, device=self.device)  # for repetition penalty
         self._token_text: dict[int, str] = {}
-        # static decode inputs/outputs: CUDA graphs read and write these exact buffers
-        self.tokens_buf = torch.zeros(self.num_slots, dtype=torch.long, device=self.device)
-        self.lengths_buf = torch.zeros(self.num_slots, dtype=torch.long, device=self.device)
-        self.logits_buf = torch.zeros(self.num_slots, V, dtype=self.dtype, device=self.device)
-        self.greedy_buf = torch.zeros(self.num_slots, dtype=torch.long, device=self.device)  # argmax of logits_buf
-        self.use_graphs = self.device.type == "cuda" if cuda_graphs is None else bool(cuda_graphs)
-        if self.use_graphs and self.device.type != "cuda":
-            raise ValueError("cuda_graphs=True needs the model on a CUDA device")
-        self.bucket_shapes = self.use_graphs  # pad decode to (batch, KV-length) buckets: one graph per bucket
-        self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
-        self._graph_pool = None
-        # the fused decode step (fast.py): by default wherever CUDA graphs run, compiled on CUDA, eager elsewhere
-        self.fast = None
-        if fast_decode if fast_decode is not None else self.use_graphs:
-            from smollm3.infer.fast import FastDecode
-
-            self.fast = FastDecode(model, self.cache, compile=self.device.type == "cuda", gemv=gemv,
-                                   kernels=decode_kernels)
-        # pipelined greedy decode (_decode_async): step n+1 is launched before step n's tokens are read, the tokens
-        # staying on the device in between, so the host's bookkeeping overlaps the GPU's work
-        self.async_decode = self.fast is not None
-        self._inflight = None  # (requests, host buffer, event) of a launched decode step whose tokens are unread
-        self._on_device = False  # tokens_buf / lengths_buf already hold the next step's inputs (set by the step)
+        # pipelined greedy decode: the requests whose next inputs the device holds (rows in this order), the block
+        # counts and KV bucket their tables were uploaded with, and the launched step whose tokens are unread
+        self.async_decode = self.runner.fast is not None
+        self._rows: list[Request] | None = None
+        self._uploaded: tuple = ()
+        self._inflight = None  # (requests, host buffer, event)
         pin = self.device.type == "cuda"
-        self._host_ids = [torch.zeros(self.num_slots, dtype=torch.long, pin_memory=pin) for _ in range(2)]
+        self._host_ids = [torch.zeros(max_num_seqs, dtype=torch.long, pin_memory=pin) for _ in range(2)]
         self._host_turn = 0
-        self.stats = {"requests": 0, "finished": 0, "aborted": 0, "prompt_tokens": 0, "generated_tokens": 0,
-                      "prefill_steps": 0, "decode_steps": 0}
+        self.stats = {"requests": 0, "finished": 0, "aborted": 0, "prompt_tokens": 0, "cached_prompt_tokens": 0,
+                      "generated_tokens": 0, "prefill_steps": 0, "decode_steps": 0, "preemptions": 0}
 
     # ------------------------------------------------------------------------------------------------------------
     # requests
@@ -176,7 +121,7 @@ class Engine:
         if constraint is not None and self.tokenizer is None:
             raise ValueError("constrained decoding needs a tokenizer")
         stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(self.eos_token_ids))
-        req = Request(prompt_ids, params, id=request_id or f"req-{next(_ids)}", constraint=constraint,
+        req = Request(prompt_ids, params, id=request_id or new_request_id(), constraint=constraint,
                       on_update=on_update, _stop_ids=frozenset(stop_ids))
         if params.seed is not None:
             req._generator = torch.Generator(device=self.device).manual_seed(params.seed)
@@ -190,15 +135,19 @@ class Engine:
         req.aborted = True  # picked up at the next step, on the engine's thread
 
     def has_work(self) -> bool:
-        return bool(self.waiting) or any(self.slots) or not self.pending.empty()
+        return bool(self.scheduler.waiting) or bool(self.scheduler.running) or not self.pending.empty()
 
     @property
     def num_running(self) -> int:
-        return sum(r is not None for r in self.slots)
+        return len(self.scheduler.running)
 
     @property
     def num_waiting(self) -> int:
-        return len(self.waiting) + self.pending.qsize()
+        return len(self.scheduler.waiting) + self.pending.qsize()
+
+    @property
+    def num_free_blocks(self) -> int:
+        return self.blocks.num_free
 
     def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams] | None = None,
                  ) -> list[Request]:
@@ -216,126 +165,83 @@ class Engine:
     def step(self) -> None:
         while True:
             try:
-                self.waiting.append(self.pending.get_nowait())
+                self.scheduler.waiting.append(self.pending.get_nowait())
             except queue.Empty:
                 break
-        for r in [r for r in self.waiting if r.aborted]:
-            self.waiting.remove(r)
-            self._finish(r, "abort")
-        for r in [r for r in self.slots if r is not None and r.aborted]:
-            self._finish(r, "abort")
-        free = [i for i, r in enumerate(self.slots) if r is None]
-        if self.waiting and free:
+        gone = [r for r in [*self.scheduler.waiting, *self.scheduler.running] if r.aborted]
+        if gone:
             self._flush()
-            self._prefill(free)
-        elif any(self.slots):
-            self._decode()
-        else:
+            for r in gone:
+                if not r.finished:
+                    self._finish(r, "abort")
+        plan = self.scheduler.schedule()
+        self.stats["preemptions"] += len(plan.preempted)
+        pipelined = (self._rows is not None and plan.decode == self._rows and not plan.prefill
+                     and not plan.preempted)
+        if not pipelined:  # the host's view of every request must be current before anything else runs
+            self._flush()
+            self._rows = None
+            plan.decode = [r for r in plan.decode if not r.finished]
+        if plan.decode:
+            self._decode(plan.decode, pipelined)
+        if plan.prefill:
+            self._prefill(plan.prefill)
+        if not plan.decode and not plan.prefill:
             self._flush()
 
     def fail_all(self, message: str):
         """Finish every request with an error (after an exception inside a step), leaving the engine usable."""
-        for r in list(self.waiting) + [r for r in self.slots if r is not None]:
+        self._inflight, self._rows = None, None
+        for r in [*self.scheduler.waiting, *self.scheduler.running]:
             r.error = message
             self._finish(r, "error")
-        self.waiting.clear()
-        self._inflight, self._on_device = None, False
 
-    def _prefill(self, free: list[int]):
-        batch: list[Request] = []
-        longest = 0
-        while self.waiting and len(batch) < len(free):
-            n = len(self.waiting[0].prompt_ids)
-            if batch and (len(batch) + 1) * max(longest, n) > self.max_prefill_tokens:
-                break
-            batch.append(self.waiting.popleft())
-            longest = max(longest, n)
-        B, T = len(batch), longest
-        ids = torch.zeros(B, T, dtype=torch.long)
-        for i, r in enumerate(batch):
-            r.slot = free[i]
-            self.slots[r.slot] = r
-            ids[i, :len(r.prompt_ids)] = torch.tensor(r.prompt_ids)
-        slots = torch.tensor([r.slot for r in batch], device=self.device)
-        lens = torch.tensor([len(r.prompt_ids) for r in batch], device=self.device)
-        ids = ids.to(self.device)
-        self.cache.plan_prefill(slots)
-        hidden = self.model.model(ids, torch.arange(T, device=self.device).expand(B, T), self.cache,
-                                  self.model.attn_backend)
-        logits = self.model.lm_head(hidden[torch.arange(B, device=self.device), lens - 1])
-        for r in batch:
-            self.lengths[r.slot] = len(r.prompt_ids)
-            self.stats["prompt_tokens"] += len(r.prompt_ids)
-            if r.params.repetition_penalty != 1:  # only penalised requests keep their row of `seen` current
-                self.seen[r.slot] = False
-                self.seen[r.slot, torch.tensor(r.prompt_ids, device=self.device)] = True
+    def _prefill(self, chunks: list[tuple[Request, int]]):
+        logits = self.runner.prefill(chunks)
+        done = []
+        for r, n in chunks:
+            r.num_computed += n
+            self._register(r)
+            if r.num_computed == r.num_tokens:
+                done.append(r)
+                if len(r.output_ids) == 0:
+                    self.stats["prompt_tokens"] += len(r.prompt_ids)
+                    self.stats["cached_prompt_tokens"] += r.num_cached_tokens
         self.stats["prefill_steps"] += 1
-        self._on_device = False
-        self._sample(batch, logits)
+        self._sample(done, logits)
 
-    def _shape(self, active: list[Request]) -> tuple[int, int]:
-        b = max(r.slot for r in active) + 1
-        kv_len = max(self.lengths[r.slot] for r in active) + 1
-        if self.bucket_shapes:
-            b = next(s for s in _buckets(self.num_slots) if s >= b)
-            kv_len = min(self.max_model_len, max(256, 1 << (kv_len - 1).bit_length()))
-        return b, kv_len
-
-    def _upload(self, b: int):
-        tokens = [r.output_ids[-1] if r is not None else 0 for r in self.slots[:b]]
-        lengths = [self.lengths[i] if r is not None else 0 for i, r in enumerate(self.slots[:b])]
-        self.tokens_buf[:b].copy_(torch.tensor(tokens))
-        self.lengths_buf[:b].copy_(torch.tensor(lengths))
-
-    def _launch(self, b: int, kv_len: int, active: list[Request]):
-        if self.use_graphs:
-            self._graph(b, kv_len).replay()
-        else:
-            self._decode_forward(b, kv_len)
-        for r in active:
-            self.lengths[r.slot] += 1
+    def _decode(self, reqs: list[Request], pipelined: bool):
+        runner = self.runner
+        b, kv_len = runner.shape(reqs)
+        greedy = self.async_decode and all(r.params.temperature == 0 and r.constraint is None
+                                           and r.params.repetition_penalty == 1 for r in reqs)
+        uploaded = (b, kv_len, tuple(len(r.block_table) for r in reqs))
+        if not pipelined:
+            runner.upload(reqs, b, kv_len)
+        elif uploaded != self._uploaded:  # a table grew a block, or the KV bucket grew: tables again
+            runner.upload(reqs, b, kv_len, tokens=False)
+        self._uploaded = uploaded
+        runner.launch(b, kv_len)
+        for r in reqs:
+            r.num_computed += 1
         self.stats["decode_steps"] += 1
-
-    def _decode(self):
-        active = [r for r in self.slots if r is not None]
-        if self.async_decode and all(r.params.temperature == 0 and r.constraint is None
-                                     and r.params.repetition_penalty == 1 for r in active):
-            return self._decode_async()
-        self._flush()
-        active = [r for r in self.slots if r is not None]
-        if not active:
+        n = len(reqs)
+        if not greedy:
+            self._rows = None
+            for r in reqs:
+                self._register(r)
+            self._sample(reqs, runner.logits_buf[:n], runner.greedy_buf[:n] if runner.fast is not None else None)
             return
-        b, kv_len = self._shape(active)
-        self._upload(b)
-        self._launch(b, kv_len, active)
-        self._on_device = False
-        rows = torch.tensor([r.slot for r in active], device=self.device)
-        self._sample(active, self.logits_buf[rows], self.greedy_buf[rows] if self.fast is not None else None)
-
-    def _decode_async(self):
-        """Greedy decode, one step ahead: launch step n+1 (its tokens are step n's device argmax, already in
-        tokens_buf), then read step n's tokens while the GPU runs. A request that finishes at step n has had step
-        n+1 computed for nothing: its token is dropped and its slot's cache rows are rewritten by the next prefill.
-        Whenever the running set changes (prefill, finish, abort, a sampled step) the host's tokens and lengths are
-        uploaded again first."""
-        if not self._on_device:
-            self._flush()
-        active = [r for r in self.slots if r is not None]
-        if not active:
-            return
-        b, kv_len = self._shape(active)
-        if not self._on_device:
-            self._upload(b)
-            self._on_device = True
-        self._launch(b, kv_len, active)
+        # pipelined: the device's tokens and lengths are now the next step's inputs for these rows
+        self._rows = list(reqs)
         host = self._host_ids[self._host_turn]
         self._host_turn ^= 1
-        host[:b].copy_(self.greedy_buf[:b], non_blocking=True)
+        host[:n].copy_(runner.greedy_buf[:n], non_blocking=True)
         event = None
         if self.device.type == "cuda":
             event = torch.cuda.Event()
             event.record()
-        previous, self._inflight = self._inflight, (active, host, event)
+        previous, self._inflight = self._inflight, (list(reqs), host, event)
         if previous is not None:
             self._read(previous)
 
@@ -343,11 +249,12 @@ class Engine:
         reqs, host, event = inflight
         if event is not None:
             event.synchronize()
-        ids = host.tolist()
+        ids = host[:len(reqs)].tolist()
         now = time.perf_counter()
-        for r in reqs:
+        for r, t in zip(reqs, ids):
             if not r.finished:  # finished since the launch (a stop, a length, an abort): the token is dropped
-                self._append(r, ids[r.slot], now)
+                self._append(r, t, now)
+                self._register(r)
 
     def _flush(self):
         """Read the tokens of a launched, unread decode step (the host is up to date afterwards)."""
@@ -355,43 +262,9 @@ class Engine:
             previous, self._inflight = self._inflight, None
             self._read(previous)
 
-    def _decode_forward(self, b: int, kv_len: int):
-        """Everything a decode step runs on the GPU, reading and writing only the static buffers."""
-        if self.fast is not None:
-            logits, greedy = self.fast.run(self.tokens_buf[:b], self.lengths_buf[:b], kv_len)
-            self.logits_buf[:b] = logits
-            self.greedy_buf[:b] = greedy
-            # the next step's inputs, for _decode_async: this step's argmax, one more cached token per used row
-            # (unused rows have length 0 and stay there; other paths upload both buffers before each step)
-            self.tokens_buf[:b] = greedy
-            self.lengths_buf[:b] += (self.lengths_buf[:b] > 0).long()
-            return
-        self.cache.plan_decode(self.lengths_buf[:b], kv_len)
-        hidden = self.model.model(self.tokens_buf[:b, None], self.lengths_buf[:b, None], self.cache,
-                                  self.model.attn_backend)
-        self.logits_buf[:b] = self.model.lm_head(hidden[:, -1])
-
-    def _graph(self, b: int, kv_len: int) -> torch.cuda.CUDAGraph:
-        g = self._graphs.get((b, kv_len))
-        if g is None:
-            # warm up on a side stream (allocator and cuBLAS workspaces, Triton GEMV tuning), then capture.
-            # Re-running the step is harmless: it rewrites the same K/V at the same positions from the same inputs;
-            # the inputs it advances in place for the next step (tokens, lengths) are put back before the capture.
-            inputs = self.tokens_buf[:b].clone(), self.lengths_buf[:b].clone()
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                self._decode_forward(b, kv_len)
-            torch.cuda.current_stream().wait_stream(stream)
-            self.tokens_buf[:b].copy_(inputs[0])
-            self.lengths_buf[:b].copy_(inputs[1])
-            g = torch.cuda.CUDAGraph()
-            # thread_local: the server's threads may touch CUDA state (e.g. seeding a generator) meanwhile
-            with torch.cuda.graph(g, pool=self._graph_pool, capture_error_mode="thread_local"):
-                self._decode_forward(b, kv_len)
-            self._graph_pool = g.pool()  # one memory pool for all graphs: they never run at the same time
-            self._graphs[(b, kv_len)] = g
-        return g
+    def _register(self, r: Request):
+        """Offer r's newly completed blocks to the prefix cache (K/V written and token ids known)."""
+        self.blocks.register(r.block_table, r.block_keys, r.tokens, min(r.num_computed, r.num_tokens))
 
     # ------------------------------------------------------------------------------------------------------------
     # sampling and bookkeeping
@@ -406,16 +279,17 @@ class Engine:
             for r, t in zip(reqs, greedy_ids.tolist()):
                 self._append(r, t, now)
             return
-        seen = self.seen[torch.tensor([r.slot for r in reqs], device=self.device)] if penalised else None
+        seen = None
+        if penalised:  # prompt and output tokens of the penalised rows (others stay all False)
+            seen = torch.zeros(logits.shape, dtype=torch.bool, device=self.device)
+            for i, r in enumerate(reqs):
+                if r.params.repetition_penalty != 1:
+                    seen[i, torch.tensor(r.tokens(), device=self.device)] = True
         scores = sampling_scores(logits, params, [r._generator for r in reqs], seen)
         tokens = scores.argmax(-1).tolist()
         for i, r in enumerate(reqs):
             if r.constraint is not None:
                 tokens[i] = self._constrained_choice(r, scores[i])
-        if penalised:
-            rows = [i for i, p in enumerate(params) if p.repetition_penalty != 1]
-            self.seen[torch.tensor([reqs[i].slot for i in rows], device=self.device),
-                      torch.tensor([tokens[i] for i in rows], device=self.device)] = True
         now = time.perf_counter()
         for r, t in zip(reqs, tokens):
             self._append(r, t, now)
@@ -477,11 +351,9 @@ class Engine:
             r.text += r._detok.flush()
         r.finish_reason, r.finish_time = reason, time.perf_counter()
         r.stable_len = len(r.text)
-        if r.slot is not None:
-            self._on_device = False
-            self.slots[r.slot] = None
-            self.lengths[r.slot] = 0
-            r.slot = None
+        self.scheduler.finish(r)  # its blocks go back to the pool (computed full blocks stay in the prefix cache)
+        if self._rows is not None and r in self._rows:
+            self._rows = None
         self.stats["finished"] += 1
         if reason == "abort":
             self.stats["aborted"] += 1
@@ -489,20 +361,19 @@ class Engine:
             r.on_update(r)
 
 
-def _buckets(n: int) -> list[int]:
-    """Decode batch sizes with their own CUDA graph: powers of two, then n itself."""
-    out, b = [], 1
-    while b < n:
-        out.append(b)
-        b *= 2
-    return out + [n]
 
-
-def _default_kv_budget(device: torch.device) -> int:
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free * 0.8)  # the rest: prefill activations, CUDA graphs, sampling
-    return 4 * 2**30
+def _default_kv_budget(model, utilization: float, max_num_batched_tokens: int) -> int:
+    """Bytes for the KV cache: on CUDA, `utilization` of the card less what is allocated already (weights, other
+    processes' memory) and a reserve for a prefill step's activations and the CUDA graphs; 4 GiB on CPU."""
+    p = next(model.parameters())
+    if p.device.type != "cuda":
+        return 4 * 2**30
+    free, total = torch.cuda.mem_get_info(p.device)
+    cfg = model.config
+    per_token = (6 * cfg.hidden_size + 4 * cfg.intermediate_size
+                 + (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim) * p.element_size()
+    reserve = max_num_batched_tokens * per_token + 2**30
+    return max(0, int(utilization * total) - (total - free) - reserve)
 
 
 def _as_list(x) -> list:

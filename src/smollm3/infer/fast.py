@@ -1,13 +1,17 @@
-"""A fused, compiled decode step for the engine (one new token per slot), the fast path behind CUDA-graph decode.
+"""A fused, compiled decode step for the engine (one new token per running request), the fast path behind CUDA-graph
+decode.
 
 Small-batch decode is bound by memory bandwidth (every weight read once per step) plus, in eager PyTorch, by
 ~45 kernel launches per layer: RMSNorm alone is 7 elementwise kernels, RoPE 10, attention 10. Even inside a
 CUDA graph each launch costs a microsecond or two, which at 36 layers is most of a 3B model's step. Here:
 - q/k/v and gate/up are fused into one matmul each (the module parameters become views of the fused weight, so
   the model's names, state_dict and memory use are unchanged);
-- one decoder layer's decode is a pure function of tensors, compiled once with torch.compile (inductor fuses
-  RMSNorm, RoPE, the KV-cache write, the attention softmax and SwiGLU into a few kernels); every layer reuses it,
-  and each layer's last residual add is deferred into the next layer's first kernel;
+- a decoder layer is three pure functions of tensors, each compiled once with torch.compile (inductor fuses
+  RMSNorm and the residual adds into the projections' neighbours, SwiGLU into one kernel): before attention, the
+  attention itself, after it; every layer reuses them, and each layer's last residual add is deferred into the next
+  layer's first kernel;
+- attention reads the paged KV cache through the rows' block tables: on CUDA with bf16/fp16 weights it is one
+  Triton kernel with RoPE and the KV write inside (decode_kernels.attention, flash-decoding), else torch ops;
 - greedy argmax runs on the device, inside the same CUDA graph;
 - at batch 1 (bf16/fp16 on CUDA) each layer is instead five Triton kernels with the norms, RoPE, SwiGLU and
   residual adds folded into the matrix-vector products and the attention (decode_layer_triton, decode_kernels.py).
@@ -23,6 +27,7 @@ import torch.nn.functional as F
 from smollm3.attention import rotate_half
 from smollm3.infer import decode_kernels as kern
 from smollm3.infer import gemv as _gemv
+from smollm3.infer.cache import decode_attention
 from smollm3.model import SmolLM3ForCausalLM
 
 
@@ -40,45 +45,53 @@ def _linear(x, w, gemv: bool):
     return F.linear(x, w)
 
 
-def decode_layer(x, delta, w, k_cache, v_cache, cos, sin, lengths, mask, *, heads: int, kv_heads: int, eps: float,
-                 scale: float, use_rope: bool, gemv: bool = False):
-    """One decoder layer for one new token per row. The residual stream is x + delta [b, d] (the previous layer's
-    MLP output is added here, in this layer's first kernel); w the layer's (ln1, qkv, o, ln2, gate_up, down)
-    weights; k_cache, v_cache [b, KV, S, D] (this layer's slots, written at `lengths`); cos, sin [b, D];
-    mask [b, 1, 1, kv_len] True where a key is visible. -> (x, delta) after the layer."""
-    ln1, w_qkv, w_o, ln2, w_gu, w_down = w
-    b, D = x.shape[0], k_cache.shape[-1]
+def pre_attention(x, delta, ln1, w_qkv, *, eps: float, gemv: bool = False):
+    """The residual stream x + delta [b, d] (the previous layer's MLP output is added here, in this layer's first
+    kernel), RMSNorm, and the fused q/k/v projection -> (x, qkv [b, (H + 2 KV) D], before RoPE)."""
     x = x + delta
-    qkv = _linear(_rms(x, ln1, eps), w_qkv, gemv)
+    return x, _linear(_rms(x, ln1, eps), w_qkv, gemv)
+
+
+def post_attention(x, attn, w_o, ln2, w_gu, w_down, *, eps: float, gemv: bool = False):
+    """o_proj + residual, RMSNorm, SwiGLU MLP -> (x, delta): the MLP output is added in the next layer."""
+    x = x + _linear(attn, w_o, gemv)
+    gate, up = _linear(_rms(x, ln2, eps), w_gu, gemv).chunk(2, dim=-1)
+    return x, _linear(F.silu(gate) * up, w_down, gemv)
+
+
+def paged_attention(qkv, cos, sin, k_cache, v_cache, lengths, tables, *, heads: int, kv_heads: int, scale: float,
+                    use_rope: bool):
+    """decode_kernels.attention in torch ops: RoPE on the new q, k; their K/V written at `lengths` through the block
+    tables; attention over keys 0..lengths[b]. k_cache, v_cache [num_blocks, KV, bs, D] -> [b, H * D]."""
+    b, D = qkv.shape[0], k_cache.shape[-1]
     q, k, v = qkv.split([heads * D, kv_heads * D, kv_heads * D], dim=-1)
     q, k, v = q.view(b, heads, D), k.view(b, kv_heads, D), v.view(b, kv_heads, D)
     if use_rope:
         c, s = cos[:, None], sin[:, None]
         q, k = q * c + rotate_half(q) * s, k * c + rotate_half(k) * s
-    rows = torch.arange(b, device=x.device)
-    k_cache[rows, :, lengths] = k
-    v_cache[rows, :, lengths] = v
-    kv_len = mask.shape[-1]
-    keys, values = k_cache[:, :, :kv_len], v_cache[:, :, :kv_len]
-    # grouped-query attention without repeating K/V: the G query heads of a group share one [S, D] key block
-    qg = q.view(b, kv_heads, heads // kv_heads, D)
-    scores = torch.matmul(qg, keys.transpose(-1, -2)).float() * scale
-    scores = scores.masked_fill(~mask, float("-inf"))
-    probs = scores.softmax(-1).to(values.dtype)
-    out = torch.matmul(probs, values).reshape(b, heads * D)
-    x = x + _linear(out, w_o, gemv)
-    gate, up = _linear(_rms(x, ln2, eps), w_gu, gemv).chunk(2, dim=-1)
-    return x, _linear(F.silu(gate) * up, w_down, gemv)
+    return decode_attention(q, k, v, k_cache, v_cache, lengths, tables, scale).reshape(b, heads * D)
 
 
-def decode_layer_triton(x, w, k_cache, v_cache, cos, sin, lengths, kv_len: int, *, heads: int, kv_heads: int,
+def decode_layer(x, delta, w, k_cache, v_cache, cos, sin, lengths, tables, *, heads: int, kv_heads: int, eps: float,
+                 scale: float, use_rope: bool, gemv: bool = False):
+    """One decoder layer for one new token per row, in torch ops (the reference the kernels are tested against).
+    w: the layer's (ln1, qkv, o, ln2, gate_up, down) weights; k_cache, v_cache: the layer's paged cache; tables
+    [b, nb] the rows' block tables (nb blocks are read); cos, sin [b, D]. -> (x, delta) after the layer."""
+    ln1, w_qkv, w_o, ln2, w_gu, w_down = w
+    x, qkv = pre_attention(x, delta, ln1, w_qkv, eps=eps, gemv=gemv)
+    attn = paged_attention(qkv, cos, sin, k_cache, v_cache, lengths, tables, heads=heads, kv_heads=kv_heads,
+                           scale=scale, use_rope=use_rope)
+    return post_attention(x, attn, w_o, ln2, w_gu, w_down, eps=eps, gemv=gemv)
+
+
+def decode_layer_triton(x, w, k_cache, v_cache, cos, sin, lengths, tables, kv_len: int, *, heads: int, kv_heads: int,
                         eps: float, scale: float, use_rope: bool):
     """decode_layer for one row in five or six Triton kernels (decode_kernels.py), the residual stream x [1, d]
     complete between layers: RMSNorm + qkv; RoPE + KV write + attention (+ the merge of its key splits);
     o_proj + residual; RMSNorm + gate/up + SwiGLU; down_proj + residual."""
     ln1, w_qkv, w_o, ln2, w_gu, w_down = w
     qkv = kern.linear(x, w_qkv, norm=ln1, eps=eps)
-    attn = kern.attention(qkv, cos, sin, k_cache, v_cache, lengths, kv_len, heads=heads, kv_heads=kv_heads,
+    attn = kern.attention(qkv, cos, sin, k_cache, v_cache, lengths, tables, kv_len, heads=heads, kv_heads=kv_heads,
                           scale=scale, rope=use_rope)
     x = kern.linear(attn, w_o, residual=x)
     return kern.linear(kern.linear(x, w_gu, norm=ln2, eps=eps, swiglu=True), w_down, residual=x)
@@ -126,12 +139,15 @@ def _fuse(linears) -> torch.Tensor:
 
 
 class FastDecode:
-    """The engine's decode forward over its SlotCache: `run(tokens, lengths, kv_len)` -> (logits, greedy ids).
+    """The engine's decode forward over its PagedCache: `run(tokens, lengths, tables, kv_len)` -> (logits, greedy
+    ids).
 
     `compile=False` runs the same functions eagerly (CPU tests check the fusion and the maths that way).
     `gemv` (default: on CUDA with Triton) routes the projections and the LM head through gemv.small_linear.
-    `kernels` (default: where `gemv` is on, for bf16/fp16 weights and head_dim a power of two >= 32) runs batch-1
-    steps as the few Triton kernels of decode_kernels.py instead (decode_layer_triton)."""
+    `kernels` (default: where `gemv` is on, for bf16/fp16 weights and head_dim a power of two >= 32) runs the
+    attention of every batch as decode_kernels.attention (paged flash-decoding, RoPE and the KV write inside), and
+    batch-1 steps wholly as the few Triton kernels of decode_layer_triton. Without kernels, attention is
+    paged_attention in torch ops."""
 
     def __init__(self, model: SmolLM3ForCausalLM, cache, compile: bool = True, gemv: bool | None = None,
                  kernels: bool | None = None):
@@ -139,8 +155,7 @@ class FastDecode:
         self.model, self.cache = model, cache
         self.weights = fuse_projections(model)
         self.rope = cfg.rope_layers
-        self.kw = dict(heads=cfg.num_attention_heads, kv_heads=cfg.num_key_value_heads, eps=cfg.rms_norm_eps,
-                       scale=cfg.head_dim ** -0.5)
+        self.heads = dict(heads=cfg.num_attention_heads, kv_heads=cfg.num_key_value_heads, scale=cfg.head_dim ** -0.5)
         self.eps = cfg.rms_norm_eps
         device = next(model.parameters()).device
         self.gemv = (_gemv.available() and device.type == "cuda") if gemv is None else bool(gemv)
@@ -149,32 +164,41 @@ class FastDecode:
         self.kernels = (self.gemv and fits and device.type == "cuda") if kernels is None else bool(kernels)
         if self.kernels and not (_gemv.triton is not None and fits):
             raise ValueError("kernels=True needs Triton, bf16/fp16 weights and head_dim a power of two >= 32")
-        self.layer_fn, self.head_fn = decode_layer, decode_head
+        self.pre_fn, self.post_fn, self.attn_fn, self.head_fn = pre_attention, post_attention, paged_attention, \
+            decode_head
         if compile:
             from torch import _dynamo
 
             # every (batch, KV-length) bucket and RoPE/NoPE variant is a guard set of the same code object
             _dynamo.config.cache_size_limit = max(_dynamo.config.cache_size_limit, 64)
-            self.layer_fn = torch.compile(decode_layer, fullgraph=True)
+            self.pre_fn = torch.compile(pre_attention, fullgraph=True)
+            self.post_fn = torch.compile(post_attention, fullgraph=True)
+            self.attn_fn = torch.compile(paged_attention, fullgraph=True)
             self.head_fn = torch.compile(decode_head, fullgraph=True)
 
-    def run(self, tokens: torch.Tensor, lengths: torch.Tensor, kv_len: int):
-        """tokens, lengths [b] (lengths = tokens already cached per slot); reads keys 0..kv_len-1."""
+    def run(self, tokens: torch.Tensor, lengths: torch.Tensor, tables: torch.Tensor, kv_len: int):
+        """tokens, lengths [b] (lengths = tokens already cached per row); tables [b, >= kv_len / block_size];
+        reads keys 0..kv_len-1 at most."""
         model, cache = self.model.model, self.cache
-        if kv_len > cache.max_len:
-            raise ValueError(f"decode would read {kv_len} positions; slots hold {cache.max_len}")
         b = tokens.shape[0]
+        tables = tables[:, :-(-kv_len // cache.block_size)]
         x = model.embed_tokens(tokens)
         cos, sin = model.rotary_emb(lengths, x.dtype)  # [b, D]
-        if self.kernels and b == 1:  # the batch-1 Triton kernels; the residual stream needs no deferred add
+        if self.kernels:
             cos, sin = cos.contiguous(), sin.contiguous()
+        if self.kernels and b == 1:  # the batch-1 Triton kernels; the residual stream needs no deferred add
             for i, w in enumerate(self.weights):
-                x = decode_layer_triton(x, w, cache.k[i, :b], cache.v[i, :b], cos, sin, lengths, kv_len,
-                                        use_rope=self.rope[i], **self.kw)
+                x = decode_layer_triton(x, w, cache.k[i], cache.v[i], cos, sin, lengths, tables, kv_len,
+                                        use_rope=self.rope[i], eps=self.eps, **self.heads)
             return decode_head_triton(x, model.norm.weight, self.model.lm_head.weight, self.eps)
         delta = torch.zeros_like(x)  # x + 0 is exact: the first layer's deferred add changes nothing
-        mask = (torch.arange(kv_len, device=x.device)[None, :] <= lengths[:, None])[:, None, None, :]
-        for i, w in enumerate(self.weights):
-            x, delta = self.layer_fn(x, delta, w, cache.k[i, :b], cache.v[i, :b], cos, sin, lengths, mask,
-                                     use_rope=self.rope[i], gemv=self.gemv, **self.kw)
+        for i, (ln1, w_qkv, w_o, ln2, w_gu, w_down) in enumerate(self.weights):
+            x, qkv = self.pre_fn(x, delta, ln1, w_qkv, eps=self.eps, gemv=self.gemv)
+            if self.kernels:
+                attn = kern.attention(qkv, cos, sin, cache.k[i], cache.v[i], lengths, tables, kv_len,
+                                      rope=self.rope[i], **self.heads)
+            else:
+                attn = self.attn_fn(qkv, cos, sin, cache.k[i], cache.v[i], lengths, tables, use_rope=self.rope[i],
+                                    **self.heads)
+            x, delta = self.post_fn(x, attn, w_o, ln2, w_gu, w_down, eps=self.eps, gemv=self.gemv)
         return self.head_fn(x, delta, model.norm.weight, self.model.lm_head.weight, self.eps, gemv=self.gemv)

@@ -83,16 +83,17 @@ def load_for_inference(path, device: str | None = None, dtype=None, max_model_le
 
 
 def build_engine(model, *, chat_template: str | None = None, max_model_len: int | None = None,
-                 max_num_seqs: int = 32, kv_cache_memory: int | None = None, device: str | None = None, dtype=None,
-                 cuda_graphs: bool | None = None, config_overrides: dict | None = None) -> tuple[Engine, str]:
-    """Load a model directory into an Engine with the model's sampling defaults and stop ids.
-    -> (engine, chat template source): `chat_template` is a name, a .jinja file, or None for the model's own
-    chat_template.jinja (else our "smollm3" template)."""
-    m, tokenizer, gen_cfg = load_for_inference(model, device, dtype, max_model_len, config_overrides=config_overrides)
+                 device: str | None = None, dtype=None, config_overrides: dict | None = None,
+                 log: Callable[[str], None] = print, **engine_kwargs) -> tuple[Engine, str]:
+    """Load a model directory into an Engine with the model's sampling defaults and stop ids; `engine_kwargs` are
+    Engine's (max_num_seqs, kv_cache_memory, gpu_memory_utilization, max_num_batched_tokens, prefix_caching,
+    block_size, cuda_graphs). -> (engine, chat template source): `chat_template` is a name, a .jinja file, or None
+    for the model's own chat_template.jinja (else our "smollm3" template)."""
+    m, tokenizer, gen_cfg = load_for_inference(model, device, dtype, max_model_len, log=log,
+                                               config_overrides=config_overrides)
     eos = [i for i in _as_list(gen_cfg.get("eos_token_id", m.config.eos_token_id)) if i is not None]
-    engine = Engine(m, tokenizer, max_num_seqs=max_num_seqs, max_model_len=max_model_len,
-                    kv_cache_memory=kv_cache_memory, cuda_graphs=cuda_graphs, defaults=generation_defaults(gen_cfg),
-                    eos_token_ids=eos)
+    engine = Engine(m, tokenizer, max_model_len=max_model_len, defaults=generation_defaults(gen_cfg),
+                    eos_token_ids=eos, **engine_kwargs)
     if chat_template is not None and Path(chat_template).is_file():
         template = Path(chat_template).read_text()
     else:
@@ -104,11 +105,11 @@ class LLM:
     """The offline API: load a model directory once, generate for many prompts at once."""
 
     def __init__(self, model: str | Path, *, device: str | None = None, dtype=None, max_model_len: int | None = None,
-                 max_num_seqs: int = 32, kv_cache_memory: int | None = None, cuda_graphs: bool | None = None,
-                 config_overrides: dict | None = None):
+                 config_overrides: dict | None = None, **engine_kwargs):
+        """`engine_kwargs`: Engine's (max_num_seqs, kv_cache_memory, gpu_memory_utilization, ...)."""
         self.engine, self.chat_template = build_engine(
-            model, max_model_len=max_model_len, max_num_seqs=max_num_seqs, kv_cache_memory=kv_cache_memory,
-            device=device, dtype=dtype, cuda_graphs=cuda_graphs, config_overrides=config_overrides)
+            model, max_model_len=max_model_len, device=device, dtype=dtype, config_overrides=config_overrides,
+            **engine_kwargs)
         self.model, self.tokenizer = self.engine.model, self.engine.tokenizer
 
     def generate(self, prompts: str | list[str] | list[list[int]],

@@ -1,0 +1,150 @@
+"""Runs the model for the engine: prompt chunks through the model's forward, decode steps through the fused step
+(fast.py) or the model's forward, on the paged KV cache, with CUDA graphs for decode.
+
+Decode inputs live in static buffers (tokens, lengths, block tables, one row per running request, rows in the
+scheduler's order) because CUDA graphs read and write those exact tensors. A decode step is captured once per
+(batch bucket, KV-length bucket) and replayed. Rows past the real batch inside a bucket point at a scratch block
+that no request owns, so what they write is never read.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from smollm3.infer.cache import PagedCache
+from smollm3.infer.sequence import Request
+from smollm3.model import SmolLM3ForCausalLM
+
+
+class ModelRunner:
+    def __init__(self, model: SmolLM3ForCausalLM, num_blocks: int, block_size: int, max_num_seqs: int,
+                 max_model_len: int, cuda_graphs: bool | None = None, fast_decode: bool | None = None,
+                 gemv: bool | None = None, decode_kernels: bool | None = None):
+        cfg = model.config
+        self.model, self.config = model, cfg
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        self.block_size, self.max_model_len = block_size, max_model_len
+        # one block more than the pool: the scratch block of padded decode rows
+        self.cache = PagedCache(cfg, num_blocks + 1, block_size, self.device, self.dtype)
+        self.scratch = num_blocks
+        self.max_blocks = -(-max_model_len // block_size)
+        n = max_num_seqs
+        self.tokens_buf = torch.zeros(n, dtype=torch.long, device=self.device)
+        self.lengths_buf = torch.zeros(n, dtype=torch.long, device=self.device)
+        self.tables_buf = torch.full((n, self.max_blocks), self.scratch, dtype=torch.int32, device=self.device)
+        self.logits_buf = torch.zeros(n, cfg.vocab_size, dtype=self.dtype, device=self.device)
+        self.greedy_buf = torch.zeros(n, dtype=torch.long, device=self.device)  # argmax of logits_buf
+        self.use_graphs = self.device.type == "cuda" if cuda_graphs is None else bool(cuda_graphs)
+        if self.use_graphs and self.device.type != "cuda":
+            raise ValueError("cuda_graphs=True needs the model on a CUDA device")
+        self.bucket_shapes = self.use_graphs  # pad decode to (batch, KV-length) buckets: one graph per bucket
+        self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self._graph_pool = None
+        self.fast = None
+        if fast_decode if fast_decode is not None else self.use_graphs:
+            from smollm3.infer.fast import FastDecode
+
+            self.fast = FastDecode(model, self.cache, compile=self.device.type == "cuda", gemv=gemv,
+                                   kernels=decode_kernels)
+
+    # ---- prefill
+
+    @torch.no_grad()
+    def prefill(self, chunks: list[tuple[Request, int]]) -> torch.Tensor:
+        """Compute K/V for each request's next n tokens (packed into one row), -> the logits [k, V] at the last
+        token of each chunk that reaches the end of its request's tokens (those sample next), in chunk order."""
+        ids, plan, last = [], [], []
+        for r, n in chunks:
+            start = r.num_computed
+            ids += r.tokens(start, start + n)
+            plan.append((r.block_table, start, n))
+            if start + n == r.num_tokens:
+                last.append(len(ids) - 1)
+        self.cache.plan_prefill(plan, self.device)
+        x = torch.tensor([ids], device=self.device)
+        hidden = self.model.model(x, self.cache.position_ids(1, len(ids), self.device), self.cache,
+                                  self.model.attn_backend)
+        return self.model.lm_head(hidden[0, torch.tensor(last, device=self.device, dtype=torch.long)])
+
+    # ---- decode
+
+    def shape(self, reqs: list[Request]) -> tuple[int, int]:
+        """(rows, KV positions read) of a decode step, rounded up to buckets where graphs are used."""
+        b = len(reqs)
+        kv_len = max(r.num_computed for r in reqs) + 1
+        if self.bucket_shapes:
+            b = next(s for s in _buckets(len(self.tokens_buf)) if s >= b)
+            kv_len = max(256, 1 << (kv_len - 1).bit_length())
+        bs = self.block_size
+        return b, min(-(-kv_len // bs), self.max_blocks) * bs
+
+    def upload(self, reqs: list[Request], b: int, kv_len: int, tokens: bool = True):
+        """Rows 0..len(reqs)-1: each request's last token, its position and its block table; rows up to b: padding
+        (length 0, the scratch block). `tokens=False`: the block tables only (the device already holds the rest)."""
+        n, nb = len(reqs), kv_len // self.block_size
+        tables = torch.full((b, nb), self.scratch, dtype=torch.int32)
+        for i, r in enumerate(reqs):
+            t = r.block_table[:nb]
+            tables[i, :len(t)] = torch.tensor(t, dtype=torch.int32)
+        self.tables_buf[:b, :nb].copy_(tables)
+        if tokens:
+            pad = [0] * (b - n)
+            self.tokens_buf[:b].copy_(torch.tensor([r.output_ids[-1] for r in reqs] + pad))
+            self.lengths_buf[:b].copy_(torch.tensor([r.num_computed for r in reqs] + pad))
+
+    def launch(self, b: int, kv_len: int):
+        """One decode step over rows 0..b-1 (after upload): logits_buf, greedy_buf; with the fused step, tokens_buf
+        and lengths_buf advance in place for the next step (pipelined greedy decode)."""
+        if self.use_graphs:
+            self._graph(b, kv_len).replay()
+        else:
+            self._decode_forward(b, kv_len)
+
+    @torch.no_grad()
+    def _decode_forward(self, b: int, kv_len: int):
+        """Everything a decode step runs on the device, reading and writing only the static buffers."""
+        tokens, lengths, tables = self.tokens_buf[:b], self.lengths_buf[:b], self.tables_buf[:b, :kv_len // self.block_size]
+        if self.fast is not None:
+            logits, greedy = self.fast.run(tokens, lengths, tables, kv_len)
+            self.logits_buf[:b] = logits
+            self.greedy_buf[:b] = greedy
+            # the next step's inputs, for pipelined decode: this step's argmax, one more cached token per used row
+            # (padding rows have length 0 and stay there; other paths upload both buffers before each step)
+            self.tokens_buf[:b] = greedy
+            self.lengths_buf[:b] += (lengths > 0).long()
+            return
+        self.cache.plan_decode(lengths, tables)
+        hidden = self.model.model(tokens[:, None], lengths[:, None], self.cache, self.model.attn_backend)
+        self.logits_buf[:b] = self.model.lm_head(hidden[:, -1])
+
+    def _graph(self, b: int, kv_len: int) -> torch.cuda.CUDAGraph:
+        g = self._graphs.get((b, kv_len))
+        if g is None:
+            # warm up on a side stream (allocator and cuBLAS workspaces, Triton tuning), then capture. Re-running
+            # the step is harmless: it rewrites the same K/V at the same positions from the same inputs; the inputs
+            # it advances in place for the next step (tokens, lengths) are put back before the capture.
+            inputs = self.tokens_buf[:b].clone(), self.lengths_buf[:b].clone()
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                self._decode_forward(b, kv_len)
+            torch.cuda.current_stream().wait_stream(stream)
+            self.tokens_buf[:b].copy_(inputs[0])
+            self.lengths_buf[:b].copy_(inputs[1])
+            g = torch.cuda.CUDAGraph()
+            # thread_local: the server's threads may touch CUDA state (e.g. seeding a generator) meanwhile
+            with torch.cuda.graph(g, pool=self._graph_pool, capture_error_mode="thread_local"):
+                self._decode_forward(b, kv_len)
+            self._graph_pool = g.pool()  # one memory pool for all graphs: they never run at the same time
+            self._graphs[(b, kv_len)] = g
+        return g
+
+
+def _buckets(n: int) -> list[int]:
+    """Decode batch sizes with their own CUDA graph: powers of two, then n itself."""
+    out, b = [], 1
+    while b < n:
+        out.append(b)
+        b *= 2
+    return out + [n]

@@ -1,0 +1,115 @@
+"""What runs in each engine step: which requests decode, which prompts are prefilled and how far, who waits.
+
+Every step has a token budget (`max_num_batched_tokens`). Running requests that are past their prompt decode one
+token each; the budget left goes to prompt chunks, first of requests already partly prefilled, then of waiting
+requests in arrival order (chunked prefill: a 64k-token prompt is read a budget at a time, in the same steps as
+everyone's decode, so streams keep flowing while it is read). A waiting request is admitted when a running place
+(`max_num_seqs`) and the blocks for its first chunk are free; its prompt's cached leading blocks are shared, not
+computed (prefix caching).
+
+When a running request needs a block and none is free, the most recently admitted running request is preempted:
+its blocks go back to the pool and it waits at the head of the queue, to recompute its prompt and output so far
+when blocks free up (vLLM's recompute preemption). The oldest request always progresses, since the cache holds at
+least one `max_model_len` sequence.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from smollm3.infer.block_manager import BlockManager
+from smollm3.infer.sequence import Request
+
+
+@dataclass
+class StepPlan:
+    decode: list[Request] = field(default_factory=list)  # one token each, at position num_computed
+    prefill: list[tuple[Request, int]] = field(default_factory=list)  # (request, tokens of its next chunk)
+    preempted: list[Request] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not self.decode and not self.prefill
+
+
+class Scheduler:
+    def __init__(self, blocks: BlockManager, max_num_seqs: int, max_num_batched_tokens: int):
+        if max_num_batched_tokens < max_num_seqs:
+            raise ValueError(f"max_num_batched_tokens ({max_num_batched_tokens}) must be at least max_num_seqs "
+                             f"({max_num_seqs}): every running request decodes a token each step")
+        self.blocks = blocks
+        self.max_num_seqs, self.max_num_batched_tokens = max_num_seqs, max_num_batched_tokens
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []  # in admission order
+        self.num_preemptions = 0
+
+    def schedule(self) -> StepPlan:
+        plan = StepPlan()
+        budget = self.max_num_batched_tokens
+        for r in list(self.running):  # decodes first: every running stream gets its token
+            if r not in self.running or r.prefilling:
+                continue
+            if not self._make_room(r, r.num_computed + 1, plan):
+                continue  # r itself was preempted
+            plan.decode.append(r)
+            budget -= 1
+        for r in list(self.running):  # chunks of prompts already started
+            if budget <= 0:
+                break
+            if r not in self.running or not r.prefilling:
+                continue
+            n = min(r.num_tokens - r.num_computed, budget)
+            if self._make_room(r, r.num_computed + n, plan):
+                plan.prefill.append((r, n))
+                budget -= n
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs and not plan.preempted:
+            r = self.waiting[0]
+            cached, keys = self.blocks.cached_prefix(r.tokens())
+            start = len(cached) * self.blocks.block_size
+            n = min(r.num_tokens - start, budget)
+            if not self.blocks.can_allocate(cached, start + n):
+                break  # first come, first served: nobody overtakes the head of the queue
+            self.waiting.popleft()
+            self.blocks.take_cached(r.block_table, cached)
+            self.blocks.grow(r.block_table, start + n)
+            r.block_keys, r.num_computed = keys, start
+            if not r.output_ids:  # counted once, at first admission (a preempted request recomputes its own)
+                r.num_cached_tokens = start
+                self.blocks.hits += start
+                self.blocks.queries += len(r.prompt_ids)
+            self.running.append(r)
+            plan.prefill.append((r, n))
+            budget -= n
+        return plan
+
+    def _make_room(self, r: Request, num_tokens: int, plan: StepPlan) -> bool:
+        """Blocks for r's first num_tokens tokens, preempting the newest other running requests if the pool is
+        short; False if r had to be preempted itself."""
+        while not self.blocks.grow(r.block_table, num_tokens):
+            victim = self.running[-1]
+            self.preempt(victim, plan)
+            if victim is r:
+                return False
+        return True
+
+    def preempt(self, r: Request, plan: StepPlan | None = None):
+        self.running.remove(r)
+        self.blocks.release(r.block_table)
+        r.block_keys, r.num_computed = [], 0
+        r.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(r)
+        if plan is not None:
+            plan.preempted.append(r)
+            if r in plan.decode:
+                plan.decode.remove(r)
+            plan.prefill = [(q, n) for q, n in plan.prefill if q is not r]
+
+    def finish(self, r: Request):
+        """A request leaves (finished or aborted): its blocks go back, its computed full blocks stay cached."""
+        if r in self.running:
+            self.running.remove(r)
+            self.blocks.release(r.block_table)
+        elif r in self.waiting:
+            self.waiting.remove(r)

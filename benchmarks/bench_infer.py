@@ -54,11 +54,12 @@ def copy_bandwidth(device, nbytes: int, iters: int = 10) -> float:
 
 
 def make_engine(model, slots, max_len, cuda_graphs=None, fast_decode=None, gemv=None, async_decode=True,
-                decode_kernels=None):
-    kv = kv_bytes_per_token(model.config, next(model.parameters()).dtype) * max_len * slots
+                decode_kernels=None, max_num_batched_tokens=2048):
+    blocks = slots * -(-max_len // 64) + 1  # every stream at full length, and the runner's scratch block
+    kv = kv_bytes_per_token(model.config, next(model.parameters()).dtype) * 64 * blocks
     engine = Engine(model, None, max_num_seqs=slots, max_model_len=max_len, kv_cache_memory=kv,
                     cuda_graphs=cuda_graphs, eos_token_ids=[], fast_decode=fast_decode, gemv=gemv,
-                    decode_kernels=decode_kernels)
+                    decode_kernels=decode_kernels, max_num_batched_tokens=max_num_batched_tokens)
     engine.async_decode = engine.async_decode and async_decode
     return engine
 
@@ -149,7 +150,7 @@ def main():
         print(f"{key}: decode {res[f'{key}_decode_tok_s']} tok/s, {args.streams} streams "
               f"{res[f'{key}_batch_tok_s']} tok/s, warm-up {res[f'{key}_warmup_s']} s", flush=True)
         engine = None  # free its KV cache before the next one
-    long_engine = make_engine(model, 1, ttft_len + 1)
+    long_engine = make_engine(model, 1, ttft_len + 1, max_num_batched_tokens=ttft_len + 1)  # one prefill, unchunked
     ours_generate(long_engine, [long_prompt[:1024]], 1)  # warm the prefill kernels
     res["ttft_prompt_tokens"] = ttft_len
     try:

@@ -60,9 +60,12 @@ def test_models_health_metrics(server):
     models = server.client.models.list()
     assert [m.id for m in models.data] == [MODEL]
     health = httpx.get(server.base + "/health").json()
-    assert health["status"] == "ok" and health["slots"] == 16
+    e = server.engine
+    assert health["status"] == "ok" and health["max_num_seqs"] == 16
+    assert health["kv_blocks_total"] == e.blocks.num_blocks and health["kv_blocks_free"] == e.num_free_blocks
     metrics = httpx.get(server.base + "/metrics").text
-    assert "# TYPE smollm3_requests_running gauge" in metrics and "smollm3_kv_slots 16" in metrics
+    assert "# TYPE smollm3_requests_running gauge" in metrics
+    assert f"smollm3_kv_blocks_total {e.blocks.num_blocks}" in metrics and "smollm3_kv_blocks_free " in metrics
 
 
 def test_chat_answers_paris(server):
@@ -158,7 +161,7 @@ def test_64_concurrent_requests_all_complete(server):
     assert server.engine.num_running == 0
 
 
-def test_disconnect_mid_stream_frees_the_slot(server):
+def test_disconnect_mid_stream_frees_the_blocks(server):
     aborted = server.engine.stats["aborted"]
     body = {"model": MODEL, "messages": FRANCE, "max_tokens": 400, "ignore_eos": True, "temperature": 0, "stream": True}
     with httpx.stream("POST", server.base + "/v1/chat/completions", json=body, timeout=120) as resp:
@@ -170,7 +173,8 @@ def test_disconnect_mid_stream_frees_the_slot(server):
     while server.engine.num_running and time.time() < deadline:
         time.sleep(0.1)
     assert server.engine.num_running == 0 and server.engine.stats["aborted"] == aborted + 1
-    assert len(server.engine.slots) == 16 and not any(server.engine.slots)
+    health = httpx.get(server.base + "/health").json()  # every block back in the pool, as the server reports it
+    assert health["kv_blocks_free"] == health["kv_blocks_total"] == server.engine.blocks.num_blocks
 
 
 BAD = [

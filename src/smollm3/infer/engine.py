@@ -68,6 +68,8 @@ class Engine:
         budget = kv_cache_memory if kv_cache_memory is not None else _default_kv_budget(
             model, gpu_memory_utilization, max_num_batched_tokens)
         num_blocks = max(0, budget // per_block - 1)  # one block more is the runner's scratch block
+        # more than max_num_seqs sequences at full length could never be used at once
+        num_blocks = min(num_blocks, max_num_seqs * -(-self.max_model_len // block_size))
         if num_blocks * block_size < self.max_model_len:
             raise ValueError(f"the KV cache budget ({budget / 2**30:.2f} GiB) holds {num_blocks * block_size} tokens, "
                              f"less than one sequence of max_model_len {self.max_model_len} "
@@ -98,7 +100,8 @@ class Engine:
         self._host_ids = [torch.zeros(max_num_seqs, dtype=torch.long, pin_memory=pin) for _ in range(2)]
         self._host_turn = 0
         self.stats = {"requests": 0, "finished": 0, "aborted": 0, "prompt_tokens": 0, "cached_prompt_tokens": 0,
-                      "generated_tokens": 0, "prefill_steps": 0, "decode_steps": 0, "preemptions": 0}
+                      "generated_tokens": 0, "prefill_steps": 0, "decode_steps": 0, "preemptions": 0,
+                      "max_running": 0}  # the most requests running at once
 
     # ------------------------------------------------------------------------------------------------------------
     # requests
@@ -176,6 +179,7 @@ class Engine:
                     self._finish(r, "abort")
         plan = self.scheduler.schedule()
         self.stats["preemptions"] += len(plan.preempted)
+        self.stats["max_running"] = max(self.stats["max_running"], len(self.scheduler.running))
         pipelined = (self._rows is not None and plan.decode == self._rows and not plan.prefill
                      and not plan.preempted)
         if not pipelined:  # the host's view of every request must be current before anything else runs

@@ -92,7 +92,9 @@ def create_app(state: ServerState) -> FastAPI:
         alive = state.engine.thread.is_alive()
         e = state.engine.engine
         return JSONResponse({"status": "ok" if alive else "engine stopped", "running": e.num_running,
-                             "waiting": e.num_waiting, "slots": e.num_slots}, status_code=200 if alive else 503)
+                             "waiting": e.num_waiting, "max_num_seqs": e.max_num_seqs,
+                             "kv_blocks_total": e.blocks.num_blocks, "kv_blocks_free": e.num_free_blocks,
+                             "kv_block_size": e.block_size}, status_code=200 if alive else 503)
 
     @app.get("/metrics")
     async def metrics():
@@ -319,10 +321,14 @@ def prometheus_text(state: ServerState) -> str:
         ("smollm3_requests_total", "counter", "requests accepted by the engine", s["requests"]),
         ("smollm3_requests_finished_total", "counter", "requests finished (any reason)", s["finished"]),
         ("smollm3_requests_aborted_total", "counter", "requests aborted (client gone)", s["aborted"]),
-        ("smollm3_requests_running", "gauge", "requests holding a KV slot", e.num_running),
-        ("smollm3_requests_waiting", "gauge", "requests queued for a slot", e.num_waiting),
-        ("smollm3_kv_slots", "gauge", "KV cache slots (max concurrent sequences)", e.num_slots),
-        ("smollm3_prompt_tokens_total", "counter", "prompt tokens prefilled", s["prompt_tokens"]),
+        ("smollm3_requests_running", "gauge", "requests admitted (holding KV blocks)", e.num_running),
+        ("smollm3_requests_waiting", "gauge", "requests queued for admission", e.num_waiting),
+        ("smollm3_kv_blocks_total", "gauge", "KV cache blocks", e.blocks.num_blocks),
+        ("smollm3_kv_blocks_free", "gauge", "KV cache blocks free (unheld, cached ones included)", e.num_free_blocks),
+        ("smollm3_prompt_tokens_total", "counter", "prompt tokens of prefilled requests", s["prompt_tokens"]),
+        ("smollm3_prompt_tokens_cached_total", "counter", "prompt tokens served from the prefix cache",
+         s["cached_prompt_tokens"]),
+        ("smollm3_preemptions_total", "counter", "running requests preempted for KV blocks", s["preemptions"]),
         ("smollm3_generation_tokens_total", "counter", "tokens generated", s["generated_tokens"]),
         ("smollm3_prefill_steps_total", "counter", "prefill forward passes", s["prefill_steps"]),
         ("smollm3_decode_steps_total", "counter", "decode forward passes", s["decode_steps"]),
@@ -352,13 +358,22 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, api_key: str
     sock.bind((host, port))
     e = state.engine.engine
     url = f"http://{host if ':' not in host else f'[{host}]'}:{sock.getsockname()[1]}/v1"
-    print(f"serving {state.model_name!r} on {url} ({e.num_slots} slots x {e.max_model_len} tokens, {e.device}, "
-          f"{str(e.dtype).replace('torch.', '')}{', API key required' if api_key else ''})", flush=True)
+    print(f"serving {state.model_name!r} on {url} ({e.device}, {str(e.dtype).replace('torch.', '')}"
+          f"{', API key required' if api_key else ''})", flush=True)
+    print(kv_capacity_line(e), flush=True)
     server = uvicorn.Server(uvicorn.Config(create_app(state), log_level="warning", timeout_graceful_shutdown=3))
     try:
         server.run(sockets=[sock])
     finally:
         state.engine.close()
+
+
+def kv_capacity_line(e) -> str:
+    """What the KV cache holds, and what that means at full context (the number users size a server by)."""
+    full = e.kv_cache_tokens // e.max_model_len
+    return (f"KV cache: {e.kv_cache_tokens:,} tokens ({e.blocks.num_blocks:,} blocks of {e.block_size}); "
+            f"{full:,} requests at once at the full {e.max_model_len:,}-token context, up to {e.max_num_seqs} "
+            f"(--max-num-seqs) when shorter; prefix caching {'on' if e.blocks.prefix_caching else 'off'}")
 
 
 def build_state(model: str, *, api_key=None, served_model_name=None, chat_template=None, **engine_kwargs

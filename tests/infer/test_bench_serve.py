@@ -1,0 +1,32 @@
+"""benchmarks/bench_serve.py against the real HTTP server (in-process) on the tiny model: every request completes
+with its tokens, the latency figures are there and ordered, and the shared-prefix chat load is served from the
+prefix cache."""
+
+import runpy
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_bench_serve_runs_and_counts(tiny_dir, tmp_path):
+    bench = runpy.run_path(str(REPO / "benchmarks" / "bench_serve.py"))
+    res = bench["main"](["--model", str(tiny_dir), "--device", "cpu", "--input-len", "24", "--output-len", "6",
+                         "--num-prompts", "6", "--concurrency", "1,3", "--max-model-len", "256",
+                         "--out", str(tmp_path / "serve.json")])
+    assert [r["concurrency"] for r in res["runs"]] == [1, 3]
+    for run in res["runs"]:
+        assert run["completed"] == 6 and run["failed"] == 0 and run["output_tokens"] == 36
+        assert 0 < run["ttft_p50_ms"] <= run["ttft_p99_ms"] and 0 < run["itl_p50_ms"] <= run["itl_p99_ms"]
+
+
+@pytest.mark.real_weights
+def test_bench_serve_shared_prefix_chat_hits_the_cache(smollm2_dir, tmp_path):
+    bench = runpy.run_path(str(REPO / "benchmarks" / "bench_serve.py"))
+    res = bench["main"](["--model", str(smollm2_dir), "--device", "cpu", "--dataset", "chat-shared-prefix",
+                         "--output-len", "3", "--num-prompts", "3", "--concurrency", "1", "--max-model-len", "2048",
+                         "--out", str(tmp_path / "chat.json")])
+    run = res["runs"][0]
+    prefix = 64 * 3  # the template's system turn and the two tool specs fill more than three blocks
+    assert run["completed"] == 3 and run["cached_prompt_tokens"] >= 2 * prefix

@@ -40,3 +40,22 @@ def test_batched_equals_alone(smollm2_llm, alone):
     assert len(set(lengths)) == len(lengths)  # different lengths, right-padded into one prefill
     batched = smollm2_llm.generate(PROMPTS, GREEDY_64)
     assert [r.output_ids for r in batched] == alone
+
+
+def test_paged_engine_under_pressure_equals_alone(smollm2_llm, alone):
+    """The same tokens when the KV cache holds two sequences' worth (requests preempted and recomputed), prompts are
+    read in chunks of 24 tokens, and a repeated prompt head is served from the prefix cache."""
+    from smollm3.infer import Engine
+    from smollm3.infer.cache import kv_bytes_per_token
+
+    llm = smollm2_llm
+    per_token = kv_bytes_per_token(llm.model.config, torch.float32)
+    engine = Engine(llm.model, llm.tokenizer, max_model_len=128, max_num_seqs=4, block_size=16,
+                    max_num_batched_tokens=24, kv_cache_memory=per_token * (2 * 128 + 16),
+                    eos_token_ids=sorted(llm.engine.eos_token_ids))
+    ids = [llm.tokenizer.encode(p) for p in PROMPTS]
+    twice = ids + [ids[2]]  # the chat prompt again: its head comes from the cache the first one filled
+    out = engine.generate(twice, GREEDY_64)
+    assert engine.stats["preemptions"] > 0 and engine.stats["cached_prompt_tokens"] >= 16
+    assert [r.output_ids for r in out] == alone + [alone[2]]
+    assert engine.num_free_blocks == engine.blocks.num_blocks

@@ -208,7 +208,7 @@ class Engine:
             self._register(r)
             if r.num_computed == r.num_tokens:
                 done.append(r)
-                if len(r.output_ids) == 0:
+                if not r.output_ids:  # the prompt done for the first time (a preempted request may redo it)
                     self.stats["prompt_tokens"] += len(r.prompt_ids)
                     self.stats["cached_prompt_tokens"] += r.num_cached_tokens
         self.stats["prefill_steps"] += 1

@@ -74,7 +74,7 @@ class Scheduler:
             self.blocks.take_cached(r.block_table, cached)
             self.blocks.grow(r.block_table, start + n)
             r.block_keys, r.num_computed = keys, start
-            if not r.output_ids:  # counted once, at first admission (a preempted request recomputes its own)
+            if not r.num_preemptions:  # counted at first admission (a preempted request recomputes its own)
                 r.num_cached_tokens = start
                 self.blocks.hits += start
                 self.blocks.queries += len(r.prompt_ids)

@@ -39,8 +39,9 @@ def main():
     notice = extend_context(model, args.max_model_len)
     n = args.prompt or args.max_model_len - 1
     kv_per_token = kv_bytes_per_token(model.config, dtype)
-    engine = Engine(model, None, max_num_seqs=1, max_model_len=args.max_model_len,
-                    kv_cache_memory=kv_per_token * args.max_model_len, eos_token_ids=[], fast_decode=False)
+    engine = Engine(model, None, max_num_seqs=1, max_model_len=args.max_model_len, block_size=64,
+                    kv_cache_memory=kv_per_token * (args.max_model_len + 64), eos_token_ids=[], fast_decode=False,
+                    max_num_batched_tokens=args.max_model_len)  # one prefill, as the target was measured
     prompt = torch.randint(0, model.config.vocab_size, (n,), generator=torch.Generator().manual_seed(1)).tolist()
     sp = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
     engine.generate([prompt[:1024]], sp)  # warm the kernels

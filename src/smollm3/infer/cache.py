@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
 
 from smollm3.config import ModelConfig
 
@@ -118,11 +119,11 @@ class PagedCache:
             if start == 0:  # the whole prefix is this chunk: no cache read, plain causal attention
                 ki, vi = k[:, :, offset:offset + n], v[:, :, offset:offset + n]
                 o = F.scaled_dot_product_attention(qi, ki, vi, is_causal=True, scale=scale, enable_gqa=True)
-            else:
+            else:  # the chunk's queries are the last n of end positions: causal, aligned to the lower right
                 end = start + n
                 ki, vi = gather_kv(kc, table[None])[:, :, :end], gather_kv(vc, table[None])[:, :, :end]
-                visible = torch.arange(end, device=q.device)[None, :] <= torch.arange(start, end, device=q.device)[:, None]
-                o = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=visible, scale=scale, enable_gqa=True)
+                o = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=causal_lower_right(n, end), scale=scale,
+                                                   enable_gqa=True)
             out[offset:offset + n] = o[0].transpose(0, 1)
         return out[None]
 

@@ -1,0 +1,75 @@
+"""Serving targets 7-9 of benchmarks/results/latest.json in one run, each as a ratio measured in this run
+(issue: paged serving). Target 10 (single-stream decode against the bandwidth roofline, 32 streams against
+transformers) is benchmarks/bench_infer.py.
+
+    python benchmarks/serve_targets.py --preset smollm3-3b --out $OUT/serve-targets.json   # one H200, ~10 min
+
+- 7, capacity: 256 requests x (512 + 256) tokens, all sent at once, with the engine at max_model_len 65,536 and
+  the default memory, against the same load at max_model_len 1,024: output tok/s ratio (>= 0.95) and the most
+  requests running at once (256).
+- 8, prefix caching: 256 chat requests sharing SmolLM3's think-mode system prompt and two tool specs: TTFT p50
+  without caching over with it (>= 3), and the greedy outputs equal.
+- 9, chunked prefill: 64 streams decoding while a 32,768-token prompt arrives: the streams' inter-token latency p99
+  while it is read over their p50 without it (<= 3); the long prompt's TTFT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import runpy
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--preset")
+    src.add_argument("--model")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--only", default="7,8,9", help="which targets")
+    ap.add_argument("--requests", type=int, default=256)
+    args = ap.parse_args()
+    serve = runpy.run_path(str(HERE / "bench_serve.py"))["main"]
+    model = ["--preset", args.preset] if args.preset else ["--model", args.model]
+    tmp = Path(args.out).with_suffix("")
+    res = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "targets": {}}
+    only = {int(t) for t in args.only.split(",")}
+
+    def run(name, extra):
+        out = serve([*model, *extra, "--out", f"{tmp}-{name}.json"])
+        res[name] = out
+        Path(args.out).write_text(json.dumps(res, indent=2))
+        return out["runs"][0]
+
+    if 7 in only:
+        load = ["--input-len", "512", "--output-len", "256", "--num-prompts", str(args.requests)]
+        full = run("t7_max_len_65536", [*load, "--max-model-len", "65536"])
+        short = run("t7_max_len_1024", [*load, "--max-model-len", "1024"])
+        ratio = full["output_tok_s"] / short["output_tok_s"]
+        res["targets"]["7"] = {"ratio": round(ratio, 3), "max_running": full["engine"]["max_running"],
+                               "met": ratio >= 0.95 and full["engine"]["max_running"] == args.requests}
+    if 8 in only:
+        load = ["--dataset", "chat-shared-prefix", "--output-len", "32", "--num-prompts", str(args.requests),
+                "--save-outputs"]
+        cached = run("t8_prefix_caching", load)
+        plain = run("t8_no_prefix_caching", [*load, "--no-prefix-caching"])
+        ratio = plain["ttft_p50_ms"] / cached["ttft_p50_ms"]
+        same = cached["outputs"] == plain["outputs"]
+        res["targets"]["8"] = {"ttft_ratio": round(ratio, 2), "outputs_equal": same, "met": ratio >= 3 and same}
+    if 9 in only:
+        load = ["--input-len", "512", "--output-len", "512", "--num-prompts", "64", "--max-model-len", "65536"]
+        base = run("t9_streams_alone", load)
+        mixed = run("t9_streams_and_32k_prompt", [*load, "--long-prompt-len", "32768"])
+        ratio = mixed["itl_during_long_prefill_p99_ms"] / base["itl_p50_ms"]
+        res["targets"]["9"] = {"itl_p99_during_over_p50_alone": round(ratio, 2),
+                               "long_prompt_ttft_ms": mixed["long_prompt_ttft_ms"], "met": ratio <= 3}
+    Path(args.out).write_text(json.dumps(res, indent=2))
+    print(json.dumps(res["targets"], indent=2))
+
+
+if __name__ == "__main__":
+    main()

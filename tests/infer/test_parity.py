@@ -54,8 +54,12 @@ def test_paged_engine_under_pressure_equals_alone(smollm2_llm, alone):
                     max_num_batched_tokens=24, kv_cache_memory=per_token * (2 * 128 + 16),
                     eos_token_ids=sorted(llm.engine.eos_token_ids))
     ids = [llm.tokenizer.encode(p) for p in PROMPTS]
-    twice = ids + [ids[2]]  # the chat prompt again: its head comes from the cache the first one filled
-    out = engine.generate(twice, GREEDY_64)
-    assert engine.stats["preemptions"] > 0 and engine.stats["cached_prompt_tokens"] >= 16
-    assert [r.output_ids for r in out] == alone + [alone[2]]
+    reqs = [engine.add_request(p, GREEDY_64) for p in ids]
+    while not reqs[2].output_ids:
+        engine.step()
+    reqs.append(engine.add_request(ids[2], GREEDY_64))  # the chat prompt again: its head is cached by now
+    while not all(r.finished for r in reqs):
+        engine.step()
+    assert engine.stats["preemptions"] > 0 and reqs[3].num_cached_tokens == 32
+    assert [r.output_ids for r in reqs] == alone + [alone[2]]
     assert engine.num_free_blocks == engine.blocks.num_blocks

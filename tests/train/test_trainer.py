@@ -460,3 +460,14 @@ def test_disk_full_during_a_checkpoint_says_so_and_names_the_path(assets, tmp_pa
                                               "no checkpoint was kept"):
         train(load_train_config(write_config(assets, out, train__steps=1, checkpoint__every=1)))
     assert not (out / "checkpoints" / ".tmp-step_00000001").exists()  # what the partial write took is given back
+
+
+def test_bad_knobs_on_the_command_line_are_one_line(assets, tmp_path, capsys):
+    """Issue 26: train.dtype=float8 was a KeyError traceback and seed 2**70 an overflow naming no parameter."""
+    from smollm3.cli import main
+
+    cfg = write_config(assets, tmp_path / "x")
+    for override, key in (("train.dtype=float8", "train.dtype"), (f"train.seed={2**70}", "train.seed")):
+        assert main(["train", cfg, override]) == 1
+        err = capsys.readouterr().err
+        assert f"{key} is " in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err

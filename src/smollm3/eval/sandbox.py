@@ -190,7 +190,7 @@ def _inside(path: Path, parent: Path) -> bool:
 def _hidden_dirs(tmp: Path) -> list[str]:
     """Directories to cover with tmpfs: the homes, the evaluator's working directory and the smollm3 checkout;
     never the root, a system directory, or one holding the sandbox's own temporary directory."""
-    candidates = [Path("/root"), Path("/home"), Path.home(), Path.cwd()]
+    candidates = [Path("/root"), Path("/home"), Path(os.environ.get("HOME", "/root")), Path.cwd()]
     checkout = Path(__file__).resolve().parents[3]  # src/smollm3/eval/sandbox.py in a source checkout
     if (checkout / "pyproject.toml").exists():
         candidates.append(checkout)

@@ -156,8 +156,12 @@ def verify_checkpoint(path: Path) -> str | None:
 def lock_out_dir(out: Path) -> int:
     """Take out_dir's exclusive lock (an fd to keep open while the run lives) or refuse, naming the holder."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise ConfigError(f"out_dir {out}: cannot create {out / LOCK} ({e.strerror}); choose a writable out_dir") \
+            from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

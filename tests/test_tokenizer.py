@@ -185,3 +185,24 @@ def test_smollm3_tokenizer_from_llama3_ranks_equals_tiktoken(smollm3_tok, tmp_pa
     hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
     for text in texts[:2]:
         assert again.encode(text) == hf(text, add_special_tokens=False)["input_ids"] == tok.encode(text)
+
+
+def test_a_damaged_tokenizer_directory_is_one_line_naming_the_file(trained_tokenizer_dir, tmp_path, capsys):
+    """Issue 26: a garbage tokenizer.json was a traceback that named no file."""
+    import shutil
+
+    bad = tmp_path / "tok"
+    shutil.copytree(trained_tokenizer_dir, bad)
+    (bad / "tokenizer.json").write_text("garbage{")
+    with pytest.raises(TokenizerError, match=rf"^{bad / 'tokenizer.json'}: not a valid tokenizer.json \(expected "
+                                             "value at line 1 column 1\\)"):
+        load_tokenizer(bad)
+    (tmp_path / "docs.txt").write_text("a document")
+    rc = main(["data", "prepare", "--input", str(tmp_path / "docs.txt"), "--tokenizer", str(bad), "--out",
+               str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 1 and f"{bad / 'tokenizer.json'}: not a valid tokenizer.json" in err and "Traceback" not in err
+    shutil.copy(trained_tokenizer_dir / "tokenizer.json", bad / "tokenizer.json")
+    (bad / "tokenizer_config.json").write_text("{not json")
+    with pytest.raises(TokenizerError, match=rf"^{bad / 'tokenizer_config.json'}: not valid JSON"):
+        load_tokenizer(bad)

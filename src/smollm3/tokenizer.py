@@ -106,7 +106,11 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     tj = path / "tokenizer.json"
     if not tj.exists():
         raise FileNotFoundError(f"{path}: no tokenizer.json (only fast, tokenizers-format tokenizers are supported)")
-    tok = HFTokenizer.from_file(str(tj))
+    try:
+        tok = HFTokenizer.from_file(str(tj))
+    except Exception as e:  # the tokenizers library raises a bare Exception for every parse error
+        raise TokenizerError(f"{tj}: not a valid tokenizer.json ({e}); replace it with the model's own "
+                             "(e.g. from its Hugging Face repository)") from None
     cfg = _read_json(path / "tokenizer_config.json")
     special_map = _read_json(path / "special_tokens_map.json")
 
@@ -125,7 +129,15 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
 
 
 def _read_json(p: Path) -> dict:
-    return json.loads(p.read_text()) if p.exists() else {}
+    if not p.exists():
+        return {}
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise TokenizerError(f"{p}: not valid JSON ({e}); fix or replace it") from None
+    if not isinstance(data, dict):
+        raise TokenizerError(f"{p}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def tokenizer_from_gguf(reader) -> Tokenizer:

@@ -98,3 +98,17 @@ def test_resume_and_bad_lines(tok, tmp_path):
                                             "rejected": "b"}])
     with pytest.raises(DataFormatError, match=rf"{bad}:1: 'chosen' must start with an assistant message"):
         load_preferences([bad])
+
+
+def test_trl_tools_column_is_rendered(tok, tmp_path):
+    """TRL's `tools` column reaches the template of the prompt and of both completions."""
+    tool = {"name": "get_weather", "description": "Weather of a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
+    record = {"prompt": [{"role": "user", "content": "Weather in Paris?"}],
+              "chosen": [{"role": "assistant", "content": '<tool_call>{"name": "get_weather"}</tool_call>'}],
+              "rejected": [{"role": "assistant", "content": "I cannot know."}]}
+    p = _write(tmp_path / "tools.jsonl", [{**record, "tools": [tool]}, record])
+    with_tools, without = [tokenize_pair(tok, ex, date=DAY, max_prompt_length=None) for ex in load_preferences([p])]
+    assert tok.decode(with_tools.prompt) == render_chat(record["prompt"], tools=[tool], date=DAY,
+                                                        add_generation_prompt=True)
+    assert with_tools.prompt != without.prompt and with_tools.chosen == without.chosen

@@ -3,6 +3,7 @@ deterministic; bad input named by file and line."""
 
 import gzip
 import json
+from pathlib import Path
 
 import pytest
 
@@ -126,3 +127,59 @@ def test_parquet_input(trained_tokenizer_dir, tmp_path):
             progress=False)
     tok = load_tokenizer(trained_tokenizer_dir)
     assert [tok.decode(d[:-1]) for d in _read_back(tmp_path / "o")] == texts
+
+
+def test_an_input_edited_in_place_at_the_same_size_is_not_taken_for_the_old_one(trained_tokenizer_dir, tmp_path):
+    """Issue 26: inputs were checked by path and size only, so a stale shard was reused silently."""
+    src = tmp_path / "docs.jsonl"
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["alpha beta", "gamma delta"]))
+    out = tmp_path / "o"
+    prepare([src], trained_tokenizer_dir, out, workers=1, progress=False)
+    size = src.stat().st_size
+    src.write_text(src.read_text().replace("alpha", "omega"))  # same size, other content
+    assert src.stat().st_size == size
+    with pytest.raises(PrepareError, match=rf"{src} changed since its shards were written \(its content hash "
+                                           r"differs\); use a new --out folder"):
+        prepare([src], trained_tokenizer_dir, out, workers=1, progress=False)
+
+
+def test_empty_inputs_are_refused(trained_tokenizer_dir, tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    rc = main(["data", "prepare", "--input", str(empty), "--tokenizer", str(trained_tokenizer_dir),
+               "--out", str(tmp_path / "o1"), "--workers", "1"])
+    err = capsys.readouterr().err
+    assert rc == 1 and f"{empty}: empty input file (no documents); remove it from --input" in err
+    assert "Traceback" not in err and not (tmp_path / "o1").exists()  # refused before anything was written
+    hollow = tmp_path / "hollow.jsonl"
+    hollow.write_text('{"text": ""}\n\n{"text": null}\n')
+    with pytest.raises(PrepareError, match=rf"{hollow}: no documents \(every line is blank or has an empty or null "
+                                           "text\\); remove it from --input"):
+        prepare([hollow], trained_tokenizer_dir, tmp_path / "o2", workers=1, progress=False)
+
+
+def _rss(field: str) -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith(field + ":"))) * 1024
+
+
+def test_a_huge_single_line_streams_in_a_small_multiple_of_its_size(trained_tokenizer_dir, tmp_path):
+    """Issue 26: one 50 MB JSONL line peaked at 7.9 GB. The line is tokenized in pieces: the same tokens as the
+    whole, at a peak resident size of a few times the line (Linux's VmHWM, reset just before)."""
+    import random
+
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak resident size")
+    rng = random.Random(0)
+    text = " ".join(rng.choice(WORDS) for _ in range(60_000))  # 360 K characters (> LONG_DOC), 0.4 MB of UTF-8
+    big = tmp_path / "big.jsonl"
+    big.write_text(json.dumps({"text": text}, ensure_ascii=False) + "\n", encoding="utf-8")
+    prepare([big], trained_tokenizer_dir, tmp_path / "warm", workers=1, progress=False)  # tokenizer loaded, cached
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    base = _rss("VmRSS")
+    prepare([big], trained_tokenizer_dir, tmp_path / "big", workers=1, progress=False)
+    grown, size = _rss("VmHWM") - base, big.stat().st_size
+    print(f"peak grew by {grown / 2**20:.1f} MiB for a {size / 2**20:.1f} MiB line")
+    assert grown < 8 * size, f"peak grew by {grown / 2**20:.0f} MiB for a {size / 2**20:.1f} MiB line"
+    tok = load_tokenizer(trained_tokenizer_dir)
+    assert _read_back(tmp_path / "big") == [tok.encode(text) + [tok.eos_token_id]]

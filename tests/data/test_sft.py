@@ -116,3 +116,43 @@ def test_bad_conversations_are_named_by_file_and_line(tok, tmp_path):
     p.write_text('{"messages": [{"role": "robot", "content": "hi"}]}\n')
     with pytest.raises(DataFormatError, match=rf"{p}:1: .*role 'robot'"):
         SFTLoader([p], tok, 128, 1)
+
+
+def test_zero_trainable_tokens_is_refused_with_the_cause(tok, tmp_path):
+    """Issue 26: every assistant turn cut by truncation trained on nothing at loss 0.0000, silently."""
+    p = tmp_path / "long.jsonl"
+    long_prompt = " ".join(["a long question about the weather"] * 5)
+    p.write_text("".join(json.dumps({"messages": [{"role": "user", "content": long_prompt},
+                                                  {"role": "assistant", "content": "Sunny."}]}) + "\n"
+                         for _ in range(3)))
+    with pytest.raises(DataFormatError, match=rf"{p}: no trainable tokens: every assistant turn starts beyond "
+                                              r"data.seq_len 64 .*template 'smollm3' renders an empty user turn, its "
+                                              r"default system prompt included, as \d+ tokens"):
+        SFTLoader([p], tok, seq_len=64, batch_size=1, date=DAY)
+    assert SFTLoader([p], tok, seq_len=4096, batch_size=1, date=DAY).trained_tokens > 0
+    p.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    with pytest.raises(DataFormatError, match="no conversation has an assistant turn"):
+        SFTLoader([p], tok, seq_len=1024, batch_size=1, date=DAY)
+
+
+TOOL = {"name": "get_weather", "description": "Weather of a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+
+
+def test_trl_tools_column_is_rendered(tok, tmp_path):
+    """TRL's `tools` column (a list, or that list as a JSON string) reaches the template as `tools=`."""
+    messages = [{"role": "user", "content": "Weather in Paris?"},
+                {"role": "assistant", "content": '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}'
+                                                 "</tool_call>"}]
+    p = tmp_path / "tools.jsonl"
+    p.write_text(json.dumps({"messages": messages, "tools": [TOOL]}) + "\n"
+                 + json.dumps({"messages": messages, "tools": json.dumps([TOOL])}) + "\n"
+                 + json.dumps({"messages": messages}) + "\n")
+    loader = SFTLoader([p], tok, seq_len=4096, batch_size=1, date=DAY)
+    with_tools, as_string, without = [tokenize_conversation(tok, ex, date=DAY)[0] for ex in loader.examples]
+    assert tok.decode(with_tools) == render_chat(messages, tools=[TOOL], date=DAY)
+    assert as_string == with_tools != without
+    assert "get_weather" in tok.decode(with_tools).split("<|im_start|>user")[0]  # offered in the system turn
+    p.write_text(json.dumps({"messages": messages, "tools": {"name": "x"}}) + "\n")
+    with pytest.raises(DataFormatError, match=rf"{p}:1: 'tools' must be a list of tool schemas"):
+        load_conversations([p])

@@ -105,7 +105,11 @@ def test_humaneval_real_run(smollm2_dir, tmp_path, capsys):
     print(f"\nSmolLM2-135M-Instruct HumanEval pass@1 on 5 problems: {he['pass@1']}")
 
 
-def test_check_passes_only_with_exit_zero(problems):
+def test_check_passes_only_when_the_tests_ran_to_their_end(problems):
     p = problems[0]
     assert check(p, p["canonical_solution"])["passed"]
     assert not check(p, "    raise SystemExit(3)\n")["passed"]
+    # issue 26: each of these passed every problem (exit status 0 before, or after, a failed check)
+    tricks = ["    import os\n    os._exit(0)\n", "    raise SystemExit(0)\n",
+              "    import atexit, os\n    atexit.register(os._exit, 0)\n    return None\n"]
+    assert [r["passed"] for r in check_all([p] * 3, tricks)] == [False] * 3

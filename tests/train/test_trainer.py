@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+from smollm3.checkpoint import CheckpointError
 from smollm3.config import ConfigError
 from smollm3.data.shards import ShardWriter
 from smollm3.train.config import load_train_config
@@ -295,3 +296,178 @@ def test_profile_step_writes_a_trace_and_a_summary_of_that_step(assets, tmp_path
     assert any("AdamW" in n or "adamw" in n.lower() for n in names), "the optimizer step is inside the profiled window"
     assert "aten::mm" in (prof / "step2_rank0_kernels.txt").read_text()
     assert len(losses(tmp_path / "run")) == 3
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# what a hostile user tried (issue 26): out-of-range knobs, two runs on one directory, damaged checkpoints, torn
+# metrics, a full disk
+
+
+@pytest.mark.parametrize("override,key", [
+    ("checkpoint.keep=-1", "checkpoint.keep"), ("checkpoint.keep=0", "checkpoint.keep"),
+    ("checkpoint.every=-1", "checkpoint.every"), ("train.dtype=float8", "train.dtype"),
+    ("train.seed=1180591620717411303424", "train.seed"), ("data.seed=-1", "data.seed"),  # 2**70, and negative
+    ("log.every=0", "log.every"), ("optim.lr=-0.001", "optim.lr"), ("optim.lr=.nan", "optim.lr"),
+    ("optim.clip_grad=0", "optim.clip_grad"), ("optim.betas=[0.9, 1.5]", "optim.betas"),
+    ("optim.warmup_steps=-5", "optim.warmup_steps"), ("optim.min_lr_ratio=2", "optim.min_lr_ratio"),
+    ("data.seq_len=0", "data.seq_len"), ("train.beta=0", "train.beta"), ("log.profile_step=99", "log.profile_step"),
+])
+def test_out_of_range_knobs_are_refused_by_key(assets, tmp_path, override, key):
+    """Refused when the config is read (before any compute), in one line that names the key."""
+    with pytest.raises(ConfigError, match=rf"x.yaml: {key} is .*; it must be "):
+        load_train_config(write_config(assets, tmp_path / "x"), [override])
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_second_run_on_the_same_out_dir_is_refused_and_sigkill_frees_it(assets, tmp_path):
+    out = tmp_path / "r"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom smollm3.train.checkpointing import "
+                               "lock_out_dir\nlock_out_dir(sys.argv[1])\nprint('locked', flush=True)\ntime.sleep(120)",
+                               str(out)], env=ENV, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        cfg = load_train_config(write_config(assets, out, train__steps=1, checkpoint__every=1))
+        with pytest.raises(ConfigError, match=rf"^{out} is in use by another training run \(pid {holder.pid} on "):
+            train(cfg)
+        assert not (out / "metrics.jsonl").exists()  # refused before anything was written
+    finally:
+        holder.kill()  # SIGKILL: the kernel releases the lock with the process
+        holder.wait()
+    train(cfg)  # no stale lock
+    assert len(losses(out)) == 1
+    train(load_train_config(write_config(assets, out, train__steps=2, checkpoint__every=1)))  # released at the end
+    assert len(losses(out)) == 2
+
+
+@pytest.fixture(scope="module")
+def reference_run(assets, tmp_path_factory):
+    """12 uninterrupted steps with checkpoints at 4, 8 and 12 (all kept)."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    train(load_train_config(write_config(assets, out, checkpoint__keep=3)))
+    return out
+
+
+def test_resume_skips_a_damaged_checkpoint_and_repairs_metrics(assets, reference_run, tmp_path, capsys):
+    """Killed at step 10 (checkpoint 12 never written, a torn last metrics line) with checkpoint 8 damaged by one
+    flipped bit: the resume says it skips 8, continues from 4, and the whole curve is the uninterrupted one."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(reference_run, out)
+    shutil.rmtree(out / "checkpoints" / "step_00000012")
+    lines = (out / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (out / "metrics.jsonl").write_text("".join(lines[:10]) + lines[10][:25])  # a write cut short
+    shard = out / "checkpoints" / "step_00000008" / "state" / "__0_0.distcp"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    shard.write_bytes(bytes(data))
+    capsys.readouterr()
+    train(load_train_config(write_config(assets, out, checkpoint__keep=3)))
+    said = capsys.readouterr().out
+    assert f"skipping damaged checkpoint {out / 'checkpoints' / 'step_00000008'}: state/__0_0.distcp does not match " \
+           "its checksum" in said
+    assert "dropped 1 unreadable line" in said and "at step 4" in said
+    assert losses(out) == losses(reference_run)  # bitwise
+    assert [json.loads(ln)["step"] for ln in (out / "metrics.jsonl").read_text().splitlines()] == list(range(1, 13))
+
+
+def _flip(path, bit):
+    data = bytearray(path.read_bytes())
+    data[bit // 8 % len(data)] ^= 1 << (bit % 8)
+    path.write_bytes(bytes(data))
+
+
+def _wrong_shape(path):
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(path)
+    name = sorted(tensors)[0]
+    tensors[name] = torch.zeros(3, 5, dtype=torch.float16)
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
+DAMAGE = {  # the kinds tried in issue 26, each applied to the newest checkpoint
+    "missing file": (lambda c: (c / "rng_rank0.pt").unlink(), "rng_rank0.pt is missing"),
+    "truncated file": (lambda c: os.truncate(c / "hf" / "model.safetensors", 1000), "hf/model.safetensors has 1000"),
+    "zero-length file": (lambda c: os.truncate(c / "state" / ".metadata", 0), "state/.metadata has 0 bytes"),
+    "bit flip": (lambda c: _flip(c / "state" / "__0_0.distcp", 12345), "state/__0_0.distcp does not match"),
+    "missing manifest": (lambda c: (c / "MANIFEST.json").unlink(), "no MANIFEST.json"),
+    "manifest not JSON": (lambda c: (c / "MANIFEST.json").write_text('{"files": {"config.y'), "not a valid manifest"),
+    "wrong shape and dtype tensor": (lambda c: _wrong_shape(c / "hf" / "model.safetensors"),
+                                     "hf/model.safetensors"),
+    "missing trainer state": (lambda c: (c / "data_state.pt").unlink(), "data_state.pt is missing"),
+    "unlisted file": (lambda c: (c / "state" / "__1_0.distcp").write_bytes(b"x"), "state/__1_0.distcp is not in"),
+}
+
+
+@pytest.mark.parametrize("kind", list(DAMAGE))
+def test_each_kind_of_checkpoint_damage_falls_back_to_the_previous_one(reference_run, tmp_path, kind):
+    import shutil
+
+    from smollm3.train.checkpointing import find_resume_point
+
+    out = tmp_path / "run"
+    shutil.copytree(reference_run / "checkpoints", out / "checkpoints")
+    damage, reason = DAMAGE[kind]
+    damage(out / "checkpoints" / "step_00000012")
+    said = []
+    assert find_resume_point(out, "auto", say=said.append) == out / "checkpoints" / "step_00000008"
+    assert len(said) == 1 and "step_00000012" in said[0] and reason in said[0], said
+    # named directly, it is refused with the same reason rather than loaded
+    with pytest.raises(CheckpointError, match="damaged"):
+        find_resume_point(out, str(out / "checkpoints" / "step_00000012"))
+
+
+def test_single_bit_flips_anywhere_are_caught_and_all_damaged_is_refused(reference_run, tmp_path):
+    import shutil
+
+    from smollm3.train.checkpointing import find_resume_point, verify_checkpoint
+
+    ckpt = tmp_path / "step_00000012"
+    shutil.copytree(reference_run / "checkpoints" / "step_00000012", ckpt)
+    files = sorted(p for p in ckpt.rglob("*") if p.is_file() and p.name not in ("MANIFEST.json", "COMPLETE"))
+    rng = np.random.default_rng(26)
+    for _ in range(10):  # issue 26: 5 of 10 such flips loaded silently and changed the loss curve
+        f = files[rng.integers(len(files))]
+        bit = int(rng.integers(f.stat().st_size * 8))
+        _flip(f, bit)
+        assert f"{f.relative_to(ckpt)} does not match its checksum" in verify_checkpoint(ckpt)
+        _flip(f, bit)
+        assert verify_checkpoint(ckpt) is None
+    out = tmp_path / "all"
+    shutil.copytree(reference_run / "checkpoints", out / "checkpoints")
+    for step in (4, 8, 12):
+        (out / "checkpoints" / f"step_{step:08d}" / "data_state.pt").unlink()
+    with pytest.raises(CheckpointError, match=r"no valid checkpoint to resume from .*step_00000012 \(data_state.pt "
+                                              r"is missing\).*checkpoint.resume=never"):
+        find_resume_point(out, "auto", say=lambda _: None)
+
+
+def test_disk_full_during_a_checkpoint_says_so_and_names_the_path(assets, tmp_path, monkeypatch):
+    import errno
+
+    out = tmp_path / "full"
+    real_save = torch.save
+
+    def full_disk(obj, f, *a, **k):
+        if "rng_rank" in str(f):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointError, match=r"checkpoint step 1: no space left on device writing "
+                                              rf"{out / 'checkpoints' / '.tmp-step_00000001'} \(.* MiB free there\); "
+                                              "no checkpoint was kept"):
+        train(load_train_config(write_config(assets, out, train__steps=1, checkpoint__every=1)))
+    assert not (out / "checkpoints" / ".tmp-step_00000001").exists()  # what the partial write took is given back
+
+
+def test_bad_knobs_on_the_command_line_are_one_line(assets, tmp_path, capsys):
+    """Issue 26: train.dtype=float8 was a KeyError traceback and seed 2**70 an overflow naming no parameter."""
+    from smollm3.cli import main
+
+    cfg = write_config(assets, tmp_path / "x")
+    for override, key in (("train.dtype=float8", "train.dtype"), (f"train.seed={2**70}", "train.seed")):
+        assert main(["train", cfg, override]) == 1
+        err = capsys.readouterr().err
+        assert f"{key} is " in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err

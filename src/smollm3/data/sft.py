@@ -1,7 +1,8 @@
 """SFT batches: conversations in TRL's format -> chat template -> best-fit-decreasing packing, assistant-only loss.
 
-Input: JSONL files, one conversation per line, `{"messages": [...], "chat_template_kwargs": {...}}` (the second
-optional: per-example `enable_thinking`, `xml_tools`, `python_tools`, ...; smoltalk2's SFT columns). Each one is
+Input: JSONL files, one conversation per line, `{"messages": [...], "tools": [...], "chat_template_kwargs": {...}}`
+(the last two optional: TRL's `tools` column, JSON schemas offered to the model, rendered as the template's tools;
+per-example `enable_thinking`, `xml_tools`, `python_tools`, ...; smoltalk2's SFT columns). Each one is
 rendered and tokenized by `smollm3.chat.tokenize_chat`, which also says which tokens are the assistant's; only
 those are trained on (the SmolLM3 blog: "loss masked on user turns and the results from tool calls").
 
@@ -61,9 +62,25 @@ def check_messages(where: str, messages, field: str = "messages") -> list[dict]:
 
 
 def check_kwargs(where: str, record: dict) -> dict:
+    """The template arguments of one example: its chat_template_kwargs, plus TRL's `tools` column (a list of JSON
+    schemas, or that list as a JSON string, as some datasets store it), which TRL passes as `tools=`."""
     kwargs = record.get("chat_template_kwargs") or {}
     if not isinstance(kwargs, dict):
         raise DataFormatError(f"{where}: 'chat_template_kwargs' must be an object like {{\"enable_thinking\": false}}")
+    tools = record.get("tools")
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools)
+        except json.JSONDecodeError as e:
+            raise DataFormatError(f"{where}: 'tools' is a string but not JSON ({e.msg}); give a list of tool "
+                                  "schemas") from None
+    if tools is not None and tools != []:
+        if not isinstance(tools, list) or not all(isinstance(t, (dict, str)) for t in tools):
+            raise DataFormatError(f"{where}: 'tools' must be a list of tool schemas (objects), got "
+                                  f"{type(tools).__name__}")
+        if kwargs.get("tools") not in (None, tools):
+            raise DataFormatError(f"{where}: 'tools' and chat_template_kwargs.tools differ; give one of them")
+        kwargs = {**kwargs, "tools": tools}
     return kwargs
 
 
@@ -161,6 +178,25 @@ class SFTLoader:
         self.truncated = sum(len(ids) > self.seq_len for ids, _ in seqs)
         self.rows, self.packing_efficiency = pack_sequences(seqs, self.seq_len)
         self.trained_tokens = sum(int((r.labels != IGNORE_INDEX).sum()) for r in self.rows)
+        if self.trained_tokens == 0:
+            raise DataFormatError(self._nothing_to_train(seqs))
+
+    def _nothing_to_train(self, seqs) -> str:
+        """Why no label survived: no assistant turns at all, or truncation at seq_len cut every one of them."""
+        where = ", ".join(map(str, dict.fromkeys(ex["where"].rsplit(":", 1)[0] for ex in self.examples)))
+        firsts = [next(t for t, lab in enumerate(labels) if lab != IGNORE_INDEX) for _, labels in seqs
+                  if any(lab != IGNORE_INDEX for lab in labels)]
+        if not firsts:
+            return (f"{where}: no trainable tokens: no conversation has an assistant turn (only assistant tokens "
+                    "are trained on)")
+        from smollm3.chat import tokenize_chat
+
+        system, _ = tokenize_chat(self.tokenizer, [{"role": "user", "content": ""}], template=self.template,
+                                  date=self.date)
+        return (f"{where}: no trainable tokens: every assistant turn starts beyond data.seq_len {self.seq_len} and is "
+                f"cut by truncation (the earliest begins after {min(firsts) + 1} tokens; template {self.template!r} "
+                f"renders an empty user turn, its default system prompt included, as {len(system)} tokens). Raise "
+                "data.seq_len, shorten the prompts, or pass a shorter system prompt")
 
     def stats(self) -> dict:
         return {"conversations": len(self.examples), "rows": len(self.rows), "seq_len": self.seq_len,

@@ -3,8 +3,8 @@
 The model sees each problem's `prompt` (a signature and docstring) as a raw completion, with no chat template, as
 the original benchmark and lighteval/bigcode-harness do for base models; generation is greedy and stops at the usual
 stop strings (a new top-level def/class/if/print/comment means the function body is finished). The program run is
-`prompt + completion + "\\n" + test + "\\ncheck(entry_point)"`; it passes when it exits 0 within the sandbox's
-limits (smollm3.eval.sandbox). With greedy decoding one sample per problem gives pass@1 directly.
+`prompt + completion + "\\n" + test + "\\ncheck(entry_point)"`; it passes when it runs to its end within the
+sandbox's limits (smollm3.eval.sandbox: an exit, os._exit or SystemExit before the checks finish is no pass). With greedy decoding one sample per problem gives pass@1 directly.
 """
 
 from __future__ import annotations

@@ -70,8 +70,9 @@ class TrainSection:
 
 @dataclass
 class CheckpointSection:
-    every: int = 1000  # 0: no checkpoints at all (benchmarks, smoke runs)
-    keep: int = 3  # keep the last N checkpoints
+    every: int = 1000  # save every N steps and at the last step; 0: no checkpoints at all (benchmarks, smoke runs)
+    # keep the newest N (>= 1) complete checkpoints, deleting older ones after each save; the final one is always kept
+    keep: int = 3
     resume: str = "auto"  # auto (latest valid under out_dir) | never | a checkpoint directory
     export_hf: bool = True  # write an HF directory inside each kept checkpoint
 
@@ -105,10 +106,53 @@ class TrainConfig:
         if self.data.kind not in kinds:
             raise ConfigError(f"train.objective {self.train.objective!r} trains on data.kind "
                               f"{' or '.join(kinds)}, not {self.data.kind!r}")
-        if self.train.steps < 1 or self.train.micro_batch < 1 or self.train.grad_accum < 1:
-            raise ConfigError("train.steps, train.micro_batch and train.grad_accum must be >= 1")
         if self.train.fp8 not in (None, *FP8_RECIPES):
             raise ConfigError(f"train.fp8 is {self.train.fp8!r}; use one of {', '.join(FP8_RECIPES)} or null")
+        check_ranges(self)
+
+
+SEED_MAX = 2**63 - 1  # torch.manual_seed takes a signed or unsigned 64-bit value; numpy's generators any int >= 0
+CHOICES = {"train.dtype": ("bfloat16", "float16", "float32"), "data.kind": ("pretrain", "sft", "preference")}
+
+
+def check_ranges(cfg: TrainConfig):
+    """Every numeric knob inside the range where it means something, refused by its key before any compute (a
+    negative checkpoint.keep once deleted every checkpoint; a negative checkpoint.every saved every step)."""
+    o, t, c, d, log = cfg.optim, cfg.train, cfg.checkpoint, cfg.data, cfg.log
+    rules = [  # (key, value, ok, what is allowed)
+        ("train.steps", t.steps, t.steps >= 1, ">= 1"),
+        ("train.micro_batch", t.micro_batch, t.micro_batch >= 1, ">= 1"),
+        ("train.grad_accum", t.grad_accum, t.grad_accum >= 1, ">= 1"),
+        ("train.seed", t.seed, 0 <= t.seed <= SEED_MAX, f"between 0 and 2**63-1 ({SEED_MAX})"),
+        ("train.beta", t.beta, t.beta > 0, "> 0"),
+        ("train.label_smoothing", t.label_smoothing, 0 <= t.label_smoothing < 0.5, "in [0, 0.5)"),
+        ("data.seq_len", d.seq_len, d.seq_len >= 2, ">= 2"),
+        ("data.seed", d.seed, 0 <= d.seed <= SEED_MAX, f"between 0 and 2**63-1 ({SEED_MAX})"),
+        ("data.max_prompt_length", d.max_prompt_length, d.max_prompt_length is None or d.max_prompt_length >= 1,
+         ">= 1 or null"),
+        ("optim.lr", o.lr, o.lr > 0, "> 0"),
+        ("optim.eps", o.eps, o.eps > 0, "> 0"),
+        ("optim.weight_decay", o.weight_decay, o.weight_decay >= 0, ">= 0"),
+        ("optim.clip_grad", o.clip_grad, o.clip_grad > 0, "> 0 (use a large value to clip nothing)"),
+        ("optim.betas", list(o.betas), len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "two values in [0, 1)"),
+        ("optim.warmup_steps", o.warmup_steps, o.warmup_steps >= 0, ">= 0"),
+        ("optim.warmup_ratio", o.warmup_ratio, o.warmup_ratio is None or 0 <= o.warmup_ratio <= 1, "in [0, 1] or null"),
+        ("optim.min_lr_ratio", o.min_lr_ratio, 0 <= o.min_lr_ratio <= 1, "in [0, 1]"),
+        ("checkpoint.every", c.every, c.every >= 0, ">= 1 (save every N steps), or 0 for no checkpoints"),
+        ("checkpoint.keep", c.keep, c.keep >= 1, ">= 1 (the newest N checkpoints are kept)"),
+        ("log.every", log.every, log.every >= 1, ">= 1"),
+        ("log.profile_step", log.profile_step, log.profile_step is None or 1 <= log.profile_step <= t.steps,
+         f"a step from 1 to train.steps ({t.steps}), or null"),
+    ]
+    for key, choices in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        rules.append((key, value, value in choices, "one of " + ", ".join(choices)))
+    for key, value, ok, allowed in rules:
+        if not ok:
+            raise ConfigError(f"{key} is {value!r}; it must be {allowed}")
+    if c.resume not in ("auto", "never") and not c.resume:
+        raise ConfigError("checkpoint.resume is empty; use auto, never or a checkpoint directory")
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:

@@ -25,7 +25,14 @@ from smollm3.config import ConfigError, config_from_dict
 from smollm3.tokenizer import load_tokenizer
 from smollm3.train import distributed as D
 from smollm3.train import profiling
-from smollm3.train.checkpointing import find_resume_point, load_checkpoint, save_checkpoint
+from smollm3.train.checkpointing import (
+    checkpoint_dir,
+    find_resume_point,
+    load_checkpoint,
+    lock_out_dir,
+    save_checkpoint,
+    unlock_out_dir,
+)
 from smollm3.train.config import TrainConfig, dump_config
 from smollm3.train.data import build_data
 from smollm3.train.fp8 import supported as fp8_supported
@@ -101,6 +108,53 @@ def train(cfg: TrainConfig) -> dict:
     out = Path(cfg.out_dir)
     if dist.world > 1 and not cfg.train.fsdp:
         raise ConfigError("under torchrun, train.fsdp must be true (plain data parallel is FSDP with one shard group)")
+    lock = _lock(out, dist)
+    try:
+        return _train(cfg, dist, out)
+    finally:
+        unlock_out_dir(lock)
+
+
+def _lock(out: Path, dist) -> int | None:
+    """Rank 0 holds out_dir's lock for the run (one lock per run: ranks of one run must not refuse each other);
+    every rank learns whether it got it, so a refused run stops on all ranks at once instead of hanging."""
+    lock, refusal = None, None
+    if dist.is_main:
+        try:
+            lock = lock_out_dir(out)
+        except ConfigError as e:
+            refusal = e
+    if dist.world > 1:
+        refused = dist.all_reduce_sum(torch.tensor(float(refusal is not None), device=dist.device)).item()
+        if refused and refusal is None:
+            raise ConfigError(f"{out} is in use by another training run (rank 0 says which); not started")
+    if refusal is not None:
+        raise refusal
+    return lock
+
+
+def _resume_point(cfg: TrainConfig, out: Path, dist) -> Path | None:
+    """Rank 0 checks the checkpoints (hashing every file once, not once per rank) and tells the others the step."""
+    if dist.world == 1:
+        return find_resume_point(out, cfg.checkpoint.resume)
+    found, failure = None, None
+    if dist.is_main:
+        try:
+            found = find_resume_point(out, cfg.checkpoint.resume)
+        except (ValueError, OSError) as e:
+            failure = e
+    code = -2 if failure is not None else -1 if found is None else int((found / "COMPLETE").read_text())
+    step = int(dist.all_reduce_sum(torch.tensor(float(code if dist.is_main else 0), device=dist.device)).item())
+    if failure is not None:
+        raise failure
+    if step == -2:
+        raise ConfigError("rank 0 found no valid checkpoint to resume from (its message says why); not started")
+    if step == -1:
+        return None
+    return Path(cfg.checkpoint.resume) if cfg.checkpoint.resume != "auto" else checkpoint_dir(out, step)
+
+
+def _train(cfg: TrainConfig, dist, out: Path) -> dict:
     if not (cfg.data.tokenizer or cfg.model.init_from):
         raise ConfigError("data.tokenizer is required when training from a preset")
     tokenizer = load_tokenizer(cfg.data.tokenizer or cfg.model.init_from)
@@ -130,7 +184,7 @@ def train(cfg: TrainConfig) -> dict:
     optimizer = build_optimizer(model, cfg.optim)
 
     start = 0
-    resume = find_resume_point(out, cfg.checkpoint.resume)
+    resume = _resume_point(cfg, out, dist)
     if resume is not None:
         start = load_checkpoint(resume, model, optimizer, data, dist)
         if dist.is_main:
@@ -336,7 +390,9 @@ def _peak_flops(device: torch.device) -> float:
 
 
 class _Metrics:
-    """metrics.jsonl (rank 0), rewritten on resume to hold only steps up to the resumed one; TensorBoard if present."""
+    """metrics.jsonl (rank 0), rewritten on resume to hold only steps up to the resumed one, so the file after a
+    resume is the uninterrupted run's; a line torn by a crash (disk full, power loss) is dropped. TensorBoard if
+    present."""
 
     def __init__(self, path: Path, dist, truncate_after: int, tensorboard: bool, wandb_project=None, run_config=None):
         self.main = dist.is_main
@@ -344,9 +400,18 @@ class _Metrics:
         if not self.main:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        kept = []
+        kept, torn = [], 0
         if path.exists():
-            kept = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= truncate_after]
+            for ln in path.read_text(errors="replace").splitlines():
+                try:
+                    step = json.loads(ln)["step"]
+                except (ValueError, KeyError, TypeError):
+                    torn += ln.strip() != ""
+                    continue
+                if isinstance(step, int) and step <= truncate_after:
+                    kept.append(ln)
+        if torn:
+            print(f"{path}: dropped {torn} unreadable line(s) (a write cut short by a crash)")
         tmp = path.with_suffix(".tmp")
         tmp.write_text("".join(ln + "\n" for ln in kept))
         tmp.replace(path)

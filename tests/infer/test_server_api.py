@@ -294,23 +294,21 @@ def test_unknown_fields_are_refused_and_metadata_accepted(server):
     assert_400(server, "user", chat(server, user=5))
 
 
-def test_usage_reports_cached_prompt_tokens(server, monkeypatch):
-    """cached_tokens is what the engine says it served from the prefix cache (Request.num_cached_tokens)."""
-    r = server.client.chat.completions.create(model=MODEL, messages=FRANCE, temperature=0, max_tokens=2)
-    assert r.usage.prompt_tokens_details.cached_tokens == 0
-    add = server.engine.add_request
-
-    def cached(*a, **kw):  # what a prefix-cache hit of 5 tokens looks like to the server
-        req = add(*a, **kw)
-        req.num_cached_tokens = 5
-        return req
-
-    monkeypatch.setattr(server.engine, "add_request", cached)
-    r = server.client.chat.completions.create(model=MODEL, messages=FRANCE, temperature=0, max_tokens=2, n=2)
-    assert r.usage.prompt_tokens_details.cached_tokens == 5  # the prompt is counted once, like prompt_tokens
-    chunks = list(server.client.completions.create(model=MODEL, prompt=["a b", "c d"], max_tokens=2, stream=True,
-                                                   stream_options={"include_usage": True}))
-    assert chunks[-1].usage.prompt_tokens_details.cached_tokens == 10
+def test_usage_reports_cached_prompt_tokens(server):
+    """cached_tokens: the prompt tokens the engine served from its prefix cache (whole KV blocks)."""
+    long = [{"role": "system", "content": "You answer in one word. " * 30}] + FRANCE  # several full blocks
+    first = server.client.chat.completions.create(model=MODEL, messages=long, temperature=0, max_tokens=1)
+    again = server.client.chat.completions.create(model=MODEL, messages=long, temperature=0, max_tokens=1, n=2)
+    block = server.engine.block_size
+    assert first.usage.prompt_tokens > 2 * block
+    assert first.usage.prompt_tokens_details.cached_tokens < block <= again.usage.prompt_tokens_details.cached_tokens
+    assert again.usage.prompt_tokens_details.cached_tokens <= again.usage.prompt_tokens  # counted once, like it
+    prompt = "Once upon a time, " * 40
+    server.client.completions.create(model=MODEL, prompt=prompt, max_tokens=1)  # now in the cache
+    chunks = list(server.client.completions.create(model=MODEL, prompt=[prompt, prompt], max_tokens=1, stream=True,
+                                                   temperature=0, stream_options={"include_usage": True}))
+    usage = chunks[-1].usage  # two prompts: the sum of each one's cached tokens
+    assert usage.prompt_tokens_details.cached_tokens >= 2 * (usage.prompt_tokens // 2 - block)
 
 
 def test_logprob_values_are_finite_json(server):

@@ -100,6 +100,11 @@ def test_completion_logprobs_equal_the_models_log_softmax(server):
         assert len(top) == 3 and max(top.values()) == pytest.approx(got, abs=1e-6)  # greedy: the top token
         expected = ref[step].topk(3).values.tolist()
         assert sorted(top.values(), reverse=True) == pytest.approx(expected, abs=1e-3)
+    chunks = list(server.client.completions.create(model=MODEL, prompt=prompt, max_tokens=5, temperature=0,
+                                                   logprobs=3, stream=True))
+    streamed = [c.choices[0].logprobs for c in chunks if c.choices[0].logprobs]
+    assert [t for b in streamed for t in b.tokens] == lp.tokens
+    assert [o for b in streamed for o in b.text_offset] == lp.text_offset
 
 
 def test_chat_logprobs_and_top_logprobs_whole_and_streamed(server):

@@ -176,3 +176,13 @@ def test_warning_when_listening_beyond_localhost_without_a_key(smollm2_dir):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_one_request_cannot_fill_the_queue_by_itself(server):
+    """prompts x n beyond what the queue takes for one request (max(max_waiting, 64)) is a 400, not a 429: retrying
+    would never help."""
+    with pytest.raises(openai.BadRequestError) as e:
+        server.client.completions.create(model=MODEL, prompt=["a", "b", "c", "d", "e"], n=13, max_tokens=1)
+    assert e.value.body["param"] == "prompt" and "65 generations" in e.value.body["message"]
+    assert server.engine.num_waiting == 0
+    still_serving(server)

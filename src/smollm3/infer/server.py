@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from smollm3.infer import openai_api as oa
 from smollm3.infer import server_prep as prep
@@ -103,11 +104,14 @@ def create_app(state: ServerState) -> FastAPI:
             if int(length) > state.max_body_bytes:
                 raise too_large(f"{int(length)} bytes")
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > state.max_body_bytes:
-                raise too_large(f"over {state.max_body_bytes} bytes")
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > state.max_body_bytes:
+                    raise too_large(f"over {state.max_body_bytes} bytes")
+                chunks.append(chunk)
+        except ClientDisconnect:  # gone mid-upload: nobody reads the answer, but it is no server error
+            raise APIError(400, "the client disconnected before sending the whole body") from None
         body = await asyncio.to_thread(prep.parse_body, b"".join(chunks))
         model = body.get("model")
         if model is not None and model != state.model_name:
@@ -115,9 +119,14 @@ def create_app(state: ServerState) -> FastAPI:
                            param="model", code="model_not_found")
         return body
 
-    def check_capacity():
+    def check_capacity(jobs: int = 0, param: str = "n"):
         """Backpressure: with max_waiting engine requests already queued for admission, a new request gets a 429 (and
-        Retry-After) at once instead of an unbounded wait."""
+        Retry-After) at once instead of an unbounded wait. One request may not queue more than the limit by itself
+        (n x best_of x prompts): that is a 400, retrying would not help."""
+        most = max(state.max_waiting, 64)
+        if jobs > most:
+            raise APIError(400, f"this request asks for {jobs} generations (prompts x best_of or n); this server "
+                                f"queues at most {most} for one request", param=param)
         waiting = state.engine.engine.num_waiting
         if waiting >= state.max_waiting:
             raise APIError(429, f"the server is at capacity ({waiting} requests waiting); retry shortly",
@@ -153,7 +162,8 @@ def create_app(state: ServerState) -> FastAPI:
         body = await json_body(request)
         check_capacity()
         plan = await asyncio.to_thread(prep.prepare_completion, body, tokenizer=state.tokenizer, **limits)
-        check_capacity()  # again: the queue may have filled while this request was tokenized
+        # again: the queue may have filled while this request was tokenized
+        check_capacity(len(plan.jobs), "prompt" if len(plan.prompts) > 1 else "best_of" if plan.best_of > plan.n else "n")
         reqs, queue = submit(state, plan.jobs, seeded=len(plan.jobs) > len(plan.prompts))
         rid, created = oa.new_id("cmpl"), oa.now()
         prompt_tokens = sum(len(ids) for ids in plan.prompts)
@@ -222,7 +232,7 @@ def create_app(state: ServerState) -> FastAPI:
         check_capacity()
         plan = await asyncio.to_thread(prep.prepare_chat, body, tokenizer=state.tokenizer,
                                        template=state.chat_template, **limits)
-        check_capacity()
+        check_capacity(len(plan.jobs))
         reqs, queue = submit(state, plan.jobs, seeded=len(plan.jobs) > 1)
         rid, created = oa.new_id("chatcmpl"), oa.now()
 

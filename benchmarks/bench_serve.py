@@ -78,6 +78,8 @@ def build_state(args):
     kw = dict(max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
               gpu_memory_utilization=args.gpu_memory_utilization, max_num_batched_tokens=args.max_num_batched_tokens,
               prefix_caching=not args.no_prefix_caching, device=args.device)
+    if args.dataset == "chat-shared-prefix":  # the load sends tools: serve a template that renders them (the server
+        kw["chat_template"] = "smollm3"  # refuses tools with tool_choice auto where the model would never see them)
     if args.model:
         return from_dir(args.model, **kw)
     import tempfile

@@ -2,6 +2,7 @@
 a call that parses even from a model with random weights."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -72,3 +73,56 @@ def test_engine_forced_call_parses_even_with_random_weights(tiny_dir):
     assert args["unit"] in ("celsius", "fahrenheit") and isinstance(args["metric"], bool)
     free = engine.generate([ids], SamplingParams(max_tokens=40, temperature=1.0, seed=0))[0]
     assert not parse_output(prefix + free.text).tool_calls  # unconstrained, the random model makes no call
+
+
+SCHEMA = {"type": "object", "required": ["a"], "properties": {"a": {"type": "integer"}, "b": {"enum": ["x", "y"]}}}
+
+
+@pytest.mark.parametrize("think, text, state", [
+    (False, '{"a": 1, "b": "x"}', "done"),
+    (False, '{"a": 1, "b": "x"}\n', "done"),
+    (False, '{"b": "y", "a": -2}', "done"),
+    (False, '{"a": 1', "partial"),
+    (False, '{"a": 1, "b": "x",', "bad"),  # no property left to follow the comma (it would be a dead end)
+    (False, '{"b": "x"}', "bad"),  # a is required
+    (False, '{"a": 1} x', "bad"),
+    (False, '[1]', "bad"),  # the root is an object
+    (False, '<think>', "bad"),
+    (True, '<thi', "partial"),
+    (True, '<think>\nany text { at all', "partial"),
+    (True, '<think>\nhm</think>\n{"a": 3}', "done"),
+    (True, '{"a": 3}', "done"),  # thinking may be skipped
+])
+def test_json_grammar(think, text, state):
+    from smollm3.infer.constrain import JSONConstraint
+
+    assert JSONConstraint(SCHEMA, think=think)._check(text) == state
+
+
+def test_json_object_nesting_is_bounded():
+    from smollm3.infer.constrain import MAX_DEPTH, JSONConstraint
+
+    c = JSONConstraint()
+    assert c._check('{"a": ' + "[" * (MAX_DEPTH - 2)) == "partial"
+    assert c._check('{"a": ' + "[" * MAX_DEPTH) == "bad"  # a runaway "[[[[" cannot exhaust the parser's stack
+
+
+def test_schema_checks_name_what_is_unsupported():
+    from smollm3.infer.openai_api import APIError
+    from smollm3.infer.response_format import check_schema, response_constraint
+
+    got = check_schema({"type": "object", "properties": {"p": {"$ref": "#/definitions/P"}},
+                        "definitions": {"P": {"properties": {"q": {"type": ["string", "null"]}}, "title": "P"}}})
+    assert got == {"type": "object", "properties": {"p": {"type": "object", "properties": {
+        "q": {"type": ["string", "null"]}}}}}  # $ref inlined, annotations dropped, the implied type added
+    for bad, word in [({"type": "array"}, "root"), ({"type": "object", "properties": {"a": {"minLength": 1}}},
+                                                    "minLength"),
+                      ({"type": "object", "properties": {"a": {"enum": []}}}, "enum"),
+                      ({"type": "object", "properties": {"a": {"type": "string", "enum": [1]}}}, "enum"),
+                      ({"type": "object", "properties": {"a": {"$ref": "#/$defs/none"}}}, "$ref"),
+                      ({"type": "object", "additionalProperties": {"type": "string"}}, "additionalProperties")]:
+        with pytest.raises(APIError, match=re.escape(word)) as e:
+            check_schema(bad)
+        assert e.value.param == "response_format"
+    assert response_constraint({"type": "text"}, think=False) is None
+    assert response_constraint({"type": "json_object"}, think=True)().think

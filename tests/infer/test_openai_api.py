@@ -81,12 +81,14 @@ def test_history_loses_old_reasoning_only():
     ({"max_tokens": -1}, "max_tokens"), ({"max_completion_tokens": 0}, "max_completion_tokens"),
     ({"max_tokens": 5000}, "max_tokens"), ({"temperature": 3}, "temperature"), ({"temperature": "hot"}, "temperature"),
     ({"top_p": 0}, "top_p"), ({"seed": 1.5}, "seed"), ({"stop": [1]}, "stop"), ({"stop": ""}, "stop"),
-    ({"logprobs": True}, "logprobs"), ({"presence_penalty": 0.5}, "presence_penalty"),
-    ({"response_format": {"type": "json_object"}}, "response_format"), ({"ignore_eos": "yes"}, "ignore_eos"),
+    ({"presence_penalty": 2.5}, "presence_penalty"), ({"frequency_penalty": "x"}, "frequency_penalty"),
+    ({"logit_bias": {"5": 101}}, "logit_bias"), ({"logit_bias": {"abc": 1}}, "logit_bias"),
+    ({"logit_bias": {"1000": 1}}, "logit_bias"), ({"logit_bias": [1]}, "logit_bias"),
+    ({"ignore_eos": "yes"}, "ignore_eos"),
 ])
 def test_bad_sampling_fields(body, param):
     with pytest.raises(APIError) as e:
-        oa.sampling_params(body, prompt_len=10, max_model_len=1024, default_max_tokens=None)
+        oa.sampling_params(body, prompt_len=10, max_model_len=1024, default_max_tokens=None, vocab_size=1000)
     assert e.value.status == 400 and e.value.param == param
     assert set(e.value.body()["error"]) == {"message", "type", "param", "code"}
 

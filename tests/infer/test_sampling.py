@@ -4,7 +4,8 @@ repetition penalty is transformers' own, and parameters are checked."""
 import pytest
 import torch
 
-from smollm3.infer.sampling import SamplingParams, apply_repetition_penalty, generation_defaults, sampling_scores
+from smollm3.infer.sampling import (SamplingParams, apply_repetition_penalty, generation_defaults, plain_greedy,
+                                   sampling_scores, token_logprobs)
 
 PROBS = torch.tensor([0.5, 0.3, 0.15, 0.05])
 
@@ -57,7 +58,9 @@ def test_repetition_penalty_matches_transformers():
     ({"max_tokens": 0}, "max_tokens"), ({"temperature": -1}, "temperature"), ({"top_p": 0}, "top_p"),
     ({"top_p": 1.5}, "top_p"), ({"top_k": -2}, "top_k"), ({"min_p": 2}, "min_p"),
     ({"repetition_penalty": 0}, "repetition_penalty"), ({"stop": [""]}, "stop"),
-    ({"stop_token_ids": [-1]}, "stop_token_ids"),
+    ({"stop_token_ids": [-1]}, "stop_token_ids"), ({"presence_penalty": 2.5}, "presence_penalty"),
+    ({"frequency_penalty": -3}, "frequency_penalty"), ({"logit_bias": {5: 101}}, "logit_bias"),
+    ({"logit_bias": {-1: 1}}, "logit_bias"), ({"logprobs": 21}, "logprobs"),
 ])
 def test_bad_params_name_the_field(kw, name):
     with pytest.raises(ValueError, match=name):
@@ -70,3 +73,34 @@ def test_defaults_from_generation_config():
     assert generation_defaults({"do_sample": False})["temperature"] == 0.0
     p = SamplingParams(top_p=0.5).resolve(generation_defaults({"temperature": 0.3}))
     assert (p.temperature, p.top_p, p.top_k) == (0.3, 0.5, 0)
+
+
+def test_presence_frequency_penalties_and_logit_bias_follow_openai():
+    """logit -= presence * (count > 0) + frequency * count over the output only, then the bias is added."""
+    logits = torch.randn(2, 10, generator=torch.Generator().manual_seed(3))
+    params = [SamplingParams(temperature=0.0, presence_penalty=0.5, frequency_penalty=0.25, logit_bias={9: -100}),
+              SamplingParams(temperature=0.0, logit_bias={2: 7.5})]
+    prompts, outputs = [[1, 1, 4], [3]], [[2, 2, 2, 5], [3, 3]]
+    scores = sampling_scores(logits, params, [None, None], prompts, outputs)
+    expected = logits.clone()
+    expected[0, 2] -= 0.5 + 0.25 * 3
+    expected[0, 5] -= 0.5 + 0.25
+    expected[0, 9] -= 100  # prompt tokens 1 and 4 are not penalised: the penalties read the output only
+    expected[1, 2] += 7.5
+    torch.testing.assert_close(scores, expected)
+    assert logits[0, 9] != scores[0, 9]  # the caller's logits stay raw (logprobs read them)
+    with pytest.raises(ValueError, match="prompt and output"):
+        sampling_scores(logits, params, [None, None])
+    assert not plain_greedy(params[1]) and plain_greedy(SamplingParams(temperature=0.0))
+    assert not plain_greedy(SamplingParams(temperature=0.0, logprobs=0))
+
+
+def test_token_logprobs_are_the_raw_log_softmax():
+    logits = torch.randn(3, 40, generator=torch.Generator().manual_seed(4))
+    lp = logits.log_softmax(-1)
+    got = token_logprobs(logits, [5, 0, 39], [3, 0, 40])
+    for row, (token, k) in enumerate([(5, 3), (0, 0), (39, 40)]):
+        chosen, top = got[row]
+        assert chosen == pytest.approx(lp[row, token].item(), abs=1e-6)
+        assert [i for i, _ in top] == lp[row].argsort(descending=True)[:k].tolist()
+        assert [v for _, v in top] == sorted((v for _, v in top), reverse=True)

@@ -114,8 +114,10 @@ def test_tool_calls(server):
     assert calls[0].function.name in ("get_weather", "get_time")
     assert isinstance(json.loads(calls[0].function.arguments), dict)
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
-    # the result goes back as a tool message; the conversation continues
-    follow = server.client.chat.completions.create(model=MODEL, temperature=0, max_tokens=8, tools=[WEATHER], messages=[
+    # the result goes back as a tool message; the conversation continues (SmolLM2's template cannot show tools:
+    # "auto" would be refused, "none" leaves them out)
+    follow = server.client.chat.completions.create(model=MODEL, temperature=0, max_tokens=8, tools=[WEATHER],
+                                                   tool_choice="none", messages=[
         {"role": "user", "content": "What's the weather like in Paris today?"},
         {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
         {"role": "tool", "tool_call_id": call.id, "content": '{"temperature_c": 21, "sky": "sunny"}'}])
@@ -214,7 +216,7 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server):
         server.client.chat.completions.create(model="gpt-5", messages=FRANCE)
     r = server.client.chat.completions.create(model=MODEL, messages=FRANCE, temperature=0, max_tokens=8)
     assert "Paris" in r.choices[0].message.content
-    assert server.engine.num_running == 0 and not server.engine.waiting
+    assert server.engine.num_running == 0 and server.engine.num_waiting == 0
 
 
 def test_serve_cli_with_api_key(smollm2_dir):

@@ -1,11 +1,13 @@
-"""Constrained decoding for forced tool calls (tool_choice "required" or a named function).
+"""Constrained decoding: forced tool calls (tool_choice "required" or a named function) and JSON output
+(response_format json_object / json_schema).
 
 The server puts the fixed start of the call into the prompt (`<tool_call>\\n{"name": "`, plus the name and
 `"arguments": ` when one function is forced) and gives the request a ToolCallConstraint for the rest: the function
 name (one of the tools), the arguments as a JSON object following that function's JSON schema (declared
 properties only, required ones present, types, enums), then `}` and `</tool_call>`. At each step the engine walks
 the candidate tokens in sampling order and takes the first one that keeps the output a prefix of this grammar, so
-the call always parses, whatever the model's quality.
+the call always parses, whatever the model's quality. A JSONConstraint does the same for a whole output: an
+optional `<think>...</think>` block (when thinking is on), then one JSON object following the response schema.
 
 The check re-parses the short output from its start with a recursive-descent parser that stops cleanly when the
 text runs out: simple, and cheap for outputs of a few hundred characters.
@@ -18,8 +20,10 @@ import re
 
 _WS = " \t\n\r"
 MAX_WS = 16  # a run of whitespace longer than this is refused (it stops degenerate "\n\n\n..." loops)
+MAX_DEPTH = 32  # deeper nesting is refused: the parser recurses, and a runaway "[[[[..." must not exhaust the stack
 _NUMBER = re.compile(r"-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?")
 _INTEGER = re.compile(r"-?(0|[1-9]\d*)")
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")  # OpenAI's rule for function names
 
 
@@ -34,6 +38,7 @@ class _Bad(Exception):
 class _Parser:
     def __init__(self, text: str):
         self.s, self.i = text, 0
+        self.depth = 0
 
     def peek(self) -> str:
         if self.i >= len(self.s):
@@ -73,6 +78,15 @@ class _Parser:
     # ---- JSON, guided by a JSON schema (the subset tool parameters use)
 
     def value(self, schema: dict):
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise _Bad
+        try:
+            self._value(schema)
+        finally:
+            self.depth -= 1
+
+    def _value(self, schema: dict):
         self.ws()
         schema = schema if isinstance(schema, dict) else {}
         if "enum" in schema or "const" in schema:
@@ -153,8 +167,9 @@ class _Parser:
             raise _Bad
 
     def object(self, schema: dict):
+        # declared properties (even none) are the only ones written: a valid instance whatever additionalProperties
         props = schema.get("properties") if isinstance(schema.get("properties"), dict) else None
-        required = set(schema.get("required") or []) if props else set()
+        required = set(schema.get("required") or []) if props is not None else set()
         used: set = set()
         self.lit("{")
         self.ws()
@@ -165,7 +180,7 @@ class _Parser:
             return
         while True:
             self.ws()
-            if props:  # only the declared properties, each at most once
+            if props is not None:  # only the declared properties, each at most once
                 left = [json.dumps(k, ensure_ascii=False) for k in props if k not in used]
                 if not left:
                     raise _Bad
@@ -177,14 +192,14 @@ class _Parser:
             used.add(key)
             self.ws()
             self.lit(":")
-            self.value(props.get(key, {}) if props else {})
+            self.value(props.get(key, {}) if props is not None else {})
             self.ws()
             c = self.take()
             if c == "}":
                 if required - used:
                     raise _Bad
                 return
-            if c != ",":
+            if c != "," or (props is not None and len(used) == len(props)):  # no key left to follow a comma
                 raise _Bad
 
     def array(self, schema: dict):
@@ -204,13 +219,11 @@ class _Parser:
                 raise _Bad
 
 
-class ToolCallConstraint:
-    """The rest of a forced tool call. `tools` maps function names to their parameter schemas; with `forced` set,
-    the prompt already ends in `{"name": "<forced>", "arguments": ` and only the arguments and the closing
-    remain; otherwise it ends in `{"name": "` and the name comes first."""
+class GrammarConstraint:
+    """What the engine drives: `first_accepted` picks a token, `advance` appends its text, `done` ends the
+    request. Subclasses say in `_check(text)` whether an output is "done", "partial" (a prefix) or "bad"."""
 
-    def __init__(self, tools: dict[str, dict], forced: str | None = None):
-        self.tools, self.forced = tools, forced
+    def __init__(self):
         self.text = ""
         self.done = False
 
@@ -238,8 +251,21 @@ class ToolCallConstraint:
         self.text += text
         state = self._check(self.text)
         if state == "bad":
-            raise ValueError(f"{self.text!r} left the tool-call grammar")
+            raise ValueError(f"{self.text[-200:]!r} left the {type(self).__name__} grammar")
         self.done = state == "done"
+
+    def _check(self, text: str) -> str:
+        raise NotImplementedError
+
+
+class ToolCallConstraint(GrammarConstraint):
+    """The rest of a forced tool call. `tools` maps function names to their parameter schemas; with `forced` set,
+    the prompt already ends in `{"name": "<forced>", "arguments": ` and only the arguments and the closing
+    remain; otherwise it ends in `{"name": "` and the name comes first."""
+
+    def __init__(self, tools: dict[str, dict], forced: str | None = None):
+        super().__init__()
+        self.tools, self.forced = tools, forced
 
     def _check(self, text: str) -> str:
         p = _Parser(text)
@@ -260,6 +286,38 @@ class ToolCallConstraint:
             p.lit("}")
             p.ws()
             p.lit("</tool_call>")
+        except _End:
+            return "partial"
+        except _Bad:
+            return "bad"
+        return "done" if p.i == len(text) else "bad"
+
+
+class JSONConstraint(GrammarConstraint):
+    """A whole output that is one JSON object following `schema` (a checked schema: see response_format.py;
+    None = any object), optionally after a `<think>...</think>` block when `think` is on. The output is done when
+    the object closes (trailing whitespace allowed)."""
+
+    def __init__(self, schema: dict | None = None, think: bool = False):
+        super().__init__()
+        self.schema = {"type": "object", **(schema or {})}
+        self.think = think
+
+    def _check(self, text: str) -> str:
+        p = _Parser(text)
+        try:
+            if self.think:
+                start = len(text) - len(text.lstrip(_WS))
+                head = text[start:]
+                if head.startswith(THINK_OPEN):
+                    end = head.find(THINK_CLOSE, len(THINK_OPEN))
+                    if end < 0:
+                        return "partial"  # reasoning: any text until </think>
+                    p.i = start + end + len(THINK_CLOSE)
+                elif head and THINK_OPEN.startswith(head):
+                    return "partial"
+            p.value(self.schema)
+            p.ws()
         except _End:
             return "partial"
         except _Bad:

@@ -27,7 +27,7 @@ from smollm3.infer.block_manager import BlockManager
 from smollm3.infer.cache import kv_bytes_per_token
 from smollm3.infer.constrain import ToolCallConstraint
 from smollm3.infer.model_runner import ModelRunner
-from smollm3.infer.sampling import SamplingParams, generation_defaults, sampling_scores
+from smollm3.infer.sampling import SamplingParams, generation_defaults, plain_greedy, sampling_scores, token_logprobs
 from smollm3.infer.scheduler import Scheduler
 from smollm3.infer.sequence import IncrementalDetokenizer, Request, new_request_id
 from smollm3.model import SmolLM3ForCausalLM
@@ -119,6 +119,8 @@ class Engine:
             raise ValueError(f"the prompt has {len(prompt_ids)} tokens; this engine's context is {self.max_model_len} "
                              "(prompt plus at least one new token)")
         params = (params or SamplingParams()).resolve(self.defaults)
+        if params.logit_bias and max(params.logit_bias) >= self.config.vocab_size:  # else an index error in step()
+            raise ValueError(f"logit_bias token ids must be in [0, {self.config.vocab_size})")
         if params.stop and self.tokenizer is None:
             raise ValueError("stop strings need a tokenizer")
         if constraint is not None and self.tokenizer is None:
@@ -217,8 +219,8 @@ class Engine:
     def _decode(self, reqs: list[Request], pipelined: bool):
         runner = self.runner
         b, kv_len = runner.shape(reqs)
-        greedy = self.async_decode and all(r.params.temperature == 0 and r.constraint is None
-                                           and r.params.repetition_penalty == 1 for r in reqs)
+        # plain_greedy: no penalties, bias or logprobs (the pipelined path never sees the logits)
+        greedy = self.async_decode and all(plain_greedy(r.params) and r.constraint is None for r in reqs)
         uploaded = (b, kv_len, tuple(len(r.block_table) for r in reqs))
         if not pipelined:
             runner.upload(reqs, b, kv_len)
@@ -275,25 +277,26 @@ class Engine:
 
     def _sample(self, reqs: list[Request], logits: torch.Tensor, greedy_ids: torch.Tensor | None = None):
         params = [r.params for r in reqs]
-        penalised = any(p.repetition_penalty != 1 for p in params)
-        if greedy_ids is not None and not penalised and all(p.temperature == 0 and r.constraint is None
-                                                            for p, r in zip(params, reqs)):
+        if greedy_ids is not None and all(plain_greedy(p) and r.constraint is None for p, r in zip(params, reqs)):
             # all greedy: the argmax was taken on the device inside the decode step; one small copy to the host
             now = time.perf_counter()
             for r, t in zip(reqs, greedy_ids.tolist()):
                 self._append(r, t, now)
             return
-        seen = None
-        if penalised:  # prompt and output tokens of the penalised rows (others stay all False)
-            seen = torch.zeros(logits.shape, dtype=torch.bool, device=self.device)
-            for i, r in enumerate(reqs):
-                if r.params.repetition_penalty != 1:
-                    seen[i, torch.tensor(r.tokens(), device=self.device)] = True
-        scores = sampling_scores(logits, params, [r._generator for r in reqs], seen)
+        # penalties read each request's prompt and output ids
+        scores = sampling_scores(logits, params, [r._generator for r in reqs], [r.prompt_ids for r in reqs],
+                                 [r.output_ids for r in reqs])
         tokens = scores.argmax(-1).tolist()
         for i, r in enumerate(reqs):
             if r.constraint is not None:
                 tokens[i] = self._constrained_choice(r, scores[i])
+        # logprobs of the raw logits for the requests that asked (one batched log_softmax)
+        want = [i for i, p in enumerate(params) if p.logprobs is not None]
+        if want:
+            rows = torch.tensor(want, device=logits.device)
+            got = token_logprobs(logits[rows], [tokens[i] for i in want], [params[i].logprobs for i in want])
+            for i, (lp, top) in zip(want, got):
+                reqs[i].logprobs.append((tokens[i], lp, top))
         now = time.perf_counter()
         for r, t in zip(reqs, tokens):
             self._append(r, t, now)

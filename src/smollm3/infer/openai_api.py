@@ -3,6 +3,10 @@
 Every check raises APIError with an OpenAI-style body, so a bad request is a 4xx that names the parameter, never
 a 500. Conventions follow the OpenAI API and vLLM's extensions (top_k, min_p, repetition_penalty, stop_token_ids,
 ignore_eos, chat_template_kwargs, `reasoning` / legacy `reasoning_content`).
+
+Unknown top-level fields are refused with a 400 naming them, as OpenAI does (vLLM ignores them): a parameter this
+server does not know would otherwise be silently dropped. Metadata with no effect on the output (`user`,
+`metadata`, `store`, `service_tier`, `prompt_cache_key`, `safety_identifier`) is accepted.
 """
 
 from __future__ import annotations
@@ -45,6 +49,26 @@ def now() -> int:
 # ------------------------------------------------------------------------------------------------------------------
 # typed fields
 
+METADATA = {"user": str, "metadata": dict, "store": bool, "service_tier": str, "prompt_cache_key": str,
+            "safety_identifier": str}
+EXTENSIONS = {"top_k", "min_p", "repetition_penalty", "stop_token_ids", "ignore_eos"}  # vLLM's names
+SAMPLING = {"model", "frequency_penalty", "presence_penalty", "logit_bias", "logprobs", "max_tokens", "n", "seed",
+            "stop", "stream", "stream_options", "temperature", "top_p"} | EXTENSIONS | set(METADATA)
+CHAT_FIELDS = SAMPLING | {"messages", "top_logprobs", "max_completion_tokens", "response_format", "tools",
+                          "tool_choice", "parallel_tool_calls", "functions", "function_call", "reasoning_effort",
+                          "chat_template_kwargs"}
+COMPLETION_FIELDS = SAMPLING | {"prompt", "best_of", "echo", "suffix"}
+
+
+def check_fields(body: dict, known: set):
+    """Refuse fields this server does not know (named), and check the types of the metadata it accepts."""
+    unknown = sorted(k for k in body if k not in known)
+    if unknown:
+        raise APIError(400, f"Unrecognized request argument supplied: {unknown[0]} (this server does not support "
+                            "it; see docs/inference.md for the supported parameters)", param=unknown[0])
+    for key, t in METADATA.items():
+        get_field(body, key, t, "a " + {str: "string", dict: "object", bool: "boolean"}[t])
+
 
 def get_field(body: dict, key: str, types, what: str, default=None, ok=None, why: str = ""):
     value = body.get(key)
@@ -59,22 +83,54 @@ def get_field(body: dict, key: str, types, what: str, default=None, ok=None, why
     return value
 
 
+def context_error(max_model_len: int, prompt_len: int, param: str, at_least: bool = False) -> APIError:
+    return APIError(400, f"This model's maximum context length is {max_model_len} tokens. However, your prompt has "
+                         f"{'at least ' if at_least else ''}{prompt_len} tokens. Please reduce the length of the "
+                         "prompt.", param=param, code="context_length_exceeded")
+
+
+def logit_bias(body: dict, vocab_size: int | None) -> dict[int, float]:
+    """OpenAI's logit_bias: {"token id": bias in -100..100} (JSON keys are strings)."""
+    raw = get_field(body, "logit_bias", dict, "an object mapping token ids to biases", {})
+    out = {}
+    for key, bias in raw.items():
+        try:
+            token = int(key)
+        except ValueError:
+            raise APIError(400, f"logit_bias keys must be token ids, got {key!r}"[:300], param="logit_bias") from None
+        if token < 0 or (vocab_size is not None and token >= vocab_size):
+            raise APIError(400, f"logit_bias: token id {token} is outside the vocabulary [0, {vocab_size})",
+                           param="logit_bias")
+        if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not -100 <= bias <= 100:
+            raise APIError(400, f"logit_bias[{key!r}] must be a number between -100 and 100, got {bias!r}"[:300],
+                           param="logit_bias")
+        out[token] = float(bias)
+    return out
+
+
+def chat_logprobs(body: dict) -> int | None:
+    """Chat: `logprobs: true` returns each token's logprob, `top_logprobs: 0..20` the most likely alternatives."""
+    want = get_field(body, "logprobs", bool, "a boolean", False)
+    top = get_field(body, "top_logprobs", int, "an integer", None, lambda v: 0 <= v <= 20, "must be between 0 and 20")
+    if top is not None and not want:
+        raise APIError(400, "'top_logprobs' needs 'logprobs': true", param="top_logprobs")
+    return (top or 0) if want else None
+
+
+def completion_logprobs(body: dict) -> int | None:
+    """Completions: `logprobs: k` (0..5) returns each token's logprob and the k most likely alternatives."""
+    return get_field(body, "logprobs", int, "an integer", None, lambda v: 0 <= v <= 5, "must be between 0 and 5")
+
+
 def sampling_params(body: dict, prompt_len: int, max_model_len: int, default_max_tokens: int | None,
-                    prompt_param: str = "messages") -> SamplingParams:
-    """The request's sampling fields -> SamplingParams; unset fields stay None (the model's defaults)."""
-    for key in ("presence_penalty", "frequency_penalty"):
-        if get_field(body, key, (int, float), "a number", 0) != 0:
-            raise APIError(400, f"'{key}' is not supported by this server; use repetition_penalty", param=key)
-    if body.get("logprobs") not in (None, False, 0) or body.get("top_logprobs") not in (None, 0):
-        raise APIError(400, "logprobs are not supported by this server", param="logprobs")
-    fmt = body.get("response_format")
-    if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type") != "text"):
-        raise APIError(400, "response_format other than {'type': 'text'} is not supported by this server",
-                       param="response_format")
+                    prompt_param: str = "messages", vocab_size: int | None = None) -> SamplingParams:
+    """The request's sampling fields -> SamplingParams; unset fields stay None (the model's defaults). Logprobs are
+    endpoint-specific (chat_logprobs / completion_logprobs) and set by the caller."""
+    penalties = {key: get_field(body, key, (int, float), "a number", 0.0, lambda v: -2 <= v <= 2,
+                                "must be between -2 and 2") for key in ("presence_penalty", "frequency_penalty")}
+    bias = logit_bias(body, vocab_size)
     if prompt_len >= max_model_len:
-        raise APIError(400, f"This model's maximum context length is {max_model_len} tokens. However, your prompt "
-                            f"has {prompt_len} tokens. Please reduce the length of the prompt.",
-                       param=prompt_param, code="context_length_exceeded")
+        raise context_error(max_model_len, prompt_len, prompt_param)
     key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = get_field(body, key, int, "an integer", None, lambda v: v >= 1, "must be at least 1")
     if max_tokens is None:
@@ -107,6 +163,8 @@ def sampling_params(body: dict, prompt_len: int, max_model_len: int, default_max
         stop=stop or [],
         stop_token_ids=stop_ids or [],
         ignore_eos=get_field(body, "ignore_eos", bool, "a boolean", False),
+        logit_bias=bias,
+        **penalties,
     )
 
 
@@ -142,6 +200,10 @@ def chat_messages(raw) -> list[dict]:
         m = {k: v for k, v in m.items() if v is not None}
         if m.get("role") == "developer":
             m["role"] = "system"
+        if m.get("role") == "function":  # legacy function result: a tool message
+            m["role"] = "tool"
+        if m.get("role") == "assistant" and isinstance(m.get("function_call"), dict):  # legacy call: a tool call
+            m["tool_calls"] = [{"id": f"call_{i}", "type": "function", "function": m.pop("function_call")}]
         content = m.get("content")
         if isinstance(content, list):
             texts = []
@@ -160,6 +222,73 @@ def chat_messages(raw) -> list[dict]:
             if isinstance(out[i].get("content"), str):
                 out[i]["content"] = _THINK.sub("", out[i]["content"])
     return out
+
+
+def _renders(template: str, a: dict, b: dict | None = None, needle: str | None = None) -> bool:
+    """Does rendering with kwargs `a` differ from rendering with `b` (or contain `needle`)?"""
+    probe = [{"role": "user", "content": "hi"}]
+    try:
+        first = render_chat(probe, template=template, add_generation_prompt=True, **a)
+        return needle in first if needle else first != render_chat(probe, template=template,
+                                                                   add_generation_prompt=True, **b)
+    except (ChatError, TemplateError, TypeError):
+        return False
+
+
+@functools.lru_cache(maxsize=8)
+def renders_tools(template: str) -> bool:
+    """Does this chat template put `tools` into the prompt? (SmolLM2's and plain ChatML ones do not: the model would
+    never see the tools.)"""
+    tool = {"type": "function", "function": {"name": "probe_fn_7f3a", "parameters": {"type": "object"}}}
+    return _renders(template, {"tools": [tool]}, needle="probe_fn_7f3a")
+
+
+@functools.lru_cache(maxsize=8)
+def has_think_mode(template: str) -> bool:
+    """Does `enable_thinking` change this chat template's prompt?"""
+    return _renders(template, {"enable_thinking": True}, {"enable_thinking": False})
+
+
+REASONING_EFFORT = {"none": False, "minimal": False, "low": True, "medium": True, "high": True}
+
+
+def thinking(body: dict, kwargs: dict, template: str) -> bool:
+    """enable_thinking from `reasoning_effort` (none / minimal: no thinking; low / medium / high: SmolLM3's one
+    think mode) or `chat_template_kwargs.enable_thinking`; refused where the template has no think mode."""
+    effort = get_field(body, "reasoning_effort", str, "a string", None, lambda v: v in REASONING_EFFORT,
+                       f"must be one of {list(REASONING_EFFORT)}")
+    explicit = kwargs.pop("enable_thinking", None)
+    if explicit is not None and not isinstance(explicit, bool):
+        raise APIError(400, "chat_template_kwargs.enable_thinking must be a boolean", param="chat_template_kwargs")
+    if effort is not None and explicit is not None and REASONING_EFFORT[effort] != explicit:
+        raise APIError(400, f"reasoning_effort {effort!r} contradicts chat_template_kwargs.enable_thinking "
+                            f"{explicit}", param="reasoning_effort")
+    if (effort is not None or explicit is not None) and not has_think_mode(template):
+        param = "reasoning_effort" if effort is not None else "chat_template_kwargs"
+        raise APIError(400, f"'{param}' has no effect: the served chat template has no think mode", param=param)
+    if effort is not None:
+        return REASONING_EFFORT[effort]
+    return True if explicit is None else explicit
+
+
+def legacy_functions(body: dict) -> tuple[object, object, bool]:
+    """(tools, tool_choice, legacy): the deprecated `functions` / `function_call` read as tools / tool_choice."""
+    functions, call = body.get("functions"), body.get("function_call")
+    if functions is None:
+        if call is not None:
+            raise APIError(400, "'function_call' needs 'functions'", param="function_call")
+        return body.get("tools"), body.get("tool_choice"), False
+    for key in ("tools", "tool_choice"):
+        if body.get(key) is not None:
+            raise APIError(400, f"'functions' and '{key}' cannot be used together; use tools", param="functions")
+    if not isinstance(functions, list):
+        raise APIError(400, "'functions' must be an array of function specs", param="functions")
+    tools = [{"type": "function", "function": f} for f in functions]
+    if isinstance(call, dict):
+        call = {"type": "function", "function": call}
+    elif call is not None and call not in ("none", "auto"):
+        raise APIError(400, "'function_call' must be 'none', 'auto' or {'name': ...}", param="function_call")
+    return tools, call, True
 
 
 @functools.lru_cache(maxsize=8)
@@ -261,9 +390,77 @@ def forced_call(choice: str, tools: list[dict]) -> tuple[str, ToolCallConstraint
 # responses
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:
+    """OpenAI's usage, with the prompt tokens served from the prefix cache as prompt_tokens_details.cached_tokens."""
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
+
+
+class TokenPieces:
+    """Each token's exact bytes and text, for logprobs. Byte-level BPE tokens map back to bytes through GPT-2's
+    byte alphabet (a token may hold part of a UTF-8 character: its `bytes` say which); others decode alone."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.byte_level = "ByteLevel" in str(getattr(getattr(tokenizer, "tok", None), "decoder", ""))
+        self.cache: dict[int, tuple[str, list[int]]] = {}
+
+    def __call__(self, i: int) -> tuple[str, list[int]]:
+        got = self.cache.get(i)
+        if got is None:
+            piece = self.tokenizer.id_to_token(i) if self.byte_level else None
+            if piece is not None and all(c in _BYTE_OF for c in piece):
+                raw = bytes(_BYTE_OF[c] for c in piece)
+            else:
+                raw = self.tokenizer.decode([i]).encode("utf-8", "surrogatepass")
+            got = self.cache[i] = (raw.decode("utf-8", "replace"), list(raw))
+        return got
+
+
+def _gpt2_byte_alphabet() -> dict[str, int]:
+    keep = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
+    chars, n = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + n)] = b
+            n += 1
+    return chars
+
+
+_BYTE_OF = _gpt2_byte_alphabet()
+
+
+def _lp(x: float) -> float:
+    return max(x, -9999.0)  # JSON has no -inf (vLLM's floor too)
+
+
+def chat_logprobs_content(entries, piece: TokenPieces) -> list[dict]:
+    """Engine logprob entries (id, logprob, top) -> OpenAI chat `logprobs.content`."""
+    out = []
+    for token, lp, top in entries:
+        text, raw = piece(token)
+        alts = [{"token": piece(i)[0], "logprob": _lp(v), "bytes": piece(i)[1]} for i, v in top]
+        out.append({"token": text, "logprob": _lp(lp), "bytes": raw, "top_logprobs": alts})
+    return out
+
+
+def completion_logprobs_block(entries, piece: TokenPieces, offset: int = 0) -> dict:
+    """Engine logprob entries -> the legacy completions `logprobs` object (top_logprobs as {token: logprob}, with
+    the sampled token included, as OpenAI and vLLM do); text_offset counts from `offset`."""
+    block = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    for token, lp, top in entries:
+        text = piece(token)[0]
+        block["tokens"].append(text)
+        block["token_logprobs"].append(_lp(lp))
+        alts = {piece(i)[0]: _lp(v) for i, v in top}
+        alts.setdefault(text, _lp(lp))
+        block["top_logprobs"].append(alts)
+        block["text_offset"].append(offset)
+        offset += len(text)
+    return block
 
 
 def chat_message(parsed) -> dict:
@@ -276,14 +473,26 @@ def chat_message(parsed) -> dict:
     return msg
 
 
-def chat_choice(index: int, text: str, engine_reason: str, *, prefix: str = "", xml_tools: bool = False) -> dict:
-    """One choice of a chat.completion from the engine's output text (after the forced `prefix`, if any)."""
+def legacy_call(message: dict) -> dict:
+    """A message with tool_calls -> the legacy shape: one `function_call` (legacy requests stop after one call)."""
+    calls = message.pop("tool_calls", None)
+    if calls:
+        message["function_call"] = calls[0]["function"]
+    return message
+
+
+def chat_choice(index: int, text: str, engine_reason: str, *, prefix: str = "", xml_tools: bool = False,
+                logprobs: list | None = None, legacy: bool = False) -> dict:
+    """One choice of a chat.completion from the engine's output text (after the forced `prefix`, if any);
+    `logprobs`: the `logprobs.content` entries, when asked for."""
     parser = StreamParser(xml_tools=xml_tools, python_tools=False)
     parser.feed(prefix + text)
     parser.finish()
     parsed = parser.result()
-    return {"index": index, "message": chat_message(parsed), "logprobs": None,
-            "finish_reason": finish_reason(engine_reason, bool(parsed.tool_calls))}
+    message = chat_message(parsed)
+    return {"index": index, "message": legacy_call(message) if legacy else message,
+            "logprobs": None if logprobs is None else {"content": logprobs, "refusal": None},
+            "finish_reason": finish_reason(engine_reason, bool(parsed.tool_calls), legacy)}
 
 
 class ChatChoiceStream:
@@ -291,22 +500,31 @@ class ChatChoiceStream:
     Reasoning goes out as `reasoning` (and `reasoning_content`), answers as `content`, each tool call whole in one
     `tool_calls` delta with its index, and the last entry carries the finish_reason."""
 
-    def __init__(self, index: int, *, prefix: str = "", xml_tools: bool = False):
+    def __init__(self, index: int, *, prefix: str = "", xml_tools: bool = False, logprobs: bool = False,
+                 legacy: bool = False):
         self.index = index
         self.parser = StreamParser(xml_tools=xml_tools, python_tools=False)
         self.n_calls = 0
+        self.logprobs, self.legacy = logprobs, legacy
+        self.pending_lp: list[dict] = []  # logprobs of tokens whose text the parser still holds back
         if prefix:
             self.parser.feed(prefix)  # a forced call's start is part of the output; it emits nothing by itself
 
     def start(self) -> dict:
         return self._entry({"role": "assistant", "content": ""})
 
-    def feed(self, text: str, engine_reason: str | None = None) -> list[dict]:
+    def feed(self, text: str, engine_reason: str | None = None, logprobs: list | None = None) -> list[dict]:
+        """`logprobs`: the `logprobs.content` entries of the tokens behind `text`; they ride on the next entry."""
+        self.pending_lp += logprobs or []
         out = [self._delta(self.parser.feed(text))]
         if engine_reason:
             out.append(self._delta(self.parser.finish()))
-            out.append(self._entry({}, finish_reason(engine_reason, bool(self.parser.tool_calls))))
-        return [e for e in out if e is not None]
+            out.append(self._entry({}, finish_reason(engine_reason, bool(self.parser.tool_calls), self.legacy)))
+        out = [e for e in out if e is not None]
+        if out and self.logprobs:
+            out[0]["logprobs"] = {"content": self.pending_lp, "refusal": None}
+            self.pending_lp = []
+        return out
 
     def _delta(self, pd) -> dict | None:
         d = {}
@@ -314,7 +532,9 @@ class ChatChoiceStream:
             d["reasoning"] = d["reasoning_content"] = pd.reasoning
         if pd.content:
             d["content"] = pd.content
-        if pd.tool_calls:
+        if pd.tool_calls and self.legacy:
+            d["function_call"] = pd.tool_calls[0]["function"]
+        elif pd.tool_calls:
             d["tool_calls"] = []
             for call in pd.tool_calls:
                 d["tool_calls"].append({"index": self.n_calls, **call})
@@ -325,7 +545,7 @@ class ChatChoiceStream:
         return {"index": self.index, "delta": delta, "logprobs": None, "finish_reason": reason}
 
 
-def finish_reason(engine_reason: str, has_tool_calls: bool) -> str:
+def finish_reason(engine_reason: str, has_tool_calls: bool, legacy: bool = False) -> str:
     if engine_reason == "stop" and has_tool_calls:
-        return "tool_calls"
+        return "function_call" if legacy else "tool_calls"
     return {"abort": "stop", "error": "stop"}.get(engine_reason, engine_reason)

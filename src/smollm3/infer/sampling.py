@@ -1,5 +1,10 @@
 """Sampling parameters and batched sampling: every row of a batch has its own temperature, top-p, top-k, min-p,
-repetition penalty and (optionally) its own seeded generator.
+repetition / presence / frequency penalties, logit bias and (optionally) its own seeded generator.
+
+Per token, in order: the penalties (repetition over prompt and output, presence and frequency over the output
+so far), then the logit bias, then temperature and the top-k / top-p / min-p filters, then the draw. Logprobs
+(`token_logprobs`) are those of the model's raw logits, before any of these (vLLM's default `raw_logprobs`): they
+say what the model thinks, whatever the sampling settings.
 
 Sampling uses the exponential-race form of the Gumbel-max trick: argmax(p / E) with E ~ Exp(1) i.i.d. is a draw
 from p. It needs no sort, each seeded row draws its own noise (so a seed gives the same tokens whatever else is in
@@ -28,6 +33,10 @@ class SamplingParams:
     top_k: int | None = None  # 0 = off
     min_p: float = 0.0
     repetition_penalty: float = 1.0  # HF / CTRL style, over prompt and output tokens; 1 = off
+    presence_penalty: float = 0.0  # OpenAI: logit -= presence * (count > 0), over the output tokens so far
+    frequency_penalty: float = 0.0  # OpenAI: logit -= frequency * count, over the output tokens so far
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit (OpenAI: -100..100)
+    logprobs: int | None = None  # None: none; k >= 0: each sampled token's logprob and the k most likely ones
     seed: int | None = None
     stop: list[str] = field(default_factory=list)  # stop strings; removed from the returned text
     stop_token_ids: list[int] = field(default_factory=list)  # extra stop ids, besides the model's eos
@@ -35,7 +44,8 @@ class SamplingParams:
 
     def resolve(self, defaults: dict) -> SamplingParams:
         """Fill the None fields from `defaults` (keys temperature, top_p, top_k) and check every value."""
-        p = dataclasses.replace(self, stop=list(self.stop or []), stop_token_ids=list(self.stop_token_ids or []))
+        p = dataclasses.replace(self, stop=list(self.stop or []), stop_token_ids=list(self.stop_token_ids or []),
+                                logit_bias=dict(self.logit_bias or {}))
         for key, fallback in (("temperature", 1.0), ("top_p", 1.0), ("top_k", 0)):
             if getattr(p, key) is None:
                 setattr(p, key, defaults.get(key, fallback))
@@ -62,6 +72,13 @@ class SamplingParams:
             bad("stop", "must be non-empty strings")
         if any(not isinstance(i, int) or i < 0 for i in self.stop_token_ids):
             bad("stop_token_ids", "must be token ids (integers >= 0)")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2 <= getattr(self, name) <= 2:
+                bad(name, "must be between -2 and 2")
+        if any(not isinstance(i, int) or i < 0 or not -100 <= b <= 100 for i, b in self.logit_bias.items()):
+            bad("logit_bias", "must map token ids (integers >= 0) to biases between -100 and 100")
+        if self.logprobs is not None and (not isinstance(self.logprobs, int) or not 0 <= self.logprobs <= 20):
+            bad("logprobs", "must be None or an integer between 0 and 20")
 
 
 def generation_defaults(generation_config: dict) -> dict:
@@ -81,6 +98,67 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
     p = penalty[:, None]
     penalised = torch.where(logits > 0, logits / p, logits * p)
     return torch.where(seen, penalised, logits)
+
+
+def needs_history(p: SamplingParams) -> bool:
+    """Does sampling this request read the tokens seen so far (penalties)?"""
+    return p.repetition_penalty != 1 or p.presence_penalty != 0 or p.frequency_penalty != 0
+
+
+def plain_greedy(p: SamplingParams) -> bool:
+    """Is the next token simply the argmax of the raw logits, with nothing else to compute? (The engine's fast
+    paths take the argmax on the device and never see the logits.)"""
+    return p.temperature == 0 and not needs_history(p) and not p.logit_bias and p.logprobs is None
+
+
+def token_counts(ids: list[list[int]], vocab_size: int, device) -> torch.Tensor:
+    """[b, V] float: how often each token occurs in each row's ids."""
+    counts = torch.zeros(len(ids), vocab_size, device=device)
+    for i, row in enumerate(ids):
+        if row:
+            counts[i].index_add_(0, torch.tensor(row, device=device), torch.ones(len(row), device=device))
+    return counts
+
+
+def apply_penalties(logits: torch.Tensor, params: list[SamplingParams], prompts: list[list[int]],
+                    outputs: list[list[int]]) -> torch.Tensor:
+    """The repetition penalty over prompt and output tokens, then OpenAI's presence and frequency penalties over
+    the output tokens: logit -= presence * (count > 0) + frequency * count."""
+    dev, V = logits.device, logits.shape[-1]
+    rep = [i for i, p in enumerate(params) if p.repetition_penalty != 1]
+    if rep:
+        seen = token_counts([prompts[i] + outputs[i] for i in rep], V, dev) > 0
+        rows = torch.tensor(rep, device=dev)
+        penalty = torch.tensor([params[i].repetition_penalty for i in rep], device=dev)
+        logits[rows] = apply_repetition_penalty(logits[rows], seen, penalty)
+    pf = [i for i, p in enumerate(params) if p.presence_penalty != 0 or p.frequency_penalty != 0]
+    if pf:
+        counts = token_counts([outputs[i] for i in pf], V, dev)
+        rows = torch.tensor(pf, device=dev)
+        presence = torch.tensor([params[i].presence_penalty for i in pf], device=dev)[:, None]
+        frequency = torch.tensor([params[i].frequency_penalty for i in pf], device=dev)[:, None]
+        logits[rows] -= presence * (counts > 0) + frequency * counts
+    return logits
+
+
+def apply_logit_bias(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+    for i, p in enumerate(params):
+        if p.logit_bias:
+            ids = torch.tensor(list(p.logit_bias), device=logits.device)
+            logits[i, ids] += torch.tensor(list(p.logit_bias.values()), device=logits.device)
+    return logits
+
+
+def token_logprobs(logits: torch.Tensor, tokens: list[int], top: list[int]) -> list[tuple[float, list]]:
+    """Per row: (the chosen token's logprob, [(id, logprob)] of the `top[row]` most likely tokens, most likely
+    first), from the raw logits [b, V]."""
+    lp = logits.float().log_softmax(-1)
+    rows = torch.arange(len(tokens), device=lp.device)
+    chosen = lp[rows, torch.tensor(tokens, device=lp.device)].tolist()
+    k = max(top, default=0)
+    values, ids = lp.topk(k, dim=-1) if k else (lp[:, :0], lp[:, :0].long())
+    values, ids = values.tolist(), ids.tolist()
+    return [(chosen[i], list(zip(ids[i][:top[i]], values[i][:top[i]]))) for i in range(len(tokens))]
 
 
 def filter_logits(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, top_k: torch.Tensor,
@@ -104,14 +182,17 @@ def filter_logits(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.
 
 
 def sampling_scores(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None],
-                    seen: torch.Tensor | None = None) -> torch.Tensor:
-    """logits [b, V] -> scores [b, V] whose argmax is the next token: the logits themselves for greedy rows,
-    p / E (exponential race) for sampled rows. Filtered-out tokens score -inf (sampled) or keep their logit (greedy)."""
-    logits = logits.float()
+                    prompts: list[list[int]] | None = None, outputs: list[list[int]] | None = None) -> torch.Tensor:
+    """logits [b, V] -> scores [b, V] whose argmax is the next token: the (penalised, biased) logits for greedy
+    rows, p / E (exponential race) for sampled rows. Filtered-out tokens score -inf (sampled) or keep their logit
+    (greedy). `prompts` / `outputs` (each row's token ids so far) are needed when a row has a penalty."""
+    logits = logits.float().clone()  # penalties and bias write in place; the caller's logits stay raw
     dev = logits.device
-    if seen is not None and any(p.repetition_penalty != 1 for p in params):
-        penalty = torch.tensor([p.repetition_penalty for p in params], device=dev)
-        logits = apply_repetition_penalty(logits, seen, penalty)
+    if any(needs_history(p) for p in params):
+        if prompts is None or outputs is None:
+            raise ValueError("penalties need each row's prompt and output ids")
+        logits = apply_penalties(logits, params, prompts, outputs)
+    logits = apply_logit_bias(logits, params)
     greedy = [p.temperature == 0 for p in params]
     if all(greedy):
         return logits

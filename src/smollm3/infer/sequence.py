@@ -70,6 +70,8 @@ class Request:
     aborted: bool = False  # set from any thread; the engine finishes the request at its next step
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache at admission
     num_preemptions: int = 0
+    # with params.logprobs set: one (token id, logprob, [(id, logprob)] top-k) per sampled token
+    logprobs: list = field(default_factory=list)
     arrival_time: float = field(default_factory=time.perf_counter)
     first_token_time: float | None = None
     finish_time: float | None = None

@@ -11,19 +11,25 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import json
 import secrets
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
-from smollm3.chat import ChatError, TemplateError, render_chat
 from smollm3.infer import openai_api as oa
+from smollm3.infer import server_prep as prep
 from smollm3.infer.engine import BackgroundEngine
 from smollm3.infer.openai_api import APIError
+from smollm3.parsing import TOOL_CLOSE
+
+MAX_BODY_BYTES = 8 * 2**20  # the default request body limit: a full 128k-token context of text fits with room
 
 
 @dataclass
@@ -33,25 +39,38 @@ class ServerState:
     model_name: str
     chat_template: str  # a template name ("smollm3") or source (the model directory's chat_template.jinja)
     api_key: str | None = None
+    max_body_bytes: int = MAX_BODY_BYTES  # larger request bodies get a 413 before they are read
+    # engine requests waiting for admission before new requests get a 429 (None: 4 x max_num_seqs)
+    max_waiting: int | None = None
     created: int = field(default_factory=oa.now)
     http_errors: Counter = field(default_factory=Counter)
+
+    def __post_init__(self):
+        self.pieces = oa.TokenPieces(self.tokenizer)
+        self.token_bytes = prep.max_token_bytes(self.tokenizer)
+        if self.max_waiting is None:
+            self.max_waiting = 4 * self.engine.engine.max_num_seqs
 
     @property
     def max_model_len(self) -> int:
         return self.engine.engine.max_model_len
+
+    @property
+    def vocab_size(self) -> int:
+        return self.engine.engine.config.vocab_size
 
 
 def create_app(state: ServerState) -> FastAPI:
     app = FastAPI(title="smollm3", docs_url=None, redoc_url=None)
     app.state.smollm3 = state
 
-    def error(status: int, body: dict) -> JSONResponse:
+    def error(status: int, body: dict, headers: dict | None = None) -> JSONResponse:
         state.http_errors[status] += 1
-        return JSONResponse(body, status_code=status)
+        return JSONResponse(body, status_code=status, headers=headers)
 
     @app.exception_handler(APIError)
     async def _api_error(request, exc: APIError):
-        return error(exc.status, exc.body())
+        return error(exc.status, exc.body(), {"Retry-After": "1"} if exc.status == 429 else None)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request, exc: StarletteHTTPException):
@@ -70,20 +89,48 @@ def create_app(state: ServerState) -> FastAPI:
             raise APIError(401, "Incorrect API key provided. Send it as 'Authorization: Bearer KEY'.",
                            code="invalid_api_key")
 
+    def too_large(size: str) -> APIError:
+        return APIError(413, f"the request body is {size}; this server accepts at most {state.max_body_bytes} bytes "
+                             "(serve --max-body-bytes)", code="request_too_large")
+
     async def json_body(request: Request) -> dict:
+        """The body, read only up to max_body_bytes (Content-Length is checked before reading; a chunked upload is
+        cut off as soon as it passes the limit), parsed and checked in a worker thread."""
         check_auth(request)
-        raw = await request.body()
+        length = request.headers.get("content-length")
+        if length is not None:
+            if not length.isdigit():
+                raise APIError(400, f"invalid Content-Length {length[:40]!r}")
+            if int(length) > state.max_body_bytes:
+                raise too_large(f"{int(length)} bytes")
+        chunks, size = [], 0
         try:
-            body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise APIError(400, f"the request body is not valid JSON: {e}") from None
-        if not isinstance(body, dict):
-            raise APIError(400, "the request body must be a JSON object")
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > state.max_body_bytes:
+                    raise too_large(f"over {state.max_body_bytes} bytes")
+                chunks.append(chunk)
+        except ClientDisconnect:  # gone mid-upload: nobody reads the answer, but it is no server error
+            raise APIError(400, "the client disconnected before sending the whole body") from None
+        body = await asyncio.to_thread(prep.parse_body, b"".join(chunks))
         model = body.get("model")
         if model is not None and model != state.model_name:
             raise APIError(404, f"The model '{model}' does not exist; this server serves '{state.model_name}'.",
                            param="model", code="model_not_found")
         return body
+
+    def check_capacity(jobs: int = 0, param: str = "n"):
+        """Backpressure: with max_waiting engine requests already queued for admission, a new request gets a 429 (and
+        Retry-After) at once instead of an unbounded wait. One request may not queue more than the limit by itself
+        (n x best_of x prompts): that is a 400, retrying would not help."""
+        most = max(state.max_waiting, 64)
+        if jobs > most:
+            raise APIError(400, f"this request asks for {jobs} generations (prompts x best_of or n); this server "
+                                f"queues at most {most} for one request", param=param)
+        waiting = state.engine.engine.num_waiting
+        if waiting >= state.max_waiting:
+            raise APIError(429, f"the server is at capacity ({waiting} requests waiting); retry shortly",
+                           type="requests", code="rate_limit_exceeded")
 
     # ---- plain endpoints
 
@@ -106,57 +153,73 @@ def create_app(state: ServerState) -> FastAPI:
         return {"object": "list", "data": [{"id": state.model_name, "object": "model", "created": state.created,
                                             "owned_by": "smollm3", "max_model_len": state.max_model_len}]}
 
+    limits = {"max_model_len": state.max_model_len, "vocab_size": state.vocab_size, "token_bytes": state.token_bytes}
+
     # ---- completions
 
     @app.post("/v1/completions")
     async def completions(request: Request):
         body = await json_body(request)
-        prompts = _prompts(body.get("prompt"), state.tokenizer)
-        echo = oa.get_field(body, "echo", bool, "a boolean", False)
-        if body.get("suffix") is not None:
-            raise APIError(400, "'suffix' is not supported by this server", param="suffix")
-        n = oa.n_choices(body)
-        stream, include_usage = oa.stream_flags(body)
-        jobs = []  # (prompt ids, params), n per prompt
-        for ids in prompts:
-            params = oa.sampling_params(body, len(ids), state.max_model_len, default_max_tokens=16,
-                                        prompt_param="prompt")
-            jobs += [(ids, params)] * n
-        reqs, queue = submit(state, [(ids, params, None) for ids, params in jobs], seeded=n > 1)
+        check_capacity()
+        plan = await asyncio.to_thread(prep.prepare_completion, body, tokenizer=state.tokenizer, **limits)
+        # again: the queue may have filled while this request was tokenized
+        check_capacity(len(plan.jobs), "prompt" if len(plan.prompts) > 1 else "best_of" if plan.best_of > plan.n else "n")
+        reqs, queue = submit(state, plan.jobs, seeded=len(plan.jobs) > len(plan.prompts))
         rid, created = oa.new_id("cmpl"), oa.now()
-        prompt_tokens = sum(len(ids) for ids in prompts)
+        prompt_tokens = sum(len(ids) for ids in plan.prompts)
+        per = plan.best_of  # engine requests per prompt
 
         def echo_text(i):
-            return state.tokenizer.decode(jobs[i][0]) if echo else ""
+            return state.tokenizer.decode(plan.jobs[i].ids) if plan.echo else ""
 
-        if not stream:
+        def usage():
+            cached = sum(max(r.num_cached_tokens for r in reqs[k:k + per]) for k in range(0, len(reqs), per))
+            return oa.usage(prompt_tokens, sum(len(r.output_ids) for r in reqs), cached)
+
+        def logprobs_block(i, entries, offset):
+            if plan.logprobs is None:
+                return None
+            return oa.completion_logprobs_block(entries, state.pieces, offset)
+
+        if not plan.stream:
             await wait_all(state, request, reqs, queue)
             raise_if_failed(reqs)
-            choices = [{"index": i, "text": echo_text(i) + r.text, "logprobs": None, "finish_reason":
-                        oa.finish_reason(r.finish_reason, False)} for i, r in enumerate(reqs)]
+            chosen = []  # (engine index) of the returned choices: the n best of each prompt's best_of
+            for k in range(0, len(reqs), per):
+                group = list(range(k, k + per))
+                if per > plan.n:  # best_of: rank by cumulative logprob
+                    group.sort(key=lambda i: -sum(lp for _, lp, _ in visible_logprobs(reqs[i])))
+                chosen += group[:plan.n]
+            choices = [{"index": j, "text": echo_text(i) + reqs[i].text,
+                        "logprobs": logprobs_block(i, visible_logprobs(reqs[i]), len(echo_text(i))),
+                        "finish_reason": oa.finish_reason(reqs[i].finish_reason, False)} for j, i in enumerate(chosen)]
             return {"id": rid, "object": "text_completion", "created": created, "model": state.model_name,
-                    "choices": choices, "usage": oa.usage(prompt_tokens, sum(len(r.output_ids) for r in reqs))}
+                    "choices": choices, "usage": usage()}
 
         def chunk(choices, usage=None):
             c = {"id": rid, "object": "text_completion", "created": created, "model": state.model_name,
                  "choices": choices}
-            if include_usage:
+            if plan.include_usage:
                 c["usage"] = usage
             return sse(c)
 
         async def events():
+            offsets = [0] * len(reqs)
             for i in range(len(reqs)):
-                if echo:
+                if plan.echo:
+                    offsets[i] = len(echo_text(i))
                     yield chunk([{"index": i, "text": echo_text(i), "logprobs": None, "finish_reason": None}])
-            async for i, delta, reason in stream_updates(state, reqs, queue):
+            async for i, delta, reason, entries in stream_updates(state, reqs, queue):
                 if reason == "error":
                     yield sse(oa.error_body(reqs[i].error or "engine error", "server_error"))
                     continue
-                if delta or reason:
-                    yield chunk([{"index": i, "text": delta, "logprobs": None,
+                if delta or reason or entries:
+                    block = logprobs_block(i, entries, offsets[i])
+                    offsets[i] += sum(len(t) for t in block["tokens"]) if block else 0
+                    yield chunk([{"index": i, "text": delta, "logprobs": block,
                                   "finish_reason": oa.finish_reason(reason, False) if reason else None}])
-            if include_usage:
-                yield chunk([], oa.usage(prompt_tokens, sum(len(r.output_ids) for r in reqs)))
+            if plan.include_usage:
+                yield chunk([], usage())
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
@@ -166,58 +229,55 @@ def create_app(state: ServerState) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         body = await json_body(request)
-        messages = oa.inline_tool_calls(oa.chat_messages(body.get("messages")), state.chat_template)
-        tools = oa.chat_tools(body.get("tools"))
-        choice = oa.tool_choice(body.get("tool_choice"), tools)
-        kwargs = oa.get_field(body, "chat_template_kwargs", dict, "an object", {})
-        kwargs = dict(kwargs)
-        enable_thinking = kwargs.pop("enable_thinking", True)
-        if not isinstance(enable_thinking, bool):
-            raise APIError(400, "chat_template_kwargs.enable_thinking must be a boolean", param="chat_template_kwargs")
-        offered = tools if choice != "none" else None  # tool_choice none: the model is not told about tools
-        try:
-            prompt = render_chat(messages, template=state.chat_template, enable_thinking=enable_thinking,
-                                 tools=offered or None, add_generation_prompt=True, **kwargs)
-        except (ChatError, TemplateError, TypeError) as e:
-            raise APIError(400, f"cannot render the conversation: {e}", param="messages") from None
-        prefix, forced = oa.forced_call(choice, tools)
-        ids = state.tokenizer.encode(prompt + prefix)
-        params = oa.sampling_params(body, len(ids), state.max_model_len, default_max_tokens=None)
-        n = oa.n_choices(body)
-        stream, include_usage = oa.stream_flags(body)
-        # each choice needs its own grammar state
-        jobs = [(ids, params, oa.forced_call(choice, tools)[1] if forced else None) for _ in range(n)]
-        reqs, queue = submit(state, jobs, seeded=n > 1)
+        check_capacity()
+        plan = await asyncio.to_thread(prep.prepare_chat, body, tokenizer=state.tokenizer,
+                                       template=state.chat_template, **limits)
+        check_capacity(len(plan.jobs))
+        reqs, queue = submit(state, plan.jobs, seeded=len(plan.jobs) > 1)
         rid, created = oa.new_id("chatcmpl"), oa.now()
-        xml_tools = bool(offered)
 
-        if not stream:
+        def usage():
+            return oa.usage(plan.prompt_tokens, sum(len(r.output_ids) for r in reqs),
+                            max(r.num_cached_tokens for r in reqs))
+
+        def closing(r):  # parallel_tool_calls false stopped at the first </tool_call>: put it back for the parser
+            return TOOL_CLOSE if plan.tool_stop and r.stop_reason == TOOL_CLOSE else ""
+
+        def content(entries):
+            return oa.chat_logprobs_content(entries, state.pieces) if plan.logprobs is not None else None
+
+        if not plan.stream:
             await wait_all(state, request, reqs, queue)
             raise_if_failed(reqs)
-            choices = [oa.chat_choice(i, r.text, r.finish_reason, prefix=prefix, xml_tools=xml_tools)
-                       for i, r in enumerate(reqs)]
+            choices = [oa.chat_choice(i, r.text + closing(r), r.finish_reason, prefix=plan.prefix,
+                                      xml_tools=plan.xml_tools, logprobs=content(visible_logprobs(r)),
+                                      legacy=plan.legacy) for i, r in enumerate(reqs)]
             return {"id": rid, "object": "chat.completion", "created": created, "model": state.model_name,
-                    "choices": choices, "usage": oa.usage(len(ids), sum(len(r.output_ids) for r in reqs))}
+                    "choices": choices, "usage": usage()}
 
         def chunk(choices, usage=None):
             c = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": state.model_name,
                  "choices": choices}
-            if include_usage:
+            if plan.include_usage:
                 c["usage"] = usage
             return sse(c)
 
         async def events():
-            streams = [oa.ChatChoiceStream(i, prefix=prefix, xml_tools=xml_tools) for i in range(len(reqs))]
+            streams = [oa.ChatChoiceStream(i, prefix=plan.prefix, xml_tools=plan.xml_tools,
+                                           logprobs=plan.logprobs is not None, legacy=plan.legacy)
+                       for i in range(len(reqs))]
             for st in streams:
                 yield chunk([st.start()])
-            async for i, delta, reason in stream_updates(state, reqs, queue):
+            async for i, delta, reason, entries in stream_updates(state, reqs, queue):
                 if reason == "error":
                     yield sse(oa.error_body(reqs[i].error or "engine error", "server_error"))
                     continue
-                for c in streams[i].feed(delta, reason):
+                if reason:
+                    delta += closing(reqs[i])
+                for c in streams[i].feed(delta, reason, content(entries)):
                     yield chunk([c])
-            if include_usage:
-                yield chunk([], oa.usage(len(ids), sum(len(r.output_ids) for r in reqs)))
+            if plan.include_usage:
+                yield chunk([], usage())
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
@@ -233,39 +293,41 @@ def sse(obj: dict) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-def _prompts(raw, tokenizer) -> list[list[int]]:
-    """A completions `prompt`: a string, an array of strings, an array of token ids, or an array of those."""
-    def ok_ids(x):
-        return isinstance(x, list) and x and all(isinstance(t, int) and not isinstance(t, bool) for t in x)
-
-    if isinstance(raw, str) or ok_ids(raw):
-        raw = [raw]
-    if not isinstance(raw, list) or not raw or not all(isinstance(p, str) or ok_ids(p) for p in raw):
-        raise APIError(400, "'prompt' must be a string, an array of strings, or token ids", param="prompt")
-    out = [tokenizer.encode(p, add_special_tokens=True) if isinstance(p, str) else p for p in raw]
-    if any(not ids for ids in out):
-        raise APIError(400, "'prompt' is empty", param="prompt")
-    return out
+def visible_logprobs(r, start: int = 0) -> list:
+    """The request's logprob entries from `start` that belong to its output text: a final stop token is not part
+    of the reply, so its entry is left out (as OpenAI's logprobs stop at the last content token)."""
+    entries = r.logprobs
+    end = len(entries)
+    if r.finished and isinstance(r.stop_reason, int) and end and entries[-1][0] == r.stop_reason:
+        end -= 1
+    return entries[start:end]
 
 
 def submit(state: ServerState, jobs, seeded: bool) -> tuple[list, asyncio.Queue]:
-    """Queue one engine request per job (prompt ids, params, constraint); n > 1 with a seed gets seed, seed+1, ..."""
+    """Queue one engine request per job; several with a seed get seed, seed+1, ... Updates reach the queue as
+    (job index, new text, finish reason or None, new logprob entries)."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
     reqs = []
-    for i, (ids, params, constraint) in enumerate(jobs):
+    for i, job in enumerate(jobs):
+        params = job.params
         if seeded and params.seed is not None:
             params = dataclasses.replace(params, seed=params.seed + i)
+        sent = [0]  # logprob entries handed out
 
-        def on_update(r, i=i):
-            item = (i, r.take_delta(), r.finish_reason)  # taken on the engine thread, in order
+        def on_update(r, i=i, sent=sent):
+            # taken on the engine thread, in order
+            entries = visible_logprobs(r, sent[0]) if r.logprobs else []
+            sent[0] += len(entries)
+            item = (i, r.take_delta(), r.finish_reason, entries)
             try:
                 loop.call_soon_threadsafe(queue.put_nowait, item)
             except RuntimeError:  # the event loop is gone (shutdown)
                 pass
 
         try:
-            reqs.append(state.engine.submit(ids, params, constraint=constraint, on_update=on_update))
+            reqs.append(state.engine.submit(job.ids, params, constraint=job.constraint() if job.constraint else None,
+                                            on_update=on_update))
         except ValueError as e:
             for r in reqs:
                 state.engine.abort(r)
@@ -274,15 +336,15 @@ def submit(state: ServerState, jobs, seeded: bool) -> tuple[list, asyncio.Queue]
 
 
 async def stream_updates(state: ServerState, reqs, queue: asyncio.Queue):
-    """Yield (choice index, new text, finish reason or None) until every request finishes; abort the unfinished
-    ones if the consumer stops early (client disconnect: the generator is closed or cancelled)."""
+    """Yield (choice index, new text, finish reason or None, logprob entries) until every request finishes; abort
+    the unfinished ones if the consumer stops early (client disconnect: the generator is closed or cancelled)."""
     left = len(reqs)
     try:
         while left:
-            i, delta, reason = await queue.get()
+            i, delta, reason, entries = await queue.get()
             if reason:
                 left -= 1
-            yield i, delta, reason
+            yield i, delta, reason, entries
     finally:
         for r in reqs:
             if not r.finished:
@@ -295,7 +357,7 @@ async def wait_all(state: ServerState, request: Request, reqs, queue: asyncio.Qu
     try:
         while left:
             try:
-                _, _, reason = await asyncio.wait_for(queue.get(), timeout=1.0)
+                _, _, reason, _ = await asyncio.wait_for(queue.get(), timeout=1.0)
             except asyncio.TimeoutError:
                 if await request.is_disconnected():
                     return
@@ -344,20 +406,40 @@ def prometheus_text(state: ServerState) -> str:
 # ------------------------------------------------------------------------------------------------------------------
 
 
+def exposure_warning(host: str, api_key: str | None) -> str | None:
+    """A warning when the server listens beyond this machine with no API key: anyone who can reach it can use it."""
+    if api_key:
+        return None
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere
+        loopback = False
+    if loopback:
+        return None
+    return (f"WARNING: listening on {host} without an API key: anyone who can reach this port can use the model. "
+            "Set --api-key (or $SMOLLM3_API_KEY), or listen on 127.0.0.1.")
+
+
 def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          served_model_name: str | None = None, chat_template: str | None = None, **engine_kwargs):
-    """Load the model, start the engine thread and serve until interrupted. Port 0 picks a free port (printed)."""
+          served_model_name: str | None = None, chat_template: str | None = None,
+          max_body_bytes: int = MAX_BODY_BYTES, max_waiting: int | None = None, **engine_kwargs):
+    """Load the model, start the engine thread and serve until interrupted. Port 0 picks a free port (printed).
+    `max_body_bytes`: larger request bodies get a 413; `max_waiting`: engine requests queued for admission before
+    new requests get a 429 (None: 4 x max_num_seqs)."""
     import socket
 
     import uvicorn
 
     state = build_state(model, api_key=api_key, served_model_name=served_model_name, chat_template=chat_template,
-                        **engine_kwargs)
+                        max_body_bytes=max_body_bytes, max_waiting=max_waiting, **engine_kwargs)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     e = state.engine.engine
     url = f"http://{host if ':' not in host else f'[{host}]'}:{sock.getsockname()[1]}/v1"
+    warning = exposure_warning(host, api_key)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     print(f"serving {state.model_name!r} on {url} ({e.device}, {str(e.dtype).replace('torch.', '')}"
           f"{', API key required' if api_key else ''})", flush=True)
     print(kv_capacity_line(e), flush=True)
@@ -376,14 +458,17 @@ def kv_capacity_line(e) -> str:
             f"(--max-num-seqs) when shorter; prefix caching {'on' if e.blocks.prefix_caching else 'off'}")
 
 
-def build_state(model: str, *, api_key=None, served_model_name=None, chat_template=None, **engine_kwargs
-                ) -> ServerState:
+def build_state(model: str, *, api_key=None, served_model_name=None, chat_template=None,
+                max_body_bytes: int = MAX_BODY_BYTES, max_waiting: int | None = None, **engine_kwargs) -> ServerState:
     from pathlib import Path
 
     from smollm3.infer.llm import build_engine
 
+    if max_body_bytes < 1 or (max_waiting is not None and max_waiting < 1):
+        raise ValueError("max_body_bytes and max_waiting must be at least 1")
     engine, template = build_engine(model, chat_template=chat_template, **engine_kwargs)
     if engine.tokenizer is None:
         raise ValueError(f"{model}: no tokenizer (tokenizer.json); the server needs one")
     name = served_model_name or Path(model).name
-    return ServerState(BackgroundEngine(engine), engine.tokenizer, name, template, api_key)
+    return ServerState(BackgroundEngine(engine), engine.tokenizer, name, template, api_key,
+                       max_body_bytes=max_body_bytes, max_waiting=max_waiting)

@@ -260,3 +260,22 @@ def test_preemption_under_memory_pressure_recomputes_exactly(tiny):
     assert [r.output_ids for r in out] == ref
     assert engine.num_free_blocks == 16 and engine.num_running == 0
     engine.blocks.check()
+
+
+def test_a_grammar_with_no_way_on_fails_its_own_request_only(tiny):
+    """An enum value that only byte tokens can spell (a CJK character outside the tiny tokenizer's merges: each byte
+    alone is half a character, which the grammar never accepts) dead-ends the JSON constraint; that request ends
+    with an error, the request beside it finishes normally."""
+    from smollm3.infer.constrain import JSONConstraint
+
+    _, engine = tiny
+    ids = engine.tokenizer.encode("漢")
+    assert all("\ufffd" in engine.tokenizer.decode([i]) for i in ids)  # no whole-character token for it
+    p = prompts([8, 12], engine.config.vocab_size, seed=11)
+    stuck = engine.add_request(p[0], SamplingParams(max_tokens=200, **GREEDY),
+                               constraint=JSONConstraint({"properties": {"k": {"enum": ["漢"]}}, "required": ["k"]}))
+    fine = engine.add_request(p[1], SamplingParams(max_tokens=20, **GREEDY))
+    while not (stuck.finished and fine.finished):
+        engine.step()
+    assert stuck.finish_reason == "error" and "grammar" in stuck.error
+    assert fine.finish_reason == "length" and len(fine.output_ids) == 20

@@ -287,9 +287,20 @@ class Engine:
         scores = sampling_scores(logits, params, [r._generator for r in reqs], [r.prompt_ids for r in reqs],
                                  [r.output_ids for r in reqs])
         tokens = scores.argmax(-1).tolist()
+        stuck = []  # a grammar with no way on fails its own request, not the batch
         for i, r in enumerate(reqs):
             if r.constraint is not None:
-                tokens[i] = self._constrained_choice(r, scores[i])
+                try:
+                    tokens[i] = self._constrained_choice(r, scores[i])
+                except RuntimeError as e:
+                    r.error = str(e)
+                    stuck.append(r)
+        if stuck:
+            keep = [i for i, r in enumerate(reqs) if r not in stuck]
+            for r in stuck:
+                self._finish(r, "error")
+            reqs, params, tokens, logits = ([reqs[i] for i in keep], [params[i] for i in keep],
+                                            [tokens[i] for i in keep], logits[keep])
         # logprobs of the raw logits for the requests that asked (one batched log_softmax)
         want = [i for i, p in enumerate(params) if p.logprobs is not None]
         if want:
@@ -310,7 +321,7 @@ class Engine:
             ranked = scores.argsort(descending=True).tolist()
             i = r.constraint.first_accepted((i, self.token_text(i)) for i in ranked)
         if i is None:
-            raise RuntimeError("no token continues the tool-call grammar")
+            raise RuntimeError("no token continues the grammar of the constrained output (tool call or response_format)")
         return i
 
     def token_text(self, i: int) -> str:

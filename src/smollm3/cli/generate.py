@@ -18,6 +18,9 @@ def add(sub, name, help):
     p.add_argument("--prompt", required=True)
     p.add_argument("--chat", action="store_true", help="render the prompt as a user message with the chat template")
     p.add_argument("--system", default=None, help="system message (with --chat)")
+    p.add_argument("--chat-template", default=None,
+                   help="with --chat: template name (smollm3, official, chatml) or a .jinja file (default: the "
+                        "model's own)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--think", dest="think", action="store_true", default=None,
                       help="with --chat: reasoning mode, enable_thinking=True (the SmolLM3 template's default)")
@@ -37,13 +40,13 @@ def add(sub, name, help):
 
 
 def _run_generate(args):
-    from smollm3.chat import render_template
+    from smollm3.chat import chat_template, render_template
     from smollm3.checkpoint import load_pretrained
     from smollm3.generate import generate
     from smollm3.tokenizer import load_tokenizer
 
-    if args.think is not None and not args.chat:
-        raise ValueError("--think / --no-think set the chat template's mode; add --chat")
+    if not args.chat and (args.think is not None or args.chat_template or args.system):
+        raise ValueError("--think, --no-think, --chat-template and --system apply to a chat turn; add --chat")
     dev = device(args.device)
     model_path = Path(args.model)
     tokenizer = load_tokenizer(model_path)
@@ -54,12 +57,18 @@ def _run_generate(args):
     top_p = args.top_p if args.top_p is not None else gen_cfg.get("top_p", 0.95)
     model = load_pretrained(model_path, device=dev, dtype=dtype_for(dev, args.dtype))
     if args.chat:
-        if not tokenizer.chat_template:
-            raise ValueError(f"{model_path} has no chat template (chat_template.jinja); drop --chat")
+        if args.chat_template is not None:
+            template = Path(args.chat_template).read_text() if Path(args.chat_template).is_file() \
+                else chat_template(args.chat_template)
+        elif tokenizer.chat_template:
+            template = tokenizer.chat_template
+        else:
+            raise ValueError(f"{model_path} has no chat template (chat_template.jinja); drop --chat or pass "
+                             "--chat-template smollm3")
         messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
             {"role": "user", "content": args.prompt}]
         mode = {} if args.think is None else {"enable_thinking": args.think}
-        text = render_template(tokenizer.chat_template, messages, add_generation_prompt=True, **mode)
+        text = render_template(template, messages, add_generation_prompt=True, **mode)
         prompt_ids = tokenizer.encode(text)
     else:
         prompt_ids = tokenizer.encode(args.prompt, add_special_tokens=True)

@@ -195,3 +195,11 @@ def test_train_names_the_missing_key_says_it_resumes_and_where_the_model_went(ti
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(f"resuming from {hf.parent} (checkpoint.resume: auto)")
     assert "done: step 3; final model (HF) in" in lines[-1]
+
+
+@pytest.mark.parametrize("flags, no_think", [([], False), (["--think"], False), (["--no-think"], True)])
+def test_chat_starts_in_think_mode_unless_told(flags, no_think):
+    from smollm3.cli import build_parser
+
+    args = build_parser(["chat"]).parse_args(["chat", "--model", "m", *flags])
+    assert args.no_think is no_think  # ChatSession(enable_thinking=not args.no_think)

@@ -42,7 +42,7 @@ def _add_chat(sub, help):
     p.add_argument("--system", default=None, help="system prompt")
     p.add_argument("--tools", default=None, help="JSON file with a list of OpenAI-style tool specs")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--think", dest="no_think", action="store_false",
+    mode.add_argument("--think", dest="no_think", action="store_false", default=False,
                       help="start in /think mode, enable_thinking=True (the default)")
     mode.add_argument("--no-think", dest="no_think", action="store_true",
                       help="start in /no_think mode, enable_thinking=False")

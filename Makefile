@@ -15,12 +15,14 @@ $(BIN)/smollm3: pyproject.toml
 .PHONY: setup demo smollm2 test lint
 setup: $(BIN)/smollm3
 
-# The main job: every stage of the SmolLM3 recipe in miniature on this CPU (about 15 minutes on 2 cores; rerun to
-# resume), a report at runs/tiny/report.md, then the final model answers in both modes.
+# The main job: every stage of the SmolLM3 recipe in miniature on this CPU (about 17 minutes on 2 quiet cores:
+# benchmarks/results/2026-11-24-tiny-recipe-cpu; rerun to resume), a report at runs/tiny/report.md, then the final
+# model answers in both modes. The mode is the chat template's enable_thinking (--think / --no-think): the SmolLM3
+# template reads /think and /no_think from the system prompt, never from the user turn.
 demo: setup
 	$(BIN)/smollm3 recipe run tiny --out runs/tiny
-	$(BIN)/smollm3 generate --model runs/tiny/merge/model --chat --system "You are a helpful assistant." --prompt "What is 7 + 5 - 3? /think" --max-new-tokens 48 --temperature 0
-	$(BIN)/smollm3 generate --model runs/tiny/merge/model --chat --system "You are a helpful assistant." --prompt "What is 7 + 5 - 3? /no_think" --max-new-tokens 16 --temperature 0
+	$(BIN)/smollm3 generate --model runs/tiny/merge/model --chat --think --system "You are a helpful assistant." --prompt "What is 7 + 5 - 3?" --max-new-tokens 96 --temperature 0
+	$(BIN)/smollm3 generate --model runs/tiny/merge/model --chat --no-think --system "You are a helpful assistant." --prompt "What is 7 + 5 - 3?" --max-new-tokens 16 --temperature 0
 
 # Real weights in (the SmolLM2-135M-Instruct GGUF), an HF checkpoint out, a greedy chat answer.
 smollm2: setup

@@ -1,10 +1,16 @@
 """The console script: convert and generate on real weights, clear errors on bad input."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from smollm3.cli import main
+
+ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
 
 
 def test_help_lists_commands(capsys):
@@ -59,3 +65,141 @@ def test_errors_are_one_line_not_tracebacks(tmp_path, capsys):
     (tmp_path / "m" / "config.json").write_text(json.dumps({"model_type": "smollm3", "hidden_sise": 8}))
     assert main(["convert", str(tmp_path / "m"), "--out", str(tmp_path / "o")]) == 1
     assert "'hidden_sise' (did you mean 'hidden_size'?)" in capsys.readouterr().err
+
+
+# ---- the first hour of a new user (issue 28): fast help, one-line argument errors, modes, training's ends
+
+
+def test_help_does_not_import_torch():
+    """`smollm3 --help` (and any argument error) answers before torch is imported: well under a second."""
+    code = ("import sys\nfrom smollm3.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'smollm3 --help imported torch'\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "generate" in proc.stdout and "train" in proc.stdout
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "--model", "m", "--promt", "hi"], "unrecognized argument --promt (did you mean --prompt?)"),
+    (["generate", "--model", "m", "--prompt", "hi", "--temperature", "-1"],
+     "argument --temperature: must be in [0, 100] (0 = greedy), got -1"),
+    (["generate", "--model", "m", "--prompt", "hi", "--top-p", "7"], "argument --top-p: must be in (0, 1], got 7"),
+    (["generate", "--model", "m", "--prompt", "hi", "--max-new-tokens", "0"], "--max-new-tokens: must be >= 1, got 0"),
+    (["chat", "--model", "m", "--temperature", "-0.5"], "argument --temperature: must be in [0, 100]"),
+    (["tokenizer", "train", "--corpus", "c", "--vocab-size", "9", "--out", "o", "--min-freq", "2", "--outt", "x"],
+     "unrecognized argument --outt (did you mean --out?)"),
+    (["generat", "--model", "m"], "unknown command 'generat' (did you mean 'generate'?)"),
+    (["generate", "--model", "m", "--prompt", "hi", "--think", "--no-think"], "not allowed with argument"),
+])
+def test_bad_arguments_get_one_line_naming_the_flag(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err
+    assert len(err.strip().splitlines()) == 1 and "usage:" not in err
+
+
+def test_abbreviated_flags_still_work(capsys):
+    with pytest.raises(SystemExit) as e:  # --max-new (an abbreviation argparse accepts) is not a typo
+        main(["generate", "--model", "m", "--prompt", "hi", "--max-new", "0"])
+    assert e.value.code == 2 and "--max-new-tokens: must be >= 1" in capsys.readouterr().err
+
+
+def test_eval_usage_shows_compare_as_the_alternative(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    usage = capsys.readouterr().out.split("\n\n")[0]
+    assert usage.splitlines() == ["usage: smollm3 eval --model DIR --tasks NAME,... --out FILE.json [options]",
+                                  "       smollm3 eval compare A.json B.json"]
+
+
+def test_tokenizer_trains_on_a_corpus_build_folder(tmp_path, capsys):
+    """`corpus build` writes manifest.json and LICENSES/ beside the JSONL; the tokenizer takes only the text files."""
+    corpus = tmp_path / "corpus"
+    (corpus / "en").mkdir(parents=True)
+    (corpus / "LICENSES").mkdir()
+    with open(corpus / "en" / "docs.jsonl", "w") as f:
+        for i in range(200):
+            f.write(json.dumps({"text": f"Document {i}: the quick brown fox jumps over the lazy dog."}) + "\n")
+    (corpus / "manifest.json").write_text(json.dumps({"files": {"en/docs.jsonl": {"documents": 200}}}, indent=2))
+    (corpus / "LICENSES" / "pkg.copyright").write_text("Format: https://www.debian.org/doc/packaging-manuals/\n")
+    assert main(["tokenizer", "train", "--corpus", str(corpus), "--vocab-size", "600", "--out", str(tmp_path / "t"),
+                 "--special-slots", "32"]) == 0
+    assert (tmp_path / "t" / "tokenizer.json").exists()
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "manifest.json").write_text("{}")
+    assert main(["tokenizer", "train", "--corpus", str(tmp_path / "empty"), "--vocab-size", "600", "--out",
+                 str(tmp_path / "t2")]) == 1
+    assert "has no .txt, .jsonl, .ndjson files" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tiny_chat_dir(trained_tokenizer_dir, tmp_path_factory):
+    """A tiny random SmolLM3 with the trained tokenizer and our chat template."""
+    from smollm3 import build_model, load_tokenizer, preset, save_pretrained
+
+    tok = load_tokenizer(trained_tokenizer_dir)
+    cfg = preset("tiny")
+    cfg.vocab_size, cfg.max_position_embeddings = tok.vocab_size, 512
+    cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
+    out = tmp_path_factory.mktemp("tiny-chat") / "model"
+    save_pretrained(build_model(cfg), out, tokenizer=tok)
+    return out
+
+
+@pytest.mark.parametrize("flag, system_line, prefilled", [
+    ("--think", "Reasoning Mode: /think", False), ("--no-think", "Reasoning Mode: /no_think", True), (None, "/think", False)])
+def test_generate_think_flags_set_enable_thinking(tiny_chat_dir, monkeypatch, flag, system_line, prefilled):
+    import smollm3.generate
+    from smollm3 import load_tokenizer
+
+    seen = {}
+
+    def fake_generate(model, prompt_ids, *args):
+        seen["prompt"] = load_tokenizer(tiny_chat_dir).decode(prompt_ids)
+        return []
+
+    monkeypatch.setattr(smollm3.generate, "generate", fake_generate)
+    argv = ["generate", "--model", str(tiny_chat_dir), "--chat", "--prompt", "What is 2 + 2?", "--temperature", "0"]
+    assert main(argv + ([flag] if flag else [])) == 0
+    prompt = seen["prompt"]
+    assert system_line in prompt
+    assert prompt.endswith("<|im_start|>assistant\n" + ("<think>\n\n</think>\n" if prefilled else ""))
+
+
+def test_generate_mode_flags_need_chat(tiny_chat_dir, capsys):
+    assert main(["generate", "--model", str(tiny_chat_dir), "--prompt", "hi", "--no-think"]) == 1
+    assert "add --chat" in capsys.readouterr().err
+
+
+def test_train_names_the_missing_key_says_it_resumes_and_where_the_model_went(tiny_chat_dir, tmp_path, capsys):
+    sft = tmp_path / "sft.jsonl"
+    sft.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"What is {i} + 1?"},
+                                                    {"role": "assistant", "content": f"{i + 1}."}]}) + "\n"
+                           for i in range(8)))
+    config = tmp_path / "sft.yaml"
+    config.write_text(f"out_dir: {tmp_path / 'run'}\nmodel: {{init_from: {tmp_path / 'nope'}}}\n"
+                      f"data: {{kind: sft, paths: [{sft}], seq_len: 128}}\n"
+                      "train: {objective: sft, steps: 2, dtype: float32}\ncheckpoint: {every: 2}\nlog: {every: 1}\n")
+    assert main(["train", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert f"model.init_from: {tmp_path / 'nope'} does not exist" in err and "tokenizer" not in err
+
+    assert main(["train", str(config), f"model.init_from={tiny_chat_dir}"]) == 0
+    out = capsys.readouterr().out
+    hf = tmp_path / "run" / "checkpoints" / "step_00000002" / "hf"
+    assert f"done: step 2; final model (HF) in {hf}; metrics in {tmp_path / 'run' / 'metrics.jsonl'}" in out
+    assert "resuming" not in out and (hf / "config.json").exists()
+
+    assert main(["train", str(config), f"model.init_from={tiny_chat_dir}", "train.steps=3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"resuming from {hf.parent} (checkpoint.resume: auto)")
+    assert "done: step 3; final model (HF) in" in lines[-1]
+
+
+@pytest.mark.parametrize("flags, no_think", [([], False), (["--think"], False), (["--no-think"], True)])
+def test_chat_starts_in_think_mode_unless_told(flags, no_think):
+    from smollm3.cli import build_parser
+
+    args = build_parser(["chat"]).parse_args(["chat", "--model", "m", *flags])
+    assert args.no_think is no_think  # ChatSession(enable_thinking=not args.no_think)

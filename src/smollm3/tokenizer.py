@@ -269,16 +269,25 @@ def train_tokenizer(corpus, vocab_size: int, out_dir: str | os.PathLike | None =
 
 
 JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
+# what a directory contributes: text and JSON-lines files, not a `corpus build` folder's manifest.json, LICENSES/*
+# or marker files (a .json file is read only when named: it is as often one JSON document as JSON lines)
+DIR_SUFFIXES = (".txt", ".jsonl", ".ndjson")
 
 
 def corpus_files(paths) -> list[Path]:
-    """Files named, and the files under directories named (sorted), each checked to exist."""
+    """Files named, and the .txt/.jsonl/.ndjson (optionally .gz) files under directories named (sorted), each
+    checked to exist."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     files = []
     for p in map(Path, paths):
         if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+            found = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")
+                           and f.name.removesuffix(".gz").endswith(DIR_SUFFIXES))
+            if not found:
+                raise TokenizerError(f"corpus directory {p} has no {', '.join(DIR_SUFFIXES)} files (.gz ok) in it; "
+                                     "name other files one by one")
+            files += found
         elif p.is_file():
             files.append(p)
         else:

@@ -90,6 +90,8 @@ def test_help_does_not_import_torch():
      "unrecognized argument --outt (did you mean --out?)"),
     (["generat", "--model", "m"], "unknown command 'generat' (did you mean 'generate'?)"),
     (["generate", "--model", "m", "--prompt", "hi", "--think", "--no-think"], "not allowed with argument"),
+    (["serve", "--model", "m", "--gpu-memory-utilization", "1.5"], "--gpu-memory-utilization: must be in (0, 1]"),
+    (["serve", "--model", "m", "--max-num-batched-tokens", "0"], "--max-num-batched-tokens: must be >= 1"),
 ])
 def test_bad_arguments_get_one_line_naming_the_flag(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -203,3 +205,19 @@ def test_chat_starts_in_think_mode_unless_told(flags, no_think):
 
     args = build_parser(["chat"]).parse_args(["chat", "--model", "m", *flags])
     assert args.no_think is no_think  # ChatSession(enable_thinking=not args.no_think)
+
+
+def test_engine_flags_reach_the_engine():
+    """serve/chat flags -> Engine keywords (a paged engine: memory fraction, step budget, blocks, prefix caching)."""
+    from smollm3.cli import engine as cli_engine
+    from smollm3.cli import build_parser
+
+    argv = ["serve", "--model", "m", "--device", "cpu", "--max-num-seqs", "64", "--gpu-memory-utilization", "0.5",
+            "--max-num-batched-tokens", "4096", "--block-size", "16", "--no-prefix-caching", "--max-waiting", "9"]
+    args = build_parser(argv).parse_args(argv)
+    kw = cli_engine._engine_kwargs(args)
+    assert {k: kw[k] for k in ("max_num_seqs", "gpu_memory_utilization", "max_num_batched_tokens", "block_size",
+                               "prefix_caching", "kv_cache_memory")} == {
+        "max_num_seqs": 64, "gpu_memory_utilization": 0.5, "max_num_batched_tokens": 4096, "block_size": 16,
+        "prefix_caching": False, "kv_cache_memory": None}
+    assert args.max_waiting == 9

@@ -16,9 +16,17 @@ def _add_engine_args(p):
     p.add_argument("--max-model-len", type=int, default=None,
                    help="context length; above the model's own it enables YaRN rope scaling in memory "
                         "(e.g. 131072 on SmolLM3-3B = x2), never written to the checkpoint")
-    p.add_argument("--max-num-seqs", type=int, default=32, help="concurrent sequences (KV cache slots)")
-    p.add_argument("--kv-cache-gib", type=float, default=None,
-                   help="KV cache memory (default: 80%% of free GPU memory, 4 GiB on CPU)")
+    p.add_argument("--max-num-seqs", type=number(int, 1), default=256,
+                   help="requests running at once, at most (default 256; admission is by free KV blocks)")
+    p.add_argument("--gpu-memory-utilization", type=number(float, 0, 1, low_open=True), default=0.9,
+                   help="fraction of the GPU's memory this server may use, KV cache included (default 0.9)")
+    p.add_argument("--kv-cache-gib", type=number(float, 0, low_open=True), default=None,
+                   help="KV cache memory outright (default: what --gpu-memory-utilization leaves; 4 GiB on CPU)")
+    p.add_argument("--max-num-batched-tokens", type=number(int, 1), default=2048,
+                   help="tokens computed per engine step: decodes plus prompt chunks (chunked prefill; default 2048)")
+    p.add_argument("--block-size", type=number(int, 1), default=64, help="tokens per KV cache block (a power of 2)")
+    p.add_argument("--no-prefix-caching", action="store_true",
+                   help="do not reuse the KV blocks of earlier prompts' shared heads")
     p.add_argument("--chat-template", default=None,
                    help="template name (smollm3, official) or a .jinja file (default: the model's own)")
     p.add_argument("--device", default="auto")
@@ -29,9 +37,13 @@ def _engine_kwargs(args) -> dict:
     dev = device(args.device)
     if args.max_model_len is not None and args.max_model_len < 2:
         raise ValueError("--max-model-len must be at least 2")
+    if args.block_size & (args.block_size - 1):
+        raise ValueError(f"--block-size must be a power of 2, got {args.block_size}")
     return {"max_model_len": args.max_model_len, "max_num_seqs": args.max_num_seqs, "device": dev,
-            "dtype": dtype_for(dev, args.dtype),
-            "kv_cache_memory": int(args.kv_cache_gib * 2**30) if args.kv_cache_gib else None}
+            "dtype": dtype_for(dev, args.dtype), "gpu_memory_utilization": args.gpu_memory_utilization,
+            "kv_cache_memory": int(args.kv_cache_gib * 2**30) if args.kv_cache_gib else None,
+            "max_num_batched_tokens": args.max_num_batched_tokens, "block_size": args.block_size,
+            "prefix_caching": not args.no_prefix_caching}
 
 
 def _add_chat(sub, help):
@@ -82,6 +94,10 @@ def _add_serve(sub, help):
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/* "
                                                    "(default: $SMOLLM3_API_KEY if set)")
     p.add_argument("--served-model-name", default=None, help="the model id clients use (default: the directory name)")
+    p.add_argument("--max-body-bytes", type=number(int, 1), default=None,
+                   help="larger request bodies get a 413 (default 8 MiB)")
+    p.add_argument("--max-waiting", type=number(int, 1), default=None,
+                   help="requests queued for admission before new ones get a 429 (default 4 x --max-num-seqs)")
     p.set_defaults(func=_run_serve)
 
 
@@ -90,5 +106,9 @@ def _run_serve(args):
 
     from smollm3.infer.server import serve
 
+    limits = {"max_waiting": args.max_waiting}
+    if args.max_body_bytes is not None:
+        limits["max_body_bytes"] = args.max_body_bytes
     serve(args.model, host=args.host, port=args.port, api_key=args.api_key or os.environ.get("SMOLLM3_API_KEY"),
-          served_model_name=args.served_model_name, chat_template=args.chat_template, **_engine_kwargs(args))
+          served_model_name=args.served_model_name, chat_template=args.chat_template, **limits,
+          **_engine_kwargs(args))

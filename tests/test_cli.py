@@ -181,7 +181,7 @@ def test_train_names_the_missing_key_says_it_resumes_and_where_the_model_went(ti
                            for i in range(8)))
     config = tmp_path / "sft.yaml"
     config.write_text(f"out_dir: {tmp_path / 'run'}\nmodel: {{init_from: {tmp_path / 'nope'}}}\n"
-                      f"data: {{kind: sft, paths: [{sft}], seq_len: 128}}\n"
+                      f"data: {{kind: sft, paths: [{sft}], seq_len: 128, template: chatml}}\n"
                       "train: {objective: sft, steps: 2, dtype: float32}\ncheckpoint: {every: 2}\nlog: {every: 1}\n")
     assert main(["train", str(config)]) == 1
     err = capsys.readouterr().err

@@ -24,9 +24,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-# docs/inference.md is edited by the inference work: its blocks need markers there first (the chat REPL waits for a
-# terminal, serve runs until stopped, the client needs a running server)
-NOT_YET = {"inference.md": "its serve/chat/client blocks need snippet markers (a server runs until stopped)"}
 
 # `smollm3 <command>` -> flags appended when the docs run under test: smaller, same code path
 SIZES = {
@@ -141,8 +138,6 @@ def test_a_failing_command_fails_the_doc(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("path", DOCS, ids=[p.name for p in DOCS])
 def test_doc_runs_as_written(path, tmp_path):
-    if path.name in NOT_YET:
-        pytest.skip(NOT_YET[path.name])
     if "corpus build" in path.read_text() and shutil.which("apt-get") is None:
         pytest.skip("`smollm3 corpus build` needs apt-get download (Debian/Ubuntu)")
     skipped = run_doc(path, tmp_path)

@@ -59,7 +59,7 @@ def mixture_shares(recipe: dict, stage_name: str, sources: list[str]) -> list[di
     return out
 
 
-def pretraining_claim(results: dict, recipe: dict, c: dict) -> dict | None:
+def pretraining_claim(results: dict, recipe: dict, c: dict, epochs: dict | None = None) -> dict | None:
     labels = c["checkpoints"]
     if not all("heldout" in results.get(x, {}) for x in labels):
         return None
@@ -87,7 +87,10 @@ def pretraining_claim(results: dict, recipe: dict, c: dict) -> dict | None:
                      f", loss {_arrow(v)}")
     drops = {n: v[-2] - v[-1] for n, v in loss.items() if None not in v}
     worse = sorted(n for n, d in drops.items() if not d > 0)
-    failed += [f"the decay raises {n} ({loss[n][-2]:.3f} → {loss[n][-1]:.3f})" for n in worse]
+    for n in worse:  # repeated text is the usual cause at this scale: say how often the run saw it
+        seen = (epochs or {}).get(n)
+        failed.append(f"the decay raises {n} ({loss[n][-2]:.3f} → {loss[n][-1]:.3f})" +
+                      (f"; its training text was seen {seen:.1f} times by the end" if seen else ""))
     if drops:
         lo, hi = min(drops, key=drops.get), max(drops, key=drops.get)
         parts.append(f"decay against the end of stage 2: {len(drops) - len(worse)} of {len(drops)} lower "
@@ -234,15 +237,15 @@ def _retrieval_n(recipe: dict, chat: bool) -> int:
     return int(spec.get("n", 50))
 
 
-def claims(results: dict, recipe: dict) -> list[dict]:
+def claims(results: dict, recipe: dict, epochs: dict | None = None) -> list[dict]:
     """[{number, claim, numbers, status, holds (True / False / None: not shown), why}] for the six claims of the
     SmolLM3 recipe the miniature measures, those the recipe's `report.claims` section configures and the results
-    cover."""
+    cover. `epochs` ({held-out name: times its training text was read}) explains a held-out loss that rises."""
     c = recipe.get("report", {}).get("claims", {})
     out = []
     if c.get("pretraining"):
         pre = c["pretraining"]
-        out.append(pretraining_claim(results, recipe, pre if isinstance(pre, dict) else {"checkpoints": pre}))
+        out.append(pretraining_claim(results, recipe, pre if isinstance(pre, dict) else {"checkpoints": pre}, epochs))
     if c.get("long_context"):
         out.append(long_context_claim(results, c["long_context"], _retrieval_n(recipe, chat=False)))
     if c.get("sft"):

@@ -48,6 +48,28 @@ def heldout_losses(model, tokenizer, heldout: Path, window: int, max_docs: int |
     return scores
 
 
+@torch.no_grad()
+def plain_text_predictions(model, tokenizer, heldout: Path, window: int, max_docs: int | None) -> dict:
+    """How a model predicts plain held-out text, beside its loss: the mean entropy of its next-token distribution
+    (nats) and the mean probability it puts on the tokenizer's added tokens (special tokens, chat-template markup).
+    A chat model whose loss is far above its entropy is confidently wrong, not lost."""
+    added = sorted(tokenizer.tok.get_added_tokens_decoder())
+    entropy = mass = n = 0.0
+    for path in sorted(heldout.rglob("*.jsonl")):
+        with open(path, encoding="utf-8") as f:
+            texts = [json.loads(line)["text"] for line in f if line.strip()][:max_docs]
+        for text in texts:
+            ids = tokenizer.encode(text)
+            for start in range(0, len(ids) - 1, window - 1):
+                chunk = torch.tensor(ids[start:start + window])[None]
+                logp = torch.log_softmax(model(chunk).float()[0, :-1], dim=-1)
+                p = logp.exp()
+                entropy += float(-(p * logp).sum())
+                mass += float(p[:, added].sum())
+                n += logp.shape[0]
+    return {"entropy": entropy / max(n, 1), "template_mass": mass / max(n, 1)}
+
+
 def retrieval(model_dir: Path, spec: dict) -> dict:
     """{"<kind>@<length>[+yarn]": accuracy}"""
     from smollm3.eval.runner import run_eval
@@ -163,6 +185,8 @@ def evaluate_checkpoint(model_dir: Path, battery: str, spec: dict) -> dict:
     elif base.get("retrieval"):
         results["retrieval"] = retrieval(model_dir, base["retrieval"])
     if battery == "chat":
+        results["plain_text"] = plain_text_predictions(model, tokenizer, Path(base["heldout"]), base.get("window", 2048),
+                                                       base.get("max_docs"))
         if chat.get("math"):
             results["math"] = math_modes(model_dir, Path(chat["math"]["items"]), chat["math"].get("max_tokens", 64))
         if chat.get("tools"):

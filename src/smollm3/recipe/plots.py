@@ -17,11 +17,9 @@ def _save(fig, plots: Path, name: str, written: list[str]) -> None:
 
 
 def smooth(ys: list[float], span: int) -> list[float]:
-    """Exponential moving average over about `span` points, started from the first value."""
-    alpha, out = 2 / (span + 1), []
-    for y in ys:
-        out.append(y if not out else alpha * y + (1 - alpha) * out[-1])
-    return out
+    """Centred moving average over `span` points (fewer at the ends): no lag on a falling curve, unlike an EMA."""
+    half = max(1, span // 2)
+    return [sum(ys[max(0, i - half):i + half + 1]) / len(ys[max(0, i - half):i + half + 1]) for i in range(len(ys))]
 
 
 def _stage_label(stage: dict) -> str:
@@ -41,7 +39,7 @@ def training_loss(plt, curves: dict, recipe: dict):
     for ax, (name, pts) in zip(axes.flat, curves.items()):
         steps, losses = [p[0] for p in pts], [p[1] for p in pts]
         ax.plot(steps, losses, lw=0.8, alpha=0.35, color="tab:blue", label="logged")
-        ax.plot(steps, smooth(losses, max(3, len(losses) // 8)), lw=2, color="tab:blue", label="smoothed")
+        ax.plot(steps, smooth(losses, max(3, len(losses) // 12)), lw=2, color="tab:blue", label="smoothed")
         stage = stages.get(name, {"name": name})
         objective = ((stage.get("train") or {}).get("train") or {}).get("objective", "lm")
         ax.set_title(_stage_label(stage), fontsize=9)

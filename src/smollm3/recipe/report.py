@@ -53,6 +53,37 @@ def model_facts(out: Path, recipe: dict) -> dict:
     return {"params": params, "vocab_size": json.loads((d / "config.json").read_text()).get("vocab_size")}
 
 
+def epochs_read(out: Path, recipe: dict, stage_name: str) -> dict[str, float]:
+    """{held-out name ("en/web", "code/python"): how many times pretraining stage `stage_name` read that source's
+    training shards}, from the mixture weights, the steps and the shard sizes ({} where they cannot be found)."""
+    stage = next((s for s in recipe["stages"] if s["name"] == stage_name and "train" in s), None)
+    heldout = out / "data" / "heldout"
+    if stage is None or not heldout.is_dir():
+        return {}
+    t, d = stage["train"].get("train", {}), stage["train"].get("data", {})
+    per_step = t.get("micro_batch", 1) * t.get("grad_accum", 1) * d.get("seq_len", 0) * \
+        int(os.environ.get("WORLD_SIZE", "1"))
+    total, stages = t.get("steps", 0) * per_step, d.get("stages") or []
+    drawn: dict[str, float] = {}
+    for i, ds in enumerate(stages):
+        end = stages[i + 1].get("start_tokens", total) if i + 1 < len(stages) else total
+        tokens = max(0, end - ds.get("start_tokens", 0))
+        weights = ds.get("weights") or {}
+        for key, w in weights.items():
+            name = str(key).replace("{data}", str(out / "data"))
+            drawn[name] = drawn.get(name, 0.0) + tokens * w / sum(weights.values())
+    out_epochs = {}
+    for path in heldout.rglob("*.jsonl"):
+        a, b = path.relative_to(heldout).with_suffix("").parts[-2:]
+        for shard in (out / "data" / "shards" / f"{b}-{a}", out / "data" / "shards" / a):
+            meta = sorted(shard.glob("*.ds.metadata"))  # "tokenizer|token size" then the token count
+            if str(shard) in drawn and meta:
+                n = sum(int(m.read_text().split("\n")[1]) for m in meta)
+                out_epochs[f"{a}/{b}"] = drawn[str(shard)] / max(n, 1)
+                break
+    return out_epochs
+
+
 def _status_cell(c: dict) -> str:
     if c["status"] == HOLDS:
         return "yes"
@@ -105,10 +136,14 @@ def _loss_notes(results: dict, facts: dict) -> list[str]:
     note = (f"*Why is the loss of {', '.join(above)} above ln {vocab} = {uniform:.2f}, the loss of guessing every token "
             "uniformly?* These are chat checkpoints: SFT and APO train only on conversations in the chat template, "
             "with loss on the assistant's turns, and a model this small gives plain-text prediction up for it. ")
-    peaked = [(k, results[k]["heldout_entropy"]) for k in above if results[k].get("heldout_entropy") is not None]
-    if peaked:
-        note += ("On plain text it is confidently wrong rather than lost: its next-token distribution has an entropy "
-                 "of only " + ", ".join(f"{e:.2f} ({k})" for k, e in peaked) + " nats, far under its loss. ")
+    seen = [(k, results[k]["plain_text"]) for k in above if results[k].get("plain_text")]
+    if seen:
+        mean = {k: sum(x["loss"] for x in results[k]["heldout"].values()) / len(results[k]["heldout"]) for k in above}
+        note += ("Measured on the same text: " + "; ".join(
+            f"{k} predicts with an entropy of {p['entropy']:.2f} nats against a mean loss of {mean[k]:.2f}, and puts "
+            f"{p['template_mass']:.0%} of its probability on special and chat-template tokens" for k, p in seen) + ". ")
+        if all(p["entropy"] < 0.5 * mean[k] for k, p in seen):
+            note += "It is confidently wrong on plain text, not lost. "
     note += ("This table measures plain text without a template, which those models never see; what they were "
              "trained for is in the chat table below.")
     return [note, ""]
@@ -124,7 +159,9 @@ def write_report(recipe: dict, out: Path, report: dict) -> list[dict]:
     """Write OUT/report.md, OUT/report.json and the plots; -> the claims (see claims.claims)."""
     results = report.get("results", {})
     facts = model_facts(out, recipe)
-    checked = claims(results, recipe)
+    pre = recipe.get("report", {}).get("claims", {}).get("pretraining")
+    first = (pre.get("checkpoints") if isinstance(pre, dict) else pre or ["?"])[0].split("/")[0] if pre else None
+    checked = claims(results, recipe, epochs_read(out, recipe, first) if first else None)
     lines = [f"# Recipe `{report['recipe']}`", "", summary(recipe, report, checked, facts), ""]
     if checked:
         lines += ["## The recipe's claims, measured", "",

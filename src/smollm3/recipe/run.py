@@ -240,6 +240,8 @@ def run_recipe(name: str, out: str | Path, *, evaluate: bool = True, log=print) 
         t0 = time.perf_counter()
         results = evaluate_stages(recipe, out, log)
         timings["evaluation"] = time.perf_counter() - t0
+        machine["evaluation"] = describe_machine()
+        (out / "machine.json").write_text(json.dumps(machine, indent=1))
         report |= {"results": results, "timings": timings}
         report["claims"] = write_report(recipe, out, report)
         log(f"report: {out / 'report.md'}")

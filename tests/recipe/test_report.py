@@ -1,10 +1,15 @@
-"""The report's claims: each can fail, none holds vacuously, and those a run cannot show say so instead of "yes"."""
+"""The report: claims that can each fail, none holding vacuously, those a run cannot show saying so instead of
+"yes"; an opening paragraph that says what held, notes under numbers that look wrong, and the plots."""
 
 import copy
+import json
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from smollm3.recipe.claims import FAILS, HOLDS, NOT_SHOWN, NOT_TESTED, beyond_noise, claims
+from smollm3.recipe.report import write_report
 from smollm3.recipe.run import find_recipe, load_recipe
 
 NAMES = ["code/python", "en/web", "fr/web", "math/math"]
@@ -125,3 +130,61 @@ def test_beyond_noise():
     assert not beyond_noise(0.0, 1 / 30, 30) and not beyond_noise(0.0, 0.1, 30) and beyond_noise(0.0, 0.2, 30)
     assert beyond_noise(0.04, 0.13, 100) and not beyond_noise(0.10, 0.12, 100)
     assert not beyond_noise(0.5, 0.5, 1000) and not beyond_noise(0.6, 0.5, 1000)
+
+
+# ---- the report
+
+
+def _run_dir(tmp_path, vocab=2048):
+    """A run directory holding what the report reads besides the results: the merged model's config and weights,
+    and a training-loss log."""
+    model = tmp_path / "merge" / "model"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text(json.dumps({"vocab_size": vocab}))
+    save_file({"w": torch.zeros(1000, 8)}, model / "model.safetensors")
+    (tmp_path / "pretrain").mkdir()
+    (tmp_path / "pretrain" / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "loss": 8 - s / 50}) + "\n" for s in range(1, 241)))
+    return tmp_path
+
+
+def test_report_of_a_run_that_cannot_show_retrieval(tmp_path):
+    out, recipe = _run_dir(tmp_path), load_recipe(find_recipe("tiny"))
+    r = results(retrieval={label: {"niah_single@256": 0.0, "niah_single@1024": 0.0, "niah_single@2048+yarn2": 0.0}
+                           for label in ("pretrain", "long_context_2", "sft", "apo", "merge")})
+    for label in ("sft", "apo", "merge"):  # chat checkpoints on plain text: above uniform guessing, confidently
+        r[label]["heldout"] = {n: {"loss": 9.5, "bits_per_byte": 5.0} for n in r[label]["heldout"]}
+        r[label]["plain_text"] = {"entropy": 1.2, "template_mass": 0.4}
+    report = {"recipe": "tiny", "timings": {"build": 30.0, "pretrain": 170.0, "evaluation": 100.0},
+              "machine": {"build": "a 2-core CPU", "pretrain": "a 2-core CPU"}, "results": r}
+    checked = write_report(recipe, out, report)
+    md = (out / "report.md").read_text()
+    para = md.split("\n")[2]
+    assert para.startswith("This run trained a 0.0M-parameter model through every stage of the `tiny` recipe")
+    assert "on a 2-core CPU in 5.0 minutes" in para
+    assert "Claims 1, 3, 4 and 5 hold; claims 2 and 6 are not shown at this scale" in para
+    assert "run `smollm3 recipe run small` on a GPU (5 min)" in para
+    rows = [line for line in md.split("\n") if line.startswith("| 2 |") or line.startswith("| 6 |")]
+    assert len(rows) == 2 and all("not shown at this scale: " in row and "| yes |" not in row for row in rows)
+    assert [c["status"] for c in checked] == ["holds", "not shown at this scale", "holds", "holds", "holds",
+                                              "not shown at this scale"]
+    assert "above ln 2048 = 7.62" in md and "entropy of 1.20 nats against a mean loss of 9.50" in md
+    assert "confidently wrong" in md and "Every cell is near zero" in md
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["claims"] == checked and saved["model"] == {"params": 8000, "vocab_size": 2048}
+    for png in ("training_loss", "validation_loss", "retrieval", "math_modes"):
+        assert (out / "plots" / f"{png}.png").stat().st_size > 1000
+
+
+def test_report_says_no_and_not_tested(tmp_path):
+    out, recipe = _run_dir(tmp_path), load_recipe(find_recipe("tiny"))
+    r = results(retrieval=retrieval(sft=1.0, apo=1.0, merge=1.0))
+    r["merge"]["tools"]["tool_xml"]["parses"] = 0.775
+    write_report(recipe, out, {"recipe": "tiny", "timings": {"pretrain": 60.0}, "results": r})
+    md = (out / "report.md").read_text()
+    assert "Claims 1, 2, 3 and 5 hold; claim 4 does not hold; claim 6 could not be tested" in md
+    row4 = next(line for line in md.split("\n") if line.startswith("| 4 |"))
+    assert "**NO**: merge: xml 0.78 < 0.90" in row4
+    row6 = next(line for line in md.split("\n") if line.startswith("| 6 |"))
+    assert "not tested (APO lost nothing" in row6 and "| yes |" not in row6
+    assert "above ln" not in md  # no note where no number looks wrong

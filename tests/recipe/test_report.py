@@ -162,7 +162,8 @@ def test_report_of_a_run_that_cannot_show_retrieval(tmp_path):
     para = md.split("\n")[2]
     assert para.startswith("This run trained a 0.0M-parameter model through every stage of the `tiny` recipe")
     assert "on a 2-core CPU in 5.0 minutes" in para
-    assert "Claims 1, 3, 4 and 5 hold; claims 2 and 6 are not shown at this scale" in para
+    assert ("Claims 1 (pretraining stages), 3 (think mode), 4 (tool calls) and 5 (APO) hold; claims 2 (long context) "
+            "and 6 (merge) are not shown at this scale") in para
     assert "run `smollm3 recipe run small` on a GPU (5 min)" in para
     rows = [line for line in md.split("\n") if line.startswith("| 2 |") or line.startswith("| 6 |")]
     assert len(rows) == 2 and all("not shown at this scale: " in row and "| yes |" not in row for row in rows)
@@ -182,7 +183,8 @@ def test_report_says_no_and_not_tested(tmp_path):
     r["merge"]["tools"]["tool_xml"]["parses"] = 0.775
     write_report(recipe, out, {"recipe": "tiny", "timings": {"pretrain": 60.0}, "results": r})
     md = (out / "report.md").read_text()
-    assert "Claims 1, 2, 3 and 5 hold; claim 4 does not hold; claim 6 could not be tested" in md
+    assert ("Claims 1 (pretraining stages), 2 (long context), 3 (think mode) and 5 (APO) hold; claim 4 (tool calls) "
+            "does not hold; claim 6 (merge) could not be tested") in md
     row4 = next(line for line in md.split("\n") if line.startswith("| 4 |"))
     assert "**NO**: merge: xml 0.78 < 0.90" in row4
     row6 = next(line for line in md.split("\n") if line.startswith("| 6 |"))

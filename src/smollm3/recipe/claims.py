@@ -33,8 +33,11 @@ def _get(results: dict, label: str, *keys):
     return node
 
 
+SHORT = {1: "pretraining stages", 2: "long context", 3: "think mode", 4: "tool calls", 5: "APO", 6: "merge"}
+
+
 def _claim(number: int, claim: str, numbers: str, status: str, why: str = "") -> dict:
-    return {"number": number, "claim": claim, "numbers": numbers, "status": status,
+    return {"number": number, "short": SHORT[number], "claim": claim, "numbers": numbers, "status": status,
             "holds": {HOLDS: True, FAILS: False}.get(status), "why": why}
 
 

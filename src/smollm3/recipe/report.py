@@ -109,7 +109,7 @@ def summary(recipe: dict, report: dict, checked: list[dict], facts: dict) -> str
             NOT_TESTED: ("could not be tested", "could not be tested")}
     parts = []
     for status, (one, many) in said.items():
-        nums = [str(c["number"]) for c in checked if c["status"] == status]
+        nums = [f"{c['number']} ({c['short']})" for c in checked if c["status"] == status]
         if nums:
             listed = nums[0] if len(nums) == 1 else ", ".join(nums[:-1]) + " and " + nums[-1]
             parts.append(f"{'claim' if len(nums) == 1 else 'claims'} {listed} {one if len(nums) == 1 else many}")

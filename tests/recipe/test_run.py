@@ -131,7 +131,8 @@ def test_shortened_tiny_recipe_end_to_end(tmp_path, capsys):
                                                            "niah_single@1024", "niah_single@2048+yarn2"}
     for label in ("sft", "apo", "merge"):
         r = results[label]
-        assert set(r["math"]) == {"think", "no_think"} and set(r["tools"]) == {"tool_xml", "tool_python"}
+        assert set(r["math"]) == {"think", "no_think", "n"} and set(r["tools"]) == {"tool_xml", "tool_python"}
+        assert set(r["plain_text"]) == {"entropy", "template_mass"}  # explains raw-text loss above uniform
         assert set(r["retrieval"]) == {"niah_single@1024"}  # asked as a chat turn (evaluation.chat.retrieval)
         assert {"margin", "chosen_wins"} <= set(r["preference"])
     # the merged model is 0.9 APO + 0.1 long-context, tensor for tensor

@@ -131,7 +131,8 @@ def test_shortened_tiny_recipe_end_to_end(tmp_path, capsys):
                                                            "niah_single@1024", "niah_single@2048+yarn2"}
     for label in ("sft", "apo", "merge"):
         r = results[label]
-        assert set(r["math"]) == {"think", "no_think"} and set(r["tools"]) == {"tool_xml", "tool_python"}
+        assert set(r["math"]) == {"think", "no_think", "n"} and set(r["tools"]) == {"tool_xml", "tool_python"}
+        assert set(r["plain_text"]) == {"entropy", "template_mass"}  # explains raw-text loss above uniform
         assert set(r["retrieval"]) == {"niah_single@1024"}  # asked as a chat turn (evaluation.chat.retrieval)
         assert {"margin", "chosen_wins"} <= set(r["preference"])
     # the merged model is 0.9 APO + 0.1 long-context, tensor for tensor
@@ -148,7 +149,12 @@ def test_shortened_tiny_recipe_end_to_end(tmp_path, capsys):
     # the report: a table per battery, the claims checked, plots
     md = (out / "report.md").read_text()
     assert "## The recipe's claims, measured" in md and "## Validation loss" in md and "## Retrieval accuracy" in md
-    assert len(report["claims"]) == 7 and all(isinstance(c["holds"], bool) for c in report["claims"])
+    assert md.split("\n")[2].startswith("This run trained a ") and "the `tiny` recipe" in md  # the opening paragraph
+    assert [c["number"] for c in report["claims"]] == [1, 2, 3, 4, 5, 6]
+    for c in report["claims"]:  # three states; only "holds" says yes
+        assert c["holds"] is {"holds": True, "does not hold": False}.get(c["status"], None), c
+    assert report["model"]["vocab_size"] == 768 and report["model"]["params"] > 0
+    assert json.loads((out / "machine.json").read_text()).keys() >= {"build", "pretrain", "merge"}
     for png in ("training_loss", "validation_loss", "retrieval", "math_modes"):
         assert (out / "plots" / f"{png}.png").stat().st_size > 1000
     assert "recipe tiny finished" in printed

@@ -37,5 +37,5 @@ def _run_recipe(args):
     report = run_recipe(args.recipe, args.out, evaluate=not args.no_eval,
                         log=lambda msg: print(f"[recipe] {msg}", flush=True))
     for c in report.get("claims", []):
-        print(f"[{'ok' if c['holds'] else 'NO'}] {c['claim']}: {c['numbers']}")
+        print(f"[{c['status']}] {c['claim']}: {c['numbers']}" + (f" — {c['why']}" if c.get('why') else ""))
     print(f"recipe {report['recipe']} finished in {(time.perf_counter() - t0) / 60:.1f} min; run directory {args.out}")

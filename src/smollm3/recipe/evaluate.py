@@ -48,6 +48,28 @@ def heldout_losses(model, tokenizer, heldout: Path, window: int, max_docs: int |
     return scores
 
 
+@torch.no_grad()
+def plain_text_predictions(model, tokenizer, heldout: Path, window: int, max_docs: int | None) -> dict:
+    """How a model predicts plain held-out text, beside its loss: the mean entropy of its next-token distribution
+    (nats) and the mean probability it puts on the tokenizer's added tokens (special tokens, chat-template markup).
+    A chat model whose loss is far above its entropy is confidently wrong, not lost."""
+    added = sorted(tokenizer.tok.get_added_tokens_decoder())
+    entropy = mass = n = 0.0
+    for path in sorted(heldout.rglob("*.jsonl")):
+        with open(path, encoding="utf-8") as f:
+            texts = [json.loads(line)["text"] for line in f if line.strip()][:max_docs]
+        for text in texts:
+            ids = tokenizer.encode(text)
+            for start in range(0, len(ids) - 1, window - 1):
+                chunk = torch.tensor(ids[start:start + window])[None]
+                logp = torch.log_softmax(model(chunk).float()[0, :-1], dim=-1)
+                p = logp.exp()
+                entropy += float(-(p * logp).sum())
+                mass += float(p[:, added].sum())
+                n += logp.shape[0]
+    return {"entropy": entropy / max(n, 1), "template_mass": mass / max(n, 1)}
+
+
 def retrieval(model_dir: Path, spec: dict) -> dict:
     """{"<kind>@<length>[+yarn]": accuracy}"""
     from smollm3.eval.runner import run_eval
@@ -69,26 +91,33 @@ def retrieval(model_dir: Path, spec: dict) -> dict:
 
 
 def chat_retrieval(model_dir: Path, spec: dict) -> dict:
-    """{"<kind>@<length>": accuracy} for a chat model: the RULER question as the user turn (after spec's `system`
-    message), answered in no_think mode. LENGTH counts the whole prompt and the answer budget, template included."""
+    """{"<kind>@<length>[+yarn]": accuracy} for a chat model: the RULER question as the user turn (after spec's
+    `system` message), answered in no_think mode, at spec's `lengths` and with YaRN at `yarn.lengths`. LENGTH counts
+    the whole prompt and the answer budget, template included."""
+    from smollm3.checkpoint import load_config
     from smollm3.data.synthetic_long import make_retrieval
-    from smollm3.eval.runner import render_prompt, run_gen
+    from smollm3.eval.runner import render_prompt, run_gen, yarn_overrides
     from smollm3.infer.llm import LLM
     from smollm3.recipe.build import with_system
 
-    n, system = spec.get("n", 50), spec.get("system")
-    llm = LLM(model_dir, device="cpu", dtype=torch.float32, max_num_seqs=n)
-    overhead = len(llm.tokenizer.encode(render_prompt(with_system({"messages": [{"role": "user", "content": ""}]},
-                                                                  system)["messages"], llm.chat_template, "no_think")))
+    n, system, budget = spec.get("n", 50), spec.get("system"), spec.get("max_tokens", 16)
+    yarn = spec.get("yarn") or {}
+    runs = [(length, None) for length in spec.get("lengths", [])]
+    runs += [(length, yarn["factor"]) for length in yarn.get("lengths", [])]
     scores = {}
-    for kind in spec.get("kinds", ["niah_single"]):
-        for length in spec.get("lengths", []):
-            rng = random.Random(f"chat-retrieval:{kind}:{length}")
-            items = [with_system(make_retrieval(rng, kind, length=length - overhead - spec.get("max_tokens", 16),
-                                                tokenizer=llm.tokenizer), system) for _ in range(n)]
-            prompts = [render_prompt(it["messages"][:-1], llm.chat_template, "no_think") for it in items]
-            s, _ = run_gen(llm, items, prompts, spec.get("max_tokens", 16))
-            scores[f"{kind}@{length}"] = s["exact_match"]
+    for factor in dict.fromkeys(f for _, f in runs):
+        overrides = yarn_overrides(load_config(model_dir), factor) if factor else None
+        llm = LLM(model_dir, device="cpu", dtype=torch.float32, max_num_seqs=n, config_overrides=overrides)
+        empty = with_system({"messages": [{"role": "user", "content": ""}]}, system)["messages"]
+        overhead = len(llm.tokenizer.encode(render_prompt(empty, llm.chat_template, "no_think")))
+        for kind in spec.get("kinds", ["niah_single"]):
+            for length in (length for length, f in runs if f == factor):
+                rng = random.Random(f"chat-retrieval:{kind}:{length}")
+                items = [with_system(make_retrieval(rng, kind, length=length - overhead - budget,
+                                                    tokenizer=llm.tokenizer), system) for _ in range(n)]
+                prompts = [render_prompt(it["messages"][:-1], llm.chat_template, "no_think") for it in items]
+                s, _ = run_gen(llm, items, prompts, budget)
+                scores[f"{kind}@{length}" + (f"+yarn{factor:g}" if factor else "")] = s["exact_match"]
     return scores
 
 
@@ -104,7 +133,7 @@ def math_modes(model_dir: Path, items_path: Path, max_tokens: int) -> dict:
         prompts = [render_prompt(it["messages"][:-1], llm.chat_template, mode) for it in items]
         s, _ = run_gen(llm, items, prompts, max_tokens)
         scores[mode] = s["exact_match"]
-    return scores
+    return scores | {"n": len(items)}
 
 
 def tool_calls(model_dir: Path, n: int, max_tokens: int, offered: int | None, system: str | None) -> dict:
@@ -156,6 +185,8 @@ def evaluate_checkpoint(model_dir: Path, battery: str, spec: dict) -> dict:
     elif base.get("retrieval"):
         results["retrieval"] = retrieval(model_dir, base["retrieval"])
     if battery == "chat":
+        results["plain_text"] = plain_text_predictions(model, tokenizer, Path(base["heldout"]), base.get("window", 2048),
+                                                       min(base.get("max_docs") or 2, 2))  # a diagnostic: 2 a file
         if chat.get("math"):
             results["math"] = math_modes(model_dir, Path(chat["math"]["items"]), chat["math"].get("max_tokens", 64))
         if chat.get("tools"):

@@ -1,12 +1,16 @@
-"""The recipe report: OUT/report.md (stage -> metrics tables, the recipe's claims checked against the numbers),
-OUT/report.json (everything), OUT/plots/*.png (training loss per stage, validation loss per language and domain,
-retrieval accuracy against length, math in both modes, preference margin)."""
+"""The recipe report: OUT/report.md (a paragraph saying what ran, how long and which claims held; the recipe's
+claims checked against the numbers (recipe/claims.py); stage -> metrics tables with a note under any number that
+looks wrong at miniature scale), OUT/report.json (everything), OUT/plots/*.png (training loss per stage, validation
+loss per language and domain, retrieval accuracy per checkpoint and length, math in both modes)."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
+
+from smollm3.recipe.claims import FAILS, HOLDS, NOT_SHOWN, NOT_TESTED, claims
 
 
 def _fmt(x) -> str:
@@ -29,151 +33,163 @@ def _loss_curves(out: Path, recipe: dict) -> dict[str, list[tuple[int, float]]]:
     return curves
 
 
-def claims(results: dict, recipe: dict) -> list[tuple[str, str, bool | None]]:
-    """(claim, the numbers behind it, holds?) for the effects the SmolLM3 recipe reports, from `results` (the
-    recipe's `report.claims` section names the checkpoints and lengths to compare)."""
-    c = recipe.get("report", {}).get("claims", {})
-    out = []
+def model_facts(out: Path, recipe: dict) -> dict:
+    """{params, vocab_size} of the recipe's last checkpoint, read from its files ({} when it has none)."""
+    from smollm3.recipe.run import RecipeError, final_checkpoint
 
-    def get(label, *keys):
-        node = results.get(label)
-        for k in keys:
-            node = node.get(k) if isinstance(node, dict) else None
-        return node
+    try:
+        d = final_checkpoint(out, recipe["stages"][-1])
+    except (RecipeError, FileNotFoundError):
+        return {}
+    if not (d / "config.json").is_file():
+        return {}
+    from safetensors import safe_open
 
-    pre = c.get("pretraining")  # [stage1 label, stage2 label, decay label]
-    if pre and all(p in results for p in pre):
-        names = sorted(results[pre[0]]["heldout"])
-        losses = {n: [get(p, "heldout", n, "loss") for p in pre] for n in names}
-        falls = all(v[0] > v[1] > v[2] for v in losses.values())
-        detail = "; ".join(f"{n} " + " → ".join(f"{x:.3f}" for x in v) for n, v in losses.items())
-        out.append(("validation loss falls across the pretraining stages and the decay lowers it further "
-                    "(every language and domain)", detail, falls))
-    lc = c.get("long_context")  # {before, after, at, yarn_at}
-    if lc:
-        before, after = get(lc["before"], "retrieval", lc["at"]), get(lc["after"], "retrieval", lc["at"])
-        if before is not None and after is not None:
-            out.append((f"retrieval at {lc['at']} rises after the long-context stages",
-                        f"{lc['before']} {before:.2f} → {lc['after']} {after:.2f}", after > before))
-        held = get(lc["after"], "retrieval", lc["yarn_at"])
-        if held is not None and after is not None:
-            out.append((f"with YaRN it holds at {lc['yarn_at']}",
-                        f"{lc['after']}: {lc['at']} {after:.2f}, {lc['yarn_at']} {held:.2f}",
-                        held >= 0.8 * after and held > 0))
-    sft = c.get("sft")
-    if sft and sft in results and "math" in results[sft]:
-        m = results[sft]["math"]
-        out.append(("after SFT, math accuracy in think mode exceeds no_think",
-                    f"think {m['think']:.2f}, no_think {m['no_think']:.2f}", m["think"] > m["no_think"]))
-        t = results[sft].get("tools", {})
-        ok = [min(s["parses"], s["right_function"]) for s in t.values()]
-        out.append(("≥ 90% of tool calls are well-formed and name the right function",
-                    ", ".join(f"{k}: parses {s['parses']:.2f}, right function {s['right_function']:.2f}"
-                              for k, s in t.items()), bool(ok) and min(ok) >= 0.9))
-    apo = c.get("apo")  # {before, after}
-    if apo and all(x in results and "preference" in results[x] for x in (apo["before"], apo["after"])):
-        a, b = results[apo["before"]]["preference"]["margin"], results[apo["after"]]["preference"]["margin"]
-        out.append(("APO raises the chosen-over-rejected log-prob margin on held-out pairs",
-                    f"{apo['before']} {a:.2f} → {apo['after']} {b:.2f}", b > a))
-    merge = c.get("merge")  # {before (apo), after (merged), reference (sft), at}
-    if merge:
-        key = merge["at"]
-        ref, aft, mer = (get(merge[k], "retrieval", key) for k in ("reference", "before", "after"))
-        if None not in (ref, aft, mer):
-            lost = aft < ref
-            out.append((f"the merge recovers part of the long-context accuracy APO lost ({key})",
-                        f"{merge['reference']} {ref:.2f}, {merge['before']} {aft:.2f}, {merge['after']} {mer:.2f}"
-                        + ("" if lost else " (APO lost none here)"), mer > aft if lost else mer >= aft))
-    return out
+    params = 0
+    for f in sorted(d.glob("*.safetensors")):
+        with safe_open(f, "np") as st:
+            for k in st.keys():
+                params += math.prod(st.get_slice(k).get_shape())
+    return {"params": params, "vocab_size": json.loads((d / "config.json").read_text()).get("vocab_size")}
 
 
-def _save(fig, plots: Path, name: str, written: list[str]) -> None:
-    import matplotlib.pyplot as plt
+def epochs_read(out: Path, recipe: dict, stage_name: str) -> dict[str, float]:
+    """{held-out name ("en/web", "code/python"): how many times pretraining stage `stage_name` read that source's
+    training shards}, from the mixture weights, the steps and the shard sizes ({} where they cannot be found)."""
+    stage = next((s for s in recipe["stages"] if s["name"] == stage_name and "train" in s), None)
+    heldout = out / "data" / "heldout"
+    if stage is None or not heldout.is_dir():
+        return {}
+    t, d = stage["train"].get("train", {}), stage["train"].get("data", {})
+    per_step = t.get("micro_batch", 1) * t.get("grad_accum", 1) * d.get("seq_len", 0) * \
+        int(os.environ.get("WORLD_SIZE", "1"))
+    total, stages = t.get("steps", 0) * per_step, d.get("stages") or []
+    drawn: dict[str, float] = {}
+    for i, ds in enumerate(stages):
+        end = stages[i + 1].get("start_tokens", total) if i + 1 < len(stages) else total
+        tokens = max(0, end - ds.get("start_tokens", 0))
+        weights = ds.get("weights") or {}
+        for key, w in weights.items():
+            name = str(key).replace("{data}", str(out / "data"))
+            drawn[name] = drawn.get(name, 0.0) + tokens * w / sum(weights.values())
+    out_epochs = {}
+    for path in heldout.rglob("*.jsonl"):
+        a, b = path.relative_to(heldout).with_suffix("").parts[-2:]
+        for shard in (out / "data" / "shards" / f"{b}-{a}", out / "data" / "shards" / a):
+            meta = sorted(shard.glob("*.ds.metadata"))  # "tokenizer|token size" then the token count
+            if str(shard) in drawn and meta:
+                n = sum(int(m.read_text().split("\n")[1]) for m in meta)
+                out_epochs[f"{a}/{b}"] = drawn[str(shard)] / max(n, 1)
+                break
+    return out_epochs
 
-    fig.tight_layout()
-    fig.savefig(plots / f"{name}.png", dpi=110)
-    plt.close(fig)
-    written.append(f"plots/{name}.png")
+
+def _status_cell(c: dict) -> str:
+    if c["status"] == HOLDS:
+        return "yes"
+    if c["status"] == FAILS:
+        return f"**NO**: {c['why']}"
+    if c["status"] == NOT_TESTED:
+        return f"not tested ({c['why']})"
+    return f"not shown at this scale: {c['why']}"
 
 
-def _line_plot(plt, series: dict[str, list], xticks: list[str], ylabel: str, size, rotation: int, **legend):
-    """One line per series over the same x ticks (checkpoints, or retrieval lengths)."""
-    fig, ax = plt.subplots(figsize=size)
-    for label, ys in series.items():
-        ax.plot(range(len(xticks)), ys, marker="o", label=label)
-    ax.set_xticks(range(len(xticks)), xticks, rotation=rotation, ha="right", fontsize=8)
-    ax.set_ylabel(ylabel)
-    ax.legend(fontsize=7, **legend)
-    return fig, ax
+def summary(recipe: dict, report: dict, checked: list[dict], facts: dict) -> str:
+    """The opening paragraph: what ran, where, how long, and which claims held."""
+    t = report.get("timings", {})
+    stages = [s["name"] for s in recipe["stages"]]
+    size = f"a {facts['params'] / 1e6:.1f}M-parameter model" if facts.get("params") else "a model"
+    machines = sorted(set((report.get("machine") or {}).values()))
+    where = f" on {' and '.join(machines)}" if machines else ""
+    text = (f"This run trained {size} through every stage of the `{report['recipe']}` recipe "
+            f"({', '.join(stages)}){where} in {sum(t.values()) / 60:.1f} minutes, evaluation included, and checked "
+            f"{len(checked)} of the SmolLM3 recipe's claims on its checkpoints.")
+    said = {HOLDS: ("holds", "hold"), FAILS: ("does not hold", "do not hold"),
+            NOT_SHOWN: ("is not shown at this scale", "are not shown at this scale"),
+            NOT_TESTED: ("could not be tested", "could not be tested")}
+    parts = []
+    for status, (one, many) in said.items():
+        nums = [f"{c['number']} ({c['short']})" for c in checked if c["status"] == status]
+        if nums:
+            listed = nums[0] if len(nums) == 1 else ", ".join(nums[:-1]) + " and " + nums[-1]
+            parts.append(f"{'claim' if len(nums) == 1 else 'claims'} {listed} {one if len(nums) == 1 else many}")
+    if parts:
+        joined = "; ".join(parts)
+        text += f" {joined[0].upper()}{joined[1:]} (the table below says why)."
+    elsewhere = sorted({c["why"].split(" — run ", 1)[1] for c in checked
+                        if c["status"] == NOT_SHOWN and " — run " in c["why"]})
+    if elsewhere:
+        text += f" For the claims not shown here, run {' or '.join(elsewhere)}."
+    return text
 
 
-def write_plots(out: Path, recipe: dict, results: dict) -> list[str]:
-    import matplotlib
+def _loss_notes(results: dict, facts: dict) -> list[str]:
+    """A sentence under the validation-loss table when its numbers look wrong: above uniform guessing."""
+    vocab = facts.get("vocab_size")
+    if not vocab:
+        return []
+    uniform = math.log(vocab)
+    above = [k for k, v in results.items() if "heldout" in v and
+             sum(x["loss"] for x in v["heldout"].values()) / len(v["heldout"]) > uniform]
+    if not above:
+        return []
+    note = (f"*Why is the loss of {', '.join(above)} above ln {vocab} = {uniform:.2f}, the loss of guessing every token "
+            "uniformly?* These are chat checkpoints: SFT and APO train only on conversations in the chat template, "
+            "with loss on the assistant's turns, and a model this small gives plain-text prediction up for it. ")
+    seen = [(k, results[k]["plain_text"]) for k in above if results[k].get("plain_text")]
+    if seen:
+        mean = {k: sum(x["loss"] for x in results[k]["heldout"].values()) / len(results[k]["heldout"]) for k in above}
+        note += ("Measured on the same text: " + "; ".join(
+            f"{k} predicts with an entropy of {p['entropy']:.2f} nats against a mean loss of {mean[k]:.2f}, and puts "
+            f"{p['template_mass']:.0%} of its probability on special and chat-template tokens" for k, p in seen) + ". ")
+        if all(p["entropy"] < 0.5 * mean[k] for k, p in seen):
+            note += "It is confidently wrong on plain text, not lost. "
+    note += ("This table measures plain text without a template, which those models never see; what they were "
+             "trained for is in the chat table below.")
+    return [note, ""]
 
-    matplotlib.use("Agg")  # files only: no display on CI machines
-    import matplotlib.pyplot as plt
 
-    plots = out / "plots"
-    plots.mkdir(exist_ok=True)
-    written = []
+def write_plots(out: Path, recipe: dict, results: dict, facts: dict | None = None) -> list[str]:
+    from smollm3.recipe import plots
 
-    curves = _loss_curves(out, recipe)
-    if curves:
-        fig, axes = plt.subplots(1, len(curves), figsize=(3.2 * len(curves), 2.8), squeeze=False)
-        for ax, (name, pts) in zip(axes[0], curves.items()):
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1)
-            ax.set_title(name, fontsize=9)
-            ax.set_xlabel("step", fontsize=8)
-        axes[0][0].set_ylabel("training loss")
-        _save(fig, plots, "training_loss", written)
-
-    labels = [k for k, v in results.items() if "heldout" in v]
-    if labels:
-        series = {n: [results[k]["heldout"][n]["loss"] for k in labels] for n in sorted(results[labels[0]]["heldout"])}
-        fig, _ = _line_plot(plt, series, labels, "validation loss (nats/token)", (8, 3.5), 30, ncol=2)
-        _save(fig, plots, "validation_loss", written)
-
-    labels = [k for k, v in results.items() if v.get("retrieval")]
-    if labels:
-        keys = list(results[labels[0]]["retrieval"])
-        series = {k: [results[k]["retrieval"].get(x) for x in keys] for k in labels}
-        fig, ax = _line_plot(plt, series, keys, "retrieval accuracy", (6, 3.5), 20)
-        ax.set_ylim(-0.02, 1.02)
-        _save(fig, plots, "retrieval", written)
-
-    labels = [k for k, v in results.items() if "math" in v]
-    if labels:
-        fig, ax = plt.subplots(figsize=(6, 3))
-        x = range(len(labels))
-        ax.bar([i - 0.2 for i in x], [results[k]["math"]["think"] for k in labels], 0.4, label="think")
-        ax.bar([i + 0.2 for i in x], [results[k]["math"]["no_think"] for k in labels], 0.4, label="no_think")
-        ax.set_xticks(list(x), labels, fontsize=8)
-        ax.set_ylabel("math exact match")
-        ax.legend(fontsize=8)
-        _save(fig, plots, "math_modes", written)
-    return written
+    return plots.write_plots(out, recipe, results, _loss_curves(out, recipe), facts or {})
 
 
 def write_report(recipe: dict, out: Path, report: dict) -> list[dict]:
-    """Write OUT/report.md, OUT/report.json and the plots; -> the claims, each {claim, numbers, holds}."""
+    """Write OUT/report.md, OUT/report.json and the plots; -> the claims (see claims.claims)."""
     results = report.get("results", {})
-    lines = [f"# Recipe `{report['recipe']}`", "", recipe.get("description", "").strip(), ""]
-    checked = claims(results, recipe)
+    facts = model_facts(out, recipe)
+    pre = recipe.get("report", {}).get("claims", {}).get("pretraining")
+    first = (pre.get("checkpoints") if isinstance(pre, dict) else pre or ["?"])[0].split("/")[0] if pre else None
+    checked = claims(results, recipe, epochs_read(out, recipe, first) if first else None)
+    lines = [f"# Recipe `{report['recipe']}`", "", summary(recipe, report, checked, facts), ""]
     if checked:
         lines += ["## The recipe's claims, measured", "",
-                  _table(["claim", "numbers", "holds"], [[c, d, "yes" if ok else "NO"] for c, d, ok in checked]), ""]
+                  _table(["#", "claim", "numbers", "holds"],
+                         [[c["number"], c["claim"], c["numbers"], _status_cell(c)] for c in checked]), "",
+                  "A difference between two accuracies counts only when it exceeds two standard errors (each accuracy "
+                  "over the number of items it was measured on); a claim that is not shown or not tested is never "
+                  "counted as holding.", ""]
+    lines += ["## What ran", "", recipe.get("description", "").strip(), ""]
     heldout = [k for k, v in results.items() if "heldout" in v]
     if heldout:
         names = sorted(results[heldout[0]]["heldout"])
         lines += ["## Validation loss (nats/token) per language and domain", "",
                   _table(["checkpoint", *names], [[k, *(results[k]["heldout"][n]["loss"] for n in names)]
-                                                  for k in heldout]), ""]
+                                                  for k in heldout]), "", *_loss_notes(results, facts)]
     retr = [k for k, v in results.items() if v.get("retrieval")]
     if retr:
-        keys = list(results[retr[0]]["retrieval"])
-        lines += ["## Retrieval accuracy (RULER-style: plain-text prompts for base checkpoints; for chat checkpoints the "
-                  "question as a user turn when the recipe's evaluation.chat.retrieval asks for it)", "",
-                  _table(["checkpoint", *keys], [[k, *(results[k]["retrieval"].get(x) for x in keys)] for k in retr]), ""]
+        keys = list(dict.fromkeys(x for k in retr for x in results[k]["retrieval"]))
+        chat_format = bool(recipe.get("evaluation", {}).get("chat", {}).get("retrieval"))
+        lines += ["## Retrieval accuracy (RULER-style needle in a haystack)", "",
+                  "Base checkpoints are given plain-text prompts ending in RULER's answer prefix; chat checkpoints "
+                  + ("are asked the question as a user turn (`evaluation.chat.retrieval`)." if chat_format else
+                     "get the same plain-text prompts (this recipe asks them no chat-format question)."), "",
+                  _table(["checkpoint", *keys], [[k, *(results[k]["retrieval"].get(x) for x in keys)] for k in retr]),
+                  ""]
+        if max(v for k in retr for v in results[k]["retrieval"].values()) < 0.1:
+            lines += ["Every cell is near zero: this model did not learn retrieval (claim 2 says why and where it is "
+                      "shown).", ""]
     chat = [k for k, v in results.items() if "math" in v or "tools" in v or "preference" in v]
     if chat:
         rows = []
@@ -187,14 +203,14 @@ def write_report(recipe: dict, out: Path, report: dict) -> list[dict]:
         lines += ["## Chat checkpoints", "",
                   _table(["checkpoint", "math think", "math no_think", "xml parses", "xml right fn", "python parses",
                           "python right fn", "pref. margin", "chosen wins"], rows), ""]
-    plots = write_plots(out, recipe, results)
-    lines += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots] + [""]
+    written = write_plots(out, recipe, results, facts)
+    lines += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in written] + [""]
     t = report.get("timings", {})
     lines += ["## Time (seconds)", "", _table(["step", "seconds"], [[k, round(v, 1)] for k, v in t.items()]), "",
               f"Total: {sum(t.values()) / 60:.1f} minutes.", ""]
     tmp = out / "report.md.tmp"
     tmp.write_text("\n".join(lines))
     os.replace(tmp, out / "report.md")
-    report = report | {"claims": [{"claim": c, "numbers": d, "holds": ok} for c, d, ok in checked]}
+    report = report | {"claims": checked, "model": facts}
     (out / "report.json").write_text(json.dumps(report, indent=1))
-    return report["claims"]
+    return checked

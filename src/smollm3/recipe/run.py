@@ -179,6 +179,17 @@ def run_merge_stage(stage: dict, out: Path, stages: dict, base: Path) -> None:
     merge(d / "merge.yaml", d / "model")
 
 
+def describe_machine() -> str:
+    """"NVIDIA H200", "2 x NVIDIA H200" (under torchrun) or "a 2-core CPU"."""
+    import torch
+
+    if torch.cuda.is_available():
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        return (f"{world} × " if world > 1 else "") + torch.cuda.get_device_name(0)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"a {cores}-core CPU"
+
+
 def run_recipe(name: str, out: str | Path, *, evaluate: bool = True, log=print) -> dict:
     """Run recipe `name` (see find_recipe) into `out`; returns the report's data (also OUT/report.json)."""
     path = find_recipe(name)
@@ -187,12 +198,15 @@ def run_recipe(name: str, out: str | Path, *, evaluate: bool = True, log=print) 
     out.mkdir(parents=True, exist_ok=True)
     (out / "recipe.yaml").write_text(path.read_text())  # what ran, beside what it made
     timings = json.loads((out / "timings.json").read_text()) if (out / "timings.json").exists() else {}
+    machine = json.loads((out / "machine.json").read_text()) if (out / "machine.json").exists() else {}
 
     def timed(key, fn, *args):
         t0 = time.perf_counter()
         fn(*args)
         timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
         (out / "timings.json").write_text(json.dumps(timings, indent=1))
+        machine[key] = describe_machine()  # where each step ran: the report says so
+        (out / "machine.json").write_text(json.dumps(machine, indent=1))
 
     # under torchrun every rank runs this function: the training stages are collective, the rest is rank 0's
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -218,7 +232,7 @@ def run_recipe(name: str, out: str | Path, *, evaluate: bool = True, log=print) 
         if rank == 0:
             done.parent.mkdir(parents=True, exist_ok=True)
             done.write_text("ok\n")
-    report = {"recipe": recipe.get("name", path.stem), "out": str(out), "timings": timings}
+    report = {"recipe": recipe.get("name", path.stem), "out": str(out), "timings": timings, "machine": machine}
     if evaluate and recipe.get("evaluation") and rank == 0:
         from smollm3.recipe.evaluate import evaluate_stages
         from smollm3.recipe.report import write_report
@@ -226,6 +240,8 @@ def run_recipe(name: str, out: str | Path, *, evaluate: bool = True, log=print) 
         t0 = time.perf_counter()
         results = evaluate_stages(recipe, out, log)
         timings["evaluation"] = time.perf_counter() - t0
+        machine["evaluation"] = describe_machine()
+        (out / "machine.json").write_text(json.dumps(machine, indent=1))
         report |= {"results": results, "timings": timings}
         report["claims"] = write_report(recipe, out, report)
         log(f"report: {out / 'report.md'}")

@@ -87,7 +87,7 @@ def run(root: Path, name: str, preset: str, seq: int, steps: int, variant: dict,
                      "compile": compile_, "activation_checkpointing": ac, "grad_accum_fusion": fusion,
                      "fp8": fp8, "cuda_graphs": graphs},
            "optim": {"lr": 2e-4, "warmup_steps": 2},
-           "checkpoint": {"every": 0}, "log": {"every": 1, "tensorboard": False, "profile_step": profile_step}}
+           "checkpoint": {"every": None}, "log": {"every": 1, "tensorboard": False, "profile_step": profile_step}}
     (root / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
     cuda = torch.cuda.is_available()
     if cuda:

@@ -34,7 +34,7 @@ def train_mode(root: Path, mode: str, args) -> dict:
                      "dtype": "bfloat16", "compile": True, "grad_accum_fusion": True,
                      "fp8": None if mode == "bf16" else mode},
            "optim": {"lr": args.lr, "warmup_steps": args.steps // 20, "schedule": "wsd", "decay_fraction": 0.2},
-           "checkpoint": {"every": 0}, "log": {"every": 1, "tensorboard": False}}
+           "checkpoint": {"every": None}, "log": {"every": 1, "tensorboard": False}}
     (root / f"{mode}.yaml").write_text(yaml.safe_dump(cfg))
     torch._dynamo.reset()
     t0 = time.time()

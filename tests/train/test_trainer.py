@@ -274,7 +274,7 @@ def test_cuda_graphs_track_eager_training(assets, tmp_path, setting):
     runs = {}
     for graphs in (False, None):  # None: auto, on here
         out = tmp_path / f"graphs-{graphs}"
-        result = train(load_train_config(write_config(assets, out, checkpoint__every=0), [
+        result = train(load_train_config(write_config(assets, out, checkpoint__every=None), [
             "train.dtype=bfloat16", "train.steps=6", "train.grad_accum=3", *setting,
             f"train.cuda_graphs={'false' if graphs is False else 'null'}"]))
         runs[graphs is None] = (result, losses(out))
@@ -285,7 +285,7 @@ def test_cuda_graphs_track_eager_training(assets, tmp_path, setting):
 
 
 def test_profile_step_writes_a_trace_and_a_summary_of_that_step(assets, tmp_path):
-    train(load_train_config(write_config(assets, tmp_path / "run", train__steps=3, checkpoint__every=0,
+    train(load_train_config(write_config(assets, tmp_path / "run", train__steps=3, checkpoint__every=None,
                                          log__profile_step=2)))
     prof = tmp_path / "run" / "profile"
     summary = json.loads((prof / "step2_rank0_summary.json").read_text())
@@ -305,7 +305,8 @@ def test_profile_step_writes_a_trace_and_a_summary_of_that_step(assets, tmp_path
 
 @pytest.mark.parametrize("override,key", [
     ("checkpoint.keep=-1", "checkpoint.keep"), ("checkpoint.keep=0", "checkpoint.keep"),
-    ("checkpoint.every=-1", "checkpoint.every"), ("train.dtype=float8", "train.dtype"),
+    ("checkpoint.every=-1", "checkpoint.every"), ("checkpoint.every=0", "checkpoint.every"),
+    ("train.dtype=float8", "train.dtype"),
     ("train.seed=1180591620717411303424", "train.seed"), ("data.seed=-1", "data.seed"),  # 2**70, and negative
     ("log.every=0", "log.every"), ("optim.lr=-0.001", "optim.lr"), ("optim.lr=.nan", "optim.lr"),
     ("optim.clip_grad=0", "optim.clip_grad"), ("optim.betas=[0.9, 1.5]", "optim.betas"),

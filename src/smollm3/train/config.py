@@ -70,7 +70,7 @@ class TrainSection:
 
 @dataclass
 class CheckpointSection:
-    every: int = 1000  # save every N steps and at the last step; 0: no checkpoints at all (benchmarks, smoke runs)
+    every: int | None = 1000  # save every N steps and at the last step; null: no checkpoints at all (benchmarks)
     # keep the newest N (>= 1) complete checkpoints, deleting older ones after each save; the final one is always kept
     keep: int = 3
     resume: str = "auto"  # auto (latest valid under out_dir) | never | a checkpoint directory
@@ -138,7 +138,8 @@ def check_ranges(cfg: TrainConfig):
         ("optim.warmup_steps", o.warmup_steps, o.warmup_steps >= 0, ">= 0"),
         ("optim.warmup_ratio", o.warmup_ratio, o.warmup_ratio is None or 0 <= o.warmup_ratio <= 1, "in [0, 1] or null"),
         ("optim.min_lr_ratio", o.min_lr_ratio, 0 <= o.min_lr_ratio <= 1, "in [0, 1]"),
-        ("checkpoint.every", c.every, c.every >= 0, ">= 1 (save every N steps), or 0 for no checkpoints"),
+        ("checkpoint.every", c.every, c.every is None or c.every >= 1,
+         ">= 1 (save every N steps), or null for no checkpoints at all"),
         ("checkpoint.keep", c.keep, c.keep >= 1, ">= 1 (the newest N checkpoints are kept)"),
         ("log.every", log.every, log.every >= 1, ">= 1"),
         ("log.profile_step", log.profile_step, log.profile_step is None or 1 <= log.profile_step <= t.steps,

@@ -52,6 +52,7 @@ OUTPUT_TAIL = 2000  # characters of stderr kept in the result
 ISOLATIONS = ("auto", "namespaces", "process")
 SYSTEM_DIRS = ("/usr", "/lib", "/lib32", "/lib64", "/bin", "/sbin", "/etc", "/proc", "/sys", "/dev", "/run", "/var",
                "/tmp", "/opt", "/nix", "/snap")
+KERNEL_DIRS = ("/proc", "/sys", "/dev", "/run")
 UNSHARE = ["unshare", "--net", "--mount", "--pid", "--fork", "--mount-proc", "--kill-child"]
 
 # Executes the program, then writes the nonce it read from stdin (before the program could) to fd argv[1]. stdin is
@@ -196,7 +197,10 @@ def _hidden_dirs(tmp: Path) -> list[str]:
         candidates.append(checkout)
     chosen: list[Path] = []
     for d in sorted({c.resolve() for c in candidates if c.is_dir()}, key=lambda p: len(p.parts)):
-        if d == Path("/") or any(_inside(d, Path(s)) for s in SYSTEM_DIRS) or _inside(tmp, d):
+        # never a system directory itself, nor anything in the kernel's file systems; a checkout or working
+        # directory under /tmp, /opt or /var is covered like any other (CI clones live in such places)
+        if d == Path("/") or str(d) in SYSTEM_DIRS or any(_inside(d, Path(s)) for s in KERNEL_DIRS) \
+                or _inside(tmp, d):
             continue
         if not any(_inside(d, c) for c in chosen):  # inside one already covered: gone with it
             chosen.append(d)

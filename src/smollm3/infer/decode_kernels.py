@@ -1,4 +1,4 @@
-"""Triton kernels for a batch-1 decode step with few launches: five or six kernels a layer instead of ~14.
+"""Triton kernels for decode: a batch-1 step in five or six kernels a layer instead of ~14, and paged attention.
 
 A batch-1 decode step streams every weight once; at 36 layers the rest of the step (norms, RoPE, the KV write,
 attention, SwiGLU, residual adds) is ~0.6 ms of small kernels and launch gaps, a fifth of the step. Here each of

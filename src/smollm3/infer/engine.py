@@ -214,7 +214,8 @@ class Engine:
                     self.stats["prompt_tokens"] += len(r.prompt_ids)
                     self.stats["cached_prompt_tokens"] += r.num_cached_tokens
         self.stats["prefill_steps"] += 1
-        self._sample(done, logits)
+        if done:
+            self._sample(done, logits)
 
     def _decode(self, reqs: list[Request], pipelined: bool):
         runner = self.runner

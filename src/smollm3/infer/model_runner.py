@@ -65,6 +65,8 @@ class ModelRunner:
         x = torch.tensor([ids], device=self.device)
         hidden = self.model.model(x, self.cache.position_ids(1, len(ids), self.device), self.cache,
                                   self.model.attn_backend)
+        if not last:  # no chunk reached the end of its request: nothing samples this step
+            return hidden.new_empty(0, self.config.vocab_size)
         return self.model.lm_head(hidden[0, torch.tensor(last, device=self.device, dtype=torch.long)])
 
     # ---- decode

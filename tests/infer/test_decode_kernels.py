@@ -140,12 +140,14 @@ def test_kernels_match_eager_maths_on_gpu():
     check(kernel_errors("cuda", torch.bfloat16, heads=16, kv_heads=4), 2e-2)
 
 
-def greedy_gaps(engine, ref, prompts, n_new) -> torch.Tensor:
+def greedy_gaps(engine, ref, prompts, n_new, together: bool = False) -> torch.Tensor:
     """For each token the engine picks greedily: how far below the fp32 model's best its fp32 logit is, as a
-    fraction of that step's logit range (teacher-forced on the engine's own output; 0 = the argmax)."""
+    fraction of that step's logit range (teacher-forced on the engine's own output; 0 = the argmax). `together`:
+    the prompts are generated in one batch, else one at a time."""
+    sp = SamplingParams(max_tokens=n_new, temperature=0.0, ignore_eos=True)
+    outs = engine.generate(prompts, sp) if together else [engine.generate([p], sp)[0] for p in prompts]
     gaps = []
-    for prompt in prompts:
-        out = engine.generate([prompt], SamplingParams(max_tokens=n_new, temperature=0.0, ignore_eos=True))[0]
+    for prompt, out in zip(prompts, outs):
         with torch.no_grad():
             logits = ref(torch.tensor([prompt + out.output_ids], device="cuda"))[0, len(prompt) - 1:-1].float()
         best = logits.max(-1).values
@@ -207,21 +209,9 @@ def test_paged_engine_under_pressure_on_gpu():
     roomy = Engine(model, None, max_model_len=512, max_num_seqs=64)
     tight = Engine(model, None, max_model_len=512, max_num_seqs=64, max_num_batched_tokens=256, block_size=16,
                    kv_cache_memory=per_token * 16 * (16 * 32 + 1))
-    gaps = {name: greedy_gaps_batched(e, ref, prompts, 40) for name, e in (("roomy", roomy), ("tight", tight))}
+    gaps = {name: greedy_gaps(e, ref, prompts, 40, together=True) for name, e in (("roomy", roomy), ("tight", tight))}
     assert tight.stats["preemptions"] > 0 and tight.stats["cached_prompt_tokens"] >= 15 * 128
     assert tight.num_free_blocks == tight.blocks.num_blocks
     assert gaps["tight"].mean() <= 2 * gaps["roomy"].mean() + 2e-3
     assert (gaps["tight"] == 0).float().mean() >= 0.9
 
-
-def greedy_gaps_batched(engine, ref, prompts, n_new) -> torch.Tensor:
-    """greedy_gaps for all prompts generated together."""
-    outs = engine.generate(prompts, SamplingParams(max_tokens=n_new, temperature=0.0, ignore_eos=True))
-    gaps = []
-    for prompt, out in zip(prompts, outs):
-        with torch.no_grad():
-            logits = ref(torch.tensor([prompt + out.output_ids], device="cuda"))[0, len(prompt) - 1:-1].float()
-        best = logits.max(-1).values
-        chosen = logits.gather(1, torch.tensor(out.output_ids, device="cuda")[:, None])[:, 0]
-        gaps.append((best - chosen) / (best - logits.min(-1).values))
-    return torch.cat(gaps)

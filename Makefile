@@ -15,8 +15,8 @@ $(BIN)/smollm3: pyproject.toml
 .PHONY: setup demo smollm2 test lint
 setup: $(BIN)/smollm3
 
-# The main job: every stage of the SmolLM3 recipe in miniature on this CPU (about 17 minutes on 2 quiet cores:
-# benchmarks/results/2026-11-24-tiny-recipe-cpu; rerun to resume), a report at runs/tiny/report.md, then the final
+# The main job: every stage of the SmolLM3 recipe in miniature on this CPU (about 8 minutes on 2 quiet cores:
+# benchmarks/results/2026-12-04-tiny-recipe-cpu; rerun to resume), a report at runs/tiny/report.md, then the final
 # model answers in both modes. The mode is the chat template's enable_thinking (--think / --no-think): the SmolLM3
 # template reads /think and /no_think from the system prompt, never from the user turn.
 demo: setup

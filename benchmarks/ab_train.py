@@ -3,18 +3,19 @@
 
     PYTHONPATH=src python3 benchmarks/ab_train.py --what stack --out $OUT/ab.json
 
---what ce-dlogits: the chunked cross-entropy keeping d nll / d logits from the forward (`losses.STORED_DLOGITS_BYTES`)
+Each side is a training run whose `ops:` settings (ops/settings.py) differ in one field:
+--what ce-dlogits: the chunked cross-entropy keeping d nll / d logits from the forward (`ops.stored_dlogits_bytes`)
                    against recomputing the logits in the backward;
---what stack:      q/k/v and gate/up as one GEMM each over stacked bf16 copies (`precision.STACK_PROJECTIONS`)
+--what stack:      q/k/v and gate/up as one GEMM each over stacked bf16 copies (`ops.stack_projections`)
                    against one GEMM per projection;
---what swiglu:     SwiGLU's backward as train/swiglu.py's Triton kernel (`precision.SWIGLU_KERNEL`) against
+--what swiglu:     SwiGLU's backward as ops/swiglu.py's Triton kernel (`ops.swiglu_kernel`) against
                    inductor's code for it;
---what attention:  document-masked attention as attention_triton.py's kernels (`attention.TRITON_KERNELS`)
+--what attention:  document-masked attention as ops/attention_triton.py's kernels (`ops.triton_attention`)
                    against torch's FA2 varlen;
 --what fold-norms: each layer's RMSNorm gains folded into the stacked q/k/v and gate/up copies, their gradients
-                   finished once a step (`precision.FOLD_NORM_GAINS`), against the gain multiply per micro-batch;
+                   finished once a step (`ops.fold_norm_gains`), against the gain multiply per micro-batch;
 --what qkv-rope:   attention from the stacked q/k/v output with RoPE inside, its backward writing that output's
-                   gradient whole (`precision.QKV_ATTENTION`), against RoPE and the concatenation in inductor's code.
+                   gradient whole (`ops.qkv_attention`), against RoPE and the concatenation in inductor's code.
 3B preset, seq 4096, compiled layers, gradient-accumulation fusion (with --fp8, and train.fp8: rowwise), grad-accum 8
 by default.
 """
@@ -28,14 +29,12 @@ from pathlib import Path
 
 import bench_train
 
-import smollm3.attention as attention
-import smollm3.train.losses as losses
-import smollm3.train.precision as precision
 from smollm3 import preset
 
-SWITCHES = {"ce-dlogits": (losses, "STORED_DLOGITS_BYTES", 0), "stack": (precision, "STACK_PROJECTIONS", False),
-            "swiglu": (precision, "SWIGLU_KERNEL", False), "attention": (attention, "TRITON_KERNELS", False),
-            "fold-norms": (precision, "FOLD_NORM_GAINS", False), "qkv-rope": (precision, "QKV_ATTENTION", False)}
+# --what -> (the ops setting, its value on the "off" side); "on" is the default
+SWITCHES = {"ce-dlogits": ("stored_dlogits_bytes", 0), "stack": ("stack_projections", False),
+            "swiglu": ("swiglu_kernel", False), "attention": ("triton_attention", False),
+            "fold-norms": ("fold_norm_gains", False), "qkv-rope": ("qkv_attention", False)}
 
 
 def main():
@@ -48,18 +47,16 @@ def main():
     ap.add_argument("--fp8", action="store_true", help="both sides with train.fp8: rowwise")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    module, name, off = SWITCHES[args.what]
-    on = getattr(module, name)
+    name, off = SWITCHES[args.what]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         bench_train.make_assets(root, preset(args.preset).vocab_size, args.seq * args.accum * (args.steps + 2))
         for i, enabled in enumerate([True, False, True, False]):
-            setattr(module, name, on if enabled else off)
             base = f"compile-noac-ga{args.accum}-" + ("fp8row" if args.fp8 else "fused")
             label = f"{base}-{args.what}-{'on' if enabled else 'off'}-{i}"
-            rows.append(bench_train.run(root, label, args.preset, args.seq, args.steps,
-                                        bench_train.parse_variant(base, 1)))
+            variant = {**bench_train.parse_variant(base, 1), "ops": {} if enabled else {name: off}}
+            rows.append(bench_train.run(root, label, args.preset, args.seq, args.steps, variant))
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1))
 

@@ -26,7 +26,7 @@ import time
 import numpy as np
 import torch
 
-from smollm3.attention import DocumentMask
+from smollm3.ops.attention import DocumentMask
 
 
 def doc_lengths(seq: int, rng) -> list[int]:
@@ -54,7 +54,7 @@ def write_result(path: str | None, args, rows: list[dict]) -> None:
 
 
 def fa2(q, k, v, cu, max_len, scale):
-    from smollm3.attention import _varlen_impl  # torch's FA2 (attention._FlashVarlen) or the flash-attn package
+    from smollm3.ops.attention import _varlen_impl  # torch's FA2 (attention._FlashVarlen) or the flash-attn package
 
     return _varlen_impl()(q, k, v, cu, max_len, scale)
 

@@ -1,4 +1,4 @@
-"""The chunked cross-entropy's per-chunk pass on one GPU: the Triton kernel (train/ce_kernel.py) against the same
+"""The chunked cross-entropy's per-chunk pass on one GPU: the Triton kernel (ops/ce_kernel.py) against the same
 maths compiled by torch.compile (the previous path, dynamic shapes, as the chunk tails vary) and eager torch.
 
     python3 benchmarks/bench_ce.py --out results.json
@@ -18,7 +18,7 @@ import torch
 
 from bench_attention import timed
 
-from smollm3.train import ce_kernel, losses
+from smollm3.ops import ce_kernel, losses
 
 
 def main():

@@ -1,4 +1,4 @@
-"""The 3B preset's projection GEMMs for one micro-batch, bf16 against FP8 (train/fp8.py), on one GPU.
+"""The 3B preset's projection GEMMs for one micro-batch, bf16 against FP8 (ops/fp8.py), on one GPU.
 
     python3 benchmarks/bench_gemm.py --tokens 4096 --out gemm.json
 
@@ -21,7 +21,7 @@ import torch
 from bench_attention import timed
 
 from smollm3 import preset
-from smollm3.train import fp8 as F8
+from smollm3.ops import fp8 as F8
 from smollm3.train.precision import accumulate_wgrad
 
 

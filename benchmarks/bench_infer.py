@@ -209,8 +209,8 @@ def main():
         res["batch_ratio_vs_hf"] = round(res["ours_batch_tok_s"] / res["hf_batch_tok_s"], 2)
     print(f"\nours at {res['ours_pct_of_roofline']}% of the bandwidth roofline; "
           f"CUDA graphs: {res['ours_cuda_graphs']}")
-    from smollm3.infer import decode_kernels
-    from smollm3.infer import gemv as gemv_mod
+    from smollm3.ops import decode_kernels
+    from smollm3.ops import gemv as gemv_mod
 
     res["decode_kernel_tuning"] = decode_kernels.tuning_log  # per batch-1 projection: the tile chosen, in-graph time
     for row in decode_kernels.tuning_log:

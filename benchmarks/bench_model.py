@@ -18,7 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from smollm3 import build_model, preset
-from smollm3.attention import _varlen_impl
+from smollm3.checkpoint import with_settings
+from smollm3.ops.attention import _varlen_impl
+from smollm3.ops.settings import OpSettings
 
 
 def packed_positions(seq: int, mean_doc: int, gen: torch.Generator) -> torch.Tensor:
@@ -95,18 +97,17 @@ def main():
     rows = []
 
     def ours(backend, packed):
-        def fn(x):
-            model.attn_backend = backend
-            return model(x, position_ids=pos if packed else None)
-        return fn
+        """-> (forward, parameters) of a copy of the model whose attention is `backend`'s."""
+        twin = with_settings(model, OpSettings(attn_backend=backend))
+        return (lambda x: twin(x, position_ids=pos if packed else None)), list(twin.parameters())
 
-    rows.append(measure("ours, causal (sdpa)", ours("auto", False), params, ids, labels, args.warmup, args.iters,
+    rows.append(measure("ours, causal (sdpa)", *ours("auto", False), ids, labels, args.warmup, args.iters,
                         cfg, args.peak_tflops))
-    rows.append(measure("ours, doc-masked (auto)", ours("auto", True), params, ids, labels, args.warmup,
+    rows.append(measure("ours, doc-masked (auto)", *ours("auto", True), ids, labels, args.warmup,
                         args.iters, cfg, args.peak_tflops))
     backends = ["flex", "sdpa"] + (["varlen"] if _varlen_impl() is not None else [])
     for b in backends:
-        rows.append(measure(f"ours, doc-masked ({b})", ours(b, True), params, ids, labels, args.warmup, args.iters,
+        rows.append(measure(f"ours, doc-masked ({b})", *ours(b, True), ids, labels, args.warmup, args.iters,
                             cfg, args.peak_tflops))
 
     import transformers

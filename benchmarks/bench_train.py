@@ -79,8 +79,8 @@ def run(root: Path, name: str, preset: str, seq: int, steps: int, variant: dict,
     attn, fusion, fp8, graphs = variant["attn"], variant["fusion"], variant["fp8"], variant["graphs"]
 
     out = root / name
-    cfg = {"out_dir": str(out), "model": {"preset": preset, "overrides": {"max_position_embeddings": seq},
-                                          "attn_backend": attn},
+    cfg = {"out_dir": str(out), "model": {"preset": preset, "overrides": {"max_position_embeddings": seq}},
+           "ops": {"attn_backend": attn, **variant.get("ops", {})},
            "data": {"kind": "pretrain", "tokenizer": str(root / "tok"), "seq_len": seq,
                     "stages": [{"start_tokens": 0, "weights": {str(root / "shards"): 1.0}}]},
            "train": {"steps": steps, "micro_batch": micro, "grad_accum": accum, "dtype": "bfloat16",

@@ -1,4 +1,4 @@
-"""Block shapes for the Triton document-masked attention kernels (smollm3.attention_triton), against torch's FA2.
+"""Block shapes for the Triton document-masked attention kernels (smollm3.ops.attention_triton), against torch's FA2.
 
     PYTHONPATH=src:benchmarks python3 benchmarks/tune_attention.py --out tune.json
 
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from bench_attention import doc_lengths, pack_offsets, write_result
-from smollm3 import attention_triton as AT
+from smollm3.ops import attention_triton as AT
 
 
 def fa2_forward(q, k, v, cu, max_len, scale):

@@ -5,8 +5,10 @@ import pytest
 import torch
 
 from smollm3 import ModelConfig, build_model, load_pretrained, save_pretrained
-from smollm3.attention import DocumentMask
+from smollm3.checkpoint import with_settings
 from smollm3.model import KVCache
+from smollm3.ops.attention import DocumentMask
+from smollm3.ops.settings import OpSettings
 
 transformers = pytest.importorskip("transformers")
 
@@ -194,7 +196,7 @@ def test_3b_preset_has_the_published_parameter_count():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("backend", ["sdpa", "flex", "varlen"])
 def test_packed_documents_every_gpu_backend(backend):
-    from smollm3.attention import _varlen_impl
+    from smollm3.ops.attention import _varlen_impl
 
     if backend == "varlen" and _varlen_impl() is None:
         pytest.skip("no varlen kernel (torch.nn.attention.varlen or flash-attn)")
@@ -207,13 +209,11 @@ def test_packed_documents_every_gpu_backend(backend):
     docs = [torch.randint(0, cfg.vocab_size, (n,), generator=g).cuda() for n in (37, 5, 86)]
     ids, pos = pack(docs)
     with torch.no_grad():
-        model.attn_backend = "sdpa"
-        alone = torch.cat([model(d[None])[0] for d in docs]).float()
+        alone = torch.cat([model(d[None])[0] for d in docs]).float()  # auto: sdpa for unpacked rows
         if backend == "varlen":
             model.to(torch.bfloat16)
             alone_bf16 = torch.cat([model(d[None])[0] for d in docs]).float()
-        model.attn_backend = backend
-        packed = model(ids, position_ids=pos.cuda())[0].float()
+        packed = with_settings(model, OpSettings(attn_backend=backend))(ids, position_ids=pos.cuda())[0].float()
     if backend != "varlen":
         assert (packed - alone).abs().max() <= 1e-5
     else:  # bf16 kernels round differently (ours are not torch's): as close to fp32 as bf16 SDPA is for each
@@ -244,7 +244,7 @@ def test_labels_give_per_token_nll_equal_to_logits_cross_entropy():
 @pytest.mark.parametrize("backend", ["sdpa", "flex", "varlen"])
 def test_training_step_under_bf16_autocast_every_gpu_backend(backend):
     """fp32 master weights under bf16 autocast, as the trainer runs them: each backend gives the same loss."""
-    from smollm3.attention import _varlen_impl
+    from smollm3.ops.attention import _varlen_impl
 
     if backend == "varlen" and _varlen_impl() is None:
         pytest.skip("no varlen kernel")
@@ -254,7 +254,7 @@ def test_training_step_under_bf16_autocast_every_gpu_backend(backend):
     labels = torch.roll(ids, -1, 1)
     losses = {}
     for b in ("sdpa", backend):
-        model.attn_backend = b
+        model = with_settings(model, OpSettings(attn_backend=b))
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss = model(ids, position_ids=pos.cuda(), labels=labels).mean()
         loss.backward()
@@ -266,7 +266,7 @@ def test_training_step_under_bf16_autocast_every_gpu_backend(backend):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("backend", ["flex", "varlen"])
 def test_forced_backend_without_packing_is_plain_causal(backend):
-    from smollm3.attention import _varlen_impl
+    from smollm3.ops.attention import _varlen_impl
 
     if backend == "varlen" and _varlen_impl() is None:
         pytest.skip("no varlen kernel")
@@ -274,16 +274,14 @@ def test_forced_backend_without_packing_is_plain_causal(backend):
     model = build_model(cfg, device="cuda", dtype=torch.bfloat16).eval()
     x = tokens(128).cuda()  # flex kernels take whole 128-token blocks (others are refused with a clear error)
     with torch.no_grad():
-        model.attn_backend = backend
-        out = model(x).float()
-        model.attn_backend = "sdpa"
-        ref = model(x).float()
+        out = with_settings(model, OpSettings(attn_backend=backend))(x).float()
+        ref = with_settings(model, OpSettings(attn_backend="sdpa"))(x).float()
     assert (out - ref).abs().max() <= 3e-2
 
 
 def test_auto_backend_keeps_fp32_off_the_flash_kernels():
     """Flash (varlen) kernels take fp16/bf16 only: a model trained in fp32 on a GPU gets flex for packed rows."""
-    from smollm3.attention import resolve_backend
+    from smollm3.ops.attention import resolve_backend
 
     cuda = torch.device("cuda")
     assert resolve_backend("auto", cuda, packed=True, seq_len=1024, half=False) == "flex"

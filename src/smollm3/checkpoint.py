@@ -18,7 +18,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from smollm3.config import ConfigError, ModelConfig
+from smollm3.gguf_io import read_gguf
 from smollm3.model import SmolLM3ForCausalLM
+from smollm3.ops.settings import OpSettings
 
 DEFAULT_SHARD_BYTES = 5 * 1024**3  # transformers' default max_shard_size ("5GB")
 
@@ -37,10 +39,12 @@ def _dtype(name: str | torch.dtype | None) -> torch.dtype | None:
     return table[str(name)]
 
 
-def build_model(config: ModelConfig, device="cpu", dtype=torch.float32, init: bool = True) -> SmolLM3ForCausalLM:
-    """Construct on the meta device (no memory touched), materialise on `device`, then initialise (or leave for a load)."""
+def build_model(config: ModelConfig, device="cpu", dtype=torch.float32, init: bool = True,
+                settings: OpSettings | None = None) -> SmolLM3ForCausalLM:
+    """Construct on the meta device (no memory touched), materialise on `device`, then initialise (or leave for a
+    load). `settings`: which implementation runs each op (default: OpSettings())."""
     with torch.device("meta"):
-        model = SmolLM3ForCausalLM(config)
+        model = SmolLM3ForCausalLM(config, settings)
     model.to_empty(device=device)
     model.to(dtype)
     if config.tie_word_embeddings:  # to_empty() re-creates parameters; re-tie
@@ -51,33 +55,42 @@ def build_model(config: ModelConfig, device="cpu", dtype=torch.float32, init: bo
     return model
 
 
+def with_settings(model: SmolLM3ForCausalLM, settings: OpSettings) -> SmolLM3ForCausalLM:
+    """A copy of `model` (its config, weights, dtype, device and mode) whose ops run as `settings` say: how A/B
+    runs and tests compare two implementations of an op on the same weights."""
+    p = next(model.parameters())
+    twin = build_model(model.config, p.device, p.dtype, init=False, settings=settings)
+    twin.load_state_dict(model.state_dict())
+    return twin.train(model.training)
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # loading
 
 
-def load_pretrained(path: str | os.PathLike, device="cpu", dtype=None) -> SmolLM3ForCausalLM:
+def load_pretrained(path: str | os.PathLike, device="cpu", dtype=None,
+                    settings: OpSettings | None = None) -> SmolLM3ForCausalLM:
     """An HF directory (config.json + safetensors) or a `.gguf` file -> SmolLM3ForCausalLM in eval mode.
 
-    dtype None keeps the checkpoint's own dtype (the config's `dtype`/`torch_dtype`; float32 for GGUF)."""
+    dtype None keeps the checkpoint's own dtype (the config's `dtype`/`torch_dtype`; float32 for GGUF). `settings`:
+    which implementation runs each op (default: OpSettings())."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or directory (expected an HF model directory or a .gguf file)")
     if path.is_file():
         if path.suffix != ".gguf":
             raise CheckpointError(f"{path}: a file must be a .gguf; for HF checkpoints pass the directory")
-        return load_gguf(path, device, dtype)[0]
+        return load_gguf(path, device, dtype, settings)[0]
     config = load_config(path)
-    model = build_model(config, device, _dtype(dtype) or _dtype(config.dtype), init=False)
+    model = build_model(config, device, _dtype(dtype) or _dtype(config.dtype), init=False, settings=settings)
     _assign(model, _read_safetensors(path), str(path))
     return model.eval()
 
 
-def load_gguf(path: str | os.PathLike, device="cpu", dtype=None):
+def load_gguf(path: str | os.PathLike, device="cpu", dtype=None, settings: OpSettings | None = None):
     """-> (model, GGUF reader): the reader also holds the tokenizer, so callers need not parse the file twice."""
-    from smollm3.gguf_io import read_gguf
-
     config, tensors, reader = read_gguf(path)
-    model = build_model(config, device, _dtype(dtype) or torch.float32, init=False)
+    model = build_model(config, device, _dtype(dtype) or torch.float32, init=False, settings=settings)
     _assign(model, tensors, str(path))
     return model.eval(), reader
 

@@ -132,10 +132,10 @@ def test_yarn_equals_a_config_with_yarn_written_in(tiny_eval_dir, yarn_dir, tmp_
     assert (ours[0, POSITIONS:] - plain[0, POSITIONS:]).abs().max() > 1e-3  # beyond the original length it differs
     with pytest.raises(EvalError, match="already uses YaRN"):
         yarn_overrides(smollm3.checkpoint.load_config(yarn_dir), 2)
-    from smollm3.infer.llm import override_config
+    from smollm3.model import change_config
 
     with pytest.raises(ValueError, match="hidden_size cannot change after loading"):  # it shapes weights
-        override_config(smollm3.load_pretrained(tiny_eval_dir), {"hidden_size": 32})
+        change_config(smollm3.load_pretrained(tiny_eval_dir), hidden_size=32)
 
     # the engine path: same config, same greedy tokens for a prompt past the original positions
     from smollm3.infer.llm import LLM

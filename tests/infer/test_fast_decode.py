@@ -107,7 +107,7 @@ def ref_tokens(engine, prompt, n):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_triton_gemv_matches_linear_on_gpu():
     """Every Triton tile the tuner may choose computes F.linear (bf16 rounding apart), and the op's choice too."""
-    from smollm3.infer import gemv
+    from smollm3.ops import gemv
 
     if not gemv.available():
         pytest.skip("no triton")

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from smollm3 import build_model, preset
-from smollm3.attention import _varlen_impl
+from smollm3.ops.attention import _varlen_impl
+from smollm3.ops.settings import OpSettings
 from smollm3.train import distributed as D
 
 
@@ -28,9 +29,9 @@ def test_compiled_layers_match_eager_without_graph_breaks(backend, checkpointing
     from torch._dynamo.utils import counters
 
     torch.manual_seed(0)
-    eager = build_model(preset("tiny"), device="cuda", dtype=torch.float32)
+    eager = build_model(preset("tiny"), device="cuda", dtype=torch.float32,
+                        settings=OpSettings(attn_backend=backend))
     compiled = copy.deepcopy(eager)
-    eager.attn_backend = compiled.attn_backend = backend
     if checkpointing:
         D.apply_activation_checkpointing(compiled)
     torch._dynamo.reset()

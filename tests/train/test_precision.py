@@ -8,10 +8,12 @@ import dataclasses
 import pytest
 import torch
 
+import smollm3.model
 from smollm3 import build_model, preset
-from smollm3.attention import qkv_attention
-from smollm3.train import precision
-from smollm3.train.precision import GradAccumFusion, accumulate_wgrad
+from smollm3.ops.attention import qkv_attention
+from smollm3.ops.linear import accumulate_wgrad
+from smollm3.ops.settings import OpSettings
+from smollm3.train.precision import GradAccumFusion
 
 
 def _micro_batches(vocab: int, device, n=3):
@@ -37,9 +39,9 @@ def _rel(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
-def _three_ways(device, compile_fused=False, config=None):
+def _three_ways(device, compile_fused=False, config=None, settings=None):
     torch.manual_seed(0)
-    fp32 = build_model(config or preset("tiny"), device=device, dtype=torch.float32)
+    fp32 = build_model(config or preset("tiny"), device=device, dtype=torch.float32, settings=settings)
     with torch.no_grad():  # gains away from 1, so that folding them into the projections is tested
         for name, p in fp32.named_parameters():
             if "norm" in name:
@@ -56,9 +58,9 @@ def _three_ways(device, compile_fused=False, config=None):
 
 
 @pytest.mark.parametrize("stack", [True, False])
-def test_fused_gradients_are_as_close_to_fp32_as_autocast_and_accumulate(stack, monkeypatch):
-    monkeypatch.setattr(precision, "STACK_PROJECTIONS", stack)
-    exact, amp, fused, model, _ = _three_ways("cpu")
+def test_fused_gradients_are_as_close_to_fp32_as_autocast_and_accumulate(stack):
+    exact, amp, fused, model, fusion = _three_ways("cpu", settings=OpSettings(stack_projections=stack))
+    assert bool(fusion.stacks) == stack and bool(fusion.folds) == stack
     assert _rel(amp, exact) < 0.05
     assert _rel(fused, exact) < 2 * _rel(amp, exact) + 1e-3
     # every parameter got its gradient (the tied head/embedding once, the norms, every projection), in fp32
@@ -145,11 +147,11 @@ def test_compiled_fused_layers_match_without_graph_breaks():
 @pytest.mark.parametrize("compile_fused", [False, True])
 def test_fused_attention_on_the_qkv_kernels_matches(compile_fused, monkeypatch):
     """With head_dim 64 the varlen Triton kernels take the stacked q/k/v output whole, RoPE inside
-    (attention.qkv_attention); the gradients stay as close to fp32 as autocast's, NoPE layers included."""
+    (ops.attention.qkv_attention); the gradients stay as close to fp32 as autocast's, NoPE layers included."""
     from torch._dynamo.utils import counters
 
     calls = []
-    monkeypatch.setattr(precision, "qkv_attention", lambda *a: calls.append(1) or qkv_attention(*a))
+    monkeypatch.setattr(smollm3.model, "qkv_attention", lambda *a: calls.append(1) or qkv_attention(*a))
     torch._dynamo.reset()
     counters.clear()
     config = dataclasses.replace(preset("tiny"), hidden_size=128, num_attention_heads=2, num_key_value_heads=1,
@@ -165,4 +167,4 @@ def test_frozen_weights_are_refused_and_leave_the_model_as_it_was():
     model.model.norm.weight.requires_grad_(False)
     with pytest.raises(ValueError, match="grad_accum_fusion: false"):
         GradAccumFusion(model)
-    assert not any(type(m).__name__.startswith("_Fused") for m in model.modules())
+    assert all(getattr(m, "weight_grad", None) is None and not getattr(m, "folded", False) for m in model.modules())

@@ -180,6 +180,10 @@ def test_bad_configs_are_refused_before_compute(assets, tmp_path):
     with pytest.raises(ConfigError, match=r"change the shape of the checkpoint .* \(hidden_size\)"):
         train(load_train_config(write_config(assets, tmp_path / "y", model={"init_from": hf,
                                                                            "overrides": {"hidden_size": 128}})))
+    # read once when the model is built: changing it on a loaded model would be silently ignored, so it is refused
+    with pytest.raises(ConfigError, match=r"model.overrides on the checkpoint .*: rms_norm_eps cannot change after"):
+        train(load_train_config(write_config(assets, tmp_path / "y", model={"init_from": hf,
+                                                                           "overrides": {"rms_norm_eps": 1e-3}})))
 
 
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(assets, tmp_path):
@@ -245,7 +249,7 @@ def test_grad_accum_fusion_tracks_autocast_and_resumes_exactly(assets, tmp_path,
 
 
 def test_to_device_brings_the_document_mask_and_the_counted_labels():
-    from smollm3.attention import DocumentMask
+    from smollm3.ops.attention import DocumentMask
     from smollm3.train.trainer import _to_device
 
     pos = torch.tensor([[0, 1, 2, 0, 1, 0]])

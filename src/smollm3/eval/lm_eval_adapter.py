@@ -135,7 +135,7 @@ class SmolLM3LM(LM):
             ids = torch.zeros(len(batch), T, dtype=torch.long)  # right padding: causal attention never looks ahead
             for j, i in enumerate(batch):
                 ids[j, :len(rows[i][0])] = torch.tensor(rows[i][0])
-            hidden = self.model.model(ids.to(self._device), None, None, self.model.attn_backend)
+            hidden = self.model.model(ids.to(self._device))
             for j, i in enumerate(batch):
                 _, targets, start = rows[i]
                 logp = self.model.lm_head(hidden[j, start:start + len(targets)]).float().log_softmax(-1)

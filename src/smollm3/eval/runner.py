@@ -19,6 +19,7 @@ import torch
 import smollm3
 from smollm3.chat import render_chat
 from smollm3.checkpoint import load_config
+from smollm3.model import change_config
 from smollm3.eval.tasks import (GENERATING_KINDS, EvalError, Task, expand, extract_answer, gen_items, is_correct,
                                 load_mc, load_texts)
 
@@ -176,11 +177,9 @@ def yarn_overrides(config, factor: float) -> dict:
 
 def load_model(model: str | Path, *, yarn: float | None = None, device: str = "cpu", dtype=torch.float32):
     """The model as the log-likelihood tasks score it: load_pretrained, with YaRN x`yarn` when given."""
-    from smollm3.infer.llm import override_config
-
     lm = smollm3.load_pretrained(model, device=device, dtype=dtype)
     if yarn is not None:
-        override_config(lm, yarn_overrides(lm.config, yarn))
+        change_config(lm, **yarn_overrides(lm.config, yarn))
     return lm
 
 

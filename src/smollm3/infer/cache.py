@@ -2,7 +2,7 @@
 
 Layout: k, v are [layers, num_blocks, kv_heads, block_size, head_dim]. Token t of a request lives in block
 block_table[t // block_size] at offset t % block_size (block_manager.py hands the blocks out). Within a block one
-head's keys are contiguous, so a kernel reads a block of keys as one strided tile (decode_kernels.py); the torch
+head's keys are contiguous, so a kernel reads a block of keys as one strided tile (ops/decode_kernels.py); the torch
 paths here gather a request's blocks into a contiguous [kv_heads, length, head_dim] view first.
 
 The model drives the cache through the protocol of smollm3.model.KVCache (position_ids / attend / advance). Before
@@ -22,47 +22,12 @@ import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 
 from smollm3.config import ModelConfig
+from smollm3.ops.paged_attention import decode_attention, gather_kv, write_kv
 
 
 def kv_bytes_per_token(config: ModelConfig, dtype: torch.dtype) -> int:
     elem = torch.empty((), dtype=dtype).element_size()
     return 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * elem
-
-
-def write_kv(k_cache, v_cache, k, v, blocks, offsets):
-    """k, v [n, KV, D] into one layer's cache [num_blocks, KV, bs, D] at (blocks[i], offsets[i])."""
-    k_cache[blocks, :, offsets] = k
-    v_cache[blocks, :, offsets] = v
-
-
-def gather_kv(cache: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
-    """One layer's cache [num_blocks, KV, bs, D] read through block tables [b, nb] -> [b, KV, nb * bs, D]."""
-    b, nb = tables.shape
-    _, kv, bs, d = cache.shape
-    return cache[tables].permute(0, 2, 1, 3, 4).reshape(b, kv, nb * bs, d)
-
-
-def decode_attention(q, k, v, k_cache, v_cache, lengths, tables, scale: float, sdpa: bool = False):
-    """Attention for one new token per row through the block tables, after writing its k, v.
-    q [b, H, D] (after RoPE), k, v [b, KV, D]; lengths [b] (the new token's position); tables [b, nb] -> [b, H, D].
-    `sdpa`: one fused CPU kernel; else grouped matmuls (the G query heads of a group share one key block) that any
-    CUDA graph or torch.compile takes."""
-    b, H, D = q.shape
-    KV = k.shape[1]
-    bs = k_cache.shape[2]
-    rows = torch.arange(b, device=q.device)
-    write_kv(k_cache, v_cache, k, v, tables[rows, lengths // bs], lengths % bs)
-    keys, values = gather_kv(k_cache, tables), gather_kv(v_cache, tables)
-    visible = torch.arange(keys.shape[2], device=q.device)[None, :] <= lengths[:, None]  # [b, S]
-    if sdpa:
-        out = F.scaled_dot_product_attention(q[:, :, None], keys, values, attn_mask=visible[:, None, None],
-                                             scale=scale, enable_gqa=True)
-        return out[:, :, 0]
-    qg = q.reshape(b, KV, H // KV, D)
-    scores = torch.matmul(qg, keys.transpose(-1, -2)).float() * scale  # [b, KV, G, S]
-    scores = scores.masked_fill(~visible[:, None, None], float("-inf"))
-    probs = scores.softmax(-1).to(values.dtype)
-    return torch.matmul(probs, values).reshape(b, H, D)
 
 
 class PagedCache:

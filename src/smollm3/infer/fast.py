@@ -14,7 +14,7 @@ CUDA graph each launch costs a microsecond or two, which at 36 layers is most of
   Triton kernel with RoPE and the KV write inside (decode_kernels.attention, flash-decoding), else torch ops;
 - greedy argmax runs on the device, inside the same CUDA graph;
 - at batch 1 (bf16/fp16 on CUDA) each layer is instead five Triton kernels with the norms, RoPE, SwiGLU and
-  residual adds folded into the matrix-vector products and the attention (decode_layer_triton, decode_kernels.py).
+  residual adds folded into the matrix-vector products and the attention (decode_layer_triton, ops/decode_kernels.py).
 The operations are the eager model's, in its order (fused kernels may round bf16 intermediates differently);
 tests compare greedy tokens with the eager engine.
 """
@@ -24,23 +24,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from smollm3.attention import rotate_half
-from smollm3.infer import decode_kernels as kern
-from smollm3.infer import gemv as _gemv
-from smollm3.infer.cache import decode_attention
-from smollm3.model import SmolLM3ForCausalLM
-
-
-def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    # as SmolLM3RMSNorm: statistics in fp32, weight applied after the cast back
-    dtype = x.dtype
-    xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * xf.to(dtype)
+from smollm3.model import SmolLM3ForCausalLM, rms_norm
+from smollm3.ops import decode_kernels as kern
+from smollm3.ops import gemv as _gemv
+from smollm3.ops.paged_attention import paged_attention
 
 
 def _linear(x, w, gemv: bool):
-    if gemv:  # the bandwidth-tuned GEMV of gemv.py (a custom op: opaque to inductor, fine inside CUDA graphs)
+    if gemv:  # the bandwidth-tuned GEMV of ops/gemv.py (a custom op: opaque to inductor, fine inside CUDA graphs)
         return torch.ops.smollm3.small_linear(x, w)
     return F.linear(x, w)
 
@@ -49,27 +40,14 @@ def pre_attention(x, delta, ln1, w_qkv, *, eps: float, gemv: bool = False):
     """The residual stream x + delta [b, d] (the previous layer's MLP output is added here, in this layer's first
     kernel), RMSNorm, and the fused q/k/v projection -> (x, qkv [b, (H + 2 KV) D], before RoPE)."""
     x = x + delta
-    return x, _linear(_rms(x, ln1, eps), w_qkv, gemv)
+    return x, _linear(rms_norm(x, ln1, eps), w_qkv, gemv)
 
 
 def post_attention(x, attn, w_o, ln2, w_gu, w_down, *, eps: float, gemv: bool = False):
     """o_proj + residual, RMSNorm, SwiGLU MLP -> (x, delta): the MLP output is added in the next layer."""
     x = x + _linear(attn, w_o, gemv)
-    gate, up = _linear(_rms(x, ln2, eps), w_gu, gemv).chunk(2, dim=-1)
+    gate, up = _linear(rms_norm(x, ln2, eps), w_gu, gemv).chunk(2, dim=-1)
     return x, _linear(F.silu(gate) * up, w_down, gemv)
-
-
-def paged_attention(qkv, cos, sin, k_cache, v_cache, lengths, tables, *, heads: int, kv_heads: int, scale: float,
-                    use_rope: bool):
-    """decode_kernels.attention in torch ops: RoPE on the new q, k; their K/V written at `lengths` through the block
-    tables; attention over keys 0..lengths[b]. k_cache, v_cache [num_blocks, KV, bs, D] -> [b, H * D]."""
-    b, D = qkv.shape[0], k_cache.shape[-1]
-    q, k, v = qkv.split([heads * D, kv_heads * D, kv_heads * D], dim=-1)
-    q, k, v = q.view(b, heads, D), k.view(b, kv_heads, D), v.view(b, kv_heads, D)
-    if use_rope:
-        c, s = cos[:, None], sin[:, None]
-        q, k = q * c + rotate_half(q) * s, k * c + rotate_half(k) * s
-    return decode_attention(q, k, v, k_cache, v_cache, lengths, tables, scale).reshape(b, heads * D)
 
 
 def decode_layer(x, delta, w, k_cache, v_cache, cos, sin, lengths, tables, *, heads: int, kv_heads: int, eps: float,
@@ -86,7 +64,7 @@ def decode_layer(x, delta, w, k_cache, v_cache, cos, sin, lengths, tables, *, he
 
 def decode_layer_triton(x, w, k_cache, v_cache, cos, sin, lengths, tables, kv_len: int, *, heads: int, kv_heads: int,
                         eps: float, scale: float, use_rope: bool):
-    """decode_layer for one row in five or six Triton kernels (decode_kernels.py), the residual stream x [1, d]
+    """decode_layer for one row in five or six Triton kernels (ops/decode_kernels.py), the residual stream x [1, d]
     complete between layers: RMSNorm + qkv; RoPE + KV write + attention (+ the merge of its key splits);
     o_proj + residual; RMSNorm + gate/up + SwiGLU; down_proj + residual."""
     ln1, w_qkv, w_o, ln2, w_gu, w_down = w
@@ -104,7 +82,7 @@ def decode_head_triton(x, norm_w, lm_head_w, eps: float):
 
 def decode_head(x, delta, norm_w, lm_head_w, eps: float, gemv: bool = False):
     """Last residual add, final norm, LM head and the greedy choice: -> (logits [b, V], argmax [b])."""
-    logits = _linear(_rms(x + delta, norm_w, eps), lm_head_w, gemv)
+    logits = _linear(rms_norm(x + delta, norm_w, eps), lm_head_w, gemv)
     return logits, logits.argmax(-1)
 
 

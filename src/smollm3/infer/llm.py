@@ -8,16 +8,17 @@ the offline `LLM` API.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from smollm3.checkpoint import load_pretrained
 from smollm3.infer.engine import Engine, Request, _as_list
 from smollm3.infer.sampling import SamplingParams, generation_defaults
-from smollm3.model import SmolLM3ForCausalLM
+from smollm3.model import SmolLM3ForCausalLM, change_config
+from smollm3.tokenizer import load_tokenizer
 
 
 def extend_context(model: SmolLM3ForCausalLM, max_model_len: int) -> str | None:
@@ -28,47 +29,25 @@ def extend_context(model: SmolLM3ForCausalLM, max_model_len: int) -> str | None:
         return None
     original = (cfg.rope_scaling or {}).get("original_max_position_embeddings", cfg.max_position_embeddings)
     factor = max_model_len / original
-    scaled = dataclasses.replace(cfg, max_position_embeddings=max_model_len, rope_scaling={
-        "rope_type": "yarn", "factor": factor, "original_max_position_embeddings": original})  # validates
-    cfg.rope_scaling, cfg.max_position_embeddings = scaled.rope_scaling, scaled.max_position_embeddings
-    model.model.rotary_emb.reset_parameters()
+    change_config(model, max_position_embeddings=max_model_len, rope_scaling={
+        "rope_type": "yarn", "factor": factor, "original_max_position_embeddings": original})
     return (f"YaRN rope scaling x{factor:g}: {original} -> {max_model_len} positions "
             "(in memory only; the checkpoint is unchanged)")
-
-
-ROPE_FIELDS = ("rope_theta", "rope_scaling", "max_position_embeddings")
-
-
-def override_config(model: SmolLM3ForCausalLM, overrides: dict) -> None:
-    """Change RoPE fields of a loaded model's config in memory (none of them shapes a weight) and recompute its rotary
-    tables, e.g. YaRN at load time: {"rope_scaling": {"rope_type": "yarn", "factor": 2.0,
-    "original_max_position_embeddings": 65536}, "max_position_embeddings": 131072}. The result equals loading a
-    config.json with those values written in; the checkpoint is unchanged."""
-    bad = sorted(set(overrides) - set(ROPE_FIELDS))
-    if bad:
-        raise ValueError(f"config_overrides: {', '.join(bad)} cannot change after loading; "
-                         f"only {', '.join(ROPE_FIELDS)} can")
-    cfg = model.config
-    new = dataclasses.replace(cfg, **overrides)  # validates, and normalises rope_scaling as config.json loading does
-    for key in ROPE_FIELDS:
-        setattr(cfg, key, getattr(new, key))
-    model.model.rotary_emb.reset_parameters()
 
 
 def load_for_inference(path, device: str | None = None, dtype=None, max_model_len: int | None = None,
                        log: Callable[[str], None] = print, config_overrides: dict | None = None):
     """-> (model, tokenizer or None, generation_config dict) from an HF directory or a .gguf file.
-    `config_overrides` (RoPE fields only, see override_config) apply before anything else looks at the config."""
-    from smollm3.checkpoint import load_pretrained
-    from smollm3.tokenizer import load_tokenizer
-
+    `config_overrides` (RoPE fields and token ids: model.change_config) apply before anything else looks at the
+    config, e.g. YaRN at load time: {"rope_scaling": {"rope_type": "yarn", "factor": 2.0,
+    "original_max_position_embeddings": 65536}, "max_position_embeddings": 131072}."""
     path = Path(path)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if dtype is None:
         dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
     model = load_pretrained(path, device=device, dtype=dtype)
     if config_overrides:
-        override_config(model, config_overrides)
+        change_config(model, **config_overrides)
     tokenizer = None
     if path.is_file() or (path / "tokenizer.json").exists():
         tokenizer = load_tokenizer(path)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from smollm3.infer.cache import PagedCache
+from smollm3.infer.fast import FastDecode
 from smollm3.infer.sequence import Request
 from smollm3.model import SmolLM3ForCausalLM
 
@@ -43,8 +44,6 @@ class ModelRunner:
         self._graph_pool = None
         self.fast = None
         if fast_decode if fast_decode is not None else self.use_graphs:
-            from smollm3.infer.fast import FastDecode
-
             self.fast = FastDecode(model, self.cache, compile=self.device.type == "cuda", gemv=gemv,
                                    kernels=decode_kernels)
 
@@ -63,8 +62,7 @@ class ModelRunner:
                 last.append(len(ids) - 1)
         self.cache.plan_prefill(plan, self.device)
         x = torch.tensor([ids], device=self.device)
-        hidden = self.model.model(x, self.cache.position_ids(1, len(ids), self.device), self.cache,
-                                  self.model.attn_backend)
+        hidden = self.model.model(x, self.cache.position_ids(1, len(ids), self.device), self.cache)
         if not last:  # no chunk reached the end of its request: nothing samples this step
             return hidden.new_empty(0, self.config.vocab_size)
         return self.model.lm_head(hidden[0, torch.tensor(last, device=self.device, dtype=torch.long)])
@@ -117,7 +115,7 @@ class ModelRunner:
             self.lengths_buf[:b] += (lengths > 0).long()
             return
         self.cache.plan_decode(lengths, tables)
-        hidden = self.model.model(tokens[:, None], lengths[:, None], self.cache, self.model.attn_backend)
+        hidden = self.model.model(tokens[:, None], lengths[:, None], self.cache)
         self.logits_buf[:b] = self.model.lm_head(hidden[:, -1])
 
     def _graph(self, b: int, kv_len: int) -> torch.cuda.CUDAGraph:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import enum
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,8 @@ from pathlib import Path
 import yaml
 
 from smollm3.config import ConfigError
-from smollm3.train.fp8 import RECIPES as FP8_RECIPES
+from smollm3.ops.fp8 import RECIPES as FP8_RECIPES
+from smollm3.ops.settings import OpSettings
 from smollm3.train.optim import OptimConfig
 
 
@@ -25,7 +27,6 @@ class ModelSection:
     # overrides of the architecture: rope_theta / max_position_embeddings (long-context stages), or any field for
     # a from-scratch preset. Changing a shape of a model that is loaded is refused.
     overrides: dict = field(default_factory=dict)
-    attn_backend: str = "auto"
 
 
 @dataclass
@@ -60,7 +61,7 @@ class TrainSection:
     # compiled runs with activation checkpointing (there it keeps the activations: refused when asked for)
     grad_accum_fusion: bool | None = None
     # rowwise | tensorwise: the decoder layers' forward and input-gradient GEMMs in FP8 with dynamic scales, weight
-    # gradients still bf16 into fp32 (train/fp8.py); needs the fused path above and an Ada/Hopper GPU (or the CPU)
+    # gradients still bf16 into fp32 (ops/fp8.py); needs the fused path above and an Ada/Hopper GPU (or the CPU)
     fp8: str | None = None
     # replay each micro-batch's forward and backward as a CUDA graph (train/graphs.py); needs one process on CUDA,
     # the fused path above, a causal-LM objective (lm, sft); None: on wherever those hold
@@ -94,6 +95,8 @@ class TrainConfig:
     train: TrainSection = field(default_factory=TrainSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     log: LogSection = field(default_factory=LogSection)
+    # which implementation runs each op: attention backend, kernels (ops/settings.py); the defaults are the fastest
+    ops: OpSettings = field(default_factory=OpSettings)
 
     def __post_init__(self):
         objectives = ("lm", "sft", "dpo", "apo_zero", "apo_down")
@@ -224,14 +227,19 @@ def _check_type(value, hint, where):
                 pass
         if base in (list, tuple) and isinstance(value, (list, tuple)):
             return base(value)
+        if isinstance(base, type) and issubclass(base, enum.Enum) and value in [m.value for m in base]:
+            return base(value)
         if isinstance(base, type) and isinstance(value, base) and not (base is int and isinstance(value, bool)):
             return value
-    names = " or ".join(getattr(t, "__name__", str(t)) for t in allowed)
+    names = " or ".join("one of " + ", ".join(m.value for m in t) if isinstance(t, type) and issubclass(t, enum.Enum)
+                        else getattr(t, "__name__", str(t)) for t in allowed)
     raise ConfigError(f"{where} must be {names}, got {value!r}")
 
 
 def config_to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
+    """Plain values throughout (an enum as its value), as YAML and JSON take them."""
+    return dataclasses.asdict(cfg, dict_factory=lambda items: {k: v.value if isinstance(v, enum.Enum) else v
+                                                                 for k, v in items})
 
 
 def dump_config(cfg: TrainConfig) -> str:

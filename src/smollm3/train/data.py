@@ -7,6 +7,9 @@ depend on the number of processes: 2 processes with micro_batch 1 see exactly wh
 from __future__ import annotations
 
 from smollm3.config import ConfigError
+from smollm3.data.mixture import MixtureLoader
+from smollm3.data.preference import PreferenceLoader
+from smollm3.data.sft import SFTLoader
 
 
 class StepData:
@@ -26,8 +29,6 @@ class StepData:
 def build_data(cfg, tokenizer, dist) -> StepData:
     d, t = cfg.data, cfg.train
     if d.kind == "pretrain":
-        from smollm3.data.mixture import MixtureLoader
-
         if not d.stages:
             raise ConfigError("data.stages is empty: give at least one stage, "
                               "[{start_tokens: 0, weights: {path/to/shards: 1.0}}]")
@@ -38,13 +39,9 @@ def build_data(cfg, tokenizer, dist) -> StepData:
         if not d.paths:
             raise ConfigError(f"data.paths is empty: give the JSONL files of the {d.kind} data")
         if d.kind == "sft":
-            from smollm3.data.sft import SFTLoader
-
             loader = SFTLoader(d.paths, tokenizer, d.seq_len, t.micro_batch, template=d.template, seed=d.seed,
                                rank=dist.rank, world_size=dist.world)
         else:
-            from smollm3.data.preference import PreferenceLoader
-
             loader = PreferenceLoader(d.paths, tokenizer, t.micro_batch, max_length=d.seq_len,
                                       max_prompt_length=d.max_prompt_length, template=d.template, seed=d.seed,
                                       rank=dist.rank, world_size=dist.world)

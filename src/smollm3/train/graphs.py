@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from smollm3.attention import DocumentMask
+from smollm3.ops.attention import DocumentMask
 from smollm3.data.packing import IGNORE_INDEX
 
 LABEL_ROWS = 256  # counted label positions are padded to a multiple of this: few shapes, <= 255 wasted head rows

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import torch
 
-from smollm3.attention import DocumentMask, resolve_backend
+from smollm3.ops.attention import DocumentMask, resolve_backend
 from smollm3.checkpoint import build_model, load_pretrained
+from smollm3.model import change_config
 from smollm3.config import ConfigError, config_from_dict
 from smollm3.tokenizer import load_tokenizer
 from smollm3.train import distributed as D
@@ -33,9 +34,9 @@ from smollm3.train.checkpointing import (
     save_checkpoint,
     unlock_out_dir,
 )
-from smollm3.train.config import TrainConfig, dump_config
+from smollm3.train.config import TrainConfig, config_to_dict, dump_config
 from smollm3.train.data import build_data
-from smollm3.train.fp8 import supported as fp8_supported
+from smollm3.ops.fp8 import supported as fp8_supported
 from smollm3.train.graphs import MicroBatchGraphs
 from smollm3.train.losses import IGNORE_INDEX, preference_loss
 from smollm3.train.optim import build_optimizer, lr_factor, set_lr
@@ -58,26 +59,25 @@ def build_model_for(cfg: TrainConfig, device="cpu"):
     """-> (model in fp32 on `device`, the loaded checkpoint's config or None). FSDP shards the model afterwards."""
     m = cfg.model
     if m.init_from:
-        model = load_pretrained(m.init_from, device=device, dtype=torch.float32)
+        model = load_pretrained(m.init_from, device=device, dtype=torch.float32, settings=cfg.ops)
         loaded = model.config
         changed = {k: v for k, v in m.overrides.items() if getattr(loaded, k, None) != v}
         bad = [k for k in changed if k in SHAPE_KEYS]
         if bad:
             raise ConfigError(f"model.overrides change the shape of the checkpoint {m.init_from} ({', '.join(bad)}); "
                               "start from a checkpoint of the right shape, or train that shape from a preset")
-        if changed:  # e.g. rope_theta and max_position_embeddings for a long-context stage
-            unknown = [k for k in changed if k not in loaded.__dict__]
-            if unknown:
-                raise ConfigError(f"model.overrides: unknown key(s) {unknown}")
-            new = type(loaded)(**{**loaded.__dict__, **changed})
-            model.config = model.model.config = model.model.rotary_emb.config = new
-            model.model.rotary_emb.reset_parameters()
+        unknown = [k for k in changed if k not in loaded.__dict__]
+        if unknown:
+            raise ConfigError(f"model.overrides: unknown key(s) {unknown}")
+        try:  # e.g. rope_theta and max_position_embeddings for a long-context stage
+            change_config(model, **changed)
+        except ValueError as e:
+            raise ConfigError(f"model.overrides on the checkpoint {m.init_from}: {e}") from None
     else:
         loaded = None
         mcfg = config_from_dict({"preset": m.preset, **m.overrides, "dtype": "float32"}, source="model")
         torch.manual_seed(cfg.train.seed)
-        model = build_model(mcfg, device=device, dtype=torch.float32)
-    model.attn_backend = m.attn_backend
+        model = build_model(mcfg, device=device, dtype=torch.float32, settings=cfg.ops)
     return model, loaded
 
 
@@ -167,9 +167,9 @@ def _train(cfg: TrainConfig, dist, out: Path) -> dict:
         ref_path = cfg.train.ref_model or cfg.model.init_from
         if ref_path is None:
             raise ConfigError("dpo/apo needs a reference model: set train.ref_model or model.init_from")
-        ref = load_pretrained(ref_path, device=dist.device, dtype=_amp_dtype(cfg) or torch.float32).eval()
+        ref = load_pretrained(ref_path, device=dist.device, dtype=_amp_dtype(cfg) or torch.float32,
+                              settings=cfg.ops).eval()
         ref.requires_grad_(False)
-        ref.attn_backend = cfg.model.attn_backend
 
     model.to(dist.device)
     fsdp = dist.world > 1
@@ -366,8 +366,8 @@ def _micro_batch_graphs(cfg: TrainConfig, model, fusion, dist) -> MicroBatchGrap
         why = "it replays the fused path's fp32 gradient buffers (train.grad_accum_fusion)"
     elif cfg.train.objective not in ("lm", "sft"):
         why = f"it runs causal-LM objectives (lm, sft), not {cfg.train.objective}"
-    elif resolve_backend(model.attn_backend, dist.device, True, cfg.data.seq_len) == "flex":
-        why = "its shapes must not change: use attn_backend varlen or sdpa, not flex"
+    elif resolve_backend(cfg.ops.attn_backend, dist.device, True, cfg.data.seq_len) == "flex":
+        why = "its shapes must not change: use ops.attn_backend varlen or sdpa, not flex"
     else:
         return MicroBatchGraphs(model, _amp_dtype(cfg), dist.device)
     if cfg.train.cuda_graphs:
@@ -428,7 +428,6 @@ class _Metrics:
                 import wandb
             except ImportError:
                 raise ConfigError("log.wandb_project is set but wandb is not installed: pip install wandb") from None
-            from smollm3.train.config import config_to_dict
 
             self.wandb = wandb.init(project=wandb_project, dir=str(path.parent), config=config_to_dict(run_config),
                                     resume="allow")

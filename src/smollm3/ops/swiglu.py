@@ -8,7 +8,7 @@ I columns once, reads gate, up and d h once each and writes both halves: 450 MB,
 in training, and the whole trainer step 1.2% faster in one process alternating the two
 (benchmarks/results/2026-11-24-h100-train-swiglu.md).
 
-With FP8 rowwise (train/fp8.py) a second kernel also quantizes the gradient it writes, per row, for the FP8
+With FP8 rowwise (fp8.py) a second kernel also quantizes the gradient it writes, per row, for the FP8
 input-gradient GEMM (`swiglu_backward_fp8`, used by precision._Fp8SwiGLU): +1.9% on that trainer step.
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from smollm3.train import fp8 as F8
+from smollm3.ops import fp8 as F8
 
 try:  # triton ships with CUDA builds of torch
     import triton

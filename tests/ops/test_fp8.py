@@ -1,4 +1,4 @@
-"""train.fp8 (train/fp8.py, precision._Fp8Linear): e4m3 quantization with dynamic scales, FP8 forward and
+"""train.fp8 (ops/fp8.py, ops/linear.py): e4m3 quantization with dynamic scales, FP8 forward and
 input-gradient GEMMs, bf16 weight gradients added into fp32. Errors must stay within e4m3's precision, the weight
 gradient must be exactly the bf16 path's, and only the decoder layers' projections may be quantized."""
 
@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from smollm3 import build_model, preset
-from smollm3.train import fp8 as F8
-from smollm3.train.precision import GradAccumFusion, _Fp8Linear, _Fp8SwiGLU, accumulate_wgrad
-from smollm3.train.swiglu import swiglu
+from smollm3.ops import fp8 as F8
+from smollm3.ops.linear import accumulate_wgrad, linear, swiglu_linear
+from smollm3.train.precision import GradAccumFusion
+from smollm3.ops.swiglu import swiglu
 
 E4M3_STEP = 2.0**-3  # relative spacing of e4m3 values (3 mantissa bits): rounding error at most half of it
 E4M3_SUBNORMAL = 2.0**-9  # smallest e4m3 step (subnormals), in units of the scale
@@ -79,7 +80,7 @@ def _fp8_linear(rowwise, g):
 def test_fp8_linear_is_within_fp8_error_and_its_weight_gradient_is_the_bf16_one(rowwise):
     g = torch.Generator().manual_seed(0)
     x, w, copies, grad = _fp8_linear(rowwise, g)
-    y = _Fp8Linear.apply(x, *copies, grad)
+    y = linear(x, None, grad, copies)
     dy = torch.randn(y.shape, generator=g).bfloat16()
     y.backward(dy)
     exact_y = x.detach().double() @ w.double().T
@@ -94,14 +95,14 @@ def test_fp8_linear_is_within_fp8_error_and_its_weight_gradient_is_the_bf16_one(
 
 def test_fp8_swiglu_equals_the_fp8_linear_then_swiglu():
     """The gate/up GEMM with SwiGLU in one Function (its backward quantizes SwiGLU's gradient itself) gives what
-    _Fp8Linear followed by SwiGLU gives: output, input gradient and the fp32 weight gradient, bit for bit."""
+    the FP8 linear followed by SwiGLU gives: output, input gradient and the fp32 weight gradient, bit for bit."""
     g = torch.Generator().manual_seed(0)
     x, w, copies, grad = _fp8_linear(True, g)
     dh = torch.randn(64, 24, generator=g).bfloat16()
     x2, grad2 = x.detach().clone().requires_grad_(), grad.clone()
-    h = _Fp8SwiGLU.apply(x, *copies, grad)
+    h = swiglu_linear(x, None, grad, copies)
     h.backward(dh)
-    want = swiglu(_Fp8Linear.apply(x2, *copies, grad2))
+    want = swiglu(linear(x2, None, grad2, copies))
     want.backward(dh)
     assert torch.equal(h, want) and torch.equal(x.grad, x2.grad) and torch.equal(grad, grad2)
     assert grad.abs().sum() > 0

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from smollm3 import attention_triton as AT
-from smollm3.attention import DocumentMask, _varlen_call, apply_rotary_pos_emb, qkv_attention
+from smollm3.ops import attention_triton as AT
+from smollm3.ops.attention import DocumentMask, _varlen_call, apply_rotary_pos_emb, qkv_attention
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available() or AT.triton is None, reason="needs CUDA and Triton")]

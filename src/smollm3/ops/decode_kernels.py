@@ -25,7 +25,7 @@ import os
 
 import torch
 
-from smollm3.infer.gemv import triton
+from smollm3.ops.gemv import triton
 
 if triton is not None:
     import triton.language as tl

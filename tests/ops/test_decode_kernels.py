@@ -1,4 +1,4 @@
-"""The Triton decode kernels (infer/decode_kernels.py) against the eager decode layer of infer/fast.py: a whole
+"""The Triton decode kernels (ops/decode_kernels.py) against the eager decode layer of infer/fast.py: a whole
 batch-1 layer (RMSNorm, qkv, RoPE, KV write, attention with and without key splits, o_proj + residual, SwiGLU,
 down_proj + residual), batched attention, the LM head and the argmax; on the GPU in bf16, and through Triton's
 CPU interpreter in fp16 where Triton is installed. The KV cache is paged, its blocks shuffled (block tables that
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from smollm3 import build_model, preset
-from smollm3.attention import rotate_half
+from smollm3.ops.attention import rotate_half
 from smollm3.infer import Engine, SamplingParams
 
 try:
@@ -48,7 +48,7 @@ def unpaged(blocks: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
 
 def kernel_errors(device: str, dtype: torch.dtype, heads: int = 4, kv_heads: int = 2) -> dict:
     """Relative errors of the kernels against the eager maths of fast.py."""
-    from smollm3.infer import decode_kernels as kern
+    from smollm3.ops import decode_kernels as kern
     from smollm3.infer import fast
 
     g = torch.Generator().manual_seed(0)

@@ -7,7 +7,8 @@ logits it would get alone.
 - "sdpa":   torch's scaled_dot_product_attention; CPU and GPU. Packed documents use a dense boolean mask.
 - "flex":   FlexAttention with a document block mask (GPU; compiled once per process).
 - "varlen": flash-attention over cu_seqlens: our Triton kernels (attention_triton.py, half precision, head_dim
-            64 or 128), else torch's own FA2 kernels (CUDA builds) or the flash-attn package when installed.
+            64 or 128; `OpSettings.triton_attention`), else torch's own FA2 kernels (CUDA builds) or the flash-attn
+            package when installed.
             `qkv_attention` runs the Triton kernels from a stacked q/k/v projection, RoPE inside (the trainer's
             fused layers, train/precision.py).
 "auto" picks sdpa for plain causal attention and on CPU, varlen (else flex) for packed documents on GPU; fp32
@@ -22,10 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from smollm3 import attention_triton
-
-BACKENDS = ("auto", "sdpa", "flex", "varlen")
-TRITON_KERNELS = True  # varlen runs attention_triton's kernels where they apply (benchmarks/ab_train.py turns it off)
+from smollm3.ops import attention_triton
+from smollm3.ops.settings import AttnBackend
 
 
 @dataclass
@@ -79,10 +78,14 @@ class DocumentMask:
 FLEX_BLOCK = 128  # compiled FlexAttention kernels (torch 2.11 inductor) need lengths in whole blocks
 
 
-def resolve_backend(name: str, device: torch.device, packed: bool, seq_len: int, half: bool = True) -> str:
+def resolve_backend(name: AttnBackend | str, device: torch.device, packed: bool, seq_len: int,
+                    half: bool = True) -> AttnBackend:
     """The backend `name` stands for. `half`: attention runs in fp16/bf16 (flash kernels take nothing else)."""
-    if name not in BACKENDS:
-        raise ValueError(f"unknown attention backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    try:
+        name = AttnBackend(name)
+    except ValueError:
+        raise ValueError(f"unknown attention backend {name!r}; choose one of "
+                         f"{', '.join(b.value for b in AttnBackend)}") from None
     if name != "auto":
         if name in ("flex", "varlen") and device.type != "cuda":
             raise ValueError(f"attention backend {name!r} needs a CUDA device; use 'sdpa' on {device.type}")
@@ -94,10 +97,10 @@ def resolve_backend(name: str, device: torch.device, packed: bool, seq_len: int,
                              f"(got {seq_len}); pad the batch or use 'varlen' / 'sdpa'")
         return name
     if device.type != "cuda" or not packed:
-        return "sdpa"
+        return AttnBackend.SDPA
     if half and _varlen_impl() is not None:
-        return "varlen"
-    return "flex" if seq_len % FLEX_BLOCK == 0 else "sdpa"
+        return AttnBackend.VARLEN
+    return AttnBackend.FLEX if seq_len % FLEX_BLOCK == 0 else AttnBackend.SDPA
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -110,10 +113,11 @@ def apply_rotary_pos_emb(q, k, cos, sin):
     return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc: DocumentMask | None, backend: str,
-              scale: float) -> torch.Tensor:
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc: DocumentMask | None, backend: AttnBackend,
+              scale: float, triton: bool = True) -> torch.Tensor:
     """q [B, H, T, D]; k, v [B, KV, T, D] -> [B, T, H, D]. Causal, and intra-document when `doc` is given
-    (flex and varlen always need one: the model builds it, one document per row when nothing is packed)."""
+    (flex and varlen always need one: the model builds it, one document per row when nothing is packed).
+    `triton`: varlen runs attention_triton's kernels where they apply (OpSettings.triton_attention)."""
     if backend == "sdpa":
         if doc is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
@@ -142,7 +146,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc: DocumentMa
         # compiled: the row length bounds every document and never changes, where the exact longest document
         # (an int that differs per batch) would recompile the layer each step; extra blocks exit at once
         max_len = T if torch.compiler.is_compiling() else doc.max_seqlen
-        out = _varlen_call(qf, kf, vf, doc.cu_seqlens, max_len, scale)
+        out = _varlen_call(qf, kf, vf, doc.cu_seqlens, max_len, scale, triton)
         return out.view(B, T, H, D)
     raise ValueError(f"unknown attention backend {backend!r}")
 
@@ -168,10 +172,10 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
 
 
 @torch.compiler.allow_in_graph
-def _varlen_call(q, k, v, cu_seqlens, max_seqlen: int, scale: float) -> torch.Tensor:
+def _varlen_call(q, k, v, cu_seqlens, max_seqlen: int, scale: float, triton: bool = True) -> torch.Tensor:
     """One node for dynamo, which would break the graph on the implementation lookup (a cached import probe);
     AOTAutograd then traces straight through it to the kernels and their backward."""
-    if TRITON_KERNELS and attention_triton.supported(q, k, v):
+    if triton and attention_triton.supported(q, k, v):
         return _TritonVarlen.apply(q, k, v, cu_seqlens, scale)
     return _varlen_impl()(q, k, v, cu_seqlens, max_seqlen, scale)
 
@@ -195,12 +199,11 @@ class _TritonVarlen(torch.autograd.Function):
         return dq, dk.to(k.dtype), dv.to(v.dtype), None, None
 
 
-def qkv_kernels_apply(x: torch.Tensor, backend: str, head_dim: int) -> bool:
+def qkv_kernels_apply(x: torch.Tensor, backend: AttnBackend, head_dim: int) -> bool:
     """Whether `qkv_attention` serves a layer whose projections read x, on a device where the kernels run
     (`attention_triton.runs_on`, asked outside compiled code): the varlen backend, half precision, head_dim 64 or
     128."""
-    return (backend == "varlen" and TRITON_KERNELS and x.dtype in (torch.bfloat16, torch.float16)
-            and head_dim in (64, 128))
+    return backend == "varlen" and x.dtype in (torch.bfloat16, torch.float16) and head_dim in (64, 128)
 
 
 def qkv_attention(qkv: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None, doc: DocumentMask,

@@ -2,8 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from smollm3.train import fp8 as F8
-from smollm3.train.swiglu import swiglu, swiglu_backward_fp8, swiglu_backward_reference, triton
+from smollm3.ops import fp8 as F8
+from smollm3.ops.swiglu import swiglu, swiglu_backward_fp8, swiglu_backward_reference, triton
 
 
 def _autograd(gate_up, dh):

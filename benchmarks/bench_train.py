@@ -38,6 +38,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -63,9 +64,11 @@ def recipe_mix(seq: int) -> list[tuple[str, float, float]]:
     return [(name, float(w), MEAN_DOC_TOKENS.get(name, 1024.0)) for name, w in weights.items()]
 
 
-def document_lengths(docs: str, seq: int, n_tokens: int, rng: np.random.Generator) -> list[int]:
-    """Lengths of the documents written to the shards, at least `n_tokens` in all. The loader cuts the token
-    stream into windows of seq + 1 (inputs and the last label), so a document may run across windows.
+def document_lengths(docs: str, seq: int, n_tokens: int, rng: np.random.Generator) -> Iterator[int]:
+    """Lengths of the documents written to the shards, at least `n_tokens` in all, drawn as they are written (so
+    short's draws interleave with the tokens' as they always have: its shards are those of the earlier records).
+    The loader cuts the token stream into windows of seq + 1 (inputs and the last label), so a document may run
+    across windows.
     short: exponential, mean 1024, at least 16 (web text's many short pages).
     full: seq + 1 tokens each, so every window is exactly one document (T(T+1)/2 pairs, the most there are).
     recipe: the long-context stages' sources in their token weights (`recipe_mix`), each document exponential
@@ -74,8 +77,13 @@ def document_lengths(docs: str, seq: int, n_tokens: int, rng: np.random.Generato
       weights and the sources' cards give (a mean of about 1,100 tokens)."""
     if docs not in DOCS:
         raise ValueError(f"--docs {docs!r} is unknown; choose one of {', '.join(DOCS)}")
+    return _lengths(docs, seq, n_tokens, rng)
+
+
+def _lengths(docs: str, seq: int, n_tokens: int, rng: np.random.Generator) -> Iterator[int]:
     if docs == "full":
-        return [seq + 1] * -(-n_tokens // (seq + 1))
+        yield from [seq + 1] * -(-n_tokens // (seq + 1))
+        return
     if docs == "short":
         means, probs = np.array([1024.0]), np.array([1.0])
     else:
@@ -83,13 +91,12 @@ def document_lengths(docs: str, seq: int, n_tokens: int, rng: np.random.Generato
         means = np.array([m for _, _, m in mix])
         probs = np.array([w / m for _, w, m in mix])  # documents drawn so that each source's tokens match its weight
         probs /= probs.sum()
-    lengths, written = [], 0
+    written = 0
     while written < n_tokens:
         mean = means[rng.choice(len(means), p=probs)] if len(means) > 1 else means[0]
         n = max(16, int(rng.exponential(mean)))
-        lengths.append(n)
+        yield n
         written += n
-    return lengths
 
 
 def make_assets(root: Path, vocab: int, n_tokens: int, docs: str = "short", seq: int = 4096):
@@ -286,7 +293,6 @@ def main(argv: list[str] | None = None) -> dict:
         most = max([parse_variant(v, args.micro_batch) for v in variants + [args.profile or "x"]],
                    key=lambda v: v["micro"] * v["accum"])
         # each rank takes its own micro-batches of the global batch: world x the tokens
-        # (short's shards are byte for byte those of the earlier records; full writes one document per window)
         n_tokens = args.seq * most["micro"] * most["accum"] * (args.steps + 2) * world
         if rank == 0:
             root.mkdir(parents=True, exist_ok=True)

@@ -38,7 +38,7 @@ def test_full_documents_fill_each_window_exactly(bench, tmp_path):
 
 def test_short_and_recipe_lengths_have_their_sources_means(bench):
     rng = np.random.default_rng(0)
-    short = bench["document_lengths"]("short", 4096, 4_000_000, rng)
+    short = list(bench["document_lengths"]("short", 4096, 4_000_000, rng))
     assert min(short) >= 16 and np.mean(short) == pytest.approx(1024, rel=0.05)
     for seq, stage in ((32768, "long_context_32k.yaml"), (65536, "long_context_64k.yaml")):
         mix = bench["recipe_mix"](seq)
@@ -48,7 +48,7 @@ def test_short_and_recipe_lengths_have_their_sources_means(bench):
         assert [name for name, _, _ in mix] == list(weights)
         # documents drawn per source in proportion to weight / mean: the tokens then follow the weights
         expected = sum(w for _, w, _ in mix) / sum(w / m for _, w, m in mix)
-        lengths = bench["document_lengths"]("recipe", seq, 4_000_000, rng)
+        lengths = list(bench["document_lengths"]("recipe", seq, 4_000_000, rng))
         assert np.mean(lengths) == pytest.approx(expected, rel=0.05)
     with pytest.raises(ValueError, match="--docs 'long' is unknown; choose one of short, full, recipe"):
         bench["document_lengths"]("long", 4096, 100, rng)

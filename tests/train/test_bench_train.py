@@ -105,3 +105,16 @@ def test_the_reference_retries_with_gradient_checkpointing_then_records_out_of_m
     monkeypatch.setattr(bench_model, "measure", none_fits)
     row = bench["hf_reference"]("tiny", 32, "cpu", warmup=1, iters=2)
     assert row["oom"] is True and row["gradient_checkpointing"] is True and "tokens_per_s" not in row
+
+
+def test_bench_models_packed_rows_count_their_own_documents(bench):
+    from bench_model import document_lengths, packed_positions
+
+    gen = torch.Generator().manual_seed(0)
+    pos = torch.stack([packed_positions(4096, 1024, gen) for _ in range(2)])
+    lengths = document_lengths(pos)
+    assert sum(lengths) == pos.numel() and len(lengths) == int((pos == 0).sum()) > 2
+    # the packed rows' MFU used to be given the two windows' pairs
+    assert causal_pairs(lengths) < causal_pairs([4096, 4096])
+    starts = [0] + [i for i in range(1, 4096) if pos[1, i] == 0] + [4096]
+    assert lengths[-(len(starts) - 1):] == [b - a for a, b in zip(starts, starts[1:])]  # the second row's own

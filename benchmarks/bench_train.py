@@ -4,18 +4,27 @@
 
     python3 benchmarks/bench_train.py --variants eager-ac,compile-noac-ga4,compile-ac-mb4 --profile compile-noac-ga4
 
-Random-token shards (document lengths exponential, mean 1024, so intra-document masking is on) feed the pretraining
-path: bf16 compute over fp32 master weights (see fused|amp below), fused AdamW, clipping. A variant name is
-dash-separated words: eager|compile (torch.compile of each decoder layer), ac|noac (activation checkpointing of
-every layer), optional varlen|flex|sdpa (attention backend, default auto = varlen), mbN (micro-batch, default
---micro-batch), gaN (gradient-accumulation steps, default 1), optional fused|amp (train.grad_accum_fusion
-true|false; default auto = fused on CUDA: bf16 weight copies once a step, weight gradients added into fp32 .grad by
-their GEMMs), optional fp8row|fp8tensor (train.fp8 rowwise|tensorwise: FP8 forward and input-gradient GEMMs in the
-decoder layers), optional graphs (train.cuda_graphs: each micro-batch's forward and backward replayed as a CUDA
-graph). Tokens/s count every micro-batch of a step, so the optimizer's cost is amortised over the
-accumulation. The first steps (compilation, allocator warm-up) are left out of the median.
+    python3 benchmarks/bench_train.py --seq 32768 --docs full --hf-reference --variants compile-ac-ga1
+
+Random-token shards feed the pretraining path. `--docs` picks their document lengths (see `document_lengths`):
+short (exponential, mean 1024: intra-document masking on, few attention pairs), full (one document per window:
+the most pairs a window can have) or recipe (the long-context stages' mix of sources). MFU is the trainer's:
+each step's FLOPs counted from the documents it ran (`ModelConfig.forward_flops`, PaLM appendix B over the
+causal pairs within documents), over its time and the GPU's bf16 peak; a row above 100% is a counting error, and
+the benchmark stops on it with exit status 1 (bench_model.insane_mfu).
+The pretraining path: bf16 compute over fp32 master weights (see fused|amp below), fused AdamW, clipping. A
+variant name is dash-separated words: eager|compile (torch.compile of each decoder layer), ac|noac (activation
+checkpointing of every layer), optional varlen|flex|sdpa (attention backend, default auto = varlen), mbN
+(micro-batch, default --micro-batch), gaN (gradient-accumulation steps, default 1), optional fused|amp
+(train.grad_accum_fusion true|false; default auto = fused on CUDA: bf16 weight copies once a step, weight gradients
+added into fp32 .grad by their GEMMs), optional fp8row|fp8tensor (train.fp8 rowwise|tensorwise: FP8 forward and
+input-gradient GEMMs in the decoder layers), optional graphs (train.cuda_graphs: each micro-batch's forward and
+backward replayed as a CUDA graph). Tokens/s count every micro-batch of a step, so the optimizer's cost is
+amortised over the accumulation. The first steps (compilation, allocator warm-up) are left out of the median.
 `--profile VARIANT` reruns one variant for 5 steps, the last under torch.profiler, and prints how busy the GPU was
-and its top kernels.
+and its top kernels. `--hf-reference` times transformers' SmolLM3 forward+backward on one window-long document
+(plain causal SDPA) before and after the variants; where that does not fit, it retries with transformers' gradient
+checkpointing and says so, and where that does not fit either the record says out of memory.
 Under `torchrun --nproc_per_node N` the same variants run with FSDP2 over N GPUs (tokens/s are global; each rank
 takes micro-batch x grad-accum sequences a step).
 """
@@ -29,6 +38,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +46,60 @@ import torch
 import yaml
 
 
-def make_assets(root: Path, vocab: int, n_tokens: int):
+DOCS = ("short", "full", "recipe")
+RECIPES = Path(__file__).resolve().parents[1] / "src" / "smollm3" / "recipes" / "smollm3-3b"
+# Tokens per document of the long-context stages' two web sources, from their dataset cards (GPT-2 tokens; the
+# Llama-3 tokenizer SmolLM3 uses packs English a little tighter): DCLM-baseline 1.0, "4T token / 3B document"
+# (mlfoundations/dclm-baseline-1.0); FineWeb-Edu's sample/350BT, 350B tokens in 339M rows. The other sources
+# publish no such figure: they get the short mix's mean, 1024.
+MEAN_DOC_TOKENS = {"data/dclm": 4e12 / 3e9, "data/fineweb-edu": 350e9 / 339e6}
+
+
+def recipe_mix(seq: int) -> list[tuple[str, float, float]]:
+    """[(source, token weight, mean document tokens)] of the long-context stage whose windows are closest to `seq`
+    (recipes/smollm3-3b/long_context_32k.yaml up to 32,768, long_context_64k.yaml above): its sources' weights
+    from SmolLM3's own stage configs (reference smollm3.md §3.2), their mean lengths from MEAN_DOC_TOKENS."""
+    stage = RECIPES / ("long_context_32k.yaml" if seq <= 32768 else "long_context_64k.yaml")
+    weights = yaml.safe_load(stage.read_text())["data"]["stages"][0]["weights"]
+    return [(name, float(w), MEAN_DOC_TOKENS.get(name, 1024.0)) for name, w in weights.items()]
+
+
+def document_lengths(docs: str, seq: int, n_tokens: int, rng: np.random.Generator) -> Iterator[int]:
+    """Lengths of the documents written to the shards, at least `n_tokens` in all, drawn as they are written (so
+    short's draws interleave with the tokens' as they always have: its shards are those of the earlier records).
+    The loader cuts the token stream into windows of seq + 1 (inputs and the last label), so a document may run
+    across windows.
+    short: exponential, mean 1024, at least 16 (web text's many short pages).
+    full: seq + 1 tokens each, so every window is exactly one document (T(T+1)/2 pairs, the most there are).
+    recipe: the long-context stages' sources in their token weights (`recipe_mix`), each document exponential
+      around its source's mean. An approximation: SmolLM3 published its stages' weights, not their length
+      histograms; its blog says the stages needed no special long-document data, and this mix is what the
+      weights and the sources' cards give (a mean of about 1,100 tokens)."""
+    if docs not in DOCS:
+        raise ValueError(f"--docs {docs!r} is unknown; choose one of {', '.join(DOCS)}")
+    return _lengths(docs, seq, n_tokens, rng)
+
+
+def _lengths(docs: str, seq: int, n_tokens: int, rng: np.random.Generator) -> Iterator[int]:
+    if docs == "full":
+        yield from [seq + 1] * -(-n_tokens // (seq + 1))
+        return
+    if docs == "short":
+        means, probs = np.array([1024.0]), np.array([1.0])
+    else:
+        mix = recipe_mix(seq)
+        means = np.array([m for _, _, m in mix])
+        probs = np.array([w / m for _, w, m in mix])  # documents drawn so that each source's tokens match its weight
+        probs /= probs.sum()
+    written = 0
+    while written < n_tokens:
+        mean = means[rng.choice(len(means), p=probs)] if len(means) > 1 else means[0]
+        n = max(16, int(rng.exponential(mean)))
+        yield n
+        written += n
+
+
+def make_assets(root: Path, vocab: int, n_tokens: int, docs: str = "short", seq: int = 4096):
     from tokenizers import Tokenizer as HFTok
     from tokenizers import models
 
@@ -47,11 +110,8 @@ def make_assets(root: Path, vocab: int, n_tokens: int):
     Tokenizer(HFTok(models.WordLevel({"<unk>": 0, "</s>": 1}, unk_token="<unk>")), eos_token="</s>").save(root / "tok")
     rng = np.random.default_rng(0)
     with ShardWriter(root / "shards" / "000.ds", 4, "random") as w:
-        written = 0
-        while written < n_tokens:
-            n = max(16, int(rng.exponential(1024)))
+        for n in document_lengths(docs, seq, n_tokens, rng):
             w.write(rng.integers(2, vocab, n))
-            written += n
 
 
 def parse_variant(name: str, micro: int) -> dict:
@@ -113,10 +173,13 @@ def run(root: Path, name: str, preset: str, seq: int, steps: int, variant: dict,
         return {"name": name}
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steady = records[min(3, len(records) - 1):]
+    step_tokens = micro * accum * seq * int(os.environ.get("WORLD_SIZE", "1"))
     row = {"name": name, "micro_batch": micro, "grad_accum": accum, "attn": attn, "compile": compile_, "ac": ac,
            "grad_accum_fusion": fusion, "fp8": fp8, "cuda_graphs": graphs,
            "tokens_per_s": round(statistics.median(r["tokens_per_s"] for r in steady)),
            "mfu": round(statistics.median(r.get("mfu", 0.0) for r in steady), 4),
+           # the trainer's count from the steps' own documents; the per-token figure shows attention's share
+           "flops_per_token": round(statistics.median(r["flops"] for r in steady) / step_tokens),
            "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
            "wall_s": round(wall, 1), "graph_breaks": sum(counters["graph_break"].values()),
            "graphs_compiled": counters["stats"]["unique_graphs"],
@@ -129,27 +192,58 @@ def run(root: Path, name: str, preset: str, seq: int, steps: int, variant: dict,
     return row
 
 
-def hf_reference(preset_name: str, seq: int) -> dict:
-    """transformers' SmolLM3 forward+backward alone (bf16 weights, plain causal SDPA, 1 x seq), timed as in
-    bench_model.py: the reference the trainer's tokens/s are compared with, in the same run."""
+def hf_reference(preset_name: str, seq: int, device: str = "cuda", warmup: int = 3, iters: int = 10) -> dict:
+    """transformers' SmolLM3 forward+backward alone (bf16 weights, plain causal SDPA: one window-long document,
+    1 x seq), timed as in bench_model.py: the reference the trainer's tokens/s are compared with, in the same run.
+    Where it does not fit, it is timed again with transformers' own gradient checkpointing (the row says which);
+    where that does not fit either, the row says out of memory. MFU over the causal pairs of the window."""
+    import gc
+
     import transformers
     from bench_model import measure
 
     from smollm3 import preset
+    from smollm3.config import causal_pairs
+    from smollm3.train.trainer import _peak_flops
 
     cfg = preset(preset_name)
     cfg.max_position_embeddings = max(cfg.max_position_embeddings, seq)
     hf_cfg = transformers.AutoConfig.for_model("smollm3", **{
         k: v for k, v in cfg.to_hf_dict().items() if k not in ("architectures", "model_type", "torch_dtype")})
     hf_cfg._attn_implementation = "sdpa"
-    with torch.device("cuda"):
+    with torch.device(device):
         hf = transformers.SmolLM3ForCausalLM(hf_cfg).to(torch.bfloat16)
     hf.train()
-    ids = torch.randint(0, cfg.vocab_size, (1, seq), generator=torch.Generator().manual_seed(0)).cuda()
-    row = measure(f"transformers {transformers.__version__}, causal (sdpa), fwd+bwd only", lambda x: hf(x).logits,
-                  list(hf.parameters()), ids, torch.roll(ids, -1, 1), 3, 10, cfg, 989.0)
-    hf = None  # free it before the trainer runs
-    torch.cuda.empty_cache()
+    params = list(hf.parameters())
+    ids = torch.randint(0, cfg.vocab_size, (1, seq), generator=torch.Generator().manual_seed(0)).to(device)
+    flops = 3 * cfg.forward_flops(seq, causal_pairs([seq]))  # the LM head runs on every position
+    peak_tflops = _peak_flops(torch.device(device)) / 1e12
+    name = f"transformers {transformers.__version__}, causal (sdpa), fwd+bwd only"
+    row = None
+    for checkpointing in (False, True):
+        if checkpointing:  # transformers 5.2x renamed it (the old name warns); the GPU machine may have either
+            enable = getattr(hf, "activation_checkpointing_enable", None) or hf.gradient_checkpointing_enable
+            enable({"use_reentrant": False})
+        try:
+            row = measure(name + (", gradient checkpointing" if checkpointing else ""), lambda x: hf(x).logits,
+                          params, ids, torch.roll(ids, -1, 1), warmup, iters, flops, peak_tflops)
+        except torch.OutOfMemoryError:
+            peak = round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None
+            print(f"{name}: out of memory {'with' if checkpointing else 'without'} gradient checkpointing "
+                  f"(peak {peak} GiB)", flush=True)
+        for p in params:
+            p.grad = None
+        gc.collect()  # the failed attempt's activations, held by its traceback until here
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        if row is not None:
+            row["gradient_checkpointing"] = checkpointing
+            break
+    else:
+        row = {"name": name, "oom": True, "gradient_checkpointing": True, "peak_mem_gib": peak}
+    hf = params = None  # free it before the trainer runs
+    if device == "cuda":
+        torch.cuda.empty_cache()
     return row
 
 
@@ -168,10 +262,13 @@ def profile(root: Path, name: str, preset: str, seq: int, micro: int, steps: int
     return summary
 
 
-def main():
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="smollm3-3b")
     ap.add_argument("--seq", type=int, default=4096)
+    ap.add_argument("--docs", choices=DOCS, default="short",
+                    help="document lengths: short (exponential, mean 1024), full (one per window), recipe (the "
+                         "long-context stages' mix)")
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--micro-batch", type=int, default=1)
     ap.add_argument("--variants", default="eager-ac,compile-ac")
@@ -181,7 +278,9 @@ def main():
     ap.add_argument("--profile", default=None, help="a variant to rerun under torch.profiler")
     ap.add_argument("--profile-out", default=None, help="folder to copy the profiled step's trace and kernel table to")
     ap.add_argument("--out", default=None)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    from bench_model import insane_mfu
+
     from smollm3 import preset
 
     vocab = preset(args.preset).vocab_size
@@ -197,40 +296,53 @@ def main():
         n_tokens = args.seq * most["micro"] * most["accum"] * (args.steps + 2) * world
         if rank == 0:
             root.mkdir(parents=True, exist_ok=True)
-            make_assets(root, vocab, n_tokens)
+            make_assets(root, vocab, n_tokens, args.docs, args.seq)
             (root / "ready").write_text("ok")
         while not (root / "ready").exists():
             time.sleep(0.5)
-        print(f"device {torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}  torch {torch.__version__}  preset {args.preset}  "
-              f"seq {args.seq}  {args.steps} steps", flush=True)
-        reference = hf_reference(args.preset, args.seq) if args.hf_reference and world == 1 else None
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        print(f"device {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}  torch {torch.__version__}  "
+              f"preset {args.preset}  seq {args.seq}  docs {args.docs}  {args.steps} steps", flush=True)
+        reference = hf_reference(args.preset, args.seq, device) if args.hf_reference and world == 1 else None
         top = None
+        result = {}
 
         def write():  # after every variant, so a run cut short keeps what finished
+            ratios = {r["name"]: round(r["tokens_per_s"] / reference["tokens_per_s"], 3) for r in rows
+                      if reference and reference.get("tokens_per_s") and r.get("tokens_per_s")}
+            result.update({
+                "date": time.strftime("%Y-%m-%d"),
+                "device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
+                "preset": args.preset, "seq": args.seq, "docs": args.docs, "gpus": world,
+                "reference": reference, "ratio_to_reference": ratios or None, "rows": rows,
+                "profile_variant": args.profile, "profile_top": top})
             if args.out and rank == 0:
-                device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-                Path(args.out).write_text(json.dumps({
-                    "date": time.strftime("%Y-%m-%d"), "device": device, "torch": torch.__version__,
-                    "preset": args.preset, "seq": args.seq, "gpus": world, "reference": reference, "rows": rows,
-                    "profile_variant": args.profile, "profile_top": top}, indent=2))
+                Path(args.out).write_text(json.dumps(result, indent=2))
+            insane = insane_mfu(rows + [reference])
+            if insane:
+                raise SystemExit(insane)  # exit status 1, the line on stderr; the JSON above keeps the evidence
 
+        write()
         for variant in variants:
             rows.append(run(root, variant, args.preset, args.seq, args.steps, parse_variant(variant, args.micro_batch)))
             write()
         if reference is not None and variants:
-            after = hf_reference(args.preset, args.seq)
-            reference = {**max(reference, after, key=lambda r: r["tokens_per_s"]),
-                         "tokens_per_s_before_after": [reference["tokens_per_s"], after["tokens_per_s"]]}
+            after = hf_reference(args.preset, args.seq, device)
+            if reference.get("oom") or after.get("oom"):
+                reference = {**reference, "after": after}
+            else:
+                reference = {**max(reference, after, key=lambda r: r["tokens_per_s"]),
+                             "tokens_per_s_before_after": [reference["tokens_per_s"], after["tokens_per_s"]]}
             write()
         if args.profile:
             top = profile(root, args.profile, args.preset, args.seq, args.micro_batch)
             write()
         if args.profile and args.profile_out:
             shutil.copytree(root / f"{args.profile}-profiled" / "profile", args.profile_out, dirs_exist_ok=True)
-    if reference:
+    if result.get("ratio_to_reference"):
         print("transformers before and after the variants:", reference.get("tokens_per_s_before_after"))
-        print("ratio to transformers fwd+bwd (the faster of the two):", {r["name"]: round(r["tokens_per_s"] / reference["tokens_per_s"], 3)
-                                                 for r in rows if "tokens_per_s" in r})
+        print("ratio to transformers fwd+bwd (the faster of the two):", result["ratio_to_reference"])
+    return result
 
 
 if __name__ == "__main__":

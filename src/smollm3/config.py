@@ -96,13 +96,33 @@ class ModelConfig:
         embed = self.vocab_size * d * (1 if self.tie_word_embeddings else 2)
         return L * per_layer + embed + d
 
-    def flops_per_token(self, seq_len: int) -> float:
-        """Training FLOPs per token, forward + backward: 6 per matmul weight (lm_head included, embedding lookup
-        excluded) plus causal attention, 6 * layers * heads * head_dim * seq_len (PaLM appendix B, halved for causal)."""
+    def matmul_weights(self) -> int:
+        """Weights that multiply a token in a GEMM: the decoder layers' projections and the LM head. The embedding
+        lookup is a gather, not a GEMM, so it is left out even when the head shares its matrix."""
         d, L = self.hidden_size, self.num_hidden_layers
         attn_proj = d * self.num_attention_heads * self.head_dim * 2 + d * self.num_key_value_heads * self.head_dim * 2
-        matmul_weights = L * (attn_proj + 3 * d * self.intermediate_size) + self.vocab_size * d
-        return 6 * matmul_weights + 6 * L * self.num_attention_heads * self.head_dim * seq_len
+        return L * (attn_proj + 3 * d * self.intermediate_size) + self.vocab_size * d
+
+    def forward_flops(self, tokens: int, attention_pairs: int, head_tokens: int | None = None) -> int:
+        """FLOPs of one forward over `tokens` tokens whose attention scores `attention_pairs` (query, key) pairs;
+        a training step (forward + backward) is 3x this. PaLM (Chowdhery et al. 2022, appendix B) counts
+        6N + 12·L·H·Q·T per training token: a multiply-add is 2 FLOPs, so a weight costs 2 per token forward and
+        the backward twice that (input and weight gradients), 6 in all; attention's QK^T and PV each cost 2·Q
+        per (query, key) pair and head forward, so 4·H·Q a pair and layer forward, 12·H·Q trained. PaLM assumes
+        every token sees all T keys (T² pairs); we count the pairs the step computes: a causal document of n
+        tokens has n(n+1)/2 (`causal_pairs`), and a packed row attends only within its documents. Every layer
+        attends, NoPE layers included (they skip the rotation, not the attention); grouped-query attention still
+        scores every query head. `head_tokens` (default `tokens`): positions whose logits are computed (the
+        trainer's LM head runs only where a label counts). Norms, softmax, SwiGLU's product and RoPE are not
+        GEMMs and are not counted, nor is activation checkpointing's recompute (model FLOPs, not hardware FLOPs).
+        The count this replaced (flops_per_token) took T²/2 pairs for every window whatever its documents, so
+        short documents at 64k read 104.7% MFU (issue 27).
+        """
+        head_tokens = tokens if head_tokens is None else head_tokens
+        d = self.hidden_size
+        layers = self.matmul_weights() - self.vocab_size * d
+        attention = 4 * self.num_hidden_layers * self.num_attention_heads * self.head_dim * attention_pairs
+        return 2 * (layers * tokens + self.vocab_size * d * head_tokens) + attention
 
     # ----------------------------------------------------------------------------------------------------------------
     # HF config.json
@@ -200,6 +220,19 @@ class ModelConfig:
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path}: not valid JSON ({e})") from None
         return cls.from_hf_dict(raw, source=str(path))
+
+
+def causal_pairs(document_lengths) -> int:
+    """(query, key) pairs that causal attention within each document scores: n(n+1)/2 for a document of n tokens
+    (every token sees itself and the tokens before it in its own document). One window-long document gives
+    T(T+1)/2; the same window as 64 equal documents gives 64·(T/64)(T/64+1)/2, about 1/64 of it."""
+    total = 0
+    for n in document_lengths:
+        n = int(n)
+        if n < 0:
+            raise ValueError(f"document length {n} is negative; lengths count tokens")
+        total += n * (n + 1) // 2
+    return total
 
 
 def config_from_dict(values: dict, source: str = "config") -> ModelConfig:

@@ -1,6 +1,7 @@
 """The training loop on CPU: exact resume after SIGKILL, 2-process FSDP2 (gloo) against 1 process, stage
 transitions and the errors bad configs get before any compute."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -71,8 +72,12 @@ def write_config(assets, out, **over) -> str:
     return str(path)
 
 
+def records(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
 def losses(out) -> list[float]:
-    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in records(out)]
 
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -120,6 +125,8 @@ def test_two_process_fsdp_matches_one_process_and_resumes_in_one(assets, tmp_pat
                          checkpoint__every=4), nproc=2)
     a, b = np.array(losses(one)[:4]), np.array(losses(two))
     assert np.max(np.abs(a - b) / np.abs(a)) <= 1e-5
+    # each rank counts its own documents' FLOPs; their sum is the one process's count of the same global batch
+    assert [r["flops"] for r in records(two)] == [r["flops"] for r in records(one)[:4]]
     # the 2-process checkpoint continues in 1 process, on the same global batches
     cont = write_config(assets, tmp_path / "cont", train__steps=6, train__micro_batch=2, train__grad_accum=2,
                         checkpoint__resume=str(two / "checkpoints" / "step_00000004"))
@@ -476,3 +483,76 @@ def test_bad_knobs_on_the_command_line_are_one_line(assets, tmp_path, capsys):
         assert main(["train", cfg, override]) == 1
         err = capsys.readouterr().err
         assert f"{key} is " in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def document_lengths(position_ids: torch.Tensor) -> list[int]:
+    """Lengths of the documents in each row: a document starts at every position 0 (the loaders' layout)."""
+    lengths = []
+    for row in position_ids.tolist():
+        starts = [i for i, p in enumerate(row) if p == 0] + [len(row)]
+        lengths += [b - a for a, b in zip(starts, starts[1:])]
+    return lengths
+
+
+def expected_flops(cfg, batch, lengths) -> int:
+    """PaLM appendix B over the real pairs, written out: 6 per matmul weight and token (the LM head only at the
+    labelled positions), 12·L·H·Q per causal (query, key) pair within a document."""
+    d, V = cfg.hidden_size, cfg.vocab_size
+    layer_weights, labelled = cfg.matmul_weights() - V * d, int((batch["labels"] != -100).sum())
+    pairs = sum(n * (n + 1) // 2 for n in lengths)
+    L, H, Q = cfg.num_hidden_layers, cfg.num_attention_heads, cfg.head_dim
+    return 6 * (layer_weights * sum(lengths) + V * d * labelled) + 12 * L * H * Q * pairs
+
+
+def test_step_flops_count_each_documents_causal_pairs_and_leave_padding_out():
+    from smollm3 import preset
+    from smollm3.data.packing import Packed, collate
+    from smollm3.train.trainer import _step_flops
+
+    cfg = preset("tiny")
+    pos = torch.tensor([[0, 1, 2, 3, 0, 1, 0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]])
+    labels = torch.where(pos == 0, -100, 7).roll(-1, 1)  # a document's last token predicts nothing
+    lm = {"input_ids": pos + 5, "position_ids": pos, "labels": labels}
+    assert _step_flops([lm], cfg, None, False) == expected_flops(cfg, lm, [4, 2, 6, 12])
+    one_document = {**lm, "position_ids": torch.arange(12).repeat(2, 1)}  # the same tokens, unpacked
+    assert _step_flops([one_document], cfg, None, False) == expected_flops(cfg, one_document, [12, 12])
+    assert _step_flops([lm, one_document], cfg, None, False) == \
+        _step_flops([lm], cfg, None, False) + _step_flops([one_document], cfg, None, False)
+
+    # SFT rows padded to the longest: the padding is one more "document" of pad ids without labels, not counted
+    def row(*lengths):
+        ids = np.concatenate([np.arange(3, 3 + n) for n in lengths])
+        return Packed(ids, np.where(ids % 2 == 0, ids, -100), np.concatenate([np.arange(n) for n in lengths]))
+
+    sft = collate([row(3, 2), row(7), row(4, 1, 2)], pad_id=0)
+    assert document_lengths(sft["position_ids"]) == [3, 2, 2, 7, 4, 1, 2]  # the first row ends in 2 pad tokens
+    assert _step_flops([sft], cfg, 0, False) == expected_flops(cfg, sft, [3, 2, 7, 4, 1, 2])
+    assert _step_flops([sft], cfg, None, False) == expected_flops(cfg, sft, [3, 2, 2, 7, 4, 1, 2])
+
+    # DPO / APO: the reference model's forward runs too (a third of a training step), unless its log-probs came along
+    one_forward = _step_flops([lm], cfg, None, False) // 3
+    assert _step_flops([lm], cfg, None, True) == 4 * one_forward
+    assert _step_flops([{**lm, "ref_logps": torch.zeros(2)}], cfg, None, True) == 3 * one_forward
+
+
+def test_metrics_hold_each_steps_flops_and_mfu_from_its_own_documents(assets, tmp_path, monkeypatch):
+    """The record's FLOPs are the documents' count of the micro-batches that step ran; MFU is FLOPs / time / peak
+    (a peak is stubbed in: the CPU has none in the table, so a CPU run records no MFU otherwise)."""
+    from smollm3 import preset
+    from smollm3.train import trainer
+    from smollm3.train.data import StepData
+
+    ran, next_step = [], StepData.next_step
+    monkeypatch.setattr(StepData, "next_step", lambda self: ran.append(next_step(self)) or ran[-1])
+    monkeypatch.setattr(trainer, "_peak_flops", lambda device: 1e12)
+    out = tmp_path / "flops"
+    train(load_train_config(write_config(assets, out, train__steps=3, checkpoint__every=None)))
+    cfg = dataclasses.replace(preset("tiny"), vocab_size=VOCAB)
+    tokens = 2 * 2 * 64  # micro-batch x grad-accum x seq_len
+    whole_window = sum(expected_flops(cfg, b, [64] * 2) for b in ran[0])
+    for record, micro in zip(records(out), ran, strict=True):
+        assert record["flops"] == sum(expected_flops(cfg, b, document_lengths(b["position_ids"])) for b in micro)
+        assert record["flops"] < whole_window  # documents of 8-40 tokens: far fewer pairs than 64-token windows
+        elapsed = tokens / record["tokens_per_s"]
+        assert record["mfu"] == pytest.approx(record["flops"] / elapsed / 1e12, rel=1e-9)
+    assert len({r["flops"] for r in records(out)}) == 3  # each step's packing is its own

@@ -13,8 +13,11 @@ from smollm3.data.sft import SFTLoader
 
 
 class StepData:
-    def __init__(self, loader, grad_accum: int):
-        self.loader, self.grad_accum = loader, grad_accum
+    """`pad_id`: the id that fills the end of a row (SFT's collation; None where rows are never padded), so the
+    trainer can leave padding out of the FLOPs it counts."""
+
+    def __init__(self, loader, grad_accum: int, pad_id: int | None = None):
+        self.loader, self.grad_accum, self.pad_id = loader, grad_accum, pad_id
 
     def next_step(self) -> list[dict]:
         return [next(self.loader) for _ in range(self.grad_accum)]
@@ -41,9 +44,9 @@ def build_data(cfg, tokenizer, dist) -> StepData:
         if d.kind == "sft":
             loader = SFTLoader(d.paths, tokenizer, d.seq_len, t.micro_batch, template=d.template, seed=d.seed,
                                rank=dist.rank, world_size=dist.world)
-        else:
-            loader = PreferenceLoader(d.paths, tokenizer, t.micro_batch, max_length=d.seq_len,
-                                      max_prompt_length=d.max_prompt_length, template=d.template, seed=d.seed,
-                                      rank=dist.rank, world_size=dist.world)
-        return StepData(loader, t.grad_accum)
+            return StepData(loader, t.grad_accum, pad_id=loader.pad_id)
+        loader = PreferenceLoader(d.paths, tokenizer, t.micro_batch, max_length=d.seq_len,
+                                  max_prompt_length=d.max_prompt_length, template=d.template, seed=d.seed,
+                                  rank=dist.rank, world_size=dist.world)
+        return StepData(loader, t.grad_accum)  # padding-free rows (data/preference.py): nothing to leave out
     raise ConfigError(f"data.kind {d.kind!r} is unknown; choose pretrain, sft or preference")

@@ -17,12 +17,13 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from smollm3.ops.attention import DocumentMask, resolve_backend
 from smollm3.checkpoint import build_model, load_pretrained
+from smollm3.config import ConfigError, causal_pairs, config_from_dict
 from smollm3.model import change_config
-from smollm3.config import ConfigError, config_from_dict
 from smollm3.tokenizer import load_tokenizer
 from smollm3.train import distributed as D
 from smollm3.train import profiling
@@ -196,8 +197,7 @@ def _train(cfg: TrainConfig, dist, out: Path) -> dict:
         (out / "config.yaml").write_text(dump_config(cfg))
 
     autocast = _autocast(cfg, dist, fsdp)
-    peak = _peak_flops(dist.device) * dist.world
-    flops_per_token = model.config.flops_per_token(cfg.data.seq_len)
+    peak = _peak_flops(dist.device) * dist.world  # against the FLOPs of all ranks (_global_count sums them)
     pbar = _progress(cfg.train.steps, start, dist)
     last_saved = start
     model.train()
@@ -208,7 +208,9 @@ def _train(cfg: TrainConfig, dist, out: Path) -> dict:
         micro = data.next_step()  # this rank's micro-batches for the global step
         if fusion is not None:
             fusion.begin_step()
-        denom = _global_count(micro, preference, dist)
+        # this step's FLOPs from its own documents, counted on the CPU before any of its work is queued
+        flops = _step_flops(micro, model.config, data.pad_id, with_reference=ref is not None)
+        denom, flops = _global_count(micro, preference, dist, flops)
         if graphs is not None:
             graphs.set_loss_scale(dist.world / denom)
         loss_sum = torch.zeros((), device=dist.device)
@@ -257,9 +259,9 @@ def _train(cfg: TrainConfig, dist, out: Path) -> dict:
         elapsed = time.perf_counter() - t0
         global_tokens = tokens * dist.world
         record = {"step": done, "loss": loss_value, "lr": optimizer.param_groups[0]["lr"], "grad_norm": grad_norm,
-                  "tokens_per_s": global_tokens / elapsed}
+                  "tokens_per_s": global_tokens / elapsed, "flops": flops}
         if peak:
-            record["mfu"] = record["tokens_per_s"] * flops_per_token / peak
+            record["mfu"] = flops / elapsed / peak
         metrics.log(record, force=done % cfg.log.every == 0 or done == cfg.train.steps)
         pbar.update(record)
         t0 = time.perf_counter()
@@ -311,14 +313,43 @@ def _to_device(batch: dict, device: torch.device) -> dict:
             "document_mask": dataclasses.replace(mask, doc_ids=move(mask.doc_ids), cu_seqlens=move(mask.cu_seqlens))}
 
 
-def _global_count(micro: list[dict], preference: bool, dist) -> float:
+def _global_count(micro: list[dict], preference: bool, dist, flops: int) -> tuple[float, float]:
+    """-> (the loss's denominator over all ranks: label tokens or preference pairs, the step's FLOPs over all
+    ranks); `flops` is this rank's. Ranks' documents differ, so their FLOPs do: one all-reduce sums both."""
     if preference:
         n = sum(b["num_pairs"] for b in micro)
     else:
         n = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in micro)
     if dist.world > 1:  # one process needs no device round trip (it would wait for the queued GPU work)
-        n = dist.all_reduce_sum(torch.tensor(float(n), device=dist.device)).item()
-    return max(float(n), 1.0)
+        # float64: a step's FLOPs (~1e16) lose no digit an MFU shows, and label counts stay exact
+        n, flops = dist.all_reduce_sum(torch.tensor([n, flops], dtype=torch.float64, device=dist.device)).tolist()
+    return max(float(n), 1.0), float(flops)
+
+
+def _step_flops(micro: list[dict], config, pad_id: int | None, with_reference: bool) -> int:
+    """Training FLOPs of this rank's micro-batches (ModelConfig.forward_flops, 3x for forward + backward, plus a
+    forward of the reference model where DPO / APO runs one: `with_reference`), from the documents the step
+    attends within: a document starts wherever a position is not its predecessor's + 1 (as DocumentMask reads
+    position_ids) and attends causally inside itself. A row's padding (its last document, only `pad_id` tokens
+    and no label: data/packing.py's collate) is left out, pairs and tokens both; the LM head counts the labelled
+    positions, where the loss runs it. Host arithmetic on the loader's CPU tensors: nothing waits for the GPU."""
+    total = 0
+    for b in micro:
+        ids, pos, labels = b["input_ids"].numpy(), b["position_ids"].numpy(), b["labels"].numpy()
+        rows, width = pos.shape
+        starts = np.ones(pos.shape, dtype=bool)
+        starts[:, 1:] = pos[:, 1:] != pos[:, :-1] + 1
+        lengths = []
+        for r in range(rows):  # every row starts a document, so none crosses rows
+            first = np.flatnonzero(starts[r])
+            doc = np.diff(np.append(first, width)).tolist()
+            last = first[-1]
+            if pad_id is not None and (ids[r, last:] == pad_id).all() and (labels[r, last:] == IGNORE_INDEX).all():
+                doc.pop()
+            lengths += doc
+        forward = config.forward_flops(sum(lengths), causal_pairs(lengths), int((labels != IGNORE_INDEX).sum()))
+        total += 3 * forward + (forward if with_reference and "ref_logps" not in b else 0)
+    return total
 
 
 def _amp_dtype(cfg: TrainConfig):

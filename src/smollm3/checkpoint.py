@@ -18,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from smollm3.config import ConfigError, ModelConfig
+from smollm3.gguf_io import read_gguf
 from smollm3.model import SmolLM3ForCausalLM
 
 DEFAULT_SHARD_BYTES = 5 * 1024**3  # transformers' default max_shard_size ("5GB")
@@ -27,7 +28,8 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read as this model; the message names the file and what is wrong."""
 
 
-def _dtype(name: str | torch.dtype | None) -> torch.dtype | None:
+def torch_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
+    """A torch dtype from its config / command-line spelling (float32, bf16, ...); a dtype or None passes through."""
     if name is None or isinstance(name, torch.dtype):
         return name
     table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -67,17 +69,15 @@ def load_pretrained(path: str | os.PathLike, device="cpu", dtype=None) -> SmolLM
             raise CheckpointError(f"{path}: a file must be a .gguf; for HF checkpoints pass the directory")
         return load_gguf(path, device, dtype)[0]
     config = load_config(path)
-    model = build_model(config, device, _dtype(dtype) or _dtype(config.dtype), init=False)
+    model = build_model(config, device, torch_dtype(dtype) or torch_dtype(config.dtype), init=False)
     _assign(model, _read_safetensors(path), str(path))
     return model.eval()
 
 
 def load_gguf(path: str | os.PathLike, device="cpu", dtype=None):
     """-> (model, GGUF reader): the reader also holds the tokenizer, so callers need not parse the file twice."""
-    from smollm3.gguf_io import read_gguf
-
     config, tensors, reader = read_gguf(path)
-    model = build_model(config, device, _dtype(dtype) or torch.float32, init=False)
+    model = build_model(config, device, torch_dtype(dtype) or torch.float32, init=False)
     _assign(model, tensors, str(path))
     return model.eval(), reader
 
@@ -87,6 +87,18 @@ def load_config(model_dir: str | os.PathLike) -> ModelConfig:
     if not cfg_path.exists():
         raise CheckpointError(f"{model_dir}: no config.json; is this a Hugging Face model directory?")
     return ModelConfig.from_json(cfg_path)
+
+
+def load_generation_config(path: str | os.PathLike) -> dict:
+    """generation_config.json of an HF directory (sampling defaults, eos ids); {} for a .gguf file or a directory
+    without one."""
+    f = Path(path) / "generation_config.json"
+    if not f.is_file():
+        return {}
+    try:
+        return json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{f}: not valid JSON ({e}); fix or delete the file") from None
 
 
 def shard_files(model_dir: Path) -> tuple[dict | None, list[str]]:
@@ -176,7 +188,7 @@ def save_pretrained(model: SmolLM3ForCausalLM, out_dir: str | os.PathLike, token
     """Write an HF directory: config.json, generation_config.json, safetensors (+ index when sharded), tokenizer.
 
     `out_dir` is replaced as a whole, atomically."""
-    dtype = _dtype(dtype) or next(model.parameters()).dtype
+    dtype = torch_dtype(dtype) or next(model.parameters()).dtype
     return save_state_dict(model.state_dict(), model.config, out_dir, tokenizer, max_shard_bytes, generation_config,
                            dtype)
 
@@ -198,7 +210,7 @@ def save_state_dict(state: dict, config: ModelConfig, out_dir: str | os.PathLike
                                 "pad_token_id": config.pad_token_id}
 
     with atomic_dir(out_dir) as tmp:
-        shards = _shard(tensors, max_shard_bytes)
+        shards = split_into_shards(tensors, max_shard_bytes)
         if len(shards) == 1:
             save_file(shards[0], tmp / "model.safetensors", metadata={"format": "pt"})
         else:
@@ -218,7 +230,9 @@ def save_state_dict(state: dict, config: ModelConfig, out_dir: str | os.PathLike
     return out_dir
 
 
-def _shard(state: dict, max_bytes: int) -> list[dict]:
+def split_into_shards(state: dict, max_bytes: int) -> list[dict]:
+    """`state` (name -> tensor, in order) cut into consecutive shards of at most `max_bytes` each, as transformers'
+    save_pretrained cuts them (a tensor larger than `max_bytes` is a shard of its own). Meta tensors plan a save."""
     shards, current, size = [], {}, 0
     for name, t in state.items():
         n = t.numel() * t.element_size()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100  # the label of a position that carries no loss (prompt, padding, document ends); torch's default
 
 
 def bfd_bins(lengths: list[int], capacity: int) -> list[list[int]]:

@@ -45,6 +45,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from smollm3.checkpoint import CheckpointError, save_state_dict
 from smollm3.config import ConfigError
+from smollm3.train.config import dump_config
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 MANIFEST = "MANIFEST.json"
@@ -211,8 +212,6 @@ def save_checkpoint(out: Path, step: int, model, optimizer, data, dist, cfg, tok
 
 
 def _write(tmp: Path, step: int, model, optimizer, data, dist, cfg, tokenizer):
-    from smollm3.train.config import dump_config
-
     model_state, optim_state = get_state_dict(model, optimizer)
     dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp / "state"))
     torch.save(_rng_state(), tmp / f"rng_rank{dist.rank}.pt")

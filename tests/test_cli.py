@@ -60,7 +60,7 @@ def test_hf_directory_loads_in_transformers_with_its_tokenizer(smollm2_dir):
 def test_errors_are_one_line_not_tracebacks(tmp_path, capsys):
     assert main(["generate", "--model", str(tmp_path / "missing"), "--prompt", "hi"]) == 1
     err = capsys.readouterr().err
-    assert "no such tokenizer directory" in err and "Traceback" not in err
+    assert "missing: no such file or directory" in err and "Traceback" not in err
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.json").write_text(json.dumps({"model_type": "smollm3", "hidden_sise": 8}))
     assert main(["convert", str(tmp_path / "m"), "--out", str(tmp_path / "o")]) == 1

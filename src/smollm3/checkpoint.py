@@ -29,7 +29,8 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read as this model; the message names the file and what is wrong."""
 
 
-def _dtype(name: str | torch.dtype | None) -> torch.dtype | None:
+def torch_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
+    """A torch dtype from its config / command-line spelling (float32, bf16, ...); a dtype or None passes through."""
     if name is None or isinstance(name, torch.dtype):
         return name
     table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -82,7 +83,7 @@ def load_pretrained(path: str | os.PathLike, device="cpu", dtype=None,
             raise CheckpointError(f"{path}: a file must be a .gguf; for HF checkpoints pass the directory")
         return load_gguf(path, device, dtype, settings)[0]
     config = load_config(path)
-    model = build_model(config, device, _dtype(dtype) or _dtype(config.dtype), init=False, settings=settings)
+    model = build_model(config, device, torch_dtype(dtype) or torch_dtype(config.dtype), init=False, settings=settings)
     _assign(model, _read_safetensors(path), str(path))
     return model.eval()
 
@@ -90,7 +91,7 @@ def load_pretrained(path: str | os.PathLike, device="cpu", dtype=None,
 def load_gguf(path: str | os.PathLike, device="cpu", dtype=None, settings: OpSettings | None = None):
     """-> (model, GGUF reader): the reader also holds the tokenizer, so callers need not parse the file twice."""
     config, tensors, reader = read_gguf(path)
-    model = build_model(config, device, _dtype(dtype) or torch.float32, init=False, settings=settings)
+    model = build_model(config, device, torch_dtype(dtype) or torch.float32, init=False, settings=settings)
     _assign(model, tensors, str(path))
     return model.eval(), reader
 
@@ -100,6 +101,18 @@ def load_config(model_dir: str | os.PathLike) -> ModelConfig:
     if not cfg_path.exists():
         raise CheckpointError(f"{model_dir}: no config.json; is this a Hugging Face model directory?")
     return ModelConfig.from_json(cfg_path)
+
+
+def load_generation_config(path: str | os.PathLike) -> dict:
+    """generation_config.json of an HF directory (sampling defaults, eos ids); {} for a .gguf file or a directory
+    without one."""
+    f = Path(path) / "generation_config.json"
+    if not f.is_file():
+        return {}
+    try:
+        return json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{f}: not valid JSON ({e}); fix or delete the file") from None
 
 
 def shard_files(model_dir: Path) -> tuple[dict | None, list[str]]:
@@ -189,7 +202,7 @@ def save_pretrained(model: SmolLM3ForCausalLM, out_dir: str | os.PathLike, token
     """Write an HF directory: config.json, generation_config.json, safetensors (+ index when sharded), tokenizer.
 
     `out_dir` is replaced as a whole, atomically."""
-    dtype = _dtype(dtype) or next(model.parameters()).dtype
+    dtype = torch_dtype(dtype) or next(model.parameters()).dtype
     return save_state_dict(model.state_dict(), model.config, out_dir, tokenizer, max_shard_bytes, generation_config,
                            dtype)
 
@@ -211,7 +224,7 @@ def save_state_dict(state: dict, config: ModelConfig, out_dir: str | os.PathLike
                                 "pad_token_id": config.pad_token_id}
 
     with atomic_dir(out_dir) as tmp:
-        shards = _shard(tensors, max_shard_bytes)
+        shards = split_into_shards(tensors, max_shard_bytes)
         if len(shards) == 1:
             save_file(shards[0], tmp / "model.safetensors", metadata={"format": "pt"})
         else:
@@ -231,7 +244,9 @@ def save_state_dict(state: dict, config: ModelConfig, out_dir: str | os.PathLike
     return out_dir
 
 
-def _shard(state: dict, max_bytes: int) -> list[dict]:
+def split_into_shards(state: dict, max_bytes: int) -> list[dict]:
+    """`state` (name -> tensor, in order) cut into consecutive shards of at most `max_bytes` each, as transformers'
+    save_pretrained cuts them (a tensor larger than `max_bytes` is a shard of its own). Meta tensors plan a save."""
     shards, current, size = [], {}, 0
     for name, t in state.items():
         n = t.numel() * t.element_size()

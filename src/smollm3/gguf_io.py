@@ -35,7 +35,9 @@ class GGUFError(ValueError):
     pass
 
 
-def _open(path: Path):
+def open_gguf(path: str | Path):
+    """A gguf.GGUFReader over the file (metadata now, tensors memory-mapped); GGUFError naming the file when it is not
+    one. The `gguf` package is imported here: it is an optional extra, needed only for .gguf files."""
     import gguf
 
     try:
@@ -44,7 +46,8 @@ def _open(path: Path):
         raise GGUFError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
 
 
-def _field(reader, key: str, default=None):
+def gguf_field(reader, key: str, default=None):
+    """The value of metadata key `key` ("tokenizer.ggml.tokens", "llama.context_length"), `default` when absent."""
     f = reader.fields.get(key)
     if f is None:
         return default
@@ -56,8 +59,8 @@ def read_gguf(path: str | Path) -> tuple[ModelConfig, list[tuple[str, torch.Tens
     import gguf
 
     path = Path(path)
-    reader = _open(path)
-    arch = _field(reader, "general.architecture")
+    reader = open_gguf(path)
+    arch = gguf_field(reader, "general.architecture")
     if arch not in SUPPORTED_ARCHITECTURES:
         raise GGUFError(f"{path}: GGUF architecture {arch!r} is not supported; "
                         f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
@@ -83,7 +86,7 @@ def read_gguf(path: str | Path) -> tuple[ModelConfig, list[tuple[str, torch.Tens
 
 def _config(reader, arch: str, path: Path) -> ModelConfig:
     def need(key):
-        v = _field(reader, f"{arch}.{key}")
+        v = gguf_field(reader, f"{arch}.{key}")
         if v is None:
             raise GGUFError(f"{path}: missing metadata key {arch}.{key}")
         return v
@@ -91,12 +94,12 @@ def _config(reader, arch: str, path: Path) -> ModelConfig:
     n_layers = int(need("block_count"))
     n_heads = int(need("attention.head_count"))
     hidden = int(need("embedding_length"))
-    tokens = _field(reader, "tokenizer.ggml.tokens")
-    vocab = int(_field(reader, f"{arch}.vocab_size", len(tokens) if tokens is not None else 0))
+    tokens = gguf_field(reader, "tokenizer.ggml.tokens")
+    vocab = int(gguf_field(reader, f"{arch}.vocab_size", len(tokens) if tokens is not None else 0))
     if not vocab:
         raise GGUFError(f"{path}: cannot tell the vocabulary size (no {arch}.vocab_size, no tokenizer.ggml.tokens)")
-    head_dim = int(_field(reader, f"{arch}.attention.key_length", hidden // n_heads))
-    rope_dim = int(_field(reader, f"{arch}.rope.dimension_count", head_dim))
+    head_dim = int(gguf_field(reader, f"{arch}.attention.key_length", hidden // n_heads))
+    rope_dim = int(gguf_field(reader, f"{arch}.rope.dimension_count", head_dim))
     if rope_dim != head_dim:
         raise GGUFError(f"{path}: partial rotary embeddings (rope.dimension_count {rope_dim} < head_dim {head_dim}) "
                         "are not SmolLM3")
@@ -107,16 +110,16 @@ def _config(reader, arch: str, path: Path) -> ModelConfig:
         intermediate_size=int(need("feed_forward_length")),
         num_hidden_layers=n_layers,
         num_attention_heads=n_heads,
-        num_key_value_heads=int(_field(reader, f"{arch}.attention.head_count_kv", n_heads)),
+        num_key_value_heads=int(gguf_field(reader, f"{arch}.attention.head_count_kv", n_heads)),
         head_dim=head_dim,
-        max_position_embeddings=int(_field(reader, f"{arch}.context_length", 4096)),
-        rope_theta=float(_field(reader, f"{arch}.rope.freq_base", 10000.0)),
-        rms_norm_eps=float(_field(reader, f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)),
+        max_position_embeddings=int(gguf_field(reader, f"{arch}.context_length", 4096)),
+        rope_theta=float(gguf_field(reader, f"{arch}.rope.freq_base", 10000.0)),
+        rms_norm_eps=float(gguf_field(reader, f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)),
         no_rope_layer_interval=interval,
         tie_word_embeddings=True,
-        bos_token_id=_int_or_none(_field(reader, "tokenizer.ggml.bos_token_id")),
-        eos_token_id=_int_or_none(_field(reader, "tokenizer.ggml.eos_token_id")),
-        pad_token_id=_int_or_none(_field(reader, "tokenizer.ggml.padding_token_id")),
+        bos_token_id=_int_or_none(gguf_field(reader, "tokenizer.ggml.bos_token_id")),
+        eos_token_id=_int_or_none(gguf_field(reader, "tokenizer.ggml.eos_token_id")),
+        pad_token_id=_int_or_none(gguf_field(reader, "tokenizer.ggml.padding_token_id")),
         dtype="float32",
     )
 
@@ -141,4 +144,4 @@ def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def gguf_chat_template(reader) -> str | None:
-    return _field(reader, "tokenizer.chat_template")
+    return gguf_field(reader, "tokenizer.chat_template")

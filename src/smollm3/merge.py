@@ -34,10 +34,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from smollm3.checkpoint import (DEFAULT_SHARD_BYTES, CheckpointError, _dtype, _shard, atomic_dir, load_config,
-                                describe_mismatch, shard_files)
+from smollm3.checkpoint import (DEFAULT_SHARD_BYTES, CheckpointError, atomic_dir, describe_mismatch, load_config,
+                                shard_files, split_into_shards, torch_dtype)
 from smollm3.config import ConfigError, ModelConfig
 from smollm3.model import SmolLM3ForCausalLM
+from smollm3.yaml_file import read_yaml_mapping
 
 SUPPORTED_METHODS = ("linear",)
 DTYPES = ("float32", "bfloat16", "float16")
@@ -85,14 +86,8 @@ class MergePlan:
 def read_merge_config(path: str | os.PathLike) -> MergePlan:
     """Parse and validate a mergekit-style YAML. Relative model paths resolve against the YAML's directory."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such merge config (a mergekit-style YAML file)")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise MergeError(f"{path}: not valid YAML ({e})") from None
-    if not isinstance(raw, dict):
-        raise MergeError(f"{path}: expected a mapping with `models:` and `merge_method:`, got {type(raw).__name__}")
+    raw = read_yaml_mapping(path, "merge config (a mergekit-style YAML file)",
+                            "with `models:` and `merge_method:`", MergeError)
     src = str(path)
     _check_keys(raw, TOP_LEVEL_KEYS, src, "top-level", UNSUPPORTED_KEYS)
     method = raw.get("merge_method")
@@ -227,7 +222,7 @@ def linear_merge(models, out_dir, weights=None, normalize: bool = True, dtype: s
 
     configs = [_load_config(m) for m in models]
     _check_same_architecture(models, configs)
-    out_dtype = _dtype(dtype or configs[0].dtype)
+    out_dtype = torch_dtype(dtype or configs[0].dtype)
     # special-token ids belong with the tokenizer that is copied
     ids = configs[0] if not (tokenizer_source / "config.json").exists() else _load_config(tokenizer_source)
     layouts = [_tensor_layout(m, c) for m, c in zip(models, configs)]
@@ -236,7 +231,7 @@ def linear_merge(models, out_dir, weights=None, normalize: bool = True, dtype: s
         _check_tensors(m, layout, expected)
 
     names = list(expected)  # the model's own order, as save_pretrained writes it
-    plan = _shard({n: torch.empty(expected[n], dtype=out_dtype, device="meta") for n in names},
+    plan = split_into_shards({n: torch.empty(expected[n], dtype=out_dtype, device="meta") for n in names},
                   max_shard_bytes)
     saved_config = ModelConfig(**{**configs[0].__dict__, "dtype": str(out_dtype).replace("torch.", ""),
                                   **{k: getattr(ids, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}})

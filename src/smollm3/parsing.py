@@ -18,7 +18,8 @@ A tool block that is malformed (not JSON, no name, arguments not an object, empt
 tag) is left in the content verbatim: nothing is lost and nothing raises. Tags inside the reasoning are reasoning.
 
 `parse_output(text)` parses a whole output; `StreamParser` parses it delta by delta with the same result:
-joining the deltas of `feed(...)` and `finish()` gives exactly `parse_output` of the joined text.
+joining the deltas of `feed(...)` and `finish()` gives exactly `parse_output` of the joined text. `answer_text(text)`
+is the cheap cut that answer checkers use: the raw text after the think block, tool blocks and whitespace kept.
 """
 
 from __future__ import annotations
@@ -60,6 +61,14 @@ def parse_output(text: str, *, xml_tools: bool = True, python_tools: bool = True
     parser.feed(text)
     parser.finish()
     return parser.result()
+
+
+def answer_text(text: str) -> str:
+    """The answer part of a model output, unparsed: what follows the last </think>; without one, what precedes an
+    unclosed <think> (cut off while thinking: no answer yet); the whole text when there is no think block."""
+    if THINK_CLOSE in text:
+        return text.rsplit(THINK_CLOSE, 1)[1]
+    return text.split(THINK_OPEN, 1)[0]
 
 
 def tool_call(name: str, arguments: dict) -> dict:

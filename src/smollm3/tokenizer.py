@@ -17,6 +17,8 @@ from pathlib import Path
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
+from smollm3 import chat
+
 
 class TokenizerError(ValueError):
     pass
@@ -100,9 +102,9 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such tokenizer directory or .gguf file")
     if path.is_file() and path.suffix == ".gguf":
-        from smollm3.gguf_io import _open
+        from smollm3.gguf_io import open_gguf  # gguf_io imports torch; a tokenizer directory needs neither
 
-        return tokenizer_from_gguf(_open(path))
+        return tokenizer_from_gguf(open_gguf(path))
     tj = path / "tokenizer.json"
     if not tj.exists():
         raise FileNotFoundError(f"{path}: no tokenizer.json (only fast, tokenizers-format tokenizers are supported)")
@@ -145,15 +147,15 @@ def tokenizer_from_gguf(reader) -> Tokenizer:
 
     For the `smollm` pre-tokenizer (SmolLM2) digits are split one by one before the byte-level split, as llama.cpp
     and the original HF tokenizer do; transformers' own GGUF conversion omits that step (offline-assets.md §1.4)."""
-    from smollm3.gguf_io import GGUFError, _field
+    from smollm3.gguf_io import GGUFError, gguf_chat_template, gguf_field  # torch, as in load_tokenizer
 
-    model = _field(reader, "tokenizer.ggml.model")
+    model = gguf_field(reader, "tokenizer.ggml.model")
     if model != "gpt2":
         raise GGUFError(f"GGUF tokenizer model {model!r} is not supported; only byte-level BPE ('gpt2') is")
-    tokens = list(_field(reader, "tokenizer.ggml.tokens"))
-    types = list(_field(reader, "tokenizer.ggml.token_type"))
-    merges = [tuple(m.split(" ", 1)) for m in _field(reader, "tokenizer.ggml.merges")]
-    pre = _field(reader, "tokenizer.ggml.pre")
+    tokens = list(gguf_field(reader, "tokenizer.ggml.tokens"))
+    types = list(gguf_field(reader, "tokenizer.ggml.token_type"))
+    merges = [tuple(m.split(" ", 1)) for m in gguf_field(reader, "tokenizer.ggml.merges")]
+    pre = gguf_field(reader, "tokenizer.ggml.pre")
     tok = HFTokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, fuse_unk=False,
                                  byte_fallback=False))
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
@@ -171,15 +173,13 @@ def tokenizer_from_gguf(reader) -> Tokenizer:
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t, ty in zip(tokens, types) if ty == 4])
 
     def name(key):
-        i = _field(reader, key)
+        i = gguf_field(reader, key)
         return tokens[int(i)] if i is not None and int(i) < len(tokens) else None
-
-    from smollm3.gguf_io import gguf_chat_template
 
     return Tokenizer(tok, bos_token=name("tokenizer.ggml.bos_token_id"), eos_token=name("tokenizer.ggml.eos_token_id"),
                      pad_token=name("tokenizer.ggml.padding_token_id"), unk_token=name("tokenizer.ggml.unknown_token_id"),
                      chat_template=gguf_chat_template(reader),
-                     add_bos_token=bool(_field(reader, "tokenizer.ggml.add_bos_token", False)))
+                     add_bos_token=bool(gguf_field(reader, "tokenizer.ggml.add_bos_token", False)))
 
 
 # Llama-3's pre-tokenizer split (also SmolLM3's): contractions, letters, 1-3 digit groups, punctuation, whitespace.
@@ -234,8 +234,6 @@ def train_tokenizer(corpus, vocab_size: int, out_dir: str | os.PathLike | None =
     corpus: files or directories; .jsonl/.json/.ndjson (optionally .gz) are read as JSON lines with a "text" field,
       anything else as plain UTF-8 text. vocab_size: total ids, `special_slots` of them special tokens at the end
       (SmolLM3: 128,000 BPE + 256 special). The chat template saved with it is our SmolLM3 template."""
-    from smollm3.chat import chat_template
-
     if not isinstance(vocab_size, int) or isinstance(vocab_size, bool):
         raise TokenizerError(f"vocab size must be an integer, got {vocab_size!r}")
     names = special_tokens(special_slots)
@@ -260,7 +258,7 @@ def train_tokenizer(corpus, vocab_size: int, out_dir: str | os.PathLike | None =
     if show_progress and bpe_size < vocab_size - special_slots:
         print(f"note: the corpus supports only {bpe_size} BPE tokens, so the vocabulary has "
               f"{bpe_size + special_slots} ids instead of {vocab_size}", file=sys.stderr)
-    tokenizer = Tokenizer(tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, chat_template=chat_template("smollm3"),
+    tokenizer = Tokenizer(tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, chat_template=chat.chat_template("smollm3"),
                           add_bos_token=False)
     assert [tokenizer.token_to_id(t) for t in names] == list(range(bpe_size, bpe_size + special_slots))
     if out_dir is not None:
@@ -383,10 +381,8 @@ def tokenizer_from_tiktoken(path: str | os.PathLike, special_slots: int = 256) -
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     add_special_tokens(tok, special_slots)
-    from smollm3.chat import chat_template
-
     # the released instruct model ends turns with <|im_end|> (its config's eos_token_id is 128012)
-    return Tokenizer(tok, bos_token=BOS, eos_token="<|im_end|>", pad_token=PAD, chat_template=chat_template("smollm3"),
+    return Tokenizer(tok, bos_token=BOS, eos_token="<|im_end|>", pad_token=PAD, chat_template=chat.chat_template("smollm3"),
                      add_bos_token=False, model_max_length=65536)
 
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from smollm3.cli import main
-from smollm3.eval.runner import gen_prompts, render_prompt
+from smollm3.eval.runner import gen_prompts
+from smollm3.eval.tasks import render_prompt
 from smollm3.eval.tasks import get_task
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Paris est la capitale de la France. Ça va ? 🙂"]

@@ -1,11 +1,13 @@
 """Batched sampling: the exponential race draws from the right distribution, filters keep the right tokens, the
 repetition penalty is transformers' own, and parameters are checked."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 from smollm3.infer.sampling import (SamplingParams, apply_repetition_penalty, generation_defaults, plain_greedy,
-                                   sampling_scores, token_logprobs)
+                                   sampling_scores, stop_token_ids, token_logprobs)
 
 PROBS = torch.tensor([0.5, 0.3, 0.15, 0.05])
 
@@ -73,6 +75,14 @@ def test_defaults_from_generation_config():
     assert generation_defaults({"do_sample": False})["temperature"] == 0.0
     p = SamplingParams(top_p=0.5).resolve(generation_defaults({"temperature": 0.3}))
     assert (p.temperature, p.top_p, p.top_k) == (0.3, 0.5, 0)
+
+
+def test_stop_ids_from_generation_config_then_config_then_tokenizer():
+    config, tokenizer = SimpleNamespace(eos_token_id=2), SimpleNamespace(eos_token_id=7)
+    assert stop_token_ids(config, tokenizer, {}) == [2, 7]
+    assert stop_token_ids(config, tokenizer, {"eos_token_id": [128012, 7, None]}) == [128012, 7]  # a list, no repeats
+    assert stop_token_ids(config, None, {"eos_token_id": 5}) == [5]
+    assert stop_token_ids(SimpleNamespace(eos_token_id=None), None, {}) == []
 
 
 def test_presence_frequency_penalties_and_logit_bias_follow_openai():

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from smollm3.recipe.claims import FAILS, HOLDS, NOT_SHOWN, NOT_TESTED, beyond_noise, claims
 from smollm3.recipe.report import write_report
-from smollm3.recipe.run import find_recipe, load_recipe
+from smollm3.recipe.spec import find_recipe, load_recipe
 
 NAMES = ["code/python", "en/web", "fr/web", "math/math"]
 LABELS = ["pretrain/stage1", "pretrain/stage2", "pretrain", "long_context_1", "long_context_2", "mid_training",

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from smollm3.cli import main
-from smollm3.recipe.run import RecipeError, available, find_recipe, load_recipe, resolve
+from smollm3.recipe.spec import RecipeError, available, find_recipe, load_recipe, resolve
 
 SENTENCES = {
     "en": "The committee met on Tuesday to review the budget and agreed to publish the report next month.",

@@ -86,9 +86,9 @@ def device(name: str | None) -> str:
 
 
 def dtype_for(device: str, name: str | None):
-    from smollm3.checkpoint import _dtype
+    from smollm3.checkpoint import torch_dtype
 
-    return _dtype(name) if name else _dtype("bfloat16" if device.startswith("cuda") else "float32")
+    return torch_dtype(name or ("bfloat16" if device.startswith("cuda") else "float32"))
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:

@@ -116,8 +116,9 @@ def _run_data_synth(args):
     import os
 
     from smollm3.data.synthetic import generate
+    from smollm3.data.synthetic_long import KINDS
 
-    long = args.task.startswith(("niah", "variable"))
+    long = args.task in KINDS
     options = {}
     if long:
         from smollm3.tokenizer import load_tokenizer

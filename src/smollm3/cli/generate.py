@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -32,7 +31,8 @@ def add(sub, name, help):
                    help="0 = greedy (default: generation_config.json, else 0.6)")
     p.add_argument("--top-p", type=number(float, 0, 1, low_open=True), default=None,
                    help="in (0, 1] (default: generation_config.json, else 0.95)")
-    p.add_argument("--top-k", type=number(int, 0, what=" (0 = off)"), default=0)
+    p.add_argument("--top-k", type=number(int, 0, what=" (0 = off)"), default=None,
+                   help="0 = off (default: generation_config.json, else off)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default=None, help="default: bfloat16 on GPU, float32 on CPU")
@@ -41,21 +41,21 @@ def add(sub, name, help):
 
 def _run_generate(args):
     from smollm3.chat import chat_template, render_template
-    from smollm3.checkpoint import load_pretrained
     from smollm3.generate import generate
-    from smollm3.tokenizer import load_tokenizer
+    from smollm3.infer.llm import load_for_inference
+    from smollm3.infer.sampling import SamplingParams, generation_defaults, stop_token_ids
 
     if not args.chat and (args.think is not None or args.chat_template or args.system):
         raise ValueError("--think, --no-think, --chat-template and --system apply to a chat turn; add --chat")
     dev = device(args.device)
     model_path = Path(args.model)
-    tokenizer = load_tokenizer(model_path)
-    gen_cfg = {}
-    if model_path.is_dir() and (model_path / "generation_config.json").exists():
-        gen_cfg = json.loads((model_path / "generation_config.json").read_text())
-    temperature = args.temperature if args.temperature is not None else gen_cfg.get("temperature", 0.6)
-    top_p = args.top_p if args.top_p is not None else gen_cfg.get("top_p", 0.95)
-    model = load_pretrained(model_path, device=dev, dtype=dtype_for(dev, args.dtype))
+    # the model, its tokenizer and generation_config.json as the engine (chat, serve, eval) loads them
+    model, tokenizer, gen_cfg = load_for_inference(model_path, dev, dtype_for(dev, args.dtype))
+    if tokenizer is None:
+        raise ValueError(f"{model_path}: no tokenizer.json; generate needs the model's tokenizer beside its weights")
+    # unset flags take the model's defaults (generation_config.json, else SmolLM3's recommended), as the engine's do
+    sampling = SamplingParams(max_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                              top_k=args.top_k, seed=args.seed).resolve(generation_defaults(gen_cfg))
     if args.chat:
         if args.chat_template is not None:
             template = Path(args.chat_template).read_text() if Path(args.chat_template).is_file() \
@@ -72,9 +72,7 @@ def _run_generate(args):
         prompt_ids = tokenizer.encode(text)
     else:
         prompt_ids = tokenizer.encode(args.prompt, add_special_tokens=True)
-    stop = {i for i in _as_list(gen_cfg.get("eos_token_id", model.config.eos_token_id)) if i is not None}
-    if tokenizer.eos_token_id is not None:
-        stop.add(tokenizer.eos_token_id)
+    stop = set(stop_token_ids(model.config, tokenizer, gen_cfg))
     printed, new = "", []
 
     def stream(token):
@@ -86,9 +84,6 @@ def _run_generate(args):
             sys.stdout.flush()
             printed = text
 
-    generate(model, prompt_ids, args.max_new_tokens, temperature, top_p, args.top_k, args.seed, stop, stream)
+    generate(model, prompt_ids, sampling.max_tokens, sampling.temperature, sampling.top_p, sampling.top_k, sampling.seed,
+             stop, stream)
     sys.stdout.write("\n")
-
-
-def _as_list(x):
-    return x if isinstance(x, list) else [x]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 
@@ -21,7 +20,7 @@ def _add_convert(sub, help):
 
 
 def _run_convert(args):
-    from smollm3.checkpoint import load_gguf, load_pretrained, save_pretrained
+    from smollm3.checkpoint import load_generation_config, load_gguf, load_pretrained, save_pretrained
     from smollm3.tokenizer import load_tokenizer, tokenizer_from_gguf
 
     src = Path(args.src)
@@ -37,8 +36,7 @@ def _run_convert(args):
         model = load_pretrained(src, dtype=args.dtype)
         if (src / "tokenizer.json").exists():
             tokenizer = load_tokenizer(src)
-        if (src / "generation_config.json").exists():
-            generation = json.loads((src / "generation_config.json").read_text())
+        generation = load_generation_config(src)  # {}: save_pretrained writes the config's ids
     out = save_pretrained(model, args.out, tokenizer=tokenizer, generation_config=generation)
     n = model.num_params()
     print(f"wrote {out} ({n / 1e6:.1f}M parameters, {model.config.num_hidden_layers} layers, "

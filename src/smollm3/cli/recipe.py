@@ -23,7 +23,7 @@ def _add_recipe(sub, help):
 
 
 def _run_recipe_list(args):
-    from smollm3.recipe.run import available
+    from smollm3.recipe.spec import available
 
     print("\n".join(available()))
 

@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from smollm3.data.packing import IGNORE_INDEX
 from smollm3.data.shards import ShardError, find_shards, open_shard
 
-IGNORE_INDEX = -100
 _M64 = (1 << 64) - 1
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-IGNORE_INDEX = -100
+from smollm3.ops.cross_entropy import IGNORE_INDEX  # the data's labels follow the loss's convention
 
 
 def bfd_bins(lengths: list[int], capacity: int) -> list[list[int]]:

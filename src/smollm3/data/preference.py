@@ -28,7 +28,9 @@ import torch
 from tqdm import tqdm
 
 from smollm3.data.packing import IGNORE_INDEX
-from smollm3.data.sft import DataFormatError, EpochStream, check_kwargs, check_messages, read_jsonl
+from smollm3.chat import ChatError, TemplateError, tokenize_chat
+from smollm3.data.sft import (DataFormatError, EpochStream, check_kwargs, check_messages, conversations_fingerprint,
+                              read_jsonl)
 
 
 def _as_messages(where: str, value, field: str, role: str) -> list[dict]:
@@ -78,8 +80,6 @@ class TokenizedPair:
 
 def tokenize_pair(tokenizer, example: dict, *, template: str = "smollm3", date: Date | None = None,
                   max_prompt_length: int | None = 512) -> TokenizedPair:
-    from smollm3.chat import ChatError, TemplateError, tokenize_chat
-
     kwargs = dict(example.get("chat_template_kwargs") or {})
     if date is not None:
         kwargs.setdefault("date", date)
@@ -137,15 +137,14 @@ class PreferenceLoader:
     def __init__(self, paths: list[str | os.PathLike], tokenizer, batch_size: int, *, max_length: int | None = None,
                  max_prompt_length: int | None = 512, template: str = "smollm3", seed: int = 0, rank: int = 0,
                  world_size: int = 1, date: Date | None = None):
-        from smollm3.data.sft import _fingerprint
-
         self.examples = load_preferences(paths)
         self.tokenizer, self.template = tokenizer, template
         self.max_length, self.max_prompt_length = max_length, max_prompt_length
         self.date = date or Date.today()
         self.rank = rank
-        self.fingerprint = _fingerprint([{"messages": [e["prompt"], e["chosen"], e["rejected"]],
-                                          "chat_template_kwargs": e["chat_template_kwargs"]} for e in self.examples])
+        self.fingerprint = conversations_fingerprint([{"messages": [e["prompt"], e["chosen"], e["rejected"]],
+                                                       "chat_template_kwargs": e["chat_template_kwargs"]}
+                                                      for e in self.examples])
         self._tokenize()
         self.stream = EpochStream(len(self.pairs), batch_size, seed, rank, world_size)
 

@@ -33,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from smollm3.data.shards import ShardWriter, open_shard, token_size_for
+from smollm3.tokenizer import load_tokenizer
 
 SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet", ".txt")
 MANIFEST = "prepare.json"
@@ -234,8 +235,6 @@ def read_texts(unit: Unit, text_key: str = "text"):
 
 @functools.lru_cache(maxsize=2)
 def _tokenizer(path: str):
-    from smollm3.tokenizer import load_tokenizer
-
     return load_tokenizer(path)
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from smollm3.chat import ChatError, TemplateError, tokenize_chat
 from smollm3.data.packing import IGNORE_INDEX, Packed, collate, pack_sequences
 
 
@@ -102,8 +103,6 @@ def load_conversations(paths: list[str | os.PathLike]) -> list[dict]:
 def tokenize_conversation(tokenizer, example: dict, *, template: str = "smollm3",
                           date: Date | None = None) -> tuple[list[int], list[int]]:
     """(input_ids, shifted labels) of one conversation; labels keep only assistant tokens."""
-    from smollm3.chat import ChatError, TemplateError, tokenize_chat
-
     kwargs = dict(example.get("chat_template_kwargs") or {})
     if date is not None:
         kwargs.setdefault("date", date)
@@ -115,7 +114,9 @@ def tokenize_conversation(tokenizer, example: dict, *, template: str = "smollm3"
     return ids, labels
 
 
-def _fingerprint(examples: list[dict]) -> str:
+def conversations_fingerprint(examples: list[dict]) -> str:
+    """16 hex digits that change when any example's messages or template kwargs do: a loader's saved state names
+    the data it walked, and resuming on other data is refused."""
     h = hashlib.sha256()
     for ex in examples:
         h.update(json.dumps([ex["messages"], ex["chat_template_kwargs"]], sort_keys=True, default=str).encode())
@@ -166,7 +167,7 @@ class SFTLoader:
         self.date = date or Date.today()
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = pad if pad is not None else 0
-        self.fingerprint = _fingerprint(self.examples)
+        self.fingerprint = conversations_fingerprint(self.examples)
         self.stream_rank = rank
         self._pack()
         self.stream = EpochStream(len(self.rows), batch_size, seed, rank, world_size)
@@ -189,8 +190,6 @@ class SFTLoader:
         if not firsts:
             return (f"{where}: no trainable tokens: no conversation has an assistant turn (only assistant tokens "
                     "are trained on)")
-        from smollm3.chat import tokenize_chat
-
         system, _ = tokenize_chat(self.tokenizer, [{"role": "user", "content": ""}], template=self.template,
                                   date=self.date)
         return (f"{where}: no trainable tokens: every assistant turn starts beyond data.seq_len {self.seq_len} and is "

@@ -17,6 +17,9 @@ import random
 import re
 from decimal import Decimal, InvalidOperation
 
+from smollm3.data import synthetic_long, synthetic_tools
+from smollm3.parsing import answer_text
+
 NAMES = ["Ana", "Ben", "Chloé", "Dmitri", "Elena", "Farid", "Greta", "Hugo", "Ines", "Jonas", "Kemal", "Lucía",
          "Marco", "Nadia", "Otto", "Priya", "Quentin", "Rosa", "Sven", "Tariq", "Uma", "Vera", "Wen", "Yusuf", "Zoe"]
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "×": lambda a, b: a * b, "÷": lambda a, b: a // b}
@@ -27,19 +30,12 @@ PRECEDENCE = {"+": 1, "-": 1, "×": 2, "÷": 2}
 # answers
 
 
-def _content(response: str) -> str:
-    """The answer part of a response: what follows the think block, if there is one."""
-    if "</think>" in response:
-        return response.rsplit("</think>", 1)[1]
-    return response.split("<think>", 1)[0] if "<think>" in response else response
-
-
 _NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
 
 
 def final_number(response: str) -> Decimal | None:
     """The number a response gives as its answer: the one after "answer is", else the last number."""
-    text = _content(response)
+    text = answer_text(response)
     m = re.search(r"answer is\s*:?\s*\**\s*(-?\$?\d[\d,]*(?:\.\d+)?)", text, re.IGNORECASE)
     raw = m.group(1) if m else (_NUMBER.findall(text) or [None])[-1]
     if raw is None:
@@ -317,16 +313,11 @@ def check(example: dict, response: str) -> bool:
     if task in ("arithmetic", "small_arithmetic", "word_problem", "running_total", "preference"):
         return _number_matches(response, example["answer"])
     if task == "memory_chat":
-        return str(example["answer"]).lower() in _content(response).lower()
+        return str(example["answer"]).lower() in answer_text(response).lower()
     if task.startswith("tool_"):
-        from smollm3.data.synthetic_tools import check_tool_example
-
-        return check_tool_example(example, response)
-    if task in ("niah_single", "niah_single_word", "niah_multikey", "niah_multivalue", "niah_multiquery",
-                "variable_tracking"):
-        from smollm3.data.synthetic_long import check_retrieval
-
-        return check_retrieval(example, response)
+        return synthetic_tools.check_tool_example(example, response)
+    if task in synthetic_long.KINDS:
+        return synthetic_long.check_retrieval(example, response)
     raise ValueError(f"no checker for task {task!r}")
 
 
@@ -336,8 +327,6 @@ def generate(task: str, n: int, seed: int = 0, **options) -> list[dict]:
     tool_preference (style=xml|python, think, offered);
     niah_single, niah_multikey, niah_multivalue, niah_multiquery, variable_tracking (length=tokens,
     tokenizer=..., haystack=[texts])."""
-    from smollm3.data import synthetic_long, synthetic_tools
-
     makers = {"arithmetic": make_arithmetic, "small_arithmetic": make_small_arithmetic, "word_problem": make_word_problem, "running_total": make_running_total,
               "memory_chat": make_memory_chat, "preference": make_preference,
               "tool_xml": lambda rng, **kw: synthetic_tools.make_tool_chat(rng, style="xml", **kw),

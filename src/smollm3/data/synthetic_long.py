@@ -24,6 +24,8 @@ from __future__ import annotations
 import random
 import string
 
+from smollm3.parsing import answer_text
+
 KINDS = ("niah_single", "niah_single_word", "niah_multikey", "niah_multivalue", "niah_multiquery",
          "variable_tracking")
 # RULER's word-valued needles ("type_needle_v: words"): none of these appears in the noise haystack
@@ -188,7 +190,5 @@ def retrieval_document(example: dict) -> str:
 
 def check_retrieval(example: dict, response: str) -> bool:
     """RULER's string-match-all: every expected value appears in the answer."""
-    from smollm3.data.synthetic import _content
-
-    text = _content(response)
+    text = answer_text(response)
     return all(str(a) in text for a in example["answer"])

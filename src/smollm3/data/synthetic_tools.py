@@ -18,6 +18,8 @@ import json
 import random
 from datetime import date, timedelta
 
+from smollm3.parsing import answer_text, parse_output
+
 
 def days_between(start: str, end: str) -> int:
     return (date.fromisoformat(end) - date.fromisoformat(start)).days
@@ -153,8 +155,6 @@ def make_tool_preference(rng: random.Random, style: str = "xml", think: bool = F
 
 def parse_call(response: str, style: str) -> tuple[str, dict] | None:
     """(function name, arguments) of the first tool call in a response, or None."""
-    from smollm3.parsing import parse_output
-
     parsed = parse_output(response)
     for call in parsed.tool_calls:
         fn = call["function"]
@@ -190,6 +190,4 @@ def check_tool_example(example: dict, response: str) -> bool:
         want = example["call"]
         return name == want["name"] and set(args) == set(want["arguments"]) and \
             all(_same(args[k], v) for k, v in want["arguments"].items())
-    from smollm3.data.synthetic import _content
-
-    return str(example["answer"]) in _content(response)
+    return str(example["answer"]) in answer_text(response)

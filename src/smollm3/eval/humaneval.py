@@ -18,6 +18,7 @@ from pathlib import Path
 
 from smollm3.eval.sandbox import run_program
 from smollm3.eval.tasks import EvalError
+from smollm3.infer.sampling import SamplingParams
 
 STOP = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"]
 TIMEOUT_S = 10.0  # per program: the reference solutions all finish well under a second
@@ -72,8 +73,6 @@ def check_all(problems: list[dict], completions: list[str], timeout: float = TIM
 
 
 def run_humaneval(llm, problems: list[dict], prompts: list[str], max_tokens: int) -> tuple[dict, list[dict]]:
-    from smollm3.infer.sampling import SamplingParams
-
     # a raw completion: the tokenizer's own special tokens (a BOS where it adds one), no chat markup
     ids = [llm.tokenizer.encode(p, add_special_tokens=True) for p in prompts]
     outs = llm.generate(ids, SamplingParams(max_tokens=max_tokens, temperature=0.0, stop=list(STOP)))

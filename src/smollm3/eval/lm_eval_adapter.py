@@ -37,7 +37,12 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
+from smollm3.chat import render_chat
+from smollm3.checkpoint import load_config
+from smollm3.eval.runner import yarn_overrides
 from smollm3.eval.tasks import EvalError
+from smollm3.infer.llm import engine_for, load_for_inference
+from smollm3.infer.sampling import SamplingParams
 
 NAME = "smollm3"
 DEFAULT_BATCH = 8
@@ -58,10 +63,6 @@ class SmolLM3LM(LM):
                  yarn: float | None = None, chat_template: str | None = None, enable_thinking=False,
                  max_num_seqs: int = 32):
         super().__init__()
-        from smollm3.checkpoint import load_config
-        from smollm3.eval.runner import yarn_overrides
-        from smollm3.infer.llm import load_for_inference
-
         if not Path(pretrained).is_dir():
             raise EvalError(f"model_args pretrained={pretrained}: not a model directory")
         if device is not None and str(device).startswith("cuda") and not torch.cuda.is_available():
@@ -168,19 +169,11 @@ class SmolLM3LM(LM):
 
     def _get_engine(self):
         if self._engine is None:  # built on first use: its KV cache costs memory that scoring never needs
-            from smollm3.infer.engine import Engine, _as_list
-            from smollm3.infer.sampling import generation_defaults
-
-            eos = [i for i in _as_list(self.gen_cfg.get("eos_token_id", self.model.config.eos_token_id))
-                   if i is not None]
-            self._engine = Engine(self.model, self.tokenizer, max_num_seqs=self.max_num_seqs,
-                                  max_model_len=self.max_length, defaults=generation_defaults(self.gen_cfg),
-                                  eos_token_ids=eos)
+            self._engine = engine_for(self.model, self.tokenizer, self.gen_cfg, max_num_seqs=self.max_num_seqs,
+                                      max_model_len=self.max_length)
         return self._engine
 
     def _params(self, gen_kwargs: dict):
-        from smollm3.infer.sampling import SamplingParams
-
         kw = dict(gen_kwargs or {})
         until = kw.pop("until", None) or []
         until = [until] if isinstance(until, str) else list(until)
@@ -215,8 +208,6 @@ class SmolLM3LM(LM):
     # chat (lm_eval --apply_chat_template)
 
     def apply_chat_template(self, chat_history: list[dict], add_generation_prompt: bool = True) -> str:
-        from smollm3.chat import render_chat
-
         self.templated = True
         return render_chat(chat_history, template=self.template, enable_thinking=self.enable_thinking,
                            add_generation_prompt=add_generation_prompt)

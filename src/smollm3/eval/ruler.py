@@ -16,7 +16,10 @@ after any </think> (RULER's string-match-all, `synthetic_long.check_retrieval`).
 
 from __future__ import annotations
 
-from smollm3.eval.tasks import EvalError, Task
+from smollm3.data import synthetic
+from smollm3.data.synthetic_long import check_retrieval, retrieval_prompt
+from smollm3.eval.tasks import EvalError, Task, render_prompt
+from smollm3.infer.sampling import SamplingParams
 
 DEFAULT_ITEMS = 50
 ANSWER_TOKENS = 64  # base / no_think: at most four 7-digit numbers or five variable names, with separators
@@ -30,11 +33,7 @@ def answer_budget(mode: str, max_tokens: int) -> int:
 
 def prompt_text(item: dict, mode: str, template: str) -> str:
     if mode == "base":
-        from smollm3.data.synthetic_long import retrieval_prompt
-
         return retrieval_prompt(item)
-    from smollm3.eval.runner import render_prompt
-
     return render_prompt(item["messages"][:-1], template, mode)  # the last message is the reference answer
 
 
@@ -46,8 +45,6 @@ def encode(tokenizer, prompt: str, mode: str) -> list[int]:
 def make_items(task: Task, limit: int | None, mode: str, template: str, tokenizer,
                max_tokens: int) -> tuple[list[dict], list[str]]:
     """(items, prompts) with every prompt's tokens + the answer budget <= task.length."""
-    from smollm3.data import synthetic
-
     answer = answer_budget(mode, max_tokens)
     # a typical base-mode answer prefix counts as overhead too (the loop below absorbs longer ones)
     probe = {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "x"}],
@@ -71,9 +68,6 @@ def make_items(task: Task, limit: int | None, mode: str, template: str, tokenize
 
 def run_ruler(llm, task: Task, items: list[dict], prompts: list[str], mode: str,
               max_tokens: int) -> tuple[dict, list[dict]]:
-    from smollm3.data.synthetic_long import check_retrieval
-    from smollm3.infer.sampling import SamplingParams
-
     ids = [encode(llm.tokenizer, p, mode) for p in prompts]
     # a base model continues the document past its answer: the answer ends at the line's end
     stop = ["\n"] if mode == "base" else []

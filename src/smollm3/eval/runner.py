@@ -17,11 +17,17 @@ from pathlib import Path
 import torch
 
 import smollm3
-from smollm3.chat import render_chat
 from smollm3.checkpoint import load_config
+from smollm3.data import synthetic
+from smollm3.data.packing import IGNORE_INDEX
+from smollm3.eval import ruler
+from smollm3.eval.humaneval import load_problems, run_humaneval
 from smollm3.model import change_config
 from smollm3.eval.tasks import (GENERATING_KINDS, EvalError, Task, expand, extract_answer, gen_items, is_correct,
-                                load_mc, load_texts)
+                                load_mc, load_texts, render_prompt)
+from smollm3.eval.toolcall import run_tool, tool_prompt
+from smollm3.infer.llm import LLM
+from smollm3.infer.sampling import SamplingParams
 
 # think / no_think: chat models, prompts through the chat template; base: pretrained models, plain-text prompts
 MODES = ("think", "no_think", "base")
@@ -55,7 +61,7 @@ def loglikelihoods(model, tokenizer, query: str, choices: list[str]) -> list[flo
         raise EvalError(f"query {query[:40]!r} encodes to no tokens; nothing to condition on")
     T = max(len(ctx) + len(cont) for ctx, cont in pairs)
     ids = torch.zeros(len(pairs), T, dtype=torch.long)  # right padding: causal attention never looks ahead
-    labels = torch.full((len(pairs), T), -100, dtype=torch.long)
+    labels = torch.full((len(pairs), T), IGNORE_INDEX, dtype=torch.long)
     for i, (ctx, cont) in enumerate(pairs):
         row = ctx + cont
         ids[i, :len(row)] = torch.tensor(row)
@@ -95,7 +101,7 @@ def run_ppl(model, tokenizer, task: Task, limit: int | None, window: int = 2048)
         nll = 0.0
         for start in range(0, len(ids) - 1, window - 1):
             chunk = torch.tensor(ids[start:start + window])[None]
-            labels = torch.full_like(chunk, -100)
+            labels = torch.full_like(chunk, IGNORE_INDEX)
             labels[0, :-1] = chunk[0, 1:]
             nll += float(model(chunk.to(device), labels=labels.to(device)).double().sum())
         n_bytes = len(text.encode("utf-8"))
@@ -109,12 +115,6 @@ def run_ppl(model, tokenizer, task: Task, limit: int | None, window: int = 2048)
 # generation
 
 
-def render_prompt(messages: list[dict], template: str, mode: str) -> str:
-    """The prompt text for `messages` in `mode`. Any template gets enable_thinking; the SmolLM3 template acts on it
-    (no_think prefills an empty <think>\\n\\n</think>\\n), plain ChatML templates such as SmolLM2's ignore it."""
-    return render_chat(messages, template=template, enable_thinking=mode == "think", add_generation_prompt=True)
-
-
 def base_prompt(item: dict) -> str:
     """A synthetic question as plain text for a base model, in the form of synthetic_long.retrieval_prompt."""
     return item["messages"][0]["content"] + "\nAnswer:"
@@ -122,14 +122,9 @@ def base_prompt(item: dict) -> str:
 
 def gen_prompts(task: Task, limit: int | None, mode: str, template: str) -> tuple[list[dict], list[str]]:
     if task.kind == "humaneval":  # raw completion of the problem's code: no chat template (see humaneval.py)
-        from smollm3.eval.humaneval import load_problems
-
         problems = load_problems(limit)
         return problems, [p["prompt"] for p in problems]
     if task.kind == "tool":
-        from smollm3.data import synthetic
-        from smollm3.eval.toolcall import tool_prompt
-
         items = synthetic.generate(task.generator, limit or DEFAULT_TOOL_ITEMS, seed=0, think=mode == "think")
         return items, [tool_prompt(item, template, mode) for item in items]
     items = gen_items(task, limit, think=mode == "think")
@@ -141,8 +136,6 @@ def gen_prompts(task: Task, limit: int | None, mode: str, template: str) -> tupl
 
 def run_gen(llm, items: list[dict], prompts: list[str], max_tokens: int,
             mode: str = "no_think") -> tuple[dict, list[dict]]:
-    from smollm3.infer.sampling import SamplingParams
-
     # chat: the template already wrote any special tokens the model expects, so encode the text as is;
     # base: plain text with the tokenizer's BOS, and the answer ends at the line's end
     base = mode == "base"
@@ -206,8 +199,6 @@ def run_eval(model: str | Path, tasks: list[Task], *, mode: str = "no_think", li
              yarn: float | None = None) -> dict:
     """Evaluate `model` (an HF directory) on `tasks`; -> the results dict (see docs/eval.md). `yarn`: load with YaRN
     rope scaling of that factor (positions x factor), as if config.json said so."""
-    from smollm3.eval import ruler
-
     if mode not in MODES:
         raise EvalError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if limit is not None and limit < 1:
@@ -255,8 +246,6 @@ def run_eval(model: str | Path, tasks: list[Task], *, mode: str = "no_think", li
         encoded[t.name] = [len(tokenizer.encode(p)) + 1 for p in prompts[t.name][1]]
     _check_fits(encoded, budgets, positions, max_model_len, yarn)
     if gen:
-        from smollm3.infer.llm import LLM
-
         if max_model_len is None:
             # a KV cache just long enough for these prompts (the default, the model's full context, costs GiBs)
             need = max(max(lengths) + budgets[name] for name, lengths in encoded.items())
@@ -276,12 +265,8 @@ def run_eval(model: str | Path, tasks: list[Task], *, mode: str = "no_think", li
         elif task.kind == "ppl":
             scores, samples = run_ppl(lm, tokenizer, task, limit)
         elif task.kind == "humaneval":
-            from smollm3.eval.humaneval import run_humaneval
-
             scores, samples = run_humaneval(llm, *prompts[task.name], max_tokens)
         elif task.kind == "tool":
-            from smollm3.eval.toolcall import run_tool
-
             scores, samples = run_tool(llm, *prompts[task.name], max_tokens)
         elif task.kind == "ruler":
             scores, samples = ruler.run_ruler(llm, task, *prompts[task.name], mode, max_tokens)

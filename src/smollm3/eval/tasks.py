@@ -1,4 +1,4 @@
-"""Evaluation task definitions: which tasks exist, how their items are read and checked.
+"""Evaluation task definitions: which tasks exist, how their items are read, prompted and checked.
 
 Kinds:
   mc   multiple-choice log-likelihood in cloze form (lighteval's `_cf` tasks) over a JSONL file of
@@ -19,6 +19,10 @@ import json
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+from smollm3.chat import render_chat
+from smollm3.data import synthetic
+from smollm3.data.synthetic_long import KINDS as RULER_KINDS  # the kinds live with their generator
 
 
 class EvalError(ValueError):
@@ -44,7 +48,6 @@ RULER_USAGE = "ruler:KIND:LENGTH (e.g. ruler:niah_single:4k; LENGTH in tokens: 1
 
 
 def available() -> list[str]:
-    # no kinds listed here: naming them imports smollm3.data (torch), and `smollm3 --help` calls this
     return (list(GENERATIVE) + ["humaneval", *TOOL_TASKS] + [f"{kind}:FILE.jsonl" for kind in FILE_KINDS]
             + ["ppl:DIR", "ruler:KIND:LENGTH"])
 
@@ -58,14 +61,12 @@ def parse_length(text: str) -> int:
 
 
 def _ruler_task(name: str) -> Task:
-    from smollm3.data.synthetic_long import KINDS  # the kinds live with their generator
-
     parts = name.split(":")
     if len(parts) != 3:
-        raise EvalError(f"task {name!r}: expected {RULER_USAGE}; KIND is one of {', '.join(KINDS)}")
+        raise EvalError(f"task {name!r}: expected {RULER_USAGE}; KIND is one of {', '.join(RULER_KINDS)}")
     _, kind, length = parts
-    if kind not in KINDS:
-        raise EvalError(f"task {name!r}: unknown kind {kind!r}; KIND is one of {', '.join(KINDS)}")
+    if kind not in RULER_KINDS:
+        raise EvalError(f"task {name!r}: unknown kind {kind!r}; KIND is one of {', '.join(RULER_KINDS)}")
     try:
         n = parse_length(length)
     except EvalError as e:
@@ -183,20 +184,20 @@ DEFAULT_GEN_ITEMS = 50
 
 def gen_items(task: Task, limit: int | None, think: bool) -> list[dict]:
     """Synthetic records (TRL-style messages, the last one the reference answer); seed 0, so always the same set."""
-    from smollm3.data import synthetic  # imported here: smollm3.data pulls in torch, `smollm3 --help` should not
-
     return synthetic.generate(task.generator, limit or DEFAULT_GEN_ITEMS, seed=0, think=think)
 
 
 def extract_answer(response: str) -> str | None:
     """The final number of the text after the last </think> (the whole response without one), as a string."""
-    from smollm3.data import synthetic
-
     n = synthetic.final_number(response)
     return None if n is None else str(n)
 
 
 def is_correct(item: dict, response: str) -> bool:
-    from smollm3.data import synthetic
-
     return synthetic.check(item, response)
+
+
+def render_prompt(messages: list[dict], template: str, mode: str) -> str:
+    """The prompt text for `messages` in `mode`. Any template gets enable_thinking; the SmolLM3 template acts on it
+    (no_think prefills an empty <think>\\n\\n</think>\\n), plain ChatML templates such as SmolLM2's ignore it."""
+    return render_chat(messages, template=template, enable_thinking=mode == "think", add_generation_prompt=True)

@@ -13,6 +13,8 @@ record says (`xml_tools` for <tool_call> JSON, `python_tools` for <code> blocks)
 from __future__ import annotations
 
 from smollm3.chat import render_chat
+from smollm3.data.synthetic_tools import parse_call
+from smollm3.infer.sampling import SamplingParams
 
 STYLES = {"tool_xml": "xml", "tool_python": "python"}
 
@@ -35,8 +37,6 @@ def _same(a, b) -> bool:
 
 def score(item: dict, response: str) -> dict:
     """{"parses", "right_function", "right_arguments"} for one response; each implies the one before."""
-    from smollm3.data.synthetic_tools import parse_call
-
     try:
         call = parse_call(response, STYLES[item["task"]])
     except (ValueError, TypeError, KeyError, SyntaxError):  # malformed arguments, odd literals: no usable call
@@ -52,8 +52,6 @@ def score(item: dict, response: str) -> dict:
 
 
 def run_tool(llm, items: list[dict], prompts: list[str], max_tokens: int) -> tuple[dict, list[dict]]:
-    from smollm3.infer.sampling import SamplingParams
-
     ids = [llm.tokenizer.encode(p) for p in prompts]  # the template wrote the special tokens already
     outs = llm.generate(ids, SamplingParams(max_tokens=max_tokens, temperature=0.0))
     samples, totals = [], {"parses": 0, "right_function": 0, "right_arguments": 0}

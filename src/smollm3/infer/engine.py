@@ -27,7 +27,8 @@ from smollm3.infer.block_manager import BlockManager
 from smollm3.infer.cache import kv_bytes_per_token
 from smollm3.infer.constrain import ToolCallConstraint
 from smollm3.infer.model_runner import ModelRunner
-from smollm3.infer.sampling import SamplingParams, generation_defaults, plain_greedy, sampling_scores, token_logprobs
+from smollm3.infer.sampling import (SamplingParams, generation_defaults, plain_greedy, sampling_scores, stop_token_ids,
+                                    token_logprobs)
 from smollm3.infer.scheduler import Scheduler
 from smollm3.infer.sequence import IncrementalDetokenizer, Request, new_request_id
 from smollm3.model import SmolLM3ForCausalLM
@@ -84,10 +85,9 @@ class Engine:
             block_size
         self.kv_cache_tokens = num_blocks * block_size
         self.defaults = dict(defaults) if defaults is not None else generation_defaults({})
-        eos = eos_token_ids if eos_token_ids is not None else _as_list(cfg.eos_token_id)
-        if tokenizer is not None and tokenizer.eos_token_id is not None:
-            eos = list(eos) + [tokenizer.eos_token_id]
-        self.eos_token_ids = frozenset(i for i in eos if i is not None)
+        # eos_token_ids (default: config.json's eos), and the tokenizer's eos token whatever they list
+        given = {} if eos_token_ids is None else {"eos_token_id": list(eos_token_ids)}
+        self.eos_token_ids = frozenset(stop_token_ids(cfg, tokenizer, given))
         self.pending: queue.SimpleQueue[Request] = queue.SimpleQueue()  # add_request may run on any thread
         self._token_text: dict[int, str] = {}
         # pipelined greedy decode: the requests whose next inputs the device holds (rows in this order), the block
@@ -393,10 +393,6 @@ def _default_kv_budget(model, utilization: float, max_num_batched_tokens: int) -
                  + (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim) * p.element_size()
     reserve = max_num_batched_tokens * per_token + 2**30
     return max(0, int(utilization * total) - (total - free) - reserve)
-
-
-def _as_list(x) -> list:
-    return x if isinstance(x, list) else [x]
 
 
 class BackgroundEngine:

@@ -1,5 +1,5 @@
-"""Loading a model for inference: YaRN on demand, sampling defaults and stop ids from the model directory, and
-the offline `LLM` API.
+"""Loading a model for inference: YaRN on demand, an Engine with the model directory's sampling defaults and stop
+ids, and the offline `LLM` API.
 
     llm = LLM("path/to/model")
     outs = llm.generate(["The capital of France is"], SamplingParams(max_tokens=32, temperature=0))
@@ -8,15 +8,14 @@ the offline `LLM` API.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from smollm3.checkpoint import load_pretrained
-from smollm3.infer.engine import Engine, Request, _as_list
-from smollm3.infer.sampling import SamplingParams, generation_defaults
+from smollm3.checkpoint import load_generation_config, load_pretrained
+from smollm3.infer.engine import Engine, Request
+from smollm3.infer.sampling import SamplingParams, generation_defaults, stop_token_ids
 from smollm3.model import SmolLM3ForCausalLM, change_config
 from smollm3.tokenizer import load_tokenizer
 
@@ -51,14 +50,19 @@ def load_for_inference(path, device: str | None = None, dtype=None, max_model_le
     tokenizer = None
     if path.is_file() or (path / "tokenizer.json").exists():
         tokenizer = load_tokenizer(path)
-    gen_cfg = {}
-    if path.is_dir() and (path / "generation_config.json").exists():
-        gen_cfg = json.loads((path / "generation_config.json").read_text())
+    gen_cfg = load_generation_config(path)
     if max_model_len is not None:
         notice = extend_context(model, max_model_len)
         if notice:
             log(notice)
     return model, tokenizer, gen_cfg
+
+
+def engine_for(model: SmolLM3ForCausalLM, tokenizer, generation_config: dict, **engine_kwargs) -> Engine:
+    """An Engine over a loaded model with its directory's sampling defaults (generation_defaults) and stop ids
+    (stop_token_ids); `engine_kwargs` are Engine's."""
+    return Engine(model, tokenizer, defaults=generation_defaults(generation_config),
+                  eos_token_ids=stop_token_ids(model.config, tokenizer, generation_config), **engine_kwargs)
 
 
 def build_engine(model, *, chat_template: str | None = None, max_model_len: int | None = None,
@@ -70,9 +74,7 @@ def build_engine(model, *, chat_template: str | None = None, max_model_len: int 
     for the model's own chat_template.jinja (else our "smollm3" template)."""
     m, tokenizer, gen_cfg = load_for_inference(model, device, dtype, max_model_len, log=log,
                                                config_overrides=config_overrides)
-    eos = [i for i in _as_list(gen_cfg.get("eos_token_id", m.config.eos_token_id)) if i is not None]
-    engine = Engine(m, tokenizer, max_model_len=max_model_len, defaults=generation_defaults(gen_cfg),
-                    eos_token_ids=eos, **engine_kwargs)
+    engine = engine_for(m, tokenizer, gen_cfg, max_model_len=max_model_len, **engine_kwargs)
     if chat_template is not None and Path(chat_template).is_file():
         template = Path(chat_template).read_text()
     else:

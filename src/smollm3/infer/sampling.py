@@ -93,6 +93,15 @@ def generation_defaults(generation_config: dict) -> dict:
     return out
 
 
+def stop_token_ids(config, tokenizer, generation_config: dict) -> list[int]:
+    """The ids that end a reply: generation_config.json's eos_token_id (one id or a list; SmolLM3's chat models list
+    <|im_end|> there), else `config`'s (a ModelConfig), then the tokenizer's eos token; without repeats, in that
+    order. `tokenizer` may be None."""
+    eos = generation_config.get("eos_token_id", config.eos_token_id)
+    ids = [*(eos if isinstance(eos, list) else [eos]), tokenizer.eos_token_id if tokenizer is not None else None]
+    return list(dict.fromkeys(i for i in ids if i is not None))
+
+
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
     """logits [b, V] float, seen [b, V] bool, penalty [b]: seen tokens' logits shrink towards (or below) zero."""
     p = penalty[:, None]

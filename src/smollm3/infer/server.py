@@ -17,6 +17,7 @@ import secrets
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
@@ -461,8 +462,6 @@ def kv_capacity_line(e) -> str:
 
 def build_state(model: str, *, api_key=None, served_model_name=None, chat_template=None,
                 max_body_bytes: int = MAX_BODY_BYTES, max_waiting: int | None = None, **engine_kwargs) -> ServerState:
-    from pathlib import Path
-
     if max_body_bytes < 1 or (max_waiting is not None and max_waiting < 1):
         raise ValueError("max_body_bytes and max_waiting must be at least 1")
     engine, template = build_engine(model, chat_template=chat_template, **engine_kwargs)

@@ -15,7 +15,7 @@ from smollm3.ops import ce_kernel
 from smollm3.ops.linear import accumulate_wgrad
 from smollm3.ops.settings import OpSettings
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100  # the label of a position that carries no loss (prompt, padding, document ends); torch's default
 REDUCTIONS = ("mean", "sum", "none")
 
 

@@ -28,7 +28,11 @@ import re
 from pathlib import Path
 
 from smollm3.data import synthetic
+from smollm3.data.corpus import build_corpus
+from smollm3.data.prepare import prepare
+from smollm3.data.shards import ShardWriter, token_size_for
 from smollm3.data.synthetic_long import NOISE, make_retrieval, retrieval_document
+from smollm3.tokenizer import load_tokenizer, train_tokenizer
 
 LANG_SOURCES = ("en", "fr", "es", "de", "it", "pt")
 
@@ -113,8 +117,6 @@ def _not_heldout(examples: list[dict], heldout: set[str], key: str = "messages")
 
 def build_text(data: Path, spec: dict) -> None:
     """corpus -> text/ and heldout/ per source."""
-    from smollm3.data.corpus import build_corpus
-
     if (data / "text" / "done").exists():
         return
     c = spec["corpus"]
@@ -153,8 +155,6 @@ def build_text(data: Path, spec: dict) -> None:
 
 
 def build_tokenizer(data: Path, spec: dict) -> Path:
-    from smollm3.tokenizer import train_tokenizer
-
     out = data / "tokenizer"
     if not (out / "tokenizer.json").exists():
         tmp = data / "tokenizer.tmp"
@@ -164,8 +164,6 @@ def build_tokenizer(data: Path, spec: dict) -> Path:
 
 
 def build_shards(data: Path, tokenizer: Path) -> None:
-    from smollm3.data.prepare import prepare
-
     for path in sorted((data / "text").rglob("*.jsonl")):
         domain = path.parent.name
         name = f"web-{path.stem}" if domain == "web" else domain
@@ -177,9 +175,6 @@ def build_retrieval(data: Path, tokenizer_path: Path, spec: dict) -> None:
     pretraining window of that length (`length` + 1 tokens: the inputs and the last target) holds one whole
     document: the mixture reads back-to-back windows.
     The haystack is RULER's noise sentences, as in the `ruler:` evaluation tasks."""
-    from smollm3.data.shards import ShardWriter, token_size_for
-    from smollm3.tokenizer import load_tokenizer
-
     r = spec.get("retrieval")
     if not r:
         return
@@ -233,9 +228,6 @@ def _retrieval_chats(data: Path, spec: dict, n: int) -> list[dict]:
     the template's system turn: chat models that are asked the RULER question as a user turn learn to answer it."""
     if not n:
         return []
-    from smollm3.data.synthetic_long import make_retrieval
-    from smollm3.tokenizer import load_tokenizer
-
     r = spec.get("retrieval", {})
     tok = load_tokenizer(data / "tokenizer")
     rng = random.Random("sft-retrieval")

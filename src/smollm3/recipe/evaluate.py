@@ -20,7 +20,18 @@ from pathlib import Path
 
 import torch
 
-from smollm3.recipe.run import final_checkpoint, resolve, step_checkpoint
+from smollm3.checkpoint import load_config, load_pretrained
+from smollm3.data import synthetic
+from smollm3.data.packing import IGNORE_INDEX
+from smollm3.data.preference import load_preferences, tokenize_pair
+from smollm3.data.synthetic_long import make_retrieval
+from smollm3.eval.runner import run_eval, run_gen, run_ppl, yarn_overrides
+from smollm3.eval.tasks import Task, get_task, render_prompt
+from smollm3.eval.toolcall import run_tool, tool_prompt
+from smollm3.infer.llm import LLM
+from smollm3.recipe.build import with_system
+from smollm3.recipe.spec import final_checkpoint, resolve, step_checkpoint
+from smollm3.tokenizer import load_tokenizer
 
 
 def checkpoints_to_evaluate(recipe: dict, out: Path) -> list[tuple[str, str, Path]]:
@@ -37,9 +48,6 @@ def checkpoints_to_evaluate(recipe: dict, out: Path) -> list[tuple[str, str, Pat
 
 
 def heldout_losses(model, tokenizer, heldout: Path, window: int, max_docs: int | None) -> dict:
-    from smollm3.eval.runner import run_ppl
-    from smollm3.eval.tasks import Task
-
     scores = {}
     for path in sorted(heldout.rglob("*.jsonl")):
         name = path.relative_to(heldout).with_suffix("").as_posix()
@@ -72,9 +80,6 @@ def plain_text_predictions(model, tokenizer, heldout: Path, window: int, max_doc
 
 def retrieval(model_dir: Path, spec: dict) -> dict:
     """{"<kind>@<length>[+yarn]": accuracy}"""
-    from smollm3.eval.runner import run_eval
-    from smollm3.eval.tasks import get_task
-
     n = spec.get("n", 50)
     runs = [(length, None) for length in spec.get("lengths", [])]
     yarn = spec.get("yarn") or {}
@@ -94,12 +99,6 @@ def chat_retrieval(model_dir: Path, spec: dict) -> dict:
     """{"<kind>@<length>[+yarn]": accuracy} for a chat model: the RULER question as the user turn (after spec's
     `system` message), answered in no_think mode, at spec's `lengths` and with YaRN at `yarn.lengths`. LENGTH counts
     the whole prompt and the answer budget, template included."""
-    from smollm3.checkpoint import load_config
-    from smollm3.data.synthetic_long import make_retrieval
-    from smollm3.eval.runner import render_prompt, run_gen, yarn_overrides
-    from smollm3.infer.llm import LLM
-    from smollm3.recipe.build import with_system
-
     n, system, budget = spec.get("n", 50), spec.get("system"), spec.get("max_tokens", 16)
     yarn = spec.get("yarn") or {}
     runs = [(length, None) for length in spec.get("lengths", [])]
@@ -122,9 +121,6 @@ def chat_retrieval(model_dir: Path, spec: dict) -> dict:
 
 
 def math_modes(model_dir: Path, items_path: Path, max_tokens: int) -> dict:
-    from smollm3.eval.runner import render_prompt, run_gen
-    from smollm3.infer.llm import LLM
-
     items = [json.loads(line) for line in open(items_path, encoding="utf-8") if line.strip()]
     # the KV cache spans the model's positions: the SmolLM3 template's system turn alone is hundreds of tokens
     llm = LLM(model_dir, device="cpu", dtype=torch.float32, max_num_seqs=len(items))
@@ -137,11 +133,6 @@ def math_modes(model_dir: Path, items_path: Path, max_tokens: int) -> dict:
 
 
 def tool_calls(model_dir: Path, n: int, max_tokens: int, offered: int | None, system: str | None) -> dict:
-    from smollm3.data import synthetic
-    from smollm3.eval.toolcall import run_tool, tool_prompt
-    from smollm3.infer.llm import LLM
-    from smollm3.recipe.build import with_system
-
     llm = LLM(model_dir, device="cpu", dtype=torch.float32, max_num_seqs=n)
     scores = {}
     for style in ("tool_xml", "tool_python"):
@@ -156,15 +147,13 @@ def tool_calls(model_dir: Path, n: int, max_tokens: int, offered: int | None, sy
 def preference_margin(model, tokenizer, pairs_path: Path, template: str) -> dict:
     """Mean log p(chosen) - log p(rejected) over held-out pairs (completions only, given the prompt), and the share
     of pairs where chosen is the more likely: what APO is meant to raise."""
-    from smollm3.data.preference import load_preferences, tokenize_pair
-
     margins = []
     for ex in load_preferences([pairs_path]):
         pair = tokenize_pair(tokenizer, ex, template=template)
         lps = []
         for completion in (pair.chosen, pair.rejected):
             ids = torch.tensor([pair.prompt + completion])
-            labels = torch.full_like(ids, -100)
+            labels = torch.full_like(ids, IGNORE_INDEX)
             labels[0, len(pair.prompt) - 1:-1] = torch.tensor(completion)
             lps.append(-float(model(ids, labels=labels).double().sum()))
         margins.append(lps[0] - lps[1])
@@ -172,10 +161,8 @@ def preference_margin(model, tokenizer, pairs_path: Path, template: str) -> dict
 
 
 def evaluate_checkpoint(model_dir: Path, battery: str, spec: dict) -> dict:
-    import smollm3
-
-    model = smollm3.load_pretrained(model_dir, device="cpu", dtype=torch.float32).eval()
-    tokenizer = smollm3.load_tokenizer(model_dir)
+    model = load_pretrained(model_dir, device="cpu", dtype=torch.float32).eval()
+    tokenizer = load_tokenizer(model_dir)
     base = spec.get("base", {})
     results = {"heldout": heldout_losses(model, tokenizer, Path(base["heldout"]), base.get("window", 2048),
                                          base.get("max_docs"))}

@@ -10,7 +10,11 @@ import math
 import os
 from pathlib import Path
 
+from safetensors import safe_open
+
+from smollm3.recipe import plots
 from smollm3.recipe.claims import FAILS, HOLDS, NOT_SHOWN, NOT_TESTED, claims
+from smollm3.recipe.spec import RecipeError, final_checkpoint
 
 
 def _fmt(x) -> str:
@@ -35,16 +39,12 @@ def _loss_curves(out: Path, recipe: dict) -> dict[str, list[tuple[int, float]]]:
 
 def model_facts(out: Path, recipe: dict) -> dict:
     """{params, vocab_size} of the recipe's last checkpoint, read from its files ({} when it has none)."""
-    from smollm3.recipe.run import RecipeError, final_checkpoint
-
     try:
         d = final_checkpoint(out, recipe["stages"][-1])
     except (RecipeError, FileNotFoundError):
         return {}
     if not (d / "config.json").is_file():
         return {}
-    from safetensors import safe_open
-
     params = 0
     for f in sorted(d.glob("*.safetensors")):
         with safe_open(f, "np") as st:
@@ -150,8 +150,6 @@ def _loss_notes(results: dict, facts: dict) -> list[str]:
 
 
 def write_plots(out: Path, recipe: dict, results: dict, facts: dict | None = None) -> list[str]:
-    from smollm3.recipe import plots
-
     return plots.write_plots(out, recipe, results, _loss_curves(out, recipe), facts or {})
 
 

@@ -18,137 +18,27 @@ A recipe YAML (see recipes/tiny/recipe.yaml, recipes/smollm3-3b/recipe.yaml):
 
 Strings may contain `{out}` (the run directory), `{data}` (OUT/data) and `{stage:NAME}` (that stage's final
 checkpoint), resolved before the stage runs. Each finished stage leaves OUT/<stage>/DONE; an interrupted run
-started again skips finished stages, and the trainer resumes an unfinished one from its last checkpoint.
+started again skips finished stages, and the trainer resumes an unfinished one from its last checkpoint. Finding,
+loading and checking a recipe, the placeholders and the checkpoint paths are in spec.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from pathlib import Path
 
+import torch
 import yaml
 
-from smollm3.config import ConfigError
-
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"
-STAGE_KEYS = {"name", "train", "merge", "config", "from", "evaluate", "eval"}
-TOP_KEYS = {"name", "description", "build", "stages", "evaluation", "report"}
-
-
-class RecipeError(ConfigError):
-    pass
-
-
-def available() -> list[str]:
-    return sorted(p.parent.name for p in RECIPES.glob("*/recipe.yaml"))
-
-
-def find_recipe(name: str) -> Path:
-    """A recipe by name (a folder of smollm3/recipes with a recipe.yaml) or by path (a YAML file or its folder)."""
-    p = Path(name)
-    if p.is_dir() and (p / "recipe.yaml").is_file():
-        return p / "recipe.yaml"
-    if p.is_file():
-        return p
-    if (RECIPES / name / "recipe.yaml").is_file():
-        return RECIPES / name / "recipe.yaml"
-    raise RecipeError(f"no recipe {name!r}: give a recipe YAML file, or one of {', '.join(available())}")
-
-
-def load_recipe(path: Path) -> dict:
-    try:
-        recipe = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise RecipeError(f"{path}: not valid YAML ({e})") from None
-    if not isinstance(recipe, dict) or not isinstance(recipe.get("stages"), list) or not recipe["stages"]:
-        raise RecipeError(f"{path}: a recipe is a mapping with a non-empty `stages:` list")
-    unknown = set(recipe) - TOP_KEYS
-    if unknown:
-        raise RecipeError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(TOP_KEYS))}")
-    names = set()
-    for i, stage in enumerate(recipe["stages"]):
-        where = f"{path}: stage {i} ({stage.get('name', '?') if isinstance(stage, dict) else stage!r})"
-        if not isinstance(stage, dict) or "name" not in stage:
-            raise RecipeError(f"{where}: each stage is a mapping with a `name`")
-        unknown = set(stage) - STAGE_KEYS
-        if unknown:
-            raise RecipeError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; "
-                              f"known: {', '.join(sorted(STAGE_KEYS))}")
-        if ("train" in stage) + ("merge" in stage) != 1:
-            raise RecipeError(f"{where}: give exactly one of `train:` and `merge:`")
-        if stage.get("from") and stage["from"] not in names:
-            raise RecipeError(f"{where}: `from: {stage['from']}` names no earlier stage")
-        names.add(stage["name"])
-    return recipe
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# {out} / {data} / {stage:NAME} substitution, and where a stage's checkpoints are
-
-
-def final_checkpoint(out: Path, stage: dict) -> Path:
-    """The HF directory a finished stage leaves: the last checkpoint's export, or the merged model."""
-    d = out / stage["name"]
-    if "merge" in stage:
-        return d / "model"
-    from smollm3.train.checkpointing import list_checkpoints
-
-    ckpts = list_checkpoints(d)
-    if not ckpts:
-        raise RecipeError(f"stage {stage['name']} has no checkpoint under {d}/checkpoints; has it run?")
-    return ckpts[-1][1] / "hf"
-
-
-def step_checkpoint(out: Path, stage: dict, step: int) -> Path:
-    from smollm3.train.checkpointing import checkpoint_dir
-
-    path = checkpoint_dir(out / stage["name"], step) / "hf"
-    if not path.is_dir():
-        raise RecipeError(f"stage {stage['name']}: no checkpoint at step {step} ({path}); its `evaluate:` steps must "
-                          "be multiples of checkpoint.every, and checkpoint.keep must keep them")
-    return path
-
-
-def resolve(value, out: Path, stages: dict):
-    """Substitute {out}, {data} and {stage:NAME} in every string of a nested structure."""
-    if isinstance(value, dict):
-        return {resolve(k, out, stages): resolve(v, out, stages) for k, v in value.items()}
-    if isinstance(value, list):
-        return [resolve(v, out, stages) for v in value]
-    if not isinstance(value, str):
-        return value
-
-    def stage_path(m):
-        if m.group(1) not in stages:
-            raise RecipeError(f"{{stage:{m.group(1)}}}: no stage of that name")
-        return str(final_checkpoint(out, stages[m.group(1)]))
-
-    value = re.sub(r"\{stage:([^}]+)\}", stage_path, value)
-    return value.replace("{out}", str(out)).replace("{data}", str(out / "data"))
-
-
-def _section(stage: dict, key: str, base: Path) -> dict:
-    body = stage[key]
-    if isinstance(body, dict) and "config" in body:
-        path = base / body["config"]
-        extra = {k: v for k, v in body.items() if k != "config"}
-        loaded = yaml.safe_load(path.read_text()) if path.is_file() else None
-        if not isinstance(loaded, dict):
-            raise RecipeError(f"stage {stage['name']}: {key}.config {path} is missing or not a YAML mapping")
-        return _merge_dicts(loaded, extra)
-    if not isinstance(body, dict):
-        raise RecipeError(f"stage {stage['name']}: `{key}:` must be a mapping (inline) or {{config: FILE}}")
-    return body
-
-
-def _merge_dicts(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _merge_dicts(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+from smollm3.merge import merge
+from smollm3.recipe.build import build_data
+from smollm3.recipe.evaluate import evaluate_stages
+from smollm3.recipe.report import write_report
+from smollm3.recipe.spec import RecipeError, final_checkpoint, find_recipe, load_recipe, resolve, section
+from smollm3.train.config import train_config_from_dict
+from smollm3.train.trainer import train
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -156,23 +46,17 @@ def _merge_dicts(a: dict, b: dict) -> dict:
 
 
 def run_train_stage(stage: dict, out: Path, stages: dict, base: Path) -> None:
-    from smollm3.train.config import _build, TrainConfig
-    from smollm3.train.trainer import train
-
-    raw = resolve(_section(stage, "train", base), out, stages)
+    raw = resolve(section(stage, "train", base), out, stages)
     raw["out_dir"] = str(out / stage["name"])
     if stage.get("from"):
         model = raw.setdefault("model", {})
         model.pop("preset", None)
         model["init_from"] = str(final_checkpoint(out, stages[stage["from"]]))
-    cfg = _build(TrainConfig, raw, f"stage {stage['name']}")
-    train(cfg)
+    train(train_config_from_dict(raw, f"stage {stage['name']}"))
 
 
 def run_merge_stage(stage: dict, out: Path, stages: dict, base: Path) -> None:
-    from smollm3.merge import merge
-
-    body = resolve(_section(stage, "merge", base), out, stages)
+    body = resolve(section(stage, "merge", base), out, stages)
     d = out / stage["name"]
     d.mkdir(parents=True, exist_ok=True)
     (d / "merge.yaml").write_text(yaml.safe_dump(body, sort_keys=False))
@@ -181,8 +65,6 @@ def run_merge_stage(stage: dict, out: Path, stages: dict, base: Path) -> None:
 
 def describe_machine() -> str:
     """"NVIDIA H200", "2 x NVIDIA H200" (under torchrun) or "a 2-core CPU"."""
-    import torch
-
     if torch.cuda.is_available():
         world = int(os.environ.get("WORLD_SIZE", "1"))
         return (f"{world} × " if world > 1 else "") + torch.cuda.get_device_name(0)
@@ -211,8 +93,6 @@ def run_recipe(name: str, out: str | Path, *, evaluate: bool = True, log=print) 
     # under torchrun every rank runs this function: the training stages are collective, the rest is rank 0's
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if recipe.get("build"):
-        from smollm3.recipe.build import build_data
-
         if world > 1 and not (out / "data" / "chat" / "done").exists():
             raise RecipeError(f"{path}: the `build:` step runs in one process; run `smollm3 recipe run {name} --out "
                               f"{out} --no-eval` without torchrun until the first training stage starts, then resume")
@@ -234,9 +114,6 @@ def run_recipe(name: str, out: str | Path, *, evaluate: bool = True, log=print) 
             done.write_text("ok\n")
     report = {"recipe": recipe.get("name", path.stem), "out": str(out), "timings": timings, "machine": machine}
     if evaluate and recipe.get("evaluation") and rank == 0:
-        from smollm3.recipe.evaluate import evaluate_stages
-        from smollm3.recipe.report import write_report
-
         t0 = time.perf_counter()
         results = evaluate_stages(recipe, out, log)
         timings["evaluation"] = time.perf_counter() - t0

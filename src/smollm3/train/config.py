@@ -17,6 +17,7 @@ import yaml
 from smollm3.config import ConfigError
 from smollm3.ops.fp8 import RECIPES as FP8_RECIPES
 from smollm3.ops.settings import OpSettings
+from smollm3.yaml_file import read_yaml_mapping
 from smollm3.train.optim import OptimConfig
 
 
@@ -160,17 +161,10 @@ def check_ranges(cfg: TrainConfig):
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
+    """The config in YAML file `path` (None: every default) with `section.key=value` overrides applied, checked."""
     raw = {}
     if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no such config file")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({e})") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        raw = read_yaml_mapping(path, "config file", "sections such as model:, data:, train:, optim:")
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value")
@@ -182,7 +176,13 @@ def load_train_config(path: str | Path | None, overrides: list[str] = ()) -> Tra
             if not isinstance(node, dict):
                 raise ConfigError(f"override {key}: {part} is not a section")
         node[parts[-1]] = yaml.safe_load(value)
-    return _build(TrainConfig, raw, str(path) if path else "config")
+    return train_config_from_dict(raw, str(path) if path else "config")
+
+
+def train_config_from_dict(raw: dict, where: str = "config") -> TrainConfig:
+    """A TrainConfig from a mapping as a YAML file holds it (e.g. a recipe stage's `train:`), checked: unknown keys,
+    wrong types and bad values are ConfigError naming `where` and the key."""
+    return _build(TrainConfig, raw, where)
 
 
 def _build(cls, raw: dict, where: str):

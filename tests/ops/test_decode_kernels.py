@@ -1,9 +1,9 @@
-"""The Triton decode kernels (ops/decode_kernels.py) against the eager decode layer of infer/fast.py: a whole
-batch-1 layer (RMSNorm, qkv, RoPE, KV write, attention with and without key splits, o_proj + residual, SwiGLU,
-down_proj + residual), batched attention, the LM head and the argmax; on the GPU in bf16, and through Triton's
-CPU interpreter in fp16 where Triton is installed. The KV cache is paged, its blocks shuffled (block tables that
-are not the identity), in blocks smaller and larger than the kernel's key tile. Then the engine's greedy tokens
-with the kernels on the GPU."""
+"""The Triton decode kernels (ops/decode_kernels.py) against the eager decode layer (infer/fast.py over
+ops/paged_attention.py): a whole batch-1 layer (RMSNorm, qkv, RoPE, KV write, attention with and without key splits,
+o_proj + residual, SwiGLU, down_proj + residual), batched attention, the LM head and the argmax; on the GPU in bf16,
+and through Triton's CPU interpreter in fp16 where Triton is installed. The KV cache is paged, its blocks shuffled
+(block tables that are not the identity), in blocks smaller and larger than the kernel's key tile. Then the engine's
+greedy tokens with the kernels on the GPU."""
 
 import json
 import os
@@ -41,7 +41,7 @@ def paged(cache: torch.Tensor, block_size: int, order: torch.Tensor):
 
 
 def unpaged(blocks: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
-    from smollm3.infer.cache import gather_kv
+    from smollm3.ops.paged_attention import gather_kv
 
     return gather_kv(blocks, tables.long())
 

@@ -89,11 +89,7 @@ def decode_head(x, delta, norm_w, lm_head_w, eps: float, gemv: bool = False):
 def fuse_projections(model: SmolLM3ForCausalLM) -> list[tuple[torch.Tensor, ...]]:
     """Per layer (ln1, qkv, o, ln2, gate_up, down). q/k/v and gate/up are concatenated once, and the module
     parameters are replaced by views into the fused tensor, so nothing is stored twice. A second engine on the same
-    model reuses the fusion (it is kept on the model, outside its modules and state_dict)."""
-    cached = getattr(model, "_fused_decode_weights", None)
-    if cached is not None and all(c[1].data_ptr() == layer.self_attn.q_proj.weight.data_ptr()
-                                  for c, layer in zip(cached, model.model.layers)):
-        return cached
+    model finds the parameters already rows of one tensor and views them again: nothing is kept on the model."""
     fused = []
     with torch.no_grad():
         for layer in model.model.layers:
@@ -102,12 +98,18 @@ def fuse_projections(model: SmolLM3ForCausalLM) -> list[tuple[torch.Tensor, ...]
             gu = _fuse([m.gate_proj, m.up_proj])
             fused.append((layer.input_layernorm.weight, qkv, a.o_proj.weight, layer.post_attention_layernorm.weight,
                           gu, m.down_proj.weight))
-    model._fused_decode_weights = fused
     return fused
 
 
 def _fuse(linears) -> torch.Tensor:
-    cat = torch.cat([lin.weight.detach() for lin in linears], dim=0)
+    """The linears' weights as the rows of one [sum(out), in] tensor, their parameters views into it."""
+    weights = [lin.weight.detach() for lin in linears]
+    first = weights[0]
+    if all(w.is_contiguous() and w.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
+           for w in weights) and all(b.data_ptr() == a.data_ptr() + a.numel() * a.element_size()
+                                     for a, b in zip(weights, weights[1:])):  # fused before: one tensor already
+        return first.as_strided((sum(w.shape[0] for w in weights), first.shape[1]), first.stride())
+    cat = torch.cat(weights, dim=0)
     start = 0
     for lin in linears:
         n = lin.weight.shape[0]

@@ -164,3 +164,15 @@ def test_shortened_tiny_recipe_end_to_end(tmp_path, capsys):
     assert main(["recipe", "run", str(recipe), "--out", str(out)]) == 0
     assert printed.count("done already") == 0 and capsys.readouterr().out.count("done already") == 7
     assert {p: p.stat().st_mtime_ns for p in (out / "eval").glob("*.json")} == before
+
+    # an HF export that changed on disk is refused, naming the checkpoint, before a stage or evaluation reads it
+    from smollm3.recipe.spec import final_checkpoint
+
+    shard = next(lc.glob("*.safetensors"))
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 1
+    shard.write_bytes(bytes(data))
+    with pytest.raises(RecipeError, match=r"long_context_2: checkpoint .* is damaged \(.* does not match its checksum"):
+        final_checkpoint(out, {"name": "long_context_2", "train": {}})
+    assert main(["recipe", "run", str(recipe), "--out", str(out)]) == 1
+    assert "is damaged" in capsys.readouterr().err

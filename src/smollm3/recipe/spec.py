@@ -70,7 +70,8 @@ def load_recipe(path: Path) -> dict:
 
 
 def final_checkpoint(out: Path, stage: dict) -> Path:
-    """The HF directory a finished stage leaves: the last checkpoint's export, or the merged model."""
+    """The HF directory a finished stage leaves: the last checkpoint's export (checked against its manifest), or
+    the merged model."""
     d = out / stage["name"]
     if "merge" in stage:
         return d / "model"
@@ -79,18 +80,31 @@ def final_checkpoint(out: Path, stage: dict) -> Path:
     ckpts = list_checkpoints(d)
     if not ckpts:
         raise RecipeError(f"stage {stage['name']} has no checkpoint under {d}/checkpoints; has it run?")
-    return ckpts[-1][1] / "hf"
+    return _verified_export(out, stage, ckpts[-1][1])
 
 
 def step_checkpoint(out: Path, stage: dict, step: int) -> Path:
-    """The HF export of a training stage's checkpoint at `step` (an `evaluate:` step of the recipe)."""
+    """The HF export of a training stage's checkpoint at `step` (an `evaluate:` step of the recipe), checked."""
     from smollm3.train.checkpointing import checkpoint_dir
 
-    path = checkpoint_dir(out / stage["name"], step) / "hf"
-    if not path.is_dir():
-        raise RecipeError(f"stage {stage['name']}: no checkpoint at step {step} ({path}); its `evaluate:` steps must "
-                          "be multiples of checkpoint.every, and checkpoint.keep must keep them")
-    return path
+    path = checkpoint_dir(out / stage["name"], step)
+    if not (path / "hf").is_dir():
+        raise RecipeError(f"stage {stage['name']}: no checkpoint at step {step} ({path / 'hf'}); its `evaluate:` "
+                          "steps must be multiples of checkpoint.every, and checkpoint.keep must keep them")
+    return _verified_export(out, stage, path)
+
+
+def _verified_export(out: Path, stage: dict, checkpoint: Path) -> Path:
+    """checkpoint/hf, once its files match the checkpoint's manifest: a later stage never starts from, and no
+    evaluation reads, weights that changed on disk."""
+    from smollm3.train.checkpointing import verify_checkpoint
+
+    why = verify_checkpoint(checkpoint, under="hf")
+    if why is not None:
+        raise RecipeError(f"stage {stage['name']}: checkpoint {checkpoint} is damaged ({why}); delete it and "
+                          f"{out / stage['name'] / 'DONE'}, then rerun: the stage resumes from its newest intact "
+                          "checkpoint")
+    return checkpoint / "hf"
 
 
 def resolve(value, out: Path, stages: dict):

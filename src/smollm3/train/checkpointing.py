@@ -122,9 +122,9 @@ def write_manifest(root: Path, step: int):
     (root / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=1))
 
 
-def verify_checkpoint(path: Path) -> str | None:
-    """None when every file the manifest lists is there with its size and SHA-256 (and nothing unlisted is), else
-    what is wrong, naming the file."""
+def verify_checkpoint(path: Path, under: str | None = None) -> str | None:
+    """None when every file the manifest lists is there with its size and SHA-256, else what is wrong, naming the
+    file. `under` (e.g. "hf"): only the files in that subdirectory, for a reader of the HF export alone."""
     try:
         manifest = json.loads((path / MANIFEST).read_text())
         files = manifest["files"]
@@ -137,6 +137,12 @@ def verify_checkpoint(path: Path) -> str | None:
         if name not in expected:
             return f"{MANIFEST} lists no {name}"
     present = set(_files(path))
+    if under is not None:
+        prefix = under.rstrip("/") + "/"
+        expected = {n: v for n, v in expected.items() if n.startswith(prefix)}
+        present = {n for n in present if n.startswith(prefix)}
+        if not expected:
+            return f"{MANIFEST} lists nothing under {prefix}"
     for name, (size, _) in expected.items():
         f = path / name
         if name not in present:

@@ -2,6 +2,7 @@
 intra-document masking contract."""
 
 import pytest
+import random_weights
 import torch
 
 from smollm3 import ModelConfig, build_model, load_pretrained, save_pretrained
@@ -37,13 +38,7 @@ def hf_config(case: dict):
 
 def randomise_(model, seed=0):
     """Larger-than-init random weights (norms included), so that a mis-roped layer moves logits well past TOL."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(0.08 * torch.randn(p.shape, generator=g))
+    return random_weights.randomise_(model, seed, scale=0.08)
 
 
 def tokens(T, vocab=320, seed=1, B=2):

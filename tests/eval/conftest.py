@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from random_weights import randomise_
 
 from smollm3 import build_model, load_tokenizer, preset, save_pretrained
 
@@ -21,11 +22,7 @@ def tiny_eval_dir(trained_tokenizer_dir, tmp_path_factory) -> Path:
     cfg.vocab_size, cfg.max_position_embeddings = tok.vocab_size, POSITIONS
     cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
     model = build_model(cfg)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g) if name.endswith("norm.weight")
-                    else 0.1 * torch.randn(p.shape, generator=g))
+    randomise_(model)
     out = tmp_path_factory.mktemp("tiny-eval") / "tiny-smollm3"
     save_pretrained(model, out, tokenizer=tok)
     return out

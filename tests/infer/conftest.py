@@ -6,19 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from random_weights import randomise_
+
 from smollm3 import build_model, load_tokenizer, preset, save_pretrained
-
-
-def randomise_(model, seed=0):
-    """Weights large enough that greedy decoding has clear winners (init-scale weights give near-uniform logits,
-    where rounding noise alone could flip an argmax)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
 
 
 @pytest.fixture(scope="session")

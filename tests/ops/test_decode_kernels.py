@@ -12,6 +12,7 @@ import sys
 
 import pytest
 import torch
+from random_weights import randomise_
 
 from smollm3 import build_model, preset
 from smollm3.ops.attention import rotate_half
@@ -126,7 +127,8 @@ def test_kernels_match_eager_maths_in_interpreter():
     code = ("import json, runpy, torch; m = runpy.run_path(%r); "
             "print(json.dumps([m['kernel_errors']('cpu', torch.float16, h, kv) for h, kv in ((4, 2), (8, 2))]))"
             % __file__)
-    env = dict(os.environ, TRITON_INTERPRET="1")
+    tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # this file imports tests/random_weights.py
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]))
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     for errors in json.loads(res.stdout.strip().splitlines()[-1]):
@@ -165,11 +167,7 @@ def test_engine_with_kernels_decodes_greedily_on_gpu():
     cfg = preset("tiny")
     cfg.hidden_size, cfg.intermediate_size, cfg.head_dim, cfg.num_attention_heads = 256, 704, 64, 8
     ref = build_model(cfg)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # large weights: clear greedy winners (as conftest.randomise_)
-        for name, p in ref.named_parameters():
-            p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g) if name.endswith("norm.weight")
-                    else 0.1 * torch.randn(p.shape, generator=g))
+    g = randomise_(ref)  # large weights: clear greedy winners
     ref = ref.to("cuda").eval()
     prompts = [torch.randint(3, cfg.vocab_size, (n,), generator=g).tolist() for n in (5, 40, 300, 77, 150)]
     gaps = {}
@@ -194,11 +192,7 @@ def test_paged_engine_under_pressure_on_gpu():
     cfg = preset("tiny")
     cfg.hidden_size, cfg.intermediate_size, cfg.head_dim, cfg.num_attention_heads = 256, 704, 64, 8
     ref = build_model(cfg)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in ref.named_parameters():
-            p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g) if name.endswith("norm.weight")
-                    else 0.1 * torch.randn(p.shape, generator=g))
+    g = randomise_(ref)
     ref = ref.to("cuda").eval()
     head = torch.randint(3, cfg.vocab_size, (130,), generator=g).tolist()
     prompts = [(head if i % 4 == 0 else []) + torch.randint(3, cfg.vocab_size, (int(n),), generator=g).tolist()

@@ -109,6 +109,15 @@ def test_the_import_graph_has_no_cycle():
     assert not found, f"import cycles (imports inside functions count): {found}"
 
 
+def test_ops_import_only_ops_and_config():
+    """ops/ sits under the model, the trainer and the engine: it imports none of them."""
+    known = modules()
+    bad = [f"{path.relative_to(REPO)}:{line} imports {target}" for name, path in known.items()
+           if name.startswith("smollm3.ops") for target, _, line in imports(name, path, known)
+           if not target.startswith("smollm3.ops") and target != "smollm3.config"]
+    assert not bad, "; ".join(bad)
+
+
 def test_no_module_imports_another_modules_private_names():
     known = modules()
     bad = []

@@ -18,7 +18,8 @@ import torch
 
 from bench_attention import timed
 
-from smollm3.ops import ce_kernel, losses
+from smollm3.ops import ce_kernel
+from smollm3.ops import cross_entropy as CE
 
 
 def main():
@@ -35,17 +36,17 @@ def main():
     lse, nll, dl = torch.empty(args.rows, device="cuda"), torch.empty(args.rows, device="cuda"), torch.empty_like(logits)
 
     def forward_eager(logits, targets):
-        lse, nll = losses._lse_nll(logits, targets)
-        return lse, nll, losses._dlogits(logits, lse, targets)
+        lse, nll = CE._lse_nll(logits, targets)
+        return lse, nll, CE._dlogits(logits, lse, targets)
     forward_compiled = torch.compile(forward_eager, dynamic=True)
-    backward_compiled = torch.compile(losses._dlogits, dynamic=True)
+    backward_compiled = torch.compile(CE._dlogits, dynamic=True)
     cases = {
         "forward/triton": lambda: ce_kernel.lse_nll(logits, targets, lse, nll, dl),
         "forward/torch.compile": lambda: forward_compiled(logits, targets),
         "forward/eager": lambda: forward_eager(logits, targets),
         "backward/triton": lambda: ce_kernel.dlogits(logits, lse, targets, grad),
         "backward/torch.compile": lambda: backward_compiled(logits, lse, targets, grad),
-        "backward/eager": lambda: losses._dlogits(logits, lse, targets, grad),
+        "backward/eager": lambda: CE._dlogits(logits, lse, targets, grad),
     }
     size = logits.numel() * logits.element_size()
     rows = []

@@ -22,7 +22,7 @@ from bench_attention import timed
 
 from smollm3 import preset
 from smollm3.ops import fp8 as F8
-from smollm3.train.precision import accumulate_wgrad
+from smollm3.ops.linear import accumulate_wgrad
 
 
 def shapes(cfg) -> dict[str, tuple[int, int]]:

@@ -5,7 +5,7 @@ persistent Triton kernel, and the block shapes of the latter.
 
 For each decoder projection's weight gradient (q/k/v and gate/up stacked as the trainer stacks them) at `--tokens`
 tokens: cuBLAS accumulating into fp32 (`torch.addmm(..., out_dtype=torch.float32)`, the trainer's
-precision.accumulate_wgrad), cuBLAS writing bf16 alone (the same GEMM without the fp32 add: the rate to aim at),
+ops.linear.accumulate_wgrad), cuBLAS writing bf16 alone (the same GEMM without the fp32 add: the rate to aim at),
 and every Triton configuration of `--configs`. Each result is checked against an fp32 reference (|diff| / |ref|,
 max; a tile left unwritten keeps the start value and shows as the whole product). GPU time per call: `--iters` calls in one CUDA graph (tune_attention.timed).
 

@@ -90,11 +90,10 @@ class Engine:
         self.eos_token_ids = frozenset(stop_token_ids(cfg, tokenizer, given))
         self.pending: queue.SimpleQueue[Request] = queue.SimpleQueue()  # add_request may run on any thread
         self._token_text: dict[int, str] = {}
-        # pipelined greedy decode: the requests whose next inputs the device holds (rows in this order), the block
-        # counts and KV bucket their tables were uploaded with, and the launched step whose tokens are unread
+        # pipelined greedy decode: the requests whose next inputs the device holds (rows in this order), and the
+        # launched step whose tokens are unread
         self.async_decode = self.runner.fast is not None
         self._rows: list[Request] | None = None
-        self._uploaded: tuple = ()
         self._inflight = None  # (requests, host buffer, event)
         pin = self.device.type == "cuda"
         self._host_ids = [torch.zeros(max_num_seqs, dtype=torch.long, pin_memory=pin) for _ in range(2)]
@@ -222,12 +221,7 @@ class Engine:
         b, kv_len = runner.shape(reqs)
         # plain_greedy: no penalties, bias or logprobs (the pipelined path never sees the logits)
         greedy = self.async_decode and all(plain_greedy(r.params) and r.constraint is None for r in reqs)
-        uploaded = (b, kv_len, tuple(len(r.block_table) for r in reqs))
-        if not pipelined:
-            runner.upload(reqs, b, kv_len)
-        elif uploaded != self._uploaded:  # a table grew a block, or the KV bucket grew: tables again
-            runner.upload(reqs, b, kv_len, tokens=False)
-        self._uploaded = uploaded
+        runner.upload(reqs, b, kv_len, tokens=not pipelined)  # pipelined: the device holds tokens and lengths
         runner.launch(b, kv_len)
         for r in reqs:
             r.num_computed += 1

@@ -262,6 +262,28 @@ def test_preemption_under_memory_pressure_recomputes_exactly(tiny):
     engine.blocks.check()
 
 
+def test_pipelined_decode_under_pressure_equals_solo_runs(tiny):
+    """The pipelined greedy path (the fused decode step, whose tokens the host reads one step late, as on the GPU)
+    with small blocks, the prefix cache on and preemption: replies that end at every offset within a block (so the
+    late read's token ends a reply whose blocks it releases) give each request's solo tokens, and every block
+    returns. Found on the H200: the late read offered a just-finished reply's released blocks to the prefix cache."""
+    model, _ = tiny
+    from smollm3.infer.cache import kv_bytes_per_token
+
+    ps = prompts([5, 9, 13, 20, 31, 4, 17, 26], model.config.vocab_size, seed=11)
+    params = [SamplingParams(max_tokens=3 + i, **GREEDY) for i in range(len(ps))]
+    solo = Engine(model, None, max_model_len=64, max_num_seqs=8, fast_decode=True, block_size=4)
+    ref = [solo.generate([p], sp)[0].output_ids for p, sp in zip(ps, params)]
+    engine = Engine(model, None, max_model_len=64, max_num_seqs=8, fast_decode=True, block_size=4,
+                    kv_cache_memory=kv_bytes_per_token(model.config, torch.float32) * 4 * 17)
+    assert engine.async_decode
+    out = engine.generate(ps + ps, params + params)
+    assert [r.output_ids for r in out] == ref + ref
+    assert engine.stats["preemptions"] > 0
+    assert engine.num_free_blocks == engine.blocks.num_blocks
+    engine.blocks.check()
+
+
 def test_a_grammar_with_no_way_on_fails_its_own_request_only(tiny):
     """An enum value that only byte tokens can spell (a CJK character outside the tiny tokenizer's merges: each byte
     alone is half a character, which the grammar never accepts) dead-ends the JSON constraint; that request ends

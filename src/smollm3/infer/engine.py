@@ -253,8 +253,11 @@ class Engine:
         ids = host[:len(reqs)].tolist()
         now = time.perf_counter()
         for r, t in zip(reqs, ids):
-            if not r.finished:  # finished since the launch (a stop, a length, an abort): the token is dropped
-                self._append(r, t, now)
+            if r.finished:  # finished since the launch (a stop, a length, an abort): the token is dropped
+                continue
+            self._register(r)  # before the token: if it ends the reply, r's blocks are released with it
+            self._append(r, t, now)
+            if not r.finished:
                 self._register(r)
 
     def _flush(self):

@@ -207,5 +207,8 @@ def test_paged_engine_under_pressure_on_gpu():
     assert tight.stats["preemptions"] > 0 and tight.stats["cached_prompt_tokens"] >= 15 * 128
     assert tight.num_free_blocks == tight.blocks.num_blocks
     assert gaps["tight"].mean() <= 2 * gaps["roomy"].mean() + 2e-3
-    assert (gaps["tight"] == 0).float().mean() >= 0.9
+    # bf16 near-ties: on the H200 the roomy engine picked the fp32 argmax for 86.5% of tokens, the tight one 87.4%,
+    # the eager model (no graphs, no fused step) 87.9% (2026-12-05); a wrong block or position drops far below
+    exact = {name: (g == 0).float().mean() for name, g in gaps.items()}
+    assert exact["tight"] >= exact["roomy"] - 0.03
 

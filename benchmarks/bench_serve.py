@@ -141,6 +141,9 @@ async def one_request(client: httpx.AsyncClient, base: str, model: str, endpoint
         return {"ok": False, "error": f"{type(e).__name__}: {e}"}
     end = time.perf_counter()
     n = usage["completion_tokens"] if usage else len(chunks)
+    if error is None and not chunks:  # e.g. a random-weight model repeating the prompt's last newline, which the
+        # chat parser holds back as leading whitespace: no chunk to time the first token by
+        error = f"no visible text in {n} streamed tokens (whitespace only?): TTFT and ITL need visible tokens"
     return {"ok": error is None and bool(chunks), "error": error, "start": t0, "ttft": chunks[0] - t0 if chunks else None,
             "latency": end - t0, "tokens": n, "itl": list(np.diff(chunks)), "text": "".join(text),
             "cached": ((usage or {}).get("prompt_tokens_details") or {}).get("cached_tokens")}

@@ -176,3 +176,21 @@ def test_shortened_tiny_recipe_end_to_end(tmp_path, capsys):
         final_checkpoint(out, {"name": "long_context_2", "train": {}})
     assert main(["recipe", "run", str(recipe), "--out", str(out)]) == 1
     assert "is damaged" in capsys.readouterr().err
+
+
+def test_seed_offsets_every_stage_and_owns_the_run_directory(tmp_path, monkeypatch):
+    """--seed N adds N to each training stage's train.seed and data.seed; a directory keeps the seed it began with."""
+    import smollm3.recipe.run as run
+
+    seen = []
+    monkeypatch.setattr(run, "train", lambda cfg: seen.append((cfg.train.seed, cfg.data.seed)))
+    stage = {"model": {"preset": "tiny"}, "data": {"paths": ["{data}/x"], "seed": 5},
+             "train": {"steps": 1, "seed": 2}}
+    recipe = {"name": "seeded", "stages": [{"name": "a", "train": stage},
+                                          {"name": "b", "train": {**stage, "data": {"paths": ["{data}/x"]}}}]}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    report = run.run_recipe(str(path), tmp_path / "run", seed=10, log=lambda m: None)
+    assert seen == [(12, 15), (12, 10)] and report["seed"] == 10
+    with pytest.raises(RecipeError, match=r"started with --seed 10; resume it with --seed 10"):
+        run.run_recipe(str(path), tmp_path / "run", log=lambda m: None)

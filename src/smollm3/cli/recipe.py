@@ -17,6 +17,9 @@ def _add_recipe(sub, help):
     r.add_argument("recipe", help="a recipe name (`smollm3 recipe list`) or a recipe YAML file")
     r.add_argument("--out", required=True, help="run directory (rerun to resume)")
     r.add_argument("--no-eval", action="store_true", help="train only: skip evaluation and the report")
+    r.add_argument("--seed", type=int, default=0,
+                   help="added to every seed of the recipe (data split, each stage's initialisation and data order): "
+                        "a second run whose randomness is its own (default 0: the recipe as written)")
     r.set_defaults(func=_run_recipe)
     ls = rsub.add_parser("list", help="the recipes that ship with smollm3")
     ls.set_defaults(func=_run_recipe_list)
@@ -34,7 +37,7 @@ def _run_recipe(args):
     from smollm3.recipe.run import run_recipe
 
     t0 = time.perf_counter()
-    report = run_recipe(args.recipe, args.out, evaluate=not args.no_eval,
+    report = run_recipe(args.recipe, args.out, evaluate=not args.no_eval, seed=args.seed,
                         log=lambda msg: print(f"[recipe] {msg}", flush=True))
     for c in report.get("claims", []):
         print(f"[{c['status']}] {c['claim']}: {c['numbers']}" + (f" — {c['why']}" if c.get('why') else ""))

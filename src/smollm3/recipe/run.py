@@ -45,9 +45,13 @@ from smollm3.train.trainer import train
 # stages
 
 
-def run_train_stage(stage: dict, out: Path, stages: dict, base: Path) -> None:
+def run_train_stage(stage: dict, out: Path, stages: dict, base: Path, seed: int = 0) -> None:
     raw = resolve(section(stage, "train", base), out, stages)
     raw["out_dir"] = str(out / stage["name"])
+    if seed:  # another run: its own initialisation (train.seed) and data order (data.seed)
+        for part in ("train", "data"):
+            sub = raw.setdefault(part, {})
+            sub["seed"] = sub.get("seed", 0) + seed
     if stage.get("from"):
         model = raw.setdefault("model", {})
         model.pop("preset", None)
@@ -63,6 +67,18 @@ def run_merge_stage(stage: dict, out: Path, stages: dict, base: Path) -> None:
     merge(d / "merge.yaml", d / "model")
 
 
+def check_seed(out: Path, seed: int) -> None:
+    """A run directory holds one run: resuming it with another --seed would mix two runs' checkpoints."""
+    f = out / "seed.json"
+    if f.exists():
+        before = json.loads(f.read_text())["seed"]
+        if before != seed:
+            raise RecipeError(f"{out} holds a run started with --seed {before}; resume it with --seed {before}, "
+                              f"or give --seed {seed} its own --out")
+    else:
+        f.write_text(json.dumps({"seed": seed}) + "\n")
+
+
 def describe_machine() -> str:
     """"NVIDIA H200", "2 x NVIDIA H200" (under torchrun) or "a 2-core CPU"."""
     if torch.cuda.is_available():
@@ -72,12 +88,17 @@ def describe_machine() -> str:
     return f"a {cores}-core CPU"
 
 
-def run_recipe(name: str, out: str | Path, *, evaluate: bool = True, log=print) -> dict:
-    """Run recipe `name` (see find_recipe) into `out`; returns the report's data (also OUT/report.json)."""
+def run_recipe(name: str, out: str | Path, *, evaluate: bool = True, seed: int = 0, log=print) -> dict:
+    """Run recipe `name` (see find_recipe) into `out`; returns the report's data (also OUT/report.json).
+    `seed` is added to the data build's seed and to every training stage's: another run of the same recipe with
+    its own initialisation, data order and held-out text split (the synthetic generators keep their seeds)."""
     path = find_recipe(name)
     recipe = load_recipe(path)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    check_seed(out, seed)
+    if seed and recipe.get("build"):
+        recipe["build"] = {**recipe["build"], "seed": recipe["build"].get("seed", 0) + seed}
     (out / "recipe.yaml").write_text(path.read_text())  # what ran, beside what it made
     timings = json.loads((out / "timings.json").read_text()) if (out / "timings.json").exists() else {}
     machine = json.loads((out / "machine.json").read_text()) if (out / "machine.json").exists() else {}
@@ -107,12 +128,15 @@ def run_recipe(name: str, out: str | Path, *, evaluate: bool = True, log=print) 
         if "merge" in stage and rank != 0:
             continue
         log(f"stage {stage['name']}")
-        runner = run_train_stage if "train" in stage else run_merge_stage
-        timed(stage["name"], runner, stage, out, stages, path.parent)
+        if "train" in stage:
+            timed(stage["name"], run_train_stage, stage, out, stages, path.parent, seed)
+        else:
+            timed(stage["name"], run_merge_stage, stage, out, stages, path.parent)
         if rank == 0:
             done.parent.mkdir(parents=True, exist_ok=True)
             done.write_text("ok\n")
-    report = {"recipe": recipe.get("name", path.stem), "out": str(out), "timings": timings, "machine": machine}
+    report = {"recipe": recipe.get("name", path.stem), "out": str(out), "seed": seed, "timings": timings,
+              "machine": machine}
     if evaluate and recipe.get("evaluation") and rank == 0:
         t0 = time.perf_counter()
         results = evaluate_stages(recipe, out, log)

@@ -84,18 +84,25 @@ def build_state(args):
         return from_dir(args.model, **kw)
     import tempfile
 
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    out = Path(tempfile.mkdtemp(prefix="bench-serve-")) / args.preset
+    write_preset(args.preset, out, torch.bfloat16 if device == "cuda" else torch.float32)
+    return from_dir(str(out), **kw)
+
+
+def write_preset(name: str, out: Path, dtype) -> Path:
+    """A checkpoint directory of preset `name` with random weights (seed 0) and SmolLM3's tokenizer."""
+    import torch
+
     from smollm3 import build_model, preset, save_pretrained
     from smollm3.tokenizer import smollm3_tokenizer
 
     tok = smollm3_tokenizer()
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    cfg = preset(args.preset)
+    cfg = preset(name)
     cfg.vocab_size = max(cfg.vocab_size, tok.vocab_size)
     torch.manual_seed(0)
-    model = build_model(cfg, dtype=torch.bfloat16 if device == "cuda" else torch.float32)
-    out = Path(tempfile.mkdtemp(prefix="bench-serve-")) / args.preset
-    save_pretrained(model, out, tokenizer=tok)
-    return from_dir(str(out), **kw)
+    save_pretrained(build_model(cfg, dtype=dtype), out, tokenizer=tok)
+    return out
 
 
 def requests_for(args, rng: random.Random, vocab: int) -> list[tuple[str, dict]]:

@@ -18,6 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import runpy
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,23 +30,31 @@ HERE = Path(__file__).resolve().parent
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--preset")
+    src.add_argument("--preset", help="random weights of a preset (written once, bf16, then served by every run)")
     src.add_argument("--model")
     ap.add_argument("--out", required=True)
     ap.add_argument("--only", default="7,8,9", help="which targets")
     ap.add_argument("--requests", type=int, default=256)
     args = ap.parse_args()
-    serve = runpy.run_path(str(HERE / "bench_serve.py"))["main"]
-    model = ["--preset", args.preset] if args.preset else ["--model", args.model]
+    model = args.model
+    if args.preset:  # on the CPU: this process never holds GPU memory that a run's KV sizing would count
+        import torch
+
+        write_preset = runpy.run_path(str(HERE / "bench_serve.py"))["write_preset"]
+        model = str(write_preset(args.preset, Path(tempfile.mkdtemp(prefix="serve-targets-")) / args.preset,
+                                 torch.bfloat16))
     tmp = Path(args.out).with_suffix("")
     res = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "targets": {}}
     only = {int(t) for t in args.only.split(",")}
 
     def run(name, extra):
-        out = serve([*model, *extra, "--out", f"{tmp}-{name}.json"])
-        res[name] = out
+        """One engine configuration in its own process: each sizes its KV cache on an empty GPU."""
+        out = Path(f"{tmp}-{name}.json")
+        subprocess.run([sys.executable, str(HERE / "bench_serve.py"), "--model", model, *extra, "--out", str(out)],
+                       check=True)
+        res[name] = json.loads(out.read_text())
         Path(args.out).write_text(json.dumps(res, indent=2))
-        return out["runs"][0]
+        return res[name]["runs"][0]
 
     if 7 in only:
         load = ["--input-len", "512", "--output-len", "256", "--num-prompts", str(args.requests)]
@@ -57,6 +68,8 @@ def main():
                 "--save-outputs"]
         cached = run("t8_prefix_caching", load)
         plain = run("t8_no_prefix_caching", [*load, "--no-prefix-caching"])
+        if not (cached["ttft_p50_ms"] and plain["ttft_p50_ms"]):
+            sys.exit(f"target 8: requests failed ({cached.get('first_error') or plain.get('first_error')})")
         ratio = plain["ttft_p50_ms"] / cached["ttft_p50_ms"]
         same = cached["outputs"] == plain["outputs"]
         res["targets"]["8"] = {"ttft_ratio": round(ratio, 2), "outputs_equal": same, "met": ratio >= 3 and same}

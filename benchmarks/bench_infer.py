@@ -54,10 +54,10 @@ def copy_bandwidth(device, nbytes: int, iters: int = 10) -> float:
 
 
 def make_engine(model, slots, max_len, cuda_graphs=None, fast_decode=None, gemv=None, async_decode=True,
-                decode_kernels=None, max_num_batched_tokens=2048):
-    blocks = slots * -(-max_len // 64) + 1  # every stream at full length, and the runner's scratch block
-    kv = kv_bytes_per_token(model.config, next(model.parameters()).dtype) * 64 * blocks
-    engine = Engine(model, None, max_num_seqs=slots, max_model_len=max_len, kv_cache_memory=kv,
+                decode_kernels=None, max_num_batched_tokens=2048, block_size=64):
+    blocks = slots * -(-max_len // block_size) + 1  # every stream at full length, and the runner's scratch block
+    kv = kv_bytes_per_token(model.config, next(model.parameters()).dtype) * block_size * blocks
+    engine = Engine(model, None, max_num_seqs=slots, max_model_len=max_len, kv_cache_memory=kv, block_size=block_size,
                     cuda_graphs=cuda_graphs, eos_token_ids=[], fast_decode=fast_decode, gemv=gemv,
                     decode_kernels=decode_kernels, max_num_batched_tokens=max_num_batched_tokens)
     engine.async_decode = engine.async_decode and async_decode
@@ -92,6 +92,9 @@ def main():
     ap.add_argument("--streams", type=int, default=32)
     ap.add_argument("--ttft-prompt", type=int, default=32768)
     ap.add_argument("--skip-hf", action="store_true", help="only our engine (no transformers rows)")
+    ap.add_argument("--block-size", type=int, default=64, help="KV-cache block size (tokens) of our engines")
+    ap.add_argument("--only-ours", action="store_true",
+                    help="only the default engine's rows (no compiled-step or eager-step variants, no TTFT)")
     ap.add_argument("--out", required=True, help="JSON results file")
     args = ap.parse_args()
 
@@ -127,9 +130,10 @@ def main():
     ours_tokens = None
     variants = (("ours", None, None, True, None), ("ours_compiled_gemv", True, None, True, False),
                 ("ours_eager_step", False, None, False, None))
-    for key, fast, gemv, pipelined, kernels in variants:
+    res["block_size"] = args.block_size
+    for key, fast, gemv, pipelined, kernels in variants[:1] if args.only_ours else variants:
         engine = make_engine(model, args.streams, max_len, fast_decode=fast, gemv=gemv, async_decode=pipelined,
-                             decode_kernels=kernels)
+                             decode_kernels=kernels, block_size=args.block_size)
         warm, _ = timed(lambda e=engine: ours_generate(e, [prompt] * 2 + batch[:args.streams - 2], args.gen), device)
         warm1, first = timed(lambda e=engine: ours_generate(e, [prompt], args.gen), device)  # captures b=1 graphs
         res[f"{key}_warmup_s"] = round(warm + warm1, 2)
@@ -150,23 +154,24 @@ def main():
         print(f"{key}: decode {res[f'{key}_decode_tok_s']} tok/s, {args.streams} streams "
               f"{res[f'{key}_batch_tok_s']} tok/s, warm-up {res[f'{key}_warmup_s']} s", flush=True)
         engine = None  # free its KV cache before the next one
-    long_engine = make_engine(model, 1, ttft_len + 1, max_num_batched_tokens=ttft_len + 1)  # one prefill, unchunked
-    ours_generate(long_engine, [long_prompt[:1024]], 1)  # warm the prefill kernels
-    res["ttft_prompt_tokens"] = ttft_len
-    try:
-        ttft = []
-        for _ in range(2):
-            r = ours_generate(long_engine, [long_prompt], 1)[0]
-            ttft.append(r.first_token_time - r.arrival_time)
-        res["ours_ttft_s"] = round(min(ttft), 3)
-    except torch.OutOfMemoryError as e:
-        res["ours_ttft_s"] = f"out of memory: {str(e)[:120]}"
-    long_engine = None
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    if not args.only_ours:  # time to first token of one long prompt
+        long_engine = make_engine(model, 1, ttft_len + 1, max_num_batched_tokens=ttft_len + 1)  # one prefill, unchunked
+        ours_generate(long_engine, [long_prompt[:1024]], 1)  # warm the prefill kernels
+        res["ttft_prompt_tokens"] = ttft_len
+        try:
+            ttft = []
+            for _ in range(2):
+                r = ours_generate(long_engine, [long_prompt], 1)[0]
+                ttft.append(r.first_token_time - r.arrival_time)
+            res["ours_ttft_s"] = round(min(ttft), 3)
+        except torch.OutOfMemoryError as e:
+            res["ours_ttft_s"] = f"out of memory: {str(e)[:120]}"
+        long_engine = None
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
     # ---- transformers, same weights
-    if not args.skip_hf:
+    if not (args.skip_hf or args.only_ours):
         import transformers
 
         res["transformers"] = transformers.__version__
@@ -194,14 +199,16 @@ def main():
     rows = [("copy bandwidth (GB/s)", res["copy_bandwidth_gbps"], None),
             ("roofline decode (tok/s, 1 stream)", res["roofline_tok_s"], None),
             ("decode, 1 stream (tok/s)", res["ours_decode_tok_s"], res.get("hf_decode_tok_s")),
-            ("decode, 1 stream, eager step (tok/s)", res["ours_eager_step_decode_tok_s"], None),
+            ("decode, 1 stream, eager step (tok/s)", res.get("ours_eager_step_decode_tok_s"), None),
             (f"throughput, {args.streams} streams (tok/s)", res["ours_batch_tok_s"], res.get("hf_batch_tok_s")),
-            (f"throughput, {args.streams} streams, eager step", res["ours_eager_step_batch_tok_s"], None),
-            ("decode, 1 stream, compiled step + GEMVs", res["ours_compiled_gemv_decode_tok_s"], None),
-            (f"throughput, {args.streams} streams, compiled + GEMVs", res["ours_compiled_gemv_batch_tok_s"], None),
-            (f"TTFT, {ttft_len}-token prompt (s)", res["ours_ttft_s"], res.get("hf_ttft_s"))]
+            (f"throughput, {args.streams} streams, eager step", res.get("ours_eager_step_batch_tok_s"), None),
+            ("decode, 1 stream, compiled step + GEMVs", res.get("ours_compiled_gemv_decode_tok_s"), None),
+            (f"throughput, {args.streams} streams, compiled + GEMVs", res.get("ours_compiled_gemv_batch_tok_s"), None),
+            (f"TTFT, {ttft_len}-token prompt (s)", res.get("ours_ttft_s"), res.get("hf_ttft_s"))]
     print(f"\n{'':<40} {'smollm3':>12} {'transformers':>14}")
     for label, ours, theirs in rows:
+        if ours is None:
+            continue
         print(f"{label:<40} {ours:>12} {'' if theirs is None else theirs:>14}")
     res["ours_pct_of_roofline"] = round(100 * res["ours_decode_tok_s"] / res["roofline_tok_s"], 1)
     if "hf_decode_tok_s" in res:

@@ -72,3 +72,22 @@ def test_no_prefix_caching_keys_nothing():
     assert keys == [] and bm.by_key == {} and bm.cached_prefix([1, 2, 3, 4, 5]) == ([], [])
     bm.release(t)
     assert len(bm.free) == 4
+
+
+def test_a_waiting_prompt_is_hashed_once(monkeypatch):
+    """A request that waits for blocks looks its prefix up every step: with its memo, each block is hashed once,
+    and the keys, the blocks found and the memo stay right as the cache and the tokens change."""
+    import smollm3.infer.block_manager as bm_mod
+
+    bm = BlockManager(num_blocks=16, block_size=4)
+    system = list(range(100, 112))
+    first, keys = computed(bm, system + [1, 2, 3, 4, 5])
+    calls = []
+    monkeypatch.setattr(bm_mod, "block_key", lambda parent, tokens: calls.append(1) or block_key(parent, tokens))
+    prompt, memo = system + [1, 2, 3, 4, 6, 7, 8, 9, 10], []
+    assert bm.cached_prefix(prompt, memo) == (first[:4], keys[:4]) and len(calls) == 5  # the 5th block: a miss
+    assert bm.cached_prefix(prompt, memo) == (first[:4], keys[:4]) and len(calls) == 5  # next step: no hashing
+    assert memo[:4] == keys[:4] and len(memo) == 5
+    other, more = computed(bm, prompt)  # meanwhile another request computes the whole prompt: its 5th block is new
+    assert bm.cached_prefix(prompt, memo) == (first[:4] + other[4:5], more[:5]) and len(calls) == 5 + 5  # (its
+    # register hashed 5 blocks; the lookup none)

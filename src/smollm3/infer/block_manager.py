@@ -55,15 +55,20 @@ class BlockManager:
 
     # ---- a request's blocks
 
-    def cached_prefix(self, tokens: list[int]) -> tuple[list[int], list[bytes]]:
+    def cached_prefix(self, tokens: list[int], memo: list[bytes] | None = None) -> tuple[list[int], list[bytes]]:
         """The leading full blocks of `tokens` found in the cache -> (block ids, their keys). The last token is never
-        served from the cache (its logits are needed), so at most (len - 1) // block_size blocks."""
+        served from the cache (its logits are needed), so at most (len - 1) // block_size blocks. `memo`: the keys
+        of these tokens' leading blocks found so far (a list kept by the caller for tokens that only grow), reused
+        and extended in place."""
         if not self.prefix_caching:
             return [], []
         ids, keys, parent = [], [], None
         bs = self.block_size
+        memo = [] if memo is None else memo
         for i in range((len(tokens) - 1) // bs):
-            parent = block_key(parent, tokens[i * bs:(i + 1) * bs])
+            if i == len(memo):
+                memo.append(block_key(parent, tokens[i * bs:(i + 1) * bs]))
+            parent = memo[i]
             b = self.by_key.get(parent)
             if b is None:
                 break

@@ -67,7 +67,7 @@ class Scheduler:
                 budget -= n
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs and not plan.preempted:
             r = self.waiting[0]
-            cached, keys = self.blocks.cached_prefix(r.tokens())
+            cached, keys = self.blocks.cached_prefix(r.tokens(), r.lookup_keys)
             start = len(cached) * self.blocks.block_size
             n = min(r.num_tokens - start, budget)
             if not self.blocks.can_allocate(cached, start + n):

@@ -79,6 +79,8 @@ class Request:
     # how many of its tokens have K/V in those blocks
     block_table: list[int] = field(default_factory=list)
     block_keys: list[bytes] = field(default_factory=list)
+    lookup_keys: list[bytes] = field(default_factory=list)  # prefix-cache keys of its leading full blocks, hashed
+    # once: a request waiting for blocks looks its prefix up again each step
     num_computed: int = 0
     _stop_ids: frozenset = frozenset()
     _generator: torch.Generator | None = None

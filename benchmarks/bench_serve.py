@@ -86,11 +86,11 @@ def build_state(args):
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(tempfile.mkdtemp(prefix="bench-serve-")) / args.preset
-    write_preset(args.preset, out, torch.bfloat16 if device == "cuda" else torch.float32)
+    write_preset(args.preset, out, torch.bfloat16 if device == "cuda" else torch.float32, device)
     return from_dir(str(out), **kw)
 
 
-def write_preset(name: str, out: Path, dtype) -> Path:
+def write_preset(name: str, out: Path, dtype, device: str = "cpu") -> Path:
     """A checkpoint directory of preset `name` with random weights (seed 0) and SmolLM3's tokenizer."""
     import torch
 
@@ -101,7 +101,7 @@ def write_preset(name: str, out: Path, dtype) -> Path:
     cfg = preset(name)
     cfg.vocab_size = max(cfg.vocab_size, tok.vocab_size)
     torch.manual_seed(0)
-    save_pretrained(build_model(cfg, dtype=dtype), out, tokenizer=tok)
+    save_pretrained(build_model(cfg, device=device, dtype=dtype), out, tokenizer=tok)
     return out
 
 

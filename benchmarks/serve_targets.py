@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import runpy
 import subprocess
 import sys
 import tempfile
@@ -39,12 +38,11 @@ def main():
                     help="--max-num-batched-tokens for target 9's runs with the long prompt (the first: the default)")
     args = ap.parse_args()
     model = args.model
-    if args.preset:  # on the CPU: this process never holds GPU memory that a run's KV sizing would count
-        import torch
-
-        write_preset = runpy.run_path(str(HERE / "bench_serve.py"))["write_preset"]
-        model = str(write_preset(args.preset, Path(tempfile.mkdtemp(prefix="serve-targets-")) / args.preset,
-                                 torch.bfloat16))
+    if args.preset:  # in a process of its own: this one never holds GPU memory that a run's KV sizing would count
+        model = str(Path(tempfile.mkdtemp(prefix="serve-targets-")) / args.preset)
+        code = ("import runpy, sys, torch; from pathlib import Path; runpy.run_path(sys.argv[1])['write_preset']("
+                "sys.argv[2], Path(sys.argv[3]), torch.bfloat16, 'cuda' if torch.cuda.is_available() else 'cpu')")
+        subprocess.run([sys.executable, "-c", code, str(HERE / "bench_serve.py"), args.preset, model], check=True)
     tmp = Path(args.out).with_suffix("")
     res = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "targets": {}}
     only = {int(t) for t in args.only.split(",")}

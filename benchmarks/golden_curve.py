@@ -5,8 +5,11 @@ package's trainer, shard writer and tokenizer), so the same file runs against an
     PYTHONPATH=baseline/src python3 benchmarks/golden_curve.py --out $OUT/golden-before.json
     PYTHONPATH=src python3 benchmarks/golden_curve.py --against $OUT/golden-before.json --out $OUT/golden-after.json
 
-Random-token documents (lengths exponential, mean 1,024, seed 0) packed into `--seq` windows feed the trainer's
-pretraining path with a preset from scratch (seed 0). With `--against FILE` the run exits 1, naming the first step,
+Documents (lengths exponential, mean 1,024, seed 0) packed into `--seq` windows feed the trainer's pretraining path
+with a preset from scratch (seed 0). `--data zipf` (default): ids from a Zipf law, each followed half the time by a
+fixed successor, so the loss falls from the first step. `--data random`: uniform ids, where the loss stays at
+log(vocab), the gradient is noise and a rounding difference grew past 1e-3 within 7 steps on the GPU
+(benchmarks/results/2026-12-05-h200-session14). With `--against FILE` the run exits 1, naming the first step,
 when any step's loss differs from FILE's by more than `--tol`.
 """
 
@@ -22,7 +25,20 @@ import numpy as np
 import yaml
 
 
-def write_assets(root: Path, vocab: int, n_tokens: int):
+def document(rng, vocab: int, n: int, data: str) -> np.ndarray:
+    """One document of n ids: `random` uniform; `zipf` from a Zipf law, each followed half the time by a fixed
+    successor (a bigram rule the model learns within a few steps)."""
+    if data == "random":
+        return rng.integers(2, vocab, n)
+    ids = np.minimum(rng.zipf(1.2, n) + 1, vocab - 1)
+    follow = rng.random(n) < 0.5
+    for i in range(1, n):
+        if follow[i]:
+            ids[i] = 2 + (ids[i - 1] * 7 + 3) % (vocab - 2)
+    return ids
+
+
+def write_assets(root: Path, vocab: int, n_tokens: int, data: str = "zipf"):
     from tokenizers import Tokenizer as HFTok
     from tokenizers import models
 
@@ -35,7 +51,7 @@ def write_assets(root: Path, vocab: int, n_tokens: int):
         written = 0
         while written < n_tokens:
             n = max(16, int(rng.exponential(1024)))
-            w.write(rng.integers(2, vocab, n))
+            w.write(document(rng, vocab, n, data))
             written += n
 
 
@@ -48,6 +64,7 @@ def main():
     ap.add_argument("--grad-accum", type=int, default=2)
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--data", choices=["zipf", "random"], default="zipf", help="see document()")
     ap.add_argument("--against", default=None, help="a previous run's JSON: exit 1 if a step differs by > --tol")
     ap.add_argument("--tol", type=float, default=1e-3)
     ap.add_argument("--out", default=None)
@@ -60,7 +77,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         tokens = args.seq * args.micro_batch * args.grad_accum * (args.steps + 2)
-        write_assets(root, preset(args.preset).vocab_size, tokens)
+        write_assets(root, preset(args.preset).vocab_size, tokens, args.data)
         cfg = {"out_dir": str(root / "run"),
                "model": {"preset": args.preset, "overrides": {"max_position_embeddings": args.seq}},
                "data": {"kind": "pretrain", "tokenizer": str(root / "tok"), "seq_len": args.seq,
@@ -73,7 +90,7 @@ def main():
         train(load_train_config(root / "c.yaml"))
         records = [json.loads(line) for line in (root / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if "loss" in r]
-    result = {"preset": args.preset, "steps": args.steps, "seq": args.seq, "micro_batch": args.micro_batch,
+    result = {"preset": args.preset, "data": args.data, "steps": args.steps, "seq": args.seq, "micro_batch": args.micro_batch,
               "grad_accum": args.grad_accum, "dtype": args.dtype, "compile": args.compile, "losses": losses}
     print(json.dumps(losses))
     if args.out:

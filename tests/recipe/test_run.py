@@ -194,3 +194,8 @@ def test_seed_offsets_every_stage_and_owns_the_run_directory(tmp_path, monkeypat
     assert seen == [(12, 15), (12, 10)] and report["seed"] == 10
     with pytest.raises(RecipeError, match=r"started with --seed 10; resume it with --seed 10"):
         run.run_recipe(str(path), tmp_path / "run", log=lambda m: None)
+    old = tmp_path / "old"  # a directory begun before runs recorded their seed began with the recipe's own
+    old.mkdir()
+    (old / "timings.json").write_text("{}")
+    with pytest.raises(RecipeError, match=r"started with --seed 0"):
+        run.run_recipe(str(path), old, seed=1, log=lambda m: None)

@@ -103,8 +103,8 @@ def summary(recipe: dict, report: dict, checked: list[dict], facts: dict) -> str
     where = f" on {' and '.join(machines)}" if machines else ""
     seeded = f" with --seed {report['seed']}" if report.get("seed") else ""
     text = (f"This run trained {size} through every stage of the `{report['recipe']}` recipe "
-            f"({', '.join(stages)}){where}{seeded} in {sum(t.values()) / 60:.1f} minutes, evaluation included, and checked "
-            f"{len(checked)} of the SmolLM3 recipe's claims on its checkpoints.")
+            f"({', '.join(stages)}){where}{seeded} in {sum(t.values()) / 60:.1f} minutes, evaluation included, and "
+            f"checked {len(checked)} of the SmolLM3 recipe's claims on its checkpoints.")
     said = {HOLDS: ("holds", "hold"), FAILS: ("does not hold", "do not hold"),
             NOT_SHOWN: ("is not shown at this scale", "are not shown at this scale"),
             NOT_TESTED: ("could not be tested", "could not be tested")}

@@ -72,11 +72,14 @@ def check_seed(out: Path, seed: int) -> None:
     f = out / "seed.json"
     if f.exists():
         before = json.loads(f.read_text())["seed"]
-        if before != seed:
-            raise RecipeError(f"{out} holds a run started with --seed {before}; resume it with --seed {before}, "
-                              f"or give --seed {seed} its own --out")
+    elif (out / "timings.json").exists():  # begun before runs recorded a seed: the recipe's own
+        before = 0
     else:
-        f.write_text(json.dumps({"seed": seed}) + "\n")
+        before = seed
+    if before != seed:
+        raise RecipeError(f"{out} holds a run started with --seed {before}; resume it with --seed {before}, "
+                          f"or give --seed {seed} its own --out")
+    f.write_text(json.dumps({"seed": seed}) + "\n")
 
 
 def describe_machine() -> str:

@@ -7,8 +7,9 @@ and throughput as a user of the server sees them.
         # tokenizer (pip install --no-deps llama-models)
     python benchmarks/bench_serve.py --base-url http://127.0.0.1:8000 ...            # a server already running
 
-Without --base-url the server runs in this process (its engine on a background thread, uvicorn on another), with
-the engine settings given here. Datasets:
+Without --base-url, `smollm3 serve` runs in a process of its own with the engine settings given here (the client's
+per-token work would otherwise share the server's interpreter, as a real client's does not); --in-process serves
+from this process instead (its engine on a background thread, uvicorn on another). Datasets:
 - `random`: prompts of exactly --input-len random token ids, sent to /v1/completions as ids; --output-len tokens
   each (ignore_eos), greedy.
 - `chat-shared-prefix`: chat requests that share SmolLM3's think-mode system prompt and two tool specs and differ
@@ -68,6 +69,84 @@ def start_server(args):
         state.engine.close()
 
     return f"http://127.0.0.1:{sock.getsockname()[1]}", state.model_name, engine, stop
+
+
+def start_server_process(args):
+    """`smollm3 serve` in a process of its own (as `vllm bench serve` runs beside `vllm serve`): the client's
+    per-token work does not share the server's interpreter -> (base URL, served model name, vocab size, stop)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    model_dir = args.model or str(preset_dir(args.preset, args.device))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    cmd = [sys.executable, "-m", "smollm3.cli", "serve", "--model", model_dir, "--port", str(port),
+           "--max-num-seqs", str(args.max_num_seqs), "--gpu-memory-utilization", str(args.gpu_memory_utilization),
+           "--max-num-batched-tokens", str(args.max_num_batched_tokens)]
+    cmd += ["--max-model-len", str(args.max_model_len)] if args.max_model_len else []
+    cmd += ["--no-prefix-caching"] if args.no_prefix_caching else []
+    cmd += ["--device", args.device] if args.device else []
+    cmd += ["--chat-template", "smollm3"] if args.dataset == "chat-shared-prefix" else []
+    log = tempfile.NamedTemporaryFile("w+", prefix="bench-serve-server-", suffix=".log", delete=False)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+
+    def stop():
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+    deadline = time.time() + 900
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(f"the server exited ({proc.returncode}):\n{Path(log.name).read_text()[-3000:]}")
+        try:
+            if httpx.get(base + "/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.time() > deadline:
+            stop()
+            raise SystemExit(f"the server did not answer /health in 900 s; its log: {log.name}")
+        time.sleep(0.5)
+    print(next((line for line in Path(log.name).read_text().splitlines() if line.startswith("KV cache")), ""),
+          flush=True)
+    name = httpx.get(base + "/v1/models").json()["data"][0]["id"]
+    vocab = json.loads((Path(model_dir) / "config.json").read_text())["vocab_size"]
+    return base, name, vocab, stop
+
+
+def server_counts(base: str) -> dict:
+    """The server's engine counters from /metrics (Prometheus text)."""
+    names = {"smollm3_prompt_tokens_total": "prompt_tokens", "smollm3_prompt_tokens_cached_total": "cached_prompt_tokens",
+             "smollm3_preemptions_total": "preemptions", "smollm3_decode_steps_total": "decode_steps",
+             "smollm3_prefill_steps_total": "prefill_steps", "smollm3_requests_running_max": "max_running_since_start"}
+    out = {}
+    for line in httpx.get(base + "/metrics").text.splitlines():
+        key, _, value = line.partition(" ")
+        if key in names:
+            out[names[key]] = int(float(value))
+    return out
+
+
+def preset_dir(name: str, device: str | None) -> Path:
+    """Random weights of preset `name` written by a process of its own (bf16 on a GPU), so that this process holds
+    no GPU memory that a server's KV sizing would count."""
+    import subprocess
+    import sys
+    import tempfile
+
+    out = Path(tempfile.mkdtemp(prefix="bench-serve-")) / name
+    code = ("import runpy, sys, torch; from pathlib import Path; dev = sys.argv[4] or ('cuda' if "
+            "torch.cuda.is_available() else 'cpu'); runpy.run_path(sys.argv[1])['write_preset'](sys.argv[2], "
+            "Path(sys.argv[3]), torch.bfloat16 if dev.startswith('cuda') else torch.float32, dev)")
+    subprocess.run([sys.executable, "-c", code, __file__, name, str(out), device or ""], check=True)
+    return out
 
 
 def build_state(args):
@@ -156,9 +235,21 @@ async def one_request(client: httpx.AsyncClient, base: str, model: str, endpoint
             "cached": ((usage or {}).get("prompt_tokens_details") or {}).get("cached_tokens")}
 
 
-async def run_load(base, model, reqs, concurrency, rate, long_req, rng) -> tuple[list[dict], dict | None, float]:
+async def poll_running(client: httpx.AsyncClient, base: str, peak: list[int]):
+    while True:
+        try:
+            peak.append((await client.get(base + "/health")).json()["running"])
+        except (httpx.HTTPError, KeyError, ValueError):
+            pass
+        await asyncio.sleep(0.1)
+
+
+async def run_load(base, model, reqs, concurrency, rate, long_req, rng,
+                   peak: list | None = None) -> tuple[list[dict], dict | None, float]:
+    """`peak`: a list that gets the server's running-request count every 0.1 s (its /health)."""
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     async with httpx.AsyncClient(timeout=httpx.Timeout(3600.0), limits=limits) as client:
+        poller = asyncio.create_task(poll_running(client, base, peak)) if peak is not None else None
         sem = asyncio.Semaphore(concurrency or len(reqs))
 
         async def limited(ep, body):
@@ -176,6 +267,8 @@ async def run_load(base, model, reqs, concurrency, rate, long_req, rng) -> tuple
             await asyncio.sleep(0.5)
             long_res = await one_request(client, base, model, *long_req)
         results = await asyncio.gather(*tasks)
+        if poller is not None:
+            poller.cancel()
         return results, long_res, time.perf_counter() - t0
 
 
@@ -236,6 +329,9 @@ def main(argv=None):
     eng.add_argument("--max-num-batched-tokens", type=int, default=2048)
     eng.add_argument("--no-prefix-caching", action="store_true")
     eng.add_argument("--device", default=None)
+    eng.add_argument("--in-process", action="store_true",
+                     help="serve from this process (client, server and engine share one interpreter); default: "
+                          "`smollm3 serve` in a process of its own")
     ap.add_argument("--out", required=True, help="JSON results file")
     args = ap.parse_args(argv)
 
@@ -244,9 +340,11 @@ def main(argv=None):
         base = args.base_url.rstrip("/")
         model = args.served_model or httpx.get(base + "/v1/models").json()["data"][0]["id"]
         vocab = 32000
-    else:
+    elif args.in_process:
         base, model, engine, stop = start_server(args)
         vocab = engine.config.vocab_size
+    else:
+        base, model, vocab, stop = start_server_process(args)
     rng = random.Random(args.seed)
     res = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "args": {k: v for k, v in vars(args).items()}, "runs": []}
     if engine is not None:
@@ -257,6 +355,13 @@ def main(argv=None):
                          "block_size": engine.block_size, "max_num_seqs": engine.max_num_seqs,
                          "max_num_batched_tokens": engine.max_num_batched_tokens,
                          "prefix_caching": engine.blocks.prefix_caching}
+    elif not args.base_url:  # the server process's engine, as its endpoints describe it
+        health, listed = httpx.get(base + "/health").json(), httpx.get(base + "/v1/models").json()["data"][0]
+        res["engine"] = {"max_model_len": listed.get("max_model_len"),
+                         "kv_cache_tokens": health["kv_blocks_total"] * health["kv_block_size"],
+                         "block_size": health["kv_block_size"], "max_num_seqs": health["max_num_seqs"],
+                         "max_num_batched_tokens": args.max_num_batched_tokens,
+                         "prefix_caching": not args.no_prefix_caching, "server": "own process"}
     try:
         loads = [int(c) for c in args.concurrency.split(",")] if args.concurrency else [None]
         for conc in loads:
@@ -266,10 +371,13 @@ def main(argv=None):
                 ids = [rng.randrange(min(1000, vocab // 2), vocab) for _ in range(args.long_prompt_len)]
                 long_req = ("/v1/completions", {"prompt": ids, "max_tokens": 1, "temperature": 0, "stream": True,
                                                 "stream_options": {"include_usage": True}})
-            before = dict(engine.stats) if engine is not None else None
+            remote = engine is None and not args.base_url  # our server, in its own process
+            before = dict(engine.stats) if engine is not None else server_counts(base) if remote else None
             if engine is not None:
                 engine.stats["max_running"] = 0
-            results, long_res, wall = asyncio.run(run_load(base, model, reqs, conc, args.request_rate, long_req, rng))
+            peak = []
+            results, long_res, wall = asyncio.run(run_load(base, model, reqs, conc, args.request_rate, long_req, rng,
+                                                           peak if remote else None))
             window = None
             if long_res is not None and long_res["ok"]:
                 window = (long_res["start"], long_res["start"] + long_res["ttft"])
@@ -280,6 +388,12 @@ def main(argv=None):
                                                                            "preemptions", "decode_steps",
                                                                            "prefill_steps")}
                 row["engine"]["max_running"] = engine.stats.get("max_running")
+            elif remote:  # the same counts from /metrics; requests running at once polled from /health every
+                # 0.1 s (a lower bound), and the server's high-water mark since it started
+                after = server_counts(base)
+                row["engine"] = {k: after[k] - before[k] for k in after if k != "max_running_since_start"}
+                row["engine"] |= {"max_running": max(peak, default=0),
+                                  "max_running_since_start": after["max_running_since_start"]}
             if long_res is not None:
                 row["long_prompt_ttft_ms"] = round(long_res["ttft"] * 1e3, 1) if long_res["ok"] else None
             if args.save_outputs:

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import runpy
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -38,17 +38,15 @@ def main():
                     help="--max-num-batched-tokens for target 9's runs with the long prompt (the first: the default)")
     args = ap.parse_args()
     model = args.model
-    if args.preset:  # in a process of its own: this one never holds GPU memory that a run's KV sizing would count
-        model = str(Path(tempfile.mkdtemp(prefix="serve-targets-")) / args.preset)
-        code = ("import runpy, sys, torch; from pathlib import Path; runpy.run_path(sys.argv[1])['write_preset']("
-                "sys.argv[2], Path(sys.argv[3]), torch.bfloat16, 'cuda' if torch.cuda.is_available() else 'cpu')")
-        subprocess.run([sys.executable, "-c", code, str(HERE / "bench_serve.py"), args.preset, model], check=True)
+    if args.preset:  # written once by a process of its own: this one holds no GPU memory
+        model = str(runpy.run_path(str(HERE / "bench_serve.py"))["preset_dir"](args.preset, None))
     tmp = Path(args.out).with_suffix("")
     res = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "targets": {}}
     only = {int(t) for t in args.only.split(",")}
 
     def run(name, extra):
-        """One engine configuration in its own process: each sizes its KV cache on an empty GPU."""
+        """One engine configuration: bench_serve in a process, its server in another, each sizing its KV cache on
+        an empty GPU."""
         out = Path(f"{tmp}-{name}.json")
         subprocess.run([sys.executable, str(HERE / "bench_serve.py"), "--model", model, *extra, "--out", str(out)],
                        check=True)
@@ -61,8 +59,9 @@ def main():
         full = run("t7_max_len_65536", [*load, "--max-model-len", "65536"])
         short = run("t7_max_len_1024", [*load, "--max-model-len", "1024"])
         ratio = full["output_tok_s"] / short["output_tok_s"]
-        res["targets"]["7"] = {"ratio": round(ratio, 3), "max_running": full["engine"]["max_running"],
-                               "met": ratio >= 0.95 and full["engine"]["max_running"] == args.requests}
+        most = full["engine"]["max_running_since_start"]  # one load per server: its high-water mark is this run's
+        res["targets"]["7"] = {"ratio": round(ratio, 3), "max_running": most,
+                               "met": ratio >= 0.95 and most == args.requests}
     if 8 in only:
         load = ["--dataset", "chat-shared-prefix", "--output-len", "32", "--num-prompts", str(args.requests),
                 "--save-outputs"]

@@ -387,6 +387,8 @@ def prometheus_text(state: ServerState) -> str:
         ("smollm3_requests_aborted_total", "counter", "requests aborted (client gone)", s["aborted"]),
         ("smollm3_requests_running", "gauge", "requests admitted (holding KV blocks)", e.num_running),
         ("smollm3_requests_waiting", "gauge", "requests queued for admission", e.num_waiting),
+        ("smollm3_requests_running_max", "gauge", "most requests admitted at once since the server started",
+         s["max_running"]),
         ("smollm3_kv_blocks_total", "gauge", "KV cache blocks", e.blocks.num_blocks),
         ("smollm3_kv_blocks_free", "gauge", "KV cache blocks free (unheld, cached ones included)", e.num_free_blocks),
         ("smollm3_prompt_tokens_total", "counter", "prompt tokens of prefilled requests", s["prompt_tokens"]),

@@ -2,7 +2,7 @@
 (issue: paged serving). Target 10 (single-stream decode against the bandwidth roofline, 32 streams against
 transformers) is benchmarks/bench_infer.py.
 
-    python benchmarks/serve_targets.py --preset smollm3-3b --out $OUT/serve-targets.json   # one H200, ~10 min
+    python benchmarks/serve_targets.py --preset smollm3-3b --out $OUT/serve-targets.json   # one H200; target 7 ~3 min
 
 - 7, capacity: 256 requests x (512 + 256) tokens, all sent at once, with the engine at max_model_len 65,536 and
   the default memory, against the same load at max_model_len 1,024: output tok/s ratio (>= 0.95) and the most

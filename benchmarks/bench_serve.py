@@ -27,6 +27,9 @@ import asyncio
 import json
 import random
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -74,10 +77,6 @@ def start_server(args):
 def start_server_process(args):
     """`smollm3 serve` in a process of its own (as `vllm bench serve` runs beside `vllm serve`): the client's
     per-token work does not share the server's interpreter -> (base URL, served model name, vocab size, stop)."""
-    import subprocess
-    import sys
-    import tempfile
-
     model_dir = args.model or str(preset_dir(args.preset, args.device))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -137,10 +136,6 @@ def server_counts(base: str) -> dict:
 def preset_dir(name: str, device: str | None) -> Path:
     """Random weights of preset `name` written by a process of its own (bf16 on a GPU), so that this process holds
     no GPU memory that a server's KV sizing would count."""
-    import subprocess
-    import sys
-    import tempfile
-
     out = Path(tempfile.mkdtemp(prefix="bench-serve-")) / name
     code = ("import runpy, sys, torch; from pathlib import Path; dev = sys.argv[4] or ('cuda' if "
             "torch.cuda.is_available() else 'cpu'); runpy.run_path(sys.argv[1])['write_preset'](sys.argv[2], "
@@ -161,8 +156,6 @@ def build_state(args):
         kw["chat_template"] = "smollm3"  # refuses tools with tool_choice auto where the model would never see them)
     if args.model:
         return from_dir(args.model, **kw)
-    import tempfile
-
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(tempfile.mkdtemp(prefix="bench-serve-")) / args.preset
     write_preset(args.preset, out, torch.bfloat16 if device == "cuda" else torch.float32, device)

@@ -128,6 +128,14 @@ def test_abort_frees_the_blocks(tiny):
     engine.blocks.check()
 
 
+def test_graphs_are_captured_before_the_first_request_only(tiny_dir):
+    engine, _ = build_engine(tiny_dir, device="cpu", dtype=torch.float32, max_num_seqs=2, max_model_len=256)
+    assert engine.capture_graphs() == 0  # no CUDA graphs on the CPU: nothing to capture
+    engine.add_request([5, 6, 7], SamplingParams(max_tokens=2, **GREEDY))
+    with pytest.raises(RuntimeError, match="before the first request"):
+        engine.capture_graphs()
+
+
 def test_repetition_penalty_changes_greedy_output(tiny):
     """Random weights repeat themselves under greedy decoding; a strong penalty must break the loops."""
     _, engine = tiny

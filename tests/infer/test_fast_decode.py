@@ -61,6 +61,12 @@ def test_compiled_fast_decode_matches_eager_on_gpu(tiny_dir):
     out = fast.generate(ps, sp)
     assert fast.runner.fast is not None and fast.runner._graphs
     assert [r.output_ids for r in out] == [r.output_ids for r in eager]
+    # graphs captured up front (as the server does): every step finds its graph, and the tokens are the same
+    ready = Engine(model, None, max_model_len=512, max_num_seqs=8, cuda_graphs=True)
+    assert ready.capture_graphs() == 8  # batches 1, 2, 4, 8 x KV lengths 256, 512
+    out = ready.generate(ps, sp)
+    assert len(ready.runner._graphs) == 8
+    assert [r.output_ids for r in out] == [r.output_ids for r in eager]
 
 
 def test_async_decode_matches_sync_engine(tiny_dir):

@@ -40,3 +40,22 @@ def test_tables_uploaded_row_by_row_equal_tables_built_from_scratch():
         torch.testing.assert_close(runner.tables_buf[:b, :nb], from_scratch(running, b, nb, runner.scratch),
                                    rtol=0, atol=0, msg=f"step {step}")
         assert not runner.upload(running, b, nb * 4, tokens=False)  # nothing changed: nothing is copied
+
+
+def test_decode_shapes_are_every_shape_a_decode_step_can_take():
+    """The shapes a server captures at start are exactly those `shape` can return, largest first; without CUDA
+    graphs there are none."""
+    runner = ModelRunner(build_model(preset("tiny")), num_blocks=64, block_size=16, max_num_seqs=12,
+                         max_model_len=1000, cuda_graphs=False, fast_decode=False)
+    assert runner.decode_shapes() == []
+    runner.bucket_shapes = True  # as with CUDA graphs
+    shapes = runner.decode_shapes()
+    seen = set()
+    for b in range(1, 13):
+        reqs = [Request([1], SamplingParams()) for _ in range(b)]
+        for computed in range(1000):  # the longest request decides the KV bucket
+            reqs[0].num_computed = computed
+            seen.add(runner.shape(reqs))
+    assert set(shapes) == seen and len(shapes) == len(seen)
+    assert shapes == sorted(shapes, reverse=True)
+    assert {b for b, _ in shapes} == {1, 2, 4, 8, 12} and {k for _, k in shapes} == {256, 512, 1008}

@@ -268,3 +268,39 @@ def test_server_on_gpu_with_cuda_graphs(smollm2_dir):
     ids = engine.tokenizer.encode("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n")
     r = engine.generate([ids] * 3, SamplingParams(max_tokens=16, temperature=0))
     assert all("Paris" in x.text for x in r)
+
+
+def test_outbox_hands_every_update_over_in_order_with_few_wake_ups():
+    """The engine thread's updates reach each queue in order, and a burst of them (one decode step's tokens for
+    every stream) wakes the event loop a few times, not once per update."""
+    from smollm3.infer.server import Outbox
+
+    async def main():
+        box = Outbox(asyncio.get_running_loop())
+        drains = []
+        drain = box._drain
+        box._drain = lambda: (drains.append(1), drain())
+        queues = [asyncio.Queue() for _ in range(8)]
+
+        def engine_thread():
+            for step in range(100):
+                for i, q in enumerate(queues):
+                    box.put(q, (i, step))
+
+        await asyncio.to_thread(engine_thread)
+        await asyncio.sleep(0.05)  # the last drain
+        got = [[q.get_nowait() for _ in range(q.qsize())] for q in queues]
+        assert got == [[(i, step) for step in range(100)] for i in range(8)]
+        assert 1 <= len(drains) < 80, len(drains)  # 800 updates
+
+    asyncio.run(main())
+
+
+def test_a_lagging_stream_catches_up_in_one_chunk_per_choice():
+    from smollm3.infer.server import coalesce
+
+    ups = [(0, "a", None, [1]), (0, "b", None, [2]), (1, "x", None, []), (1, "y", "stop", []), (0, "c", "length", [3])]
+    assert coalesce(ups) == [(0, "ab", None, [1, 2]), (1, "xy", "stop", []), (0, "c", "length", [3])]
+    # nothing joins an update that already finished, and an error stays on its own
+    ups = [(0, "a", "stop", []), (0, "", "error", []), (1, "p", None, []), (1, "", "error", [])]
+    assert coalesce(ups) == ups

@@ -138,6 +138,14 @@ class Engine:
     def abort(self, req: Request):
         req.aborted = True  # picked up at the next step, on the engine's thread
 
+    def capture_graphs(self) -> int:
+        """Compile and capture the CUDA graph of the decode step for every (batch, KV-length) bucket a step can
+        take, before the first request, so that no request waits for one (a server does this at start, as vLLM's
+        does); where graphs are off, nothing. -> how many were captured."""
+        if self.has_work():
+            raise RuntimeError("capture_graphs runs before the first request (a warm-up step would write K/V)")
+        return self.runner.capture_graphs()
+
     def has_work(self) -> bool:
         return bool(self.scheduler.waiting) or bool(self.scheduler.running) or not self.pending.empty()
 
@@ -342,17 +350,19 @@ class Engine:
                 r.constraint.advance(self.token_text(token))
                 if r.constraint.done:
                     reason = "stop"
-            if r._detok is not None:
-                start = max(0, len(r.text) - max((len(s) for s in p.stop), default=0))
+            if r._detok is not None and not p.stop:
+                r.text += r._detok.push(token)
+                r.stable_len = len(r.text)
+            elif r._detok is not None:
+                hold = max(map(len, p.stop))
+                start = max(0, len(r.text) - hold)
                 r.text += r._detok.push(token)
                 found = [(at, s) for s in p.stop if (at := r.text.find(s, start)) >= 0]
                 if found:  # the earliest stop string wins
                     at, s = min(found)
                     r.text, reason, r.stop_reason = r.text[:at], "stop", s
-                if reason is None and p.stop:  # hold back what might be the start of a stop string
-                    r.stable_len = max(r.stable_len, len(r.text) - max(len(s) for s in p.stop) + 1)
-                elif reason is None:
-                    r.stable_len = len(r.text)
+                else:  # hold back what might be the start of a stop string
+                    r.stable_len = max(r.stable_len, len(r.text) - hold + 1)
         if reason is None and len(r.output_ids) >= p.max_tokens:
             reason = "length"
         if reason is None and len(r.prompt_ids) + len(r.output_ids) >= self.max_model_len:

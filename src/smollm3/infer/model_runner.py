@@ -84,6 +84,28 @@ class ModelRunner:
         bs = self.block_size
         return b, min(-(-kv_len // bs), self.max_blocks) * bs
 
+    def decode_shapes(self) -> list[tuple[int, int]]:
+        """Every (rows, KV positions) that `shape` can return, largest first: the CUDA graphs a server captures at
+        start."""
+        if not self.bucket_shapes:
+            return []
+        bs, kv, kvs = self.block_size, 256, []
+        while True:
+            kvs.append(min(-(-kv // bs), self.max_blocks) * bs)
+            if kv >= self.max_model_len:
+                break
+            kv *= 2
+        return [(b, k) for b in reversed(_buckets(len(self.tokens_buf))) for k in sorted(set(kvs), reverse=True)]
+
+    def capture_graphs(self) -> int:
+        """Compile and capture the decode step of every shape now, before any request runs, so that no request
+        waits for it (vLLM does the same at start). The largest first: the graphs share one memory pool, which the
+        largest sizes. -> the number of graphs captured."""
+        shapes = [s for s in self.decode_shapes() if s not in self._graphs]
+        for b, kv_len in shapes:
+            self._graph(b, kv_len)
+        return len(shapes)
+
     def upload(self, reqs: list[Request], b: int, kv_len: int, tokens: bool = True) -> bool:
         """Rows 0..len(reqs)-1: each request's block table, and unless `tokens` is False (the device already holds
         them) its last token and position; rows up to b: padding (length 0, the scratch block). A row is rewritten

@@ -15,7 +15,9 @@ import ipaddress
 import json
 import secrets
 import sys
-from collections import Counter
+import threading
+import time
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +50,7 @@ class ServerState:
     http_errors: Counter = field(default_factory=Counter)
 
     def __post_init__(self):
+        self.outbox: Outbox | None = None  # bound to the event loop by the first request
         self.pieces = oa.TokenPieces(self.tokenizer)
         self.token_bytes = prep.max_token_bytes(self.tokenizer)
         if self.max_waiting is None:
@@ -305,10 +308,44 @@ def visible_logprobs(r, start: int = 0) -> list:
     return entries[start:end]
 
 
+class Outbox:
+    """Updates from the engine thread to the event loop's queues, with one wake-up of the loop per burst. A decode
+    step hands a token to every running request in turn; waking the loop for each (a write to its self-pipe, and
+    the GIL passed back and forth) took half the engine thread's time at 256 streams."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.items: deque = deque()
+        self.lock = threading.Lock()
+        self.scheduled = False  # a drain is queued on the loop and has not started yet
+
+    def put(self, queue: asyncio.Queue, item):
+        """Any thread. The item reaches `queue` at the loop's next drain, in order."""
+        self.items.append((queue, item))
+        with self.lock:
+            if self.scheduled:
+                return
+            self.scheduled = True
+        try:
+            self.loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:  # the event loop is gone (shutdown)
+            pass
+
+    def _drain(self):
+        with self.lock:  # from here on a put schedules the next drain, so nothing appended later is stranded
+            self.scheduled = False
+        while self.items:
+            queue, item = self.items.popleft()
+            queue.put_nowait(item)
+
+
 def submit(state: ServerState, jobs, seeded: bool) -> tuple[list, asyncio.Queue]:
     """Queue one engine request per job; several with a seed get seed, seed+1, ... Updates reach the queue as
     (job index, new text, finish reason or None, new logprob entries)."""
     loop = asyncio.get_running_loop()
+    if state.outbox is None or state.outbox.loop is not loop:
+        state.outbox = Outbox(loop)
+    outbox = state.outbox
     queue: asyncio.Queue = asyncio.Queue()
     reqs = []
     for i, job in enumerate(jobs):
@@ -321,11 +358,7 @@ def submit(state: ServerState, jobs, seeded: bool) -> tuple[list, asyncio.Queue]
             # taken on the engine thread, in order
             entries = visible_logprobs(r, sent[0]) if r.logprobs else []
             sent[0] += len(entries)
-            item = (i, r.take_delta(), r.finish_reason, entries)
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:  # the event loop is gone (shutdown)
-                pass
+            outbox.put(queue, (i, r.take_delta(), r.finish_reason, entries))
 
         try:
             reqs.append(state.engine.submit(job.ids, params, constraint=job.constraint() if job.constraint else None,
@@ -343,14 +376,35 @@ async def stream_updates(state: ServerState, reqs, queue: asyncio.Queue):
     left = len(reqs)
     try:
         while left:
-            i, delta, reason, entries = await queue.get()
-            if reason:
-                left -= 1
-            yield i, delta, reason, entries
+            for i, delta, reason, entries in coalesce([await queue.get(), *drain(queue)]):
+                if reason:
+                    left -= 1
+                yield i, delta, reason, entries
     finally:
         for r in reqs:
             if not r.finished:
                 state.engine.abort(r)
+
+
+def drain(queue: asyncio.Queue) -> list:
+    items = []
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    return items
+
+
+def coalesce(updates: list) -> list:
+    """Consecutive updates of one choice as one (text joined, logprob entries joined, the last finish reason): a
+    stream that fell a few engine steps behind catches up in one chunk, not one chunk (and socket write) per token.
+    An error update stays on its own."""
+    out = []
+    for u in updates:
+        if out and out[-1][0] == u[0] and out[-1][2] is None and u[2] != "error":
+            i, delta, _, entries = out[-1]
+            out[-1] = (i, delta + u[1], u[2], entries + u[3])
+        else:
+            out.append(u)
+    return out
 
 
 async def wait_all(state: ServerState, request: Request, reqs, queue: asyncio.Queue):
@@ -435,7 +489,8 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, api_key: str
     import uvicorn
 
     state = build_state(model, api_key=api_key, served_model_name=served_model_name, chat_template=chat_template,
-                        max_body_bytes=max_body_bytes, max_waiting=max_waiting, **engine_kwargs)
+                        max_body_bytes=max_body_bytes, max_waiting=max_waiting,
+                        log=lambda line: print(line, flush=True), **engine_kwargs)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
@@ -463,12 +518,20 @@ def kv_capacity_line(e) -> str:
 
 
 def build_state(model: str, *, api_key=None, served_model_name=None, chat_template=None,
-                max_body_bytes: int = MAX_BODY_BYTES, max_waiting: int | None = None, **engine_kwargs) -> ServerState:
+                max_body_bytes: int = MAX_BODY_BYTES, max_waiting: int | None = None, log=print,
+                **engine_kwargs) -> ServerState:
+    """The server's state over a model directory: the engine loaded and, on a GPU, its decode step's CUDA graphs
+    captured for every batch and KV-length bucket (else the first requests of each bucket wait while one is
+    compiled and captured: about 40 s at the 3B preset's first load)."""
     if max_body_bytes < 1 or (max_waiting is not None and max_waiting < 1):
         raise ValueError("max_body_bytes and max_waiting must be at least 1")
-    engine, template = build_engine(model, chat_template=chat_template, **engine_kwargs)
+    engine, template = build_engine(model, chat_template=chat_template, log=log, **engine_kwargs)
     if engine.tokenizer is None:
         raise ValueError(f"{model}: no tokenizer (tokenizer.json); the server needs one")
+    started = time.perf_counter()
+    if captured := engine.capture_graphs():
+        log(f"CUDA graphs: the decode step captured for {captured} (batch, KV length) shapes in "
+            f"{time.perf_counter() - started:.1f} s")
     name = served_model_name or Path(model).name
     return ServerState(BackgroundEngine(engine), engine.tokenizer, name, template, api_key,
                        max_body_bytes=max_body_bytes, max_waiting=max_waiting)

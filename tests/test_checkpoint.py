@@ -76,6 +76,17 @@ def test_missing_path():
         load_pretrained("/nonexistent/model")
 
 
+def test_a_training_checkpoint_given_as_a_model_names_its_export(tiny, tmp_path):
+    run = tmp_path / "run"
+    save_pretrained(tiny, run / "checkpoints" / "step_00000450" / "hf")
+    with pytest.raises(CheckpointError, match=r"training run; its latest model is .*step_00000450/hf"):
+        load_pretrained(run)
+    with pytest.raises(CheckpointError, match=r"training checkpoint; its model is .*step_00000450/hf"):
+        load_pretrained(run / "checkpoints" / "step_00000450")
+    with pytest.raises(CheckpointError, match="Hugging Face model directory"):
+        load_pretrained(tmp_path)
+
+
 def test_unknown_config_key(tiny, tmp_path):
     save_pretrained(tiny, tmp_path)
     raw = json.loads((tmp_path / "config.json").read_text())

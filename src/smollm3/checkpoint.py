@@ -99,8 +99,18 @@ def load_gguf(path: str | os.PathLike, device="cpu", dtype=None, settings: OpSet
 def load_config(model_dir: str | os.PathLike) -> ModelConfig:
     cfg_path = Path(model_dir) / "config.json"
     if not cfg_path.exists():
-        raise CheckpointError(f"{model_dir}: no config.json; is this a Hugging Face model directory?")
+        raise CheckpointError(f"{model_dir}: no config.json; {_model_inside(Path(model_dir))}")
     return ModelConfig.from_json(cfg_path)
+
+
+def _model_inside(path: Path) -> str:
+    """The fix for a directory that is not an HF model: a trainer checkpoint or run holds one (its `hf` export)."""
+    if (path / "hf" / "config.json").exists():
+        return f"this is a training checkpoint; its model is {path / 'hf'}"
+    exports = sorted(path.glob("checkpoints/*/hf/config.json"))
+    if exports:
+        return f"this is a training run; its latest model is {exports[-1].parent}"
+    return "is this a Hugging Face model directory?"
 
 
 def load_generation_config(path: str | os.PathLike) -> dict:

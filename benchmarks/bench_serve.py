@@ -17,7 +17,8 @@ from this process instead (its engine on a background thread, uvicorn on another
 Load: a fixed --concurrency (a sweep, comma-separated) or a Poisson --request-rate. --long-prompt-len N adds one
 N-token request once the streams are running and reports the streams' inter-token latency while it is read.
 Per run: requests completed, output tok/s, TTFT, TPOT (per request: (latency - TTFT) / (tokens - 1)) and
-inter-token latency (ITL, between streamed chunks), each p50/p99 in ms; JSON under --out.
+inter-token latency (ITL, between streamed chunks), each p50/p99 in ms, and, with the server in another process,
+the share of one core the client itself used (near 1: the client's parsing bounds the figures); JSON under --out.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import queue
 import random
 import socket
 import subprocess
@@ -263,7 +265,52 @@ async def run_load(base, model, reqs, concurrency, rate, long_req, rng,
         results = await asyncio.gather(*tasks)
         if poller is not None:
             poller.cancel()
-        return results, long_res, time.perf_counter() - t0
+        return results, long_res, (t0, time.perf_counter())
+
+
+def run_load_split(processes: int, base, model, reqs, concurrency, rate, long_req, seed,
+                   peak: list | None = None) -> tuple[list[dict], dict | None, tuple[float, float]]:
+    """run_load over `processes` client processes, each with its share of the requests, the concurrency and the
+    rate (the long prompt and the poll in the first): one Python client parsing every streamed event can be what
+    bounds the figures. Times are perf_counter, one clock for every process of the machine."""
+    concurrency = concurrency or len(reqs)
+    processes = min(processes, concurrency, len(reqs))  # each process keeps at least one request in flight
+    if processes == 1:
+        return asyncio.run(run_load(base, model, reqs, concurrency, rate, long_req, random.Random(seed), peak))
+    import multiprocessing
+
+    def share(i):  # the concurrency split exactly: the processes' shares add up to it
+        conc = concurrency // processes + (i < concurrency % processes)
+        return (i, base, model, reqs[i::processes], conc, rate / processes if rate else None,
+                long_req if i == 0 else None, seed + i, peak is not None and i == 0)
+
+    ctx = multiprocessing.get_context("fork")  # fork: nothing to pickle but the results (run_path'd scripts too)
+    done = ctx.Queue()
+    procs = [ctx.Process(target=_client_process, args=(done, share(i)), daemon=True) for i in range(processes)]
+    for proc in procs:
+        proc.start()
+    got = {}
+    while len(got) < processes:
+        try:
+            i, part = done.get(timeout=1.0)
+            got[i] = part
+        except queue.Empty:
+            if any(proc.exitcode not in (None, 0) for proc in procs):
+                raise SystemExit("a client process failed (its traceback is above)") from None
+    for proc in procs:
+        proc.join()
+    parts = [got[i] for i in range(processes)]
+    results = [r for part in parts for r in part[0]]
+    if peak is not None:
+        peak.extend(parts[0][3])
+    return results, parts[0][1], (min(p[2][0] for p in parts), max(p[2][1] for p in parts))
+
+
+def _client_process(done, args):
+    i, base, model, reqs, conc, rate, long_req, seed, poll = args
+    peak = [] if poll else None
+    results, long_res, span = asyncio.run(run_load(base, model, reqs, conc, rate, long_req, random.Random(seed), peak))
+    done.put((i, (results, long_res, span, peak or [])))
 
 
 def pct(xs, q):
@@ -326,8 +373,12 @@ def main(argv=None):
     eng.add_argument("--in-process", action="store_true",
                      help="serve from this process (client, server and engine share one interpreter); default: "
                           "`smollm3 serve` in a process of its own")
+    ap.add_argument("--client-processes", type=int, default=1,
+                    help="split the load over this many client processes (a 256-stream load can keep one busy)")
     ap.add_argument("--out", required=True, help="JSON results file")
     args = ap.parse_args(argv)
+    if args.client_processes < 1 or (args.client_processes > 1 and args.in_process):
+        ap.error("--client-processes must be at least 1, and 1 with --in-process (the server shares this process)")
 
     stop, engine = None, None
     if args.base_url:
@@ -361,7 +412,7 @@ def main(argv=None):
         # and leaves no first-request costs (cuBLAS handles, kernel selection) inside the timed runs
         first = requests_for(argparse.Namespace(**{**vars(args), "num_prompts": 1}), random.Random(args.seed + 1),
                              vocab)
-        test = asyncio.run(run_load(base, model, first, 1, None, None, rng))[0][0]
+        test = run_load_split(1, base, model, first, 1, None, None, args.seed)[0][0]
         if not test["ok"]:
             raise SystemExit(f"the initial test request failed: {test['error']}")
         loads = [int(c) for c in args.concurrency.split(",")] if args.concurrency else [None]
@@ -377,13 +428,22 @@ def main(argv=None):
             if engine is not None:
                 engine.stats["max_running"] = 0
             peak = []
-            results, long_res, wall = asyncio.run(run_load(base, model, reqs, conc, args.request_rate, long_req, rng,
-                                                           peak if remote else None))
+            cpu = time.process_time()
+            results, long_res, (t0, t1) = run_load_split(args.client_processes, base, model, reqs, conc,
+                                                         args.request_rate, long_req, rng.randrange(2**31),
+                                                         peak if remote else None)
+            cpu, wall = time.process_time() - cpu, t1 - t0
             window = None
             if long_res is not None and long_res["ok"]:
                 window = (long_res["start"], long_res["start"] + long_res["ttft"])
             row = {"concurrency": conc or len(reqs), "request_rate": args.request_rate,
                    **summarise(results, wall, window)}
+            if engine is None and args.client_processes == 1:  # this process is only the client: near 100% of one
+                # core, it bounds the figures
+                row["client_cpu_share"] = round(cpu / wall, 2)
+                if cpu > 0.8 * wall:
+                    print(f"warning: the client used {cpu / wall:.0%} of a core: its own parsing may bound these "
+                          "figures", flush=True)
             if engine is not None:  # the engine's own counts over the run
                 row["engine"] = {k: engine.stats[k] - before[k] for k in ("prompt_tokens", "cached_prompt_tokens",
                                                                            "preemptions", "decode_steps",

@@ -6,7 +6,9 @@ transformers) is benchmarks/bench_infer.py.
 
 - 7, capacity: 256 requests x (512 + 256) tokens, all sent at once, with the engine at max_model_len 65,536 and
   the default memory, against the same load at max_model_len 1,024: output tok/s ratio (>= 0.95) and the most
-  requests running at once (256).
+  requests running at once (256). Measured twice: over HTTP (what a client sees, which the client's own per-event
+  parsing can bound) and at the engine (`Engine.generate` in a process of its own, as the issue measured before
+  paging: 2,415 vs 16,383 tok/s); both ratios must hold.
 - 8, prefix caching: 256 chat requests sharing SmolLM3's think-mode system prompt and two tool specs: TTFT p50
   without caching over with it (>= 3), and the greedy outputs equal.
 - 9, chunked prefill: 64 streams decoding while a 32,768-token prompt arrives: the streams' inter-token latency p99
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import runpy
 import subprocess
 import sys
@@ -34,6 +37,8 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--only", default="7,8,9", help="which targets")
     ap.add_argument("--requests", type=int, default=256)
+    ap.add_argument("--client-processes", type=int, default=4,
+                    help="bench_serve's client processes (one Python client parsing 256 streams can bound the run)")
     ap.add_argument("--t9-budgets", default="2048,1024",
                     help="--max-num-batched-tokens for target 9's runs with the long prompt (the first: the default)")
     args = ap.parse_args()
@@ -48,8 +53,8 @@ def main():
         """One engine configuration: bench_serve in a process, its server in another, each sizing its KV cache on
         an empty GPU."""
         out = Path(f"{tmp}-{name}.json")
-        subprocess.run([sys.executable, str(HERE / "bench_serve.py"), "--model", model, *extra, "--out", str(out)],
-                       check=True)
+        subprocess.run([sys.executable, str(HERE / "bench_serve.py"), "--model", model, *extra, "--out", str(out),
+                        "--client-processes", str(args.client_processes)], check=True)
         res[name] = json.loads(out.read_text())
         Path(args.out).write_text(json.dumps(res, indent=2))
         return res[name]["runs"][0]
@@ -60,8 +65,14 @@ def main():
         short = run("t7_max_len_1024", [*load, "--max-model-len", "1024"])
         ratio = full["output_tok_s"] / short["output_tok_s"]
         most = full["engine"]["max_running_since_start"]  # one load per server: its high-water mark is this run's
-        res["targets"]["7"] = {"ratio": round(ratio, 3), "max_running": most,
-                               "met": ratio >= 0.95 and most == args.requests}
+        for max_len in (65536, 1024):
+            res[f"t7_engine_max_len_{max_len}"] = engine_run(model, max_len, args.requests)
+            Path(args.out).write_text(json.dumps(res, indent=2))
+        e_full, e_short = res["t7_engine_max_len_65536"], res["t7_engine_max_len_1024"]
+        e_ratio = e_full["output_tok_s"] / e_short["output_tok_s"]
+        res["targets"]["7"] = {"ratio": round(ratio, 3), "max_running": most, "engine_ratio": round(e_ratio, 3),
+                               "engine_max_running": e_full["max_running"],
+                               "met": min(ratio, e_ratio) >= 0.95 and most == e_full["max_running"] == args.requests}
     if 8 in only:
         load = ["--dataset", "chat-shared-prefix", "--output-len", "32", "--num-prompts", str(args.requests),
                 "--save-outputs"]
@@ -86,6 +97,42 @@ def main():
                 "long_prompt_ttft_ms": mixed["long_prompt_ttft_ms"], "met": ratio <= 3}
     Path(args.out).write_text(json.dumps(res, indent=2))
     print(json.dumps(res["targets"], indent=2))
+
+
+def engine_run(model: str, max_model_len: int, requests: int) -> dict:
+    """Target 7's load straight into an Engine, in a process of its own (its KV cache sized on an empty GPU)."""
+    code = "import runpy, sys, json; print(json.dumps(runpy.run_path(sys.argv[1])['engine_throughput'](*sys.argv[2:])))"
+    out = subprocess.run([sys.executable, "-c", code, __file__, model, str(max_model_len), str(requests)],
+                         check=True, capture_output=True, text=True).stdout
+    row = json.loads(out.strip().splitlines()[-1])
+    print(f"engine, max_model_len {max_model_len}: {row}", flush=True)
+    return row
+
+
+def engine_throughput(model: str, max_model_len: str, requests: str, input_len: int = 512, output_len: int = 256):
+    from smollm3.infer import SamplingParams
+    from smollm3.infer.llm import build_engine
+
+    engine, _ = build_engine(model, max_model_len=int(max_model_len), log=lambda line: None)
+    started = time.perf_counter()
+    captured = engine.capture_graphs()
+    capture_s = time.perf_counter() - started
+    vocab, rng = engine.config.vocab_size, random.Random(0)
+    prompts = [[rng.randrange(min(1000, vocab // 2), vocab) for _ in range(input_len)] for _ in range(int(requests))]
+    params = SamplingParams(max_tokens=output_len, temperature=0.0, ignore_eos=True)
+    engine.generate(prompts[:1], params)  # the first prefill's one-time costs (cuBLAS handles, kernel choices)
+    engine.stats["max_running"] = 0
+    started = time.perf_counter()
+    done = engine.generate(prompts, params)
+    if engine.device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - started
+    tokens = sum(len(r.output_ids) for r in done)
+    return {"output_tok_s": round(tokens / wall, 1), "wall_s": round(wall, 2), "output_tokens": tokens,
+            "max_running": engine.stats["max_running"], "kv_cache_tokens": engine.kv_cache_tokens,
+            "graphs_captured": captured, "capture_s": round(capture_s, 1)}
 
 
 if __name__ == "__main__":

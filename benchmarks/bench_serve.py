@@ -300,7 +300,9 @@ def run_load_split(processes: int, base, model, reqs, concurrency, rate, long_re
     for proc in procs:
         proc.join()
     parts = [got[i] for i in range(processes)]
-    results = [r for part in parts for r in part[0]]
+    results = [None] * len(reqs)
+    for i, part in enumerate(parts):  # back in the order of the requests
+        results[i::processes] = part[0]
     if peak is not None:
         peak.extend(parts[0][3])
     return results, parts[0][1], (min(p[2][0] for p in parts), max(p[2][1] for p in parts))

@@ -522,7 +522,7 @@ def build_state(model: str, *, api_key=None, served_model_name=None, chat_templa
                 **engine_kwargs) -> ServerState:
     """The server's state over a model directory: the engine loaded and, on a GPU, its decode step's CUDA graphs
     captured for every batch and KV-length bucket (else the first requests of each bucket wait while one is
-    compiled and captured: about 40 s at the 3B preset's first load)."""
+    compiled and captured: bench_infer's first two batches of the 3B preset took 34-39 s more on an H100)."""
     if max_body_bytes < 1 or (max_waiting is not None and max_waiting < 1):
         raise ValueError("max_body_bytes and max_waiting must be at least 1")
     engine, template = build_engine(model, chat_template=chat_template, log=log, **engine_kwargs)

@@ -87,6 +87,8 @@ def start_server_process(args):
     cmd = [sys.executable, "-m", "smollm3.cli", "serve", "--model", model_dir, "--port", str(port),
            "--max-num-seqs", str(args.max_num_seqs), "--gpu-memory-utilization", str(args.gpu_memory_utilization),
            "--max-num-batched-tokens", str(args.max_num_batched_tokens)]
+    if args.max_prefill_tokens_during_decode:
+        cmd += ["--max-prefill-tokens-during-decode", str(args.max_prefill_tokens_during_decode)]
     cmd += ["--max-model-len", str(args.max_model_len)] if args.max_model_len else []
     cmd += ["--no-prefix-caching"] if args.no_prefix_caching else []
     cmd += ["--device", args.device] if args.device else []
@@ -154,6 +156,7 @@ def build_state(args):
 
     kw = dict(max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
               gpu_memory_utilization=args.gpu_memory_utilization, max_num_batched_tokens=args.max_num_batched_tokens,
+              max_prefill_tokens_during_decode=args.max_prefill_tokens_during_decode,
               prefix_caching=not args.no_prefix_caching, device=args.device)
     if args.dataset == "chat-shared-prefix":  # the load sends tools: serve a template that renders them (the server
         kw["chat_template"] = "smollm3"  # refuses tools with tool_choice auto where the model would never see them)
@@ -370,6 +373,7 @@ def main(argv=None):
     eng.add_argument("--max-num-seqs", type=int, default=256)
     eng.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     eng.add_argument("--max-num-batched-tokens", type=int, default=2048)
+    eng.add_argument("--max-prefill-tokens-during-decode", type=int, default=None)
     eng.add_argument("--no-prefix-caching", action="store_true")
     eng.add_argument("--device", default=None)
     eng.add_argument("--in-process", action="store_true",
@@ -401,6 +405,7 @@ def main(argv=None):
         res["engine"] = {"max_model_len": engine.max_model_len, "kv_cache_tokens": engine.kv_cache_tokens,
                          "block_size": engine.block_size, "max_num_seqs": engine.max_num_seqs,
                          "max_num_batched_tokens": engine.max_num_batched_tokens,
+                         "max_prefill_tokens_during_decode": engine.scheduler.max_prefill_tokens_during_decode,
                          "prefix_caching": engine.blocks.prefix_caching}
     elif not args.base_url:  # the server process's engine, as its endpoints describe it
         health, listed = httpx.get(base + "/health").json(), httpx.get(base + "/v1/models").json()["data"][0]
@@ -408,6 +413,7 @@ def main(argv=None):
                          "kv_cache_tokens": health["kv_blocks_total"] * health["kv_block_size"],
                          "block_size": health["kv_block_size"], "max_num_seqs": health["max_num_seqs"],
                          "max_num_batched_tokens": args.max_num_batched_tokens,
+                         "max_prefill_tokens_during_decode": args.max_prefill_tokens_during_decode,
                          "prefix_caching": not args.no_prefix_caching, "server": "own process"}
     try:
         # vllm bench serve's initial test run: one request alone, which fails the benchmark early with its error

@@ -228,6 +228,23 @@ def test_chunked_prefill_keeps_streams_flowing(tiny):
         engine.step()
     assert [a.output_ids, b.output_ids] == ref
 
+    # with a cap on prompt tokens while streams decode: 8 a step beside the stream, the whole budget when alone
+    engine = Engine(model, None, max_model_len=512, max_num_seqs=4, max_num_batched_tokens=32, block_size=16,
+                    max_prefill_tokens_during_decode=8)
+    a = engine.add_request(short, sp)
+    engine.step()
+    b = engine.add_request(long, sp)
+    while not a.finished:
+        before = (len(a.output_ids), b.num_computed)
+        engine.step()
+        assert len(a.output_ids) == before[0] + 1 and b.num_computed - before[1] <= 8
+    before = b.num_computed
+    engine.step()
+    assert b.num_computed - before == 32  # nobody decodes: the whole budget
+    while not (a.finished and b.finished):
+        engine.step()
+    assert [a.output_ids, b.output_ids] == ref
+
 
 def test_prefix_cache_serves_shared_prompt_heads_exactly(tiny):
     model, _ = tiny

@@ -24,6 +24,10 @@ def _add_engine_args(p):
                    help="KV cache memory outright (default: what --gpu-memory-utilization leaves; 4 GiB on CPU)")
     p.add_argument("--max-num-batched-tokens", type=number(int, 1), default=2048,
                    help="tokens computed per engine step: decodes plus prompt chunks (chunked prefill; default 2048)")
+    p.add_argument("--max-prefill-tokens-during-decode", type=number(int, 1), default=None,
+                   help="cap on the prompt tokens of a step in which streams decode: lower keeps streams' gaps between "
+                        "tokens short while a long prompt is read, at the cost of its time to first token "
+                        "(default: none, the whole --max-num-batched-tokens)")
     p.add_argument("--block-size", type=number(int, 1), default=64, help="tokens per KV cache block (a power of 2)")
     p.add_argument("--no-prefix-caching", action="store_true",
                    help="do not reuse the KV blocks of earlier prompts' shared heads")
@@ -43,6 +47,7 @@ def _engine_kwargs(args) -> dict:
             "dtype": dtype_for(dev, args.dtype), "gpu_memory_utilization": args.gpu_memory_utilization,
             "kv_cache_memory": int(args.kv_cache_gib * 2**30) if args.kv_cache_gib else None,
             "max_num_batched_tokens": args.max_num_batched_tokens, "block_size": args.block_size,
+            "max_prefill_tokens_during_decode": args.max_prefill_tokens_during_decode,
             "prefix_caching": not args.no_prefix_caching}
 
 

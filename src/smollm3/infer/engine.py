@@ -42,14 +42,15 @@ class Engine:
     Memory: the KV cache is `kv_cache_memory` bytes if given, else on CUDA what `gpu_memory_utilization` of the
     card leaves after the weights, the other tensors already allocated and a reserve for prefill activations (as
     vLLM's flag), else 4 GiB. It must hold at least one `max_model_len` sequence. `max_num_seqs` bounds the
-    requests running at once, `max_num_batched_tokens` the tokens computed per step (decodes plus prompt chunks)."""
+    requests running at once, `max_num_batched_tokens` the tokens computed per step (decodes plus prompt chunks),
+    `max_prefill_tokens_during_decode` (default: no cap) the prompt tokens of a step in which streams decode."""
 
     def __init__(self, model: SmolLM3ForCausalLM, tokenizer=None, *, max_num_seqs: int = 256,
                  max_model_len: int | None = None, kv_cache_memory: int | None = None,
                  gpu_memory_utilization: float = 0.9, block_size: int = 64, max_num_batched_tokens: int = 2048,
                  prefix_caching: bool = True, cuda_graphs: bool | None = None, defaults: dict | None = None,
                  eos_token_ids: list[int] | None = None, fast_decode: bool | None = None, gemv: bool | None = None,
-                 decode_kernels: bool | None = None):
+                 decode_kernels: bool | None = None, max_prefill_tokens_during_decode: int | None = None):
         cfg = model.config
         self.model, self.tokenizer, self.config = model.eval(), tokenizer, cfg
         p = next(model.parameters())
@@ -77,7 +78,7 @@ class Engine:
                              f"({per_block / block_size * self.max_model_len / 2**30:.2f} GiB); lower max_model_len, "
                              "or raise gpu_memory_utilization / kv_cache_memory")
         self.blocks = BlockManager(num_blocks, block_size, prefix_caching)
-        self.scheduler = Scheduler(self.blocks, max_num_seqs, max_num_batched_tokens)
+        self.scheduler = Scheduler(self.blocks, max_num_seqs, max_num_batched_tokens, max_prefill_tokens_during_decode)
         self.runner = ModelRunner(model, num_blocks, block_size, max_num_seqs, self.max_model_len,
                                   cuda_graphs=cuda_graphs, fast_decode=fast_decode, gemv=gemv,
                                   decode_kernels=decode_kernels)

@@ -3,7 +3,9 @@
 Every step has a token budget (`max_num_batched_tokens`). Running requests that are past their prompt decode one
 token each; the budget left goes to prompt chunks, first of requests already partly prefilled, then of waiting
 requests in arrival order (chunked prefill: a 64k-token prompt is read a budget at a time, in the same steps as
-everyone's decode, so streams keep flowing while it is read). A waiting request is admitted when a running place
+everyone's decode, so streams keep flowing while it is read). `max_prefill_tokens_during_decode`, when set, caps the
+prompt tokens of a step in which streams decode: a step's time grows with its prompt tokens, and that time is the
+streams' gap between tokens; an idle engine still reads prompts a whole budget at a time. A waiting request is admitted when a running place
 (`max_num_seqs`) and the blocks for its first chunk are free; its prompt's cached leading blocks are shared, not
 computed (prefix caching).
 
@@ -34,12 +36,16 @@ class StepPlan:
 
 
 class Scheduler:
-    def __init__(self, blocks: BlockManager, max_num_seqs: int, max_num_batched_tokens: int):
+    def __init__(self, blocks: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
+                 max_prefill_tokens_during_decode: int | None = None):
         if max_num_batched_tokens < max_num_seqs:
             raise ValueError(f"max_num_batched_tokens ({max_num_batched_tokens}) must be at least max_num_seqs "
                              f"({max_num_seqs}): every running request decodes a token each step")
+        if max_prefill_tokens_during_decode is not None and max_prefill_tokens_during_decode < 1:
+            raise ValueError(f"max_prefill_tokens_during_decode must be at least 1, got {max_prefill_tokens_during_decode}")
         self.blocks = blocks
         self.max_num_seqs, self.max_num_batched_tokens = max_num_seqs, max_num_batched_tokens
+        self.max_prefill_tokens_during_decode = max_prefill_tokens_during_decode
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []  # in admission order
         self.num_preemptions = 0
@@ -56,6 +62,8 @@ class Scheduler:
                 continue  # r itself was preempted
             plan.decode.append(r)
             budget -= 1
+        if plan.decode and self.max_prefill_tokens_during_decode is not None:
+            budget = min(budget, self.max_prefill_tokens_during_decode)
         for r in list(self.running):  # chunks of prompts already started
             if budget <= 0:
                 break

@@ -40,3 +40,13 @@ def test_bench_serve_shared_prefix_chat_hits_the_cache(smollm2_dir, tmp_path):
     run = res["runs"][0]
     prefix = 64 * 3  # the template's system turn and the two tool specs fill more than three blocks
     assert run["completed"] == 3 and run["cached_prompt_tokens"] >= 2 * prefix
+
+
+def test_serve_host_measures_the_host_path_alone(tiny_dir, tmp_path):
+    """benchmarks/serve_host.py: the real server with the device work a no-op completes every streamed request and
+    counts the engine's steps."""
+    host = runpy.run_path(str(REPO / "benchmarks" / "serve_host.py"))
+    run = host["main"](["--model", str(tiny_dir), "--num-prompts", "8", "--input-len", "16", "--output-len", "5",
+                        "--client-processes", "2", "--out", str(tmp_path / "host.json")])["run"]
+    assert run["completed"] == 8 and run["failed"] == 0 and run["output_tokens"] == 40
+    assert run["decode_steps"] >= 4 and run["prefill_steps"] >= 1 and run["host_ms_per_step"] > 0

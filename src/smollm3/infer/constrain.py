@@ -12,9 +12,10 @@ optional `<think>...</think>` block (when thinking is on), then one JSON object 
 The check re-parses the output from its start with a recursive-descent parser that stops cleanly when the text
 runs out. What the output already holds is not parsed again, though: a value that ended inside the committed text
 (its one character of lookahead included) parses the same however the text goes on, so its end is remembered by
-(position, schema, depth); an object or array still open resumes after its last comma, a string still being written
-where its scan stopped. A step then costs about the nesting depth at the cursor, not the length of the output (a 4 KB JSON answer took 6 s of grammar
-checks without this, 16 s at 8 KB, and stalled every other stream of the engine meanwhile).
+(position, schema, depth); an object or array still open resumes after its last comma, a string still being
+written where its scan stopped. A step then costs about the nesting depth at the cursor, not the length of the
+output (without this a 4 KB JSON answer took 6 s of grammar checks and an 8 KB one 25 s, during which every other
+stream of the engine waited).
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ ANY: dict = {}  # the schema of any JSON value; one object, so that the memo's k
 
 class _Parser:
     """`memo` (kept by the constraint between checks) remembers parses inside `text[:stable]`, the committed output:
-    (start, id(schema), depth) -> (schema, end) for a value that ended before `stable`, and ("str", start) -> how far
-    a string's scan got without ending."""
+    (start, id(schema), depth) -> (schema, end) for a value that ended before `stable`; ("object" | "array", start,
+    id(schema), depth) -> (schema, position after its last comma[, keys used]) for a container still open; ("str",
+    start) -> how far a string's scan got; ("types", id(schema)) -> the alternatives of a list of types."""
 
     def __init__(self, text: str, memo: dict | None = None, stable: int = 0):
         self.s, self.i = text, 0

@@ -5,9 +5,9 @@ token each; the budget left goes to prompt chunks, first of requests already par
 requests in arrival order (chunked prefill: a 64k-token prompt is read a budget at a time, in the same steps as
 everyone's decode, so streams keep flowing while it is read). `max_prefill_tokens_during_decode`, when set, caps the
 prompt tokens of a step in which streams decode: a step's time grows with its prompt tokens, and that time is the
-streams' gap between tokens; an idle engine still reads prompts a whole budget at a time. A waiting request is admitted when a running place
-(`max_num_seqs`) and the blocks for its first chunk are free; its prompt's cached leading blocks are shared, not
-computed (prefix caching).
+streams' gap between tokens; an idle engine still reads prompts a whole budget at a time. A waiting request is
+admitted when a running place (`max_num_seqs`) and the blocks for its first chunk are free; its prompt's cached
+leading blocks are shared, not computed (prefix caching).
 
 When a running request needs a block and none is free, the most recently admitted running request is preempted:
 its blocks go back to the pool and it waits at the head of the queue, to recompute its prompt and output so far
@@ -41,8 +41,9 @@ class Scheduler:
         if max_num_batched_tokens < max_num_seqs:
             raise ValueError(f"max_num_batched_tokens ({max_num_batched_tokens}) must be at least max_num_seqs "
                              f"({max_num_seqs}): every running request decodes a token each step")
-        if max_prefill_tokens_during_decode is not None and max_prefill_tokens_during_decode < 1:
-            raise ValueError(f"max_prefill_tokens_during_decode must be at least 1, got {max_prefill_tokens_during_decode}")
+        cap = max_prefill_tokens_during_decode
+        if cap is not None and cap < 1:
+            raise ValueError(f"max_prefill_tokens_during_decode must be at least 1, got {cap}")
         self.blocks = blocks
         self.max_num_seqs, self.max_num_batched_tokens = max_num_seqs, max_num_batched_tokens
         self.max_prefill_tokens_during_decode = max_prefill_tokens_during_decode

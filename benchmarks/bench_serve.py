@@ -357,6 +357,8 @@ def main(argv=None):
     src.add_argument("--model", help="HF model directory (served in this process)")
     src.add_argument("--preset", help="random weights of a preset, with SmolLM3's tokenizer (served in this process)")
     src.add_argument("--base-url", help="a running server, e.g. http://127.0.0.1:8000")
+    ap.add_argument("--vocab-size", type=int, default=32000,
+                    help="with --base-url: random prompt ids are drawn below this (the served model's vocabulary)")
     ap.add_argument("--served-model", default=None, help="model name at --base-url (default: its first model)")
     ap.add_argument("--dataset", choices=["random", "chat-shared-prefix"], default="random")
     ap.add_argument("--input-len", type=int, default=512)
@@ -390,7 +392,7 @@ def main(argv=None):
     if args.base_url:
         base = args.base_url.rstrip("/")
         model = args.served_model or httpx.get(base + "/v1/models").json()["data"][0]["id"]
-        vocab = 32000
+        vocab = args.vocab_size
     elif args.in_process:
         base, model, engine, stop = start_server(args)
         vocab = engine.config.vocab_size

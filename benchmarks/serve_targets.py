@@ -107,7 +107,7 @@ def engine_run(model: str, max_model_len: int, requests: int) -> dict:
     """Target 7's load straight into an Engine, in a process of its own (its KV cache sized on an empty GPU)."""
     code = "import runpy, sys, json; print(json.dumps(runpy.run_path(sys.argv[1])['engine_throughput'](*sys.argv[2:])))"
     out = subprocess.run([sys.executable, "-c", code, __file__, model, str(max_model_len), str(requests)],
-                         check=True, capture_output=True, text=True).stdout
+                         check=True, stdout=subprocess.PIPE, text=True).stdout  # its errors reach our stderr
     row = json.loads(out.strip().splitlines()[-1])
     print(f"engine, max_model_len {max_model_len}: {row}", flush=True)
     return row

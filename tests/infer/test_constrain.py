@@ -4,6 +4,7 @@ a call that parses even from a model with random weights."""
 import json
 import random
 import re
+import time
 
 import pytest
 import torch
@@ -189,8 +190,6 @@ def test_a_long_json_answer_costs_linear_time():
     rows = [{"name": f"row {i}", "n": i} for i in range(1000)]
     text = json.dumps({"rows": rows})  # 31 KB, 0.4 s here
     c = JSONConstraint(RICH)
-    import time
-
     start = time.perf_counter()
     for i in range(0, len(text), 4):
         assert c.first_accepted([(0, text[i:i + 4])]) == 0

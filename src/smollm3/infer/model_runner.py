@@ -77,25 +77,24 @@ class ModelRunner:
     def shape(self, reqs: list[Request]) -> tuple[int, int]:
         """(rows, KV positions read) of a decode step, rounded up to buckets where graphs are used."""
         b = len(reqs)
-        kv_len = max(r.num_computed for r in reqs) + 1
         if self.bucket_shapes:
             b = next(s for s in _buckets(len(self.tokens_buf)) if s >= b)
+        return b, self._kv_positions(max(r.num_computed for r in reqs) + 1)
+
+    def _kv_positions(self, kv_len: int) -> int:
+        """The KV positions a step whose longest row holds kv_len reads: whole blocks, and with graphs a power of
+        two from 256 up (one graph per bucket)."""
+        if self.bucket_shapes:
             kv_len = max(256, 1 << (kv_len - 1).bit_length())
-        bs = self.block_size
-        return b, min(-(-kv_len // bs), self.max_blocks) * bs
+        return min(-(-kv_len // self.block_size), self.max_blocks) * self.block_size
 
     def decode_shapes(self) -> list[tuple[int, int]]:
         """Every (rows, KV positions) that `shape` can return, largest first: the CUDA graphs a server captures at
         start."""
         if not self.bucket_shapes:
             return []
-        bs, kv, kvs = self.block_size, 256, []
-        while True:
-            kvs.append(min(-(-kv // bs), self.max_blocks) * bs)
-            if kv >= self.max_model_len:
-                break
-            kv *= 2
-        return [(b, k) for b in reversed(_buckets(len(self.tokens_buf))) for k in sorted(set(kvs), reverse=True)]
+        kvs = {self._kv_positions(1 << p) for p in range(self.max_model_len.bit_length() + 1)}
+        return [(b, k) for b in reversed(_buckets(len(self.tokens_buf))) for k in sorted(kvs, reverse=True)]
 
     def capture_graphs(self) -> int:
         """Compile and capture the decode step of every shape now, before any request runs, so that no request

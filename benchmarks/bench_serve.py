@@ -80,10 +80,7 @@ def start_server_process(args):
     """`smollm3 serve` in a process of its own (as `vllm bench serve` runs beside `vllm serve`): the client's
     per-token work does not share the server's interpreter -> (base URL, served model name, vocab size, stop)."""
     model_dir = args.model or str(preset_dir(args.preset, args.device))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
+    port = free_port()
     cmd = [sys.executable, "-m", "smollm3.cli", "serve", "--model", model_dir, "--port", str(port),
            "--max-num-seqs", str(args.max_num_seqs), "--gpu-memory-utilization", str(args.gpu_memory_utilization),
            "--max-num-batched-tokens", str(args.max_num_batched_tokens)]
@@ -104,25 +101,41 @@ def start_server_process(args):
         except subprocess.TimeoutExpired:
             proc.kill()
 
-    deadline = time.time() + 900
-    while True:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited ({proc.returncode}):\n{Path(log.name).read_text()[-3000:]}")
-        try:
-            if httpx.get(base + "/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.time() > deadline:
-            stop()
-            raise SystemExit(f"the server did not answer /health in 900 s; its log: {log.name}")
-        time.sleep(0.5)
+    wait_until_healthy(proc, base, 900, stop, log.name)
     for line in Path(log.name).read_text().splitlines():
         if line.startswith(("KV cache", "CUDA graphs")):
             print(line, flush=True)
     name = httpx.get(base + "/v1/models").json()["data"][0]["id"]
     vocab = json.loads((Path(model_dir) / "config.json").read_text())["vocab_size"]
     return base, name, vocab, stop
+
+
+def free_port() -> int:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+def wait_until_healthy(proc: subprocess.Popen, base: str, timeout: float, stop, log: str | None = None):
+    """Until the server process at `base` answers /health; SystemExit naming why if it exits or `timeout` s pass
+    (then `stop()` it). `log`: its log file, whose tail an exit shows."""
+    deadline = time.time() + timeout
+    while True:
+        if proc.poll() is not None:
+            tail = f":\n{Path(log).read_text()[-3000:]}" if log else " (its output is above)"
+            raise SystemExit(f"the server exited ({proc.returncode}){tail}")
+        try:
+            if httpx.get(base + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.time() > deadline:
+            stop()
+            where = f"; its log: {log}" if log else ""
+            raise SystemExit(f"the server did not answer /health in {timeout:g} s{where}")
+        time.sleep(0.3)
 
 
 def server_counts(base: str) -> dict:

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import runpy
-import socket
 import subprocess
 import sys
 import time
@@ -62,32 +62,16 @@ def main(argv=None):
     bench = runpy.run_path(str(HERE / "bench_serve.py"))
     import httpx
 
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
+    port = bench["free_port"]()
     code = "import runpy, sys; runpy.run_path(sys.argv[1])['serve_without_device'](sys.argv[2], int(sys.argv[3]))"
     server = subprocess.Popen([sys.executable, "-c", code, __file__, args.model, str(port)])
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 300
-        while True:
-            if server.poll() is not None:
-                sys.exit(f"the server exited ({server.returncode})")
-            try:
-                if httpx.get(base + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline:
-                sys.exit("the server did not answer /health in 300 s")
-            time.sleep(0.3)
+        bench["wait_until_healthy"](server, base, 300, server.terminate)
         model = httpx.get(base + "/v1/models").json()["data"][0]["id"]
         vocab = json.loads((Path(args.model) / "config.json").read_text())["vocab_size"]
         load = argparse.Namespace(dataset="random", input_len=args.input_len, output_len=args.output_len,
                                   num_prompts=args.num_prompts)
-        import random
-
         reqs = bench["requests_for"](load, random.Random(0), vocab)
         before = bench["server_counts"](base)
         results, _, (t0, t1) = bench["run_load_split"](args.client_processes, base, model, reqs, None, None, None, 0)

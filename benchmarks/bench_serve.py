@@ -103,7 +103,7 @@ def start_server_process(args):
 
     wait_until_healthy(proc, base, 900, stop, log.name)
     for line in Path(log.name).read_text().splitlines():
-        if line.startswith(("KV cache", "CUDA graphs")):
+        if line.startswith(("KV cache", "warm-up")):
             print(line, flush=True)
     name = httpx.get(base + "/v1/models").json()["data"][0]["id"]
     vocab = json.loads((Path(model_dir) / "config.json").read_text())["vocab_size"]
@@ -213,6 +213,18 @@ def requests_for(args, rng: random.Random, vocab: int) -> list[tuple[str, dict]]
     return out
 
 
+async def sse_lines(resp: httpx.Response):
+    """The response's lines as server-sent events define them: ended by \\n, \\r\\n or \\r only (httpx's aiter_lines
+    also ends one at U+2028 and the like, which a server may send raw inside a JSON string)."""
+    rest = ""
+    async for text in resp.aiter_text():
+        *lines, rest = (rest + text).replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        for line in lines:
+            yield line
+    if rest:
+        yield rest
+
+
 async def one_request(client: httpx.AsyncClient, base: str, model: str, endpoint: str, body: dict) -> dict:
     t0 = time.perf_counter()
     chunks, text, usage, error = [], [], None, None
@@ -220,7 +232,7 @@ async def one_request(client: httpx.AsyncClient, base: str, model: str, endpoint
         async with client.stream("POST", base + endpoint, json={**body, "model": model}) as resp:
             if resp.status_code != 200:
                 return {"ok": False, "error": f"HTTP {resp.status_code}: {(await resp.aread())[:200]!r}"}
-            async for line in resp.aiter_lines():
+            async for line in sse_lines(resp):
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
                 event = json.loads(line[6:])

@@ -128,12 +128,12 @@ def test_abort_frees_the_blocks(tiny):
     engine.blocks.check()
 
 
-def test_graphs_are_captured_before_the_first_request_only(tiny_dir):
+def test_warm_up_runs_before_the_first_request_only(tiny_dir):
     engine, _ = build_engine(tiny_dir, device="cpu", dtype=torch.float32, max_num_seqs=2, max_model_len=256)
-    assert engine.capture_graphs() == 0  # no CUDA graphs on the CPU: nothing to capture
+    assert engine.warm_up() == (0, 0)  # no CUDA graphs or prefill padding on the CPU: nothing to warm
     engine.add_request([5, 6, 7], SamplingParams(max_tokens=2, **GREEDY))
     with pytest.raises(RuntimeError, match="before the first request"):
-        engine.capture_graphs()
+        engine.warm_up()
 
 
 def test_repetition_penalty_changes_greedy_output(tiny):

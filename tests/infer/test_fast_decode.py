@@ -62,8 +62,9 @@ def test_compiled_fast_decode_matches_eager_on_gpu(tiny_dir):
     assert fast.runner.fast is not None and fast.runner._graphs
     assert [r.output_ids for r in out] == [r.output_ids for r in eager]
     # graphs captured up front (as the server does): every step finds its graph, and the tokens are the same
-    ready = Engine(model, None, max_model_len=512, max_num_seqs=8, cuda_graphs=True)
-    assert ready.capture_graphs() == 8  # batches 1, 2, 4, 8 x KV lengths 256, 512
+    ready = Engine(model, None, max_model_len=512, max_num_seqs=8, max_num_batched_tokens=256, cuda_graphs=True)
+    # batches 1, 2, 4, 8 x KV lengths 256, 512; prefill lengths 64, 128, 192, 256
+    assert ready.warm_up() == (8, 4)
     out = ready.generate(ps, sp)
     assert len(ready.runner._graphs) == 8
     assert [r.output_ids for r in out] == [r.output_ids for r in eager]

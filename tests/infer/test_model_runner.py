@@ -59,3 +59,47 @@ def test_decode_shapes_are_every_shape_a_decode_step_can_take():
     assert set(shapes) == seen and len(shapes) == len(seen)
     assert shapes == sorted(shapes, reverse=True)
     assert {b for b, _ in shapes} == {1, 2, 4, 8, 12} and {k for _, k in shapes} == {256, 512, 1008}
+
+
+def test_padded_prefill_lengths_are_few_and_cover_every_step():
+    runner = ModelRunner(build_model(preset("tiny")), num_blocks=64, block_size=16, max_num_seqs=12,
+                         max_model_len=1000, max_num_batched_tokens=2048, cuda_graphs=False, pad_prefill=True)
+    sizes = runner.prefill_sizes()
+    for n in range(1, 2049):
+        padded = runner.prefill_tokens(n)
+        assert padded in sizes and n <= padded <= max(n + 63, n * 9 // 8)
+    assert len(sizes) == 24 and sizes == sorted(sizes, reverse=True)
+    assert [runner.prefill_rows(k) for k in (1, 2, 3, 5, 12)] == [1, 2, 4, 8, 16]
+    runner.pad_prefill = False
+    assert runner.prefill_sizes() == [] and runner.prefill_tokens(77) == 77 and runner.prefill_rows(3) == 3
+
+
+def test_padded_prefill_equals_exact_prefill():
+    """Padding tokens change nothing a request sees: the same K/V in its blocks, the same logits; the warm-up of
+    every padded length writes the scratch block only."""
+    torch.manual_seed(0)
+    model = build_model(preset("tiny")).eval()
+    runners = [ModelRunner(model, num_blocks=40, block_size=8, max_num_seqs=4, max_model_len=256,
+                           max_num_batched_tokens=160, cuda_graphs=False, fast_decode=False, pad_prefill=pad)
+               for pad in (False, True)]
+    padded = runners[1]
+    assert padded.warm_prefill() == len(padded.prefill_sizes()) > 0
+    assert not padded.cache.k[:, :padded.scratch].any() and padded.cache.k[:, padded.scratch].any()
+    rng = random.Random(0)
+    reqs = [Request([rng.randrange(1, 200) for _ in range(n)], SamplingParams()) for n in (37, 90, 13)]
+    for i, r in enumerate(reqs):
+        r.block_table = list(range(i * 12, i * 12 + 12))
+    logits = []
+    for runner in runners:
+        for r in reqs:
+            r.num_computed = 0
+        out = [runner.prefill([(reqs[0], 37), (reqs[1], 50)])]  # reqs[1]'s second chunk reads the first from cache
+        reqs[0].num_computed, reqs[1].num_computed = 37, 50
+        out.append(runner.prefill([(reqs[1], 40), (reqs[2], 13)]))
+        logits.append(out)
+    for a, b in zip(*logits):
+        torch.testing.assert_close(a, b)
+    assert [x.shape[0] for x in logits[1]] == [1, 2]
+    blocks = list(range(36))
+    torch.testing.assert_close(runners[0].cache.k[:, blocks], runners[1].cache.k[:, blocks])
+    torch.testing.assert_close(runners[0].cache.v[:, blocks], runners[1].cache.v[:, blocks])

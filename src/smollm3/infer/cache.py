@@ -43,8 +43,9 @@ class PagedCache:
         self._slots = None  # prefill: (blocks [N], offsets [N]) where each new token's K/V goes
         self._lengths = self._tables = None  # decode
 
-    def plan_prefill(self, chunks: list[tuple[list[int], int, int]], device):
-        """chunks: (block table, start, n) per request, packed in this order."""
+    def plan_prefill(self, chunks: list[tuple[list[int], int, int]], device, pad: int = 0, pad_block: int = 0):
+        """chunks: (block table, start, n) per request, packed in this order; then `pad` padding tokens, whose K/V
+        go to block `pad_block` (one no request owns) and whose attention output is left undefined."""
         bs = self.block_size
         pos, blocks, self._chunks, offset = [], [], [], 0
         for table, start, n in chunks:
@@ -54,6 +55,8 @@ class PagedCache:
             blocks.append(t[p // bs])
             self._chunks.append((offset, n, start, t.to(device)))
             offset += n
+        pos.append(torch.zeros(pad, dtype=torch.long))
+        blocks.append(torch.full((pad,), pad_block, dtype=torch.long))
         positions = torch.cat(pos)
         self._slots = torch.cat(blocks).to(device), (positions % bs).to(device)
         self._positions = positions[None].to(device)
@@ -78,7 +81,7 @@ class PagedCache:
             raise RuntimeError("PagedCache: call plan_prefill or plan_decode before the forward")
         # q [1, H, N, D], k, v [1, KV, N, D]: write every new token's K/V, then attend chunk by chunk
         write_kv(kc, vc, k[0].transpose(0, 1), v[0].transpose(0, 1), *self._slots)
-        out = torch.empty_like(q[0].transpose(0, 1))  # [N, H, D]
+        out = torch.empty_like(q[0].transpose(0, 1))  # [N, H, D]; padding rows stay undefined: rows never mix
         for offset, n, start, table in self._chunks:
             qi = q[:, :, offset:offset + n]
             if start == 0:  # the whole prefix is this chunk: no cache read, plain causal attention

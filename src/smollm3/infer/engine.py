@@ -80,7 +80,7 @@ class Engine:
         self.blocks = BlockManager(num_blocks, block_size, prefix_caching)
         self.scheduler = Scheduler(self.blocks, max_num_seqs, max_num_batched_tokens, max_prefill_tokens_during_decode)
         self.runner = ModelRunner(model, num_blocks, block_size, max_num_seqs, self.max_model_len,
-                                  cuda_graphs=cuda_graphs, fast_decode=fast_decode, gemv=gemv,
+                                  max_num_batched_tokens, cuda_graphs=cuda_graphs, fast_decode=fast_decode, gemv=gemv,
                                   decode_kernels=decode_kernels)
         self.max_num_seqs, self.max_num_batched_tokens, self.block_size = max_num_seqs, max_num_batched_tokens, \
             block_size
@@ -139,13 +139,14 @@ class Engine:
     def abort(self, req: Request):
         req.aborted = True  # picked up at the next step, on the engine's thread
 
-    def capture_graphs(self) -> int:
-        """Compile and capture the CUDA graph of the decode step for every (batch, KV-length) bucket a step can
-        take, before the first request, so that no request waits for one (a server does this at start, as vLLM's
-        does); where graphs are off, nothing. -> how many were captured."""
+    def warm_up(self) -> tuple[int, int]:
+        """Before the first request, make every shape a step can take ready, so that no request waits for one (a
+        server does this at start, as vLLM's does): compile and capture the CUDA graph of the decode step for every
+        (batch, KV-length) bucket, and run the prefill at every padded length (its kernels loaded). Where graphs and
+        padding are off (the CPU), nothing. -> (graphs captured, prefill lengths run)."""
         if self.has_work():
-            raise RuntimeError("capture_graphs runs before the first request (a warm-up step would write K/V)")
-        return self.runner.capture_graphs()
+            raise RuntimeError("warm_up runs before the first request (a warm-up step would write K/V)")
+        return self.runner.capture_graphs(), self.runner.warm_prefill()
 
     def has_work(self) -> bool:
         return bool(self.scheduler.waiting) or bool(self.scheduler.running) or not self.pending.empty()

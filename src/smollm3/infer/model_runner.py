@@ -19,13 +19,19 @@ from smollm3.model import SmolLM3ForCausalLM
 
 class ModelRunner:
     def __init__(self, model: SmolLM3ForCausalLM, num_blocks: int, block_size: int, max_num_seqs: int,
-                 max_model_len: int, cuda_graphs: bool | None = None, fast_decode: bool | None = None,
-                 gemv: bool | None = None, decode_kernels: bool | None = None):
+                 max_model_len: int, max_num_batched_tokens: int = 2048, cuda_graphs: bool | None = None,
+                 fast_decode: bool | None = None, gemv: bool | None = None, decode_kernels: bool | None = None,
+                 pad_prefill: bool | None = None):
         cfg = model.config
         self.model, self.config = model, cfg
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         self.block_size, self.max_model_len = block_size, max_model_len
+        self.max_num_batched_tokens = max_num_batched_tokens
+        # prefill shapes from a few sizes, each run once at start (warm_up): cuBLAS picks its kernel by shape and
+        # CUDA loads each kernel on first use, which cost the first 256 x 512-token prompts on an H100 ~150 ms a
+        # step (3x) while a fresh server met new sizes (benchmarks/engine_steps.py)
+        self.pad_prefill = self.device.type == "cuda" if pad_prefill is None else bool(pad_prefill)
         # one block more than the pool: the scratch block of padded decode rows
         self.cache = PagedCache(cfg, num_blocks + 1, block_size, self.device, self.dtype)
         self.scratch = num_blocks
@@ -54,10 +60,23 @@ class ModelRunner:
 
     # ---- prefill
 
+    def prefill_tokens(self, n: int) -> int:
+        """The packed length a prefill of n tokens runs at: with padding, n rounded up to an eighth of its power of
+        two (64 at least), so at most 1/8 more tokens and a few sizes per doubling."""
+        if not self.pad_prefill:
+            return n
+        step = max(64, 1 << max(0, n.bit_length() - 4))
+        return -(-n // step) * step
+
+    def prefill_rows(self, k: int) -> int:
+        """The rows the LM head runs on in a prefill that samples k requests: a power of two with padding."""
+        return 1 << (k - 1).bit_length() if self.pad_prefill else k
+
     @torch.no_grad()
     def prefill(self, chunks: list[tuple[Request, int]]) -> torch.Tensor:
         """Compute K/V for each request's next n tokens (packed into one row), -> the logits [k, V] at the last
-        token of each chunk that reaches the end of its request's tokens (those sample next), in chunk order."""
+        token of each chunk that reaches the end of its request's tokens (those sample next), in chunk order.
+        Padding tokens (pad_prefill) write only the scratch block and attend to nothing."""
         ids, plan, last = [], [], []
         for r, n in chunks:
             start = r.num_computed
@@ -65,12 +84,37 @@ class ModelRunner:
             plan.append((r.block_table, start, n))
             if start + n == r.num_tokens:
                 last.append(len(ids) - 1)
-        self.cache.plan_prefill(plan, self.device)
-        x = torch.tensor([ids], device=self.device)
-        hidden = self.model.model(x, self.cache.position_ids(1, len(ids), self.device), self.cache)
+        return self._prefill(ids, plan, last)
+
+    def _prefill(self, ids: list[int], plan: list[tuple[list[int], int, int]], last: list[int]) -> torch.Tensor:
+        pad = self.prefill_tokens(len(ids)) - len(ids)
+        self.cache.plan_prefill(plan, self.device, pad=pad, pad_block=self.scratch)
+        x = torch.tensor([ids + [0] * pad], device=self.device)
+        hidden = self.model.model(x, self.cache.position_ids(1, x.shape[1], self.device), self.cache)
         if not last:  # no chunk reached the end of its request: nothing samples this step
             return hidden.new_empty(0, self.config.vocab_size)
-        return self.model.lm_head(hidden[0, torch.tensor(last, device=self.device, dtype=torch.long)])
+        rows = last + last[-1:] * (self.prefill_rows(len(last)) - len(last))
+        return self.model.lm_head(hidden[0, torch.tensor(rows, device=self.device, dtype=torch.long)])[:len(last)]
+
+    def prefill_sizes(self) -> list[int]:
+        """Every packed length a padded prefill runs at, largest first (none without padding)."""
+        if not self.pad_prefill:
+            return []
+        return sorted({self.prefill_tokens(n) for n in range(1, self.max_num_batched_tokens + 1)}, reverse=True)
+
+    @torch.no_grad()
+    def warm_prefill(self) -> int:
+        """Run a prefill of every padded length, and the LM head at every padded row count, now, on the scratch
+        block only, so that no request's step loads a kernel. -> the number of lengths run."""
+        sizes = self.prefill_sizes()
+        for n in sizes:
+            self._prefill([0] * n, [([self.scratch] * -(-n // self.block_size), 0, n)], [n - 1])
+        if sizes:
+            rows = {self.prefill_rows(k) for k in range(1, len(self.tokens_buf) + 1)}
+            hidden = torch.zeros(max(rows), self.config.hidden_size, device=self.device, dtype=self.dtype)
+            for k in rows:
+                self.model.lm_head(hidden[:k])
+        return len(sizes)
 
     # ---- decode
 

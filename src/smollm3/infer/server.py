@@ -294,8 +294,13 @@ def create_app(state: ServerState) -> FastAPI:
 # plumbing between asyncio and the engine thread
 
 
+# JSON may hold these raw, but str.splitlines() ends a line at each (httpx's aiter_lines does): a model's text with
+# one would cut an event in two for such clients. Control characters, the other such breaks, JSON escapes already.
+_LINE_BREAKS = str.maketrans({"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
 def sse(obj: dict) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+    return f"data: {json.dumps(obj, ensure_ascii=False).translate(_LINE_BREAKS)}\n\n"
 
 
 def visible_logprobs(r, start: int = 0) -> list:
@@ -520,18 +525,19 @@ def kv_capacity_line(e) -> str:
 def build_state(model: str, *, api_key=None, served_model_name=None, chat_template=None,
                 max_body_bytes: int = MAX_BODY_BYTES, max_waiting: int | None = None, log=print,
                 **engine_kwargs) -> ServerState:
-    """The server's state over a model directory: the engine loaded and, on a GPU, its decode step's CUDA graphs
-    captured for every batch and KV-length bucket (else the first requests of each bucket wait while one is
-    compiled and captured: bench_infer's first two batches of the 3B preset took 34-39 s more on an H100)."""
+    """The server's state over a model directory: the engine loaded and, on a GPU, warmed up (Engine.warm_up): else
+    the first requests of each decode bucket wait while its graph is compiled and captured (bench_infer's first two
+    batches of the 3B preset took 34-39 s more on an H100), and each new prefill length loads kernels."""
     if max_body_bytes < 1 or (max_waiting is not None and max_waiting < 1):
         raise ValueError("max_body_bytes and max_waiting must be at least 1")
     engine, template = build_engine(model, chat_template=chat_template, log=log, **engine_kwargs)
     if engine.tokenizer is None:
         raise ValueError(f"{model}: no tokenizer (tokenizer.json); the server needs one")
     started = time.perf_counter()
-    if captured := engine.capture_graphs():
-        log(f"CUDA graphs: the decode step captured for {captured} (batch, KV length) shapes in "
-            f"{time.perf_counter() - started:.1f} s")
+    graphs, lengths = engine.warm_up()
+    if graphs or lengths:
+        log(f"warm-up: the decode step's CUDA graphs captured for {graphs} (batch, KV length) shapes, the prefill "
+            f"run at {lengths} padded lengths, in {time.perf_counter() - started:.1f} s")
     name = served_model_name or Path(model).name
     return ServerState(BackgroundEngine(engine), engine.tokenizer, name, template, api_key,
                        max_body_bytes=max_body_bytes, max_waiting=max_waiting)

@@ -1,0 +1,101 @@
+"""Where an engine's time goes under a serving load, step by step, without HTTP: every request added at once, then
+`Engine.step()` until done. Each step is classed by what it ran (decode only, decode + prompt chunks, prompt chunks
+only) and timed on the host; a second pass synchronizes the device after every step, so its times are host + device
+in series (an async pass overlaps them, as the server does).
+
+    python3 benchmarks/engine_steps.py --model DIR --max-model-len 65536 --out $OUT/steps-65536.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from collections import defaultdict
+
+import torch
+
+from smollm3.infer import SamplingParams
+from smollm3.infer.llm import build_engine
+
+
+def run(engine, prompts, params, sync: bool) -> dict:
+    plans = []
+    schedule = engine.scheduler.schedule
+
+    def traced():
+        plan = schedule()
+        plans.append((len(plan.decode), sum(n for _, n in plan.prefill)))
+        return plan
+
+    engine.scheduler.schedule = traced
+    try:
+        for p in prompts:
+            engine.add_request(p, params)
+        rows, start = [], time.perf_counter()
+        while engine.has_work():
+            t = time.perf_counter()
+            engine.step()
+            if sync and engine.device.type == "cuda":
+                torch.cuda.synchronize()
+            rows.append((*plans[-1], time.perf_counter() - t))
+        wall = time.perf_counter() - start
+    finally:
+        engine.scheduler.schedule = schedule
+    kinds = defaultdict(lambda: {"steps": 0, "ms": 0.0, "decode_rows": 0, "prompt_tokens": 0})
+    for decode, prompt, s in rows:
+        k = kinds["decode" if not prompt else "prefill" if not decode else "decode+prefill"]
+        k["steps"] += 1
+        k["ms"] += s * 1e3
+        k["decode_rows"] += decode
+        k["prompt_tokens"] += prompt
+    for k in kinds.values():
+        k["ms_per_step"] = round(k["ms"] / k["steps"], 2)
+        k["ms"] = round(k["ms"], 1)
+    return {"sync_every_step": sync, "wall_s": round(wall, 2), "steps": len(rows), "kinds": dict(kinds),
+            "slowest_steps": [(d, p, round(s * 1e3, 1)) for d, p, s in sorted(rows, key=lambda r: -r[2])[:8]]}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--max-model-len", type=int, required=True)
+    ap.add_argument("--requests", type=int, default=256)
+    ap.add_argument("--input-len", type=int, default=512)
+    ap.add_argument("--output-len", type=int, default=256)
+    ap.add_argument("--passes", default="async,sync",
+                    help="the passes in order: async (the device runs behind the host, as in the server) or sync")
+    ap.add_argument("--no-pad-prefill", action="store_true",
+                    help="prefill at each step's exact token count, no warm-up of its lengths (the engine before "
+                         "padding, for an A/B)")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    engine, _ = build_engine(args.model, max_model_len=args.max_model_len, log=lambda line: None)
+    engine.runner.pad_prefill = not args.no_pad_prefill
+    started = time.perf_counter()
+    graphs, lengths = engine.warm_up()
+    res = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": str(engine.device), "args": vars(args),
+           "kv_cache_tokens": engine.kv_cache_tokens, "graphs": graphs,
+           "prefill_lengths": lengths, "warm_up_s": round(time.perf_counter() - started, 1), "passes": []}
+    if engine.device.type == "cuda":
+        res["device"] = torch.cuda.get_device_name()
+    vocab = engine.config.vocab_size
+
+    def prompts(seed: int, n: int):  # a seed per pass: no prompt shares a cached prefix with an earlier pass
+        rng = random.Random(seed)
+        return [[rng.randrange(min(1000, vocab // 2), vocab) for _ in range(args.input_len)] for _ in range(n)]
+
+    params = SamplingParams(max_tokens=args.output_len, temperature=0.0, ignore_eos=True)
+    engine.generate(prompts(99, 1), params)  # one-time costs of the first prefill
+    for i, mode in enumerate(args.passes.split(",")):
+        row = run(engine, prompts(i, args.requests), params, mode == "sync")
+        row["output_tok_s"] = round(args.requests * args.output_len / row["wall_s"], 1)
+        res["passes"].append(row)
+        print(json.dumps(row), flush=True)
+        with open(args.out, "w") as f:
+            json.dump(res, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

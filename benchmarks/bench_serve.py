@@ -218,7 +218,10 @@ async def sse_lines(resp: httpx.Response):
     also ends one at U+2028 and the like, which a server may send raw inside a JSON string)."""
     rest = ""
     async for text in resp.aiter_text():
-        *lines, rest = (rest + text).replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        text = rest + text
+        held = "\r" if text.endswith("\r") else ""  # perhaps the first half of a \r\n cut across reads
+        *lines, rest = text[:len(text) - len(held)].replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        rest += held
         for line in lines:
             yield line
     if rest:

@@ -20,8 +20,30 @@ from smollm3.infer import SamplingParams
 from smollm3.infer.llm import build_engine
 
 
-def run(engine, prompts, params, sync: bool) -> dict:
-    plans = []
+def profiled(engine) -> dict:
+    """One step under torch.profiler, the device synchronized at its end: its wall time against its kernels' device
+    time (host-bound when the first is much larger), the top kernels and the top host-side ops."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = engine.device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        t = time.perf_counter()
+        engine.step()
+        if cuda:
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - t
+    events = prof.key_averages()
+    kernels = sorted((e for e in events if getattr(e, "self_device_time_total", 0) > 0),
+                     key=lambda e: -e.self_device_time_total)
+    ops = sorted((e for e in events if e.self_cpu_time_total > 0), key=lambda e: -e.self_cpu_time_total)
+    return {"wall_ms": round(wall * 1e3, 2),
+            "device_ms": round(sum(e.self_device_time_total for e in kernels) / 1e3, 2),
+            "kernels": [(e.key[:90], e.count, round(e.self_device_time_total / 1e3, 3)) for e in kernels[:12]],
+            "host_ops": [(e.key[:90], e.count, round(e.self_cpu_time_total / 1e3, 3)) for e in ops[:12]]}
+
+
+def run(engine, prompts, params, sync: bool, profile_steps: set[int] = frozenset()) -> dict:
+    plans, profiles = [], []
     schedule = engine.scheduler.schedule
 
     def traced():
@@ -35,6 +57,10 @@ def run(engine, prompts, params, sync: bool) -> dict:
             engine.add_request(p, params)
         rows, start = [], time.perf_counter()
         while engine.has_work():
+            if len(rows) in profile_steps:  # timed under the profiler: not in the step table
+                profiles.append({"step": len(rows), **profiled(engine), "plan": plans[-1]})
+                rows.append((*plans[-1], None))
+                continue
             t = time.perf_counter()
             engine.step()
             if sync and engine.device.type == "cuda":
@@ -44,7 +70,8 @@ def run(engine, prompts, params, sync: bool) -> dict:
     finally:
         engine.scheduler.schedule = schedule
     kinds = defaultdict(lambda: {"steps": 0, "ms": 0.0, "decode_rows": 0, "prompt_tokens": 0})
-    for decode, prompt, s in rows:
+    timed = [r for r in rows if r[2] is not None]
+    for decode, prompt, s in timed:
         k = kinds["decode" if not prompt else "prefill" if not decode else "decode+prefill"]
         k["steps"] += 1
         k["ms"] += s * 1e3
@@ -54,7 +81,8 @@ def run(engine, prompts, params, sync: bool) -> dict:
         k["ms_per_step"] = round(k["ms"] / k["steps"], 2)
         k["ms"] = round(k["ms"], 1)
     return {"sync_every_step": sync, "wall_s": round(wall, 2), "steps": len(rows), "kinds": dict(kinds),
-            "slowest_steps": [(d, p, round(s * 1e3, 1)) for d, p, s in sorted(rows, key=lambda r: -r[2])[:8]]}
+            "slowest_steps": [(d, p, round(s * 1e3, 1)) for d, p, s in sorted(timed, key=lambda r: -r[2])[:8]],
+            "profiled_steps": profiles}
 
 
 def main():
@@ -64,7 +92,10 @@ def main():
     ap.add_argument("--requests", type=int, default=256)
     ap.add_argument("--input-len", type=int, default=512)
     ap.add_argument("--output-len", type=int, default=256)
-    ap.add_argument("--passes", default="async,sync",
+    ap.add_argument("--profile-steps", default="",
+                    help="steps (0-based, in every pass) to run under torch.profiler, e.g. 5,20: device time against "
+                         "wall time, top kernels and host ops (the pass's wall time then includes the profiler)")
+    ap.add_argument("--passes", default="async,sync,async",
                     help="the passes in order: async (the device runs behind the host, as in the server) or sync")
     ap.add_argument("--no-pad-prefill", action="store_true",
                     help="prefill at each step's exact token count, no warm-up of its lengths (the engine before "
@@ -89,10 +120,14 @@ def main():
     params = SamplingParams(max_tokens=args.output_len, temperature=0.0, ignore_eos=True)
     engine.generate(prompts(99, 1), params)  # one-time costs of the first prefill
     for i, mode in enumerate(args.passes.split(",")):
-        row = run(engine, prompts(i, args.requests), params, mode == "sync")
+        steps = {int(s) for s in args.profile_steps.split(",") if s}
+        row = run(engine, prompts(i, args.requests), params, mode == "sync", steps)
         row["output_tok_s"] = round(args.requests * args.output_len / row["wall_s"], 1)
         res["passes"].append(row)
-        print(json.dumps(row), flush=True)
+        print(json.dumps({k: v for k, v in row.items() if k != "profiled_steps"}), flush=True)
+        for prof in row["profiled_steps"]:
+            print(f"  step {prof['step']} {prof['plan']}: wall {prof['wall_ms']} ms, device {prof['device_ms']} ms; "
+                  f"top kernels {prof['kernels'][:3]}; top host ops {prof['host_ops'][:3]}", flush=True)
         with open(args.out, "w") as f:
             json.dump(res, f, indent=2)
 

@@ -50,3 +50,27 @@ def test_serve_host_measures_the_host_path_alone(tiny_dir, tmp_path):
                         "--client-processes", "2", "--out", str(tmp_path / "host.json")])["run"]
     assert run["completed"] == 8 and run["failed"] == 0 and run["output_tokens"] == 40
     assert run["decode_steps"] >= 4 and run["prefill_steps"] >= 1 and run["host_ms_per_step"] > 0
+
+
+def test_stream_events_survive_line_separators_in_text():
+    """U+2028, U+2029 and U+0085 are legal raw inside JSON, but str.splitlines() (httpx's aiter_lines) ends a line at
+    each: the server escapes them, and bench_serve's client splits lines only where server-sent events do."""
+    import asyncio
+    import json
+
+    from smollm3.infer.server import sse
+
+    text = "a\u2028b\u2029c\u0085d\ne\r"
+    event = sse({"text": text})
+    assert len(event.strip().splitlines()) == 1 and json.loads(event[len("data: "):])["text"] == text
+    bench = runpy.run_path(str(REPO / "benchmarks" / "bench_serve.py"))
+
+    class Response:  # a raw (unescaped) event cut across reads, as another server may send it
+        async def aiter_text(self):
+            for piece in ['data: {"t": "x\u2028', 'y"}\r', '\ndata: [DONE]\n\n']:
+                yield piece
+
+    async def lines():
+        return [line async for line in bench["sse_lines"](Response())]
+
+    assert asyncio.run(lines()) == ['data: {"t": "x\u2028y"}', "data: [DONE]", ""]

@@ -1,9 +1,10 @@
 """Where an engine's time goes under a serving load, step by step, without HTTP: every request added at once, then
 `Engine.step()` until done. Each step is classed by what it ran (decode only, decode + prompt chunks, prompt chunks
-only) and timed on the host; a second pass synchronizes the device after every step, so its times are host + device
-in series (an async pass overlaps them, as the server does).
+only) and timed on the host. Passes run in turn on fresh prompts: an async pass lets the device run behind the host,
+as the server does; a sync pass synchronizes after every step, so its times are host + device in series. Chosen
+steps can run under torch.profiler (--profile-steps): device time against wall time, top kernels and host ops.
 
-    python3 benchmarks/engine_steps.py --model DIR --max-model-len 65536 --out $OUT/steps-65536.json
+    python3 benchmarks/engine_steps.py --model DIR --max-model-len 65536 --profile-steps 5,30 --out $OUT/steps.json
 """
 
 from __future__ import annotations
@@ -103,7 +104,8 @@ def main():
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     engine, _ = build_engine(args.model, max_model_len=args.max_model_len, log=lambda line: None)
-    engine.runner.pad_prefill = not args.no_pad_prefill
+    if args.no_pad_prefill:
+        engine.runner.pad_prefill = False
     started = time.perf_counter()
     graphs, lengths = engine.warm_up()
     res = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": str(engine.device), "args": vars(args),
@@ -119,8 +121,8 @@ def main():
 
     params = SamplingParams(max_tokens=args.output_len, temperature=0.0, ignore_eos=True)
     engine.generate(prompts(99, 1), params)  # one-time costs of the first prefill
+    steps = {int(s) for s in args.profile_steps.split(",") if s}
     for i, mode in enumerate(args.passes.split(",")):
-        steps = {int(s) for s in args.profile_steps.split(",") if s}
         row = run(engine, prompts(i, args.requests), params, mode == "sync", steps)
         row["output_tok_s"] = round(args.requests * args.output_len / row["wall_s"], 1)
         res["passes"].append(row)

@@ -29,8 +29,8 @@ class ModelRunner:
         self.block_size, self.max_model_len = block_size, max_model_len
         self.max_num_batched_tokens = max_num_batched_tokens
         # prefill shapes from a few sizes, each run once at start (warm_up): cuBLAS picks its kernel by shape and
-        # CUDA loads each kernel on first use, which cost the first 256 x 512-token prompts on an H100 ~150 ms a
-        # step (3x) while a fresh server met new sizes (benchmarks/engine_steps.py)
+        # CUDA loads each kernel on first use. On an H100 a fresh engine's slowest prefill steps went from 219 to
+        # 166 ms with it, their mean 3% lower (benchmarks/results/2026-12-05-h100-session16)
         self.pad_prefill = self.device.type == "cuda" if pad_prefill is None else bool(pad_prefill)
         # one block more than the pool: the scratch block of padded decode rows
         self.cache = PagedCache(cfg, num_blocks + 1, block_size, self.device, self.dtype)

@@ -53,6 +53,8 @@ def run(engine, prompts, params, sync: bool, profile_steps: set[int] = frozenset
         return plan
 
     engine.scheduler.schedule = traced
+    cuda = engine.device.type == "cuda"
+    before = torch.cuda.memory_stats() if cuda else {}
     try:
         for p in prompts:
             engine.add_request(p, params)
@@ -81,7 +83,13 @@ def run(engine, prompts, params, sync: bool, profile_steps: set[int] = frozenset
     for k in kinds.values():
         k["ms_per_step"] = round(k["ms"] / k["steps"], 2)
         k["ms"] = round(k["ms"], 1)
+    after = torch.cuda.memory_stats() if cuda else {}
+    # the caching allocator's calls to cudaMalloc / cudaFree and its retries after a failed cudaMalloc (which free
+    # every cached block and synchronise) during the pass: a first pass that grows the pool pays for them
+    allocator = {k: after.get(k, 0) - before.get(k, 0) for k in
+                 ("num_device_alloc", "num_device_free", "num_alloc_retries", "num_sync_all_streams")} if cuda else {}
     return {"sync_every_step": sync, "wall_s": round(wall, 2), "steps": len(rows), "kinds": dict(kinds),
+            "allocator": allocator,
             "slowest_steps": [(d, p, round(s * 1e3, 1)) for d, p, s in sorted(timed, key=lambda r: -r[2])[:8]],
             "profiled_steps": profiles}
 

@@ -94,7 +94,7 @@ def run(engine, prompts, params, sync: bool, profile_steps: set[int] = frozenset
             "profiled_steps": profiles}
 
 
-def main():
+def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True)
     ap.add_argument("--max-model-len", type=int, required=True)
@@ -110,7 +110,7 @@ def main():
                     help="prefill at each step's exact token count, no warm-up of its lengths (the engine before "
                          "padding, for an A/B)")
     ap.add_argument("--out", required=True)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     engine, _ = build_engine(args.model, max_model_len=args.max_model_len, log=lambda line: None)
     if args.no_pad_prefill:
         engine.runner.pad_prefill = False
@@ -140,6 +140,7 @@ def main():
                   f"top kernels {prof['kernels'][:3]}; top host ops {prof['host_ops'][:3]}", flush=True)
         with open(args.out, "w") as f:
             json.dump(res, f, indent=2)
+    return res
 
 
 if __name__ == "__main__":

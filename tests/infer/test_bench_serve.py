@@ -1,6 +1,6 @@
 """benchmarks/bench_serve.py against the real HTTP server (in-process) on the tiny model: every request completes
 with its tokens, the latency figures are there and ordered, and the shared-prefix chat load is served from the
-prefix cache."""
+prefix cache. Also serve_host.py's host-only run, the SSE line splitting, and engine_steps.py's step table."""
 
 import runpy
 from pathlib import Path
@@ -74,3 +74,21 @@ def test_stream_events_survive_line_separators_in_text():
         return [line async for line in bench["sse_lines"](Response())]
 
     assert asyncio.run(lines()) == ['data: {"t": "x\u2028y"}', "data: [DONE]", ""]
+
+
+def test_engine_steps_classes_every_step(tiny_dir, tmp_path):
+    """benchmarks/engine_steps.py: every prompt token and every decode row is in the step table, in each pass; a
+    profiled step is timed apart."""
+    bench = runpy.run_path(str(REPO / "benchmarks" / "engine_steps.py"))
+    res = bench["main"](["--model", str(tiny_dir), "--max-model-len", "256", "--requests", "12", "--input-len", "40",
+                         "--output-len", "5", "--passes", "async,sync", "--profile-steps", "1",
+                         "--out", str(tmp_path / "steps.json")])
+    assert [p["sync_every_step"] for p in res["passes"]] == [False, True]
+    for p in res["passes"]:
+        kinds, (profiled,) = p["kinds"], p["profiled_steps"]
+        decode_rows, prompt = profiled["plan"]
+        decode_rows += sum(k["decode_rows"] for k in kinds.values())
+        prompt += sum(k["prompt_tokens"] for k in kinds.values())
+        # the first token of each reply comes with its prompt's last chunk, the other 4 from decode steps
+        assert prompt == 12 * 40 and decode_rows == 12 * 4
+        assert sum(k["steps"] for k in kinds.values()) + 1 == p["steps"] and profiled["wall_ms"] > 0

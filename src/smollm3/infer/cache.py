@@ -22,6 +22,9 @@ import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 
 from smollm3.config import ModelConfig
+from smollm3.ops.prefill_attention import available as prefill_kernel_available
+from smollm3.ops.prefill_attention import plan as plan_tiles
+from smollm3.ops.prefill_attention import prefill_attention
 from smollm3.ops.paged_attention import decode_attention, gather_kv, write_kv
 
 
@@ -31,7 +34,14 @@ def kv_bytes_per_token(config: ModelConfig, dtype: torch.dtype) -> int:
 
 
 class PagedCache:
-    def __init__(self, config: ModelConfig, num_blocks: int, block_size: int, device, dtype):
+    def __init__(self, config: ModelConfig, num_blocks: int, block_size: int, device, dtype,
+                 prefill_kernel: bool = False):
+        """`prefill_kernel`: prompt chunks attend in one Triton kernel per layer (ops/prefill_attention.py), not
+        chunk by chunk in torch ops."""
+        if prefill_kernel and not prefill_kernel_available(device, dtype, config.head_dim):
+            raise ValueError("prefill_kernel needs Triton on a CUDA device, bf16/fp16 weights and head_dim a power "
+                             f"of two >= 16 (got {device}, {dtype}, head_dim {config.head_dim})")
+        self.prefill_kernel = prefill_kernel
         shape = (config.num_hidden_layers, num_blocks, config.num_key_value_heads, block_size, config.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
@@ -40,6 +50,7 @@ class PagedCache:
         self._mode = None
         self._positions = None  # prefill: [1, N]; decode: [b, 1]
         self._chunks = []  # prefill: (query offset, n, start, table [nb]) per chunk
+        self._tiles = None  # prefill with the kernel: its tile table and block tables (prefill_attention.plan)
         self._slots = None  # prefill: (blocks [N], offsets [N]) where each new token's K/V goes
         self._lengths = self._tables = None  # decode
 
@@ -53,8 +64,11 @@ class PagedCache:
             t = torch.tensor(table[:-(-(start + n) // bs)])
             pos.append(p)
             blocks.append(t[p // bs])
-            self._chunks.append((offset, n, start, t.to(device)))
+            if not self.prefill_kernel:
+                self._chunks.append((offset, n, start, t.to(device)))
             offset += n
+        self._tiles = plan_tiles([(table[:-(-(start + n) // bs)], start, n) for table, start, n in chunks],
+                                 device) if self.prefill_kernel and chunks else None
         pos.append(torch.zeros(pad, dtype=torch.long))
         blocks.append(torch.full((pad,), pad_block, dtype=torch.long))
         positions = torch.cat(pos)
@@ -81,6 +95,8 @@ class PagedCache:
             raise RuntimeError("PagedCache: call plan_prefill or plan_decode before the forward")
         # q [1, H, N, D], k, v [1, KV, N, D]: write every new token's K/V, then attend chunk by chunk
         write_kv(kc, vc, k[0].transpose(0, 1), v[0].transpose(0, 1), *self._slots)
+        if self._tiles is not None:
+            return prefill_attention(q[0].transpose(0, 1), kc, vc, *self._tiles, scale)[None]
         out = torch.empty_like(q[0].transpose(0, 1))  # [N, H, D]; padding rows stay undefined: rows never mix
         for offset, n, start, table in self._chunks:
             qi = q[:, :, offset:offset + n]

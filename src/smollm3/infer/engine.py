@@ -43,14 +43,17 @@ class Engine:
     card leaves after the weights, the other tensors already allocated and a reserve for prefill activations (as
     vLLM's flag), else 4 GiB. It must hold at least one `max_model_len` sequence. `max_num_seqs` bounds the
     requests running at once, `max_num_batched_tokens` the tokens computed per step (decodes plus prompt chunks),
-    `max_prefill_tokens_during_decode` (default: no cap) the prompt tokens of a step in which streams decode."""
+    `max_prefill_tokens_during_decode` (default: no cap) the prompt tokens of a step in which streams decode.
+    `prefill_kernel`: prompt chunks attend in one Triton kernel per layer (ops/prefill_attention.py); off until it
+    is measured on a GPU against the chunk-by-chunk torch path."""
 
     def __init__(self, model: SmolLM3ForCausalLM, tokenizer=None, *, max_num_seqs: int = 256,
                  max_model_len: int | None = None, kv_cache_memory: int | None = None,
                  gpu_memory_utilization: float = 0.9, block_size: int = 64, max_num_batched_tokens: int = 2048,
                  prefix_caching: bool = True, cuda_graphs: bool | None = None, defaults: dict | None = None,
                  eos_token_ids: list[int] | None = None, fast_decode: bool | None = None, gemv: bool | None = None,
-                 decode_kernels: bool | None = None, max_prefill_tokens_during_decode: int | None = None):
+                 decode_kernels: bool | None = None, max_prefill_tokens_during_decode: int | None = None,
+                 prefill_kernel: bool = False):
         cfg = model.config
         self.model, self.tokenizer, self.config = model.eval(), tokenizer, cfg
         p = next(model.parameters())
@@ -81,7 +84,7 @@ class Engine:
         self.scheduler = Scheduler(self.blocks, max_num_seqs, max_num_batched_tokens, max_prefill_tokens_during_decode)
         self.runner = ModelRunner(model, num_blocks, block_size, max_num_seqs, self.max_model_len,
                                   max_num_batched_tokens, cuda_graphs=cuda_graphs, fast_decode=fast_decode, gemv=gemv,
-                                  decode_kernels=decode_kernels)
+                                  decode_kernels=decode_kernels, prefill_kernel=prefill_kernel)
         self.max_num_seqs, self.max_num_batched_tokens, self.block_size = max_num_seqs, max_num_batched_tokens, \
             block_size
         self.kv_cache_tokens = num_blocks * block_size

@@ -21,7 +21,7 @@ class ModelRunner:
     def __init__(self, model: SmolLM3ForCausalLM, num_blocks: int, block_size: int, max_num_seqs: int,
                  max_model_len: int, max_num_batched_tokens: int = 2048, cuda_graphs: bool | None = None,
                  fast_decode: bool | None = None, gemv: bool | None = None, decode_kernels: bool | None = None,
-                 pad_prefill: bool | None = None):
+                 pad_prefill: bool | None = None, prefill_kernel: bool = False):
         cfg = model.config
         self.model, self.config = model, cfg
         p = next(model.parameters())
@@ -33,7 +33,7 @@ class ModelRunner:
         # 166 ms with it, their mean 3% lower (benchmarks/results/2026-12-05-h100-session16)
         self.pad_prefill = self.device.type == "cuda" if pad_prefill is None else bool(pad_prefill)
         # one block more than the pool: the scratch block of padded decode rows
-        self.cache = PagedCache(cfg, num_blocks + 1, block_size, self.device, self.dtype)
+        self.cache = PagedCache(cfg, num_blocks + 1, block_size, self.device, self.dtype, prefill_kernel)
         self.scratch = num_blocks
         self.max_blocks = -(-max_model_len // block_size)
         n = max_num_seqs

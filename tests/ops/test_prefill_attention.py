@@ -1,9 +1,9 @@
 """The paged prefill attention kernel (ops/prefill_attention.py) against the engine's chunk-by-chunk torch path
 (infer/cache.py's PagedCache.attend): one step's packed chunks, fresh prompts and continuations that read earlier
 tokens from the cache, chunks longer than a query tile, block sizes below and above the kernel's key tile, block
-tables shuffled, GQA 2:1 and SmolLM3's 4:1, padding tokens after the chunks; then an engine's greedy tokens with and
-without it, prefix cache and chunked prompts included. Through Triton's CPU interpreter in fp16 where Triton is
-installed, and on the GPU in bf16."""
+tables shuffled, GQA 2:1, SmolLM3's 4:1 and 3:1 (a group that is not a power of two), padding tokens after the
+chunks; then an engine's greedy tokens with and without it, prefix cache and chunked prompts included. Through
+Triton's CPU interpreter in fp16 where Triton is installed, and on the GPU in bf16."""
 
 import dataclasses
 import json
@@ -89,7 +89,7 @@ def test_prefill_kernel_matches_torch_path_in_interpreter():
     # the interpreter is chosen when the kernel is defined, so it runs in its own process; fp16 (the interpreter
     # emulates bf16 rounding differently from the GPU)
     code = ("import json, runpy, torch; m = runpy.run_path(%r); "
-            "print(json.dumps([[m['errors']('cpu', torch.float16, h, kv) for h, kv in ((4, 2), (8, 2))], "
+            "print(json.dumps([[m['errors']('cpu', torch.float16, h, kv) for h, kv in ((4, 2), (8, 2), (6, 2))], "
             "m['engine_tokens']('cpu', torch.float16)]))" % __file__)
     tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # this file imports tests/random_weights.py
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]))

@@ -24,7 +24,7 @@ from torch.nn.attention.bias import causal_lower_right
 from smollm3.config import ModelConfig
 from smollm3.ops.prefill_attention import available as prefill_kernel_available
 from smollm3.ops.prefill_attention import plan as plan_tiles
-from smollm3.ops.prefill_attention import prefill_attention
+from smollm3.ops.prefill_attention import prefill_attention, tile_tokens
 from smollm3.ops.paged_attention import decode_attention, gather_kv, write_kv
 
 
@@ -42,6 +42,7 @@ class PagedCache:
             raise ValueError("prefill_kernel needs Triton on a CUDA device, bf16/fp16 weights and head_dim a power "
                              f"of two >= 16 (got {device}, {dtype}, head_dim {config.head_dim})")
         self.prefill_kernel = prefill_kernel
+        self._tile_tokens = tile_tokens(config.num_attention_heads, config.num_key_value_heads)
         shape = (config.num_hidden_layers, num_blocks, config.num_key_value_heads, block_size, config.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
@@ -67,8 +68,8 @@ class PagedCache:
             if not self.prefill_kernel:
                 self._chunks.append((offset, n, start, t.to(device)))
             offset += n
-        self._tiles = plan_tiles([(table[:-(-(start + n) // bs)], start, n) for table, start, n in chunks],
-                                 device) if self.prefill_kernel and chunks else None
+        self._tiles = plan_tiles([(table[:-(-(start + n) // bs)], start, n) for table, start, n in chunks], device,
+                                 self._tile_tokens) if self.prefill_kernel and chunks else None
         pos.append(torch.zeros(pad, dtype=torch.long))
         blocks.append(torch.full((pad,), pad_block, dtype=torch.long))
         positions = torch.cat(pos)

@@ -109,12 +109,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-pad-prefill", action="store_true",
                     help="prefill at each step's exact token count, no warm-up of its lengths (the engine before "
                          "padding, for an A/B)")
-    ap.add_argument("--prefill-kernel", action="store_true",
-                    help="prompt chunks attend in one Triton kernel per layer (Engine(prefill_kernel=True))")
+    ap.add_argument("--no-prefill-kernel", action="store_true",
+                    help="prompt chunks attend chunk by chunk in torch ops, not in one Triton kernel per layer "
+                         "(Engine(prefill_kernel=False), for an A/B)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     engine, _ = build_engine(args.model, max_model_len=args.max_model_len, log=lambda line: None,
-                             prefill_kernel=args.prefill_kernel)
+                             prefill_kernel=False if args.no_prefill_kernel else None)
     if args.no_pad_prefill:
         engine.runner.pad_prefill = False
     started = time.perf_counter()

@@ -35,9 +35,12 @@ def kv_bytes_per_token(config: ModelConfig, dtype: torch.dtype) -> int:
 
 class PagedCache:
     def __init__(self, config: ModelConfig, num_blocks: int, block_size: int, device, dtype,
-                 prefill_kernel: bool = False):
+                 prefill_kernel: bool | None = None):
         """`prefill_kernel`: prompt chunks attend in one Triton kernel per layer (ops/prefill_attention.py), not
-        chunk by chunk in torch ops."""
+        chunk by chunk in torch ops; None: where it runs on a CUDA device."""
+        if prefill_kernel is None:
+            prefill_kernel = torch.device(device).type == "cuda" and prefill_kernel_available(device, dtype,
+                                                                                              config.head_dim)
         if prefill_kernel and not prefill_kernel_available(device, dtype, config.head_dim):
             raise ValueError("prefill_kernel needs Triton on a CUDA device, bf16/fp16 weights and head_dim a power "
                              f"of two >= 16 (got {device}, {dtype}, head_dim {config.head_dim})")

@@ -44,8 +44,8 @@ class Engine:
     vLLM's flag), else 4 GiB. It must hold at least one `max_model_len` sequence. `max_num_seqs` bounds the
     requests running at once, `max_num_batched_tokens` the tokens computed per step (decodes plus prompt chunks),
     `max_prefill_tokens_during_decode` (default: no cap) the prompt tokens of a step in which streams decode.
-    `prefill_kernel`: prompt chunks attend in one Triton kernel per layer (ops/prefill_attention.py); off until it
-    is measured on a GPU against the chunk-by-chunk torch path."""
+    `prefill_kernel`: prompt chunks attend in one Triton kernel per layer (ops/prefill_attention.py) rather than
+    chunk by chunk in torch ops; default: on where it runs (CUDA, bf16/fp16)."""
 
     def __init__(self, model: SmolLM3ForCausalLM, tokenizer=None, *, max_num_seqs: int = 256,
                  max_model_len: int | None = None, kv_cache_memory: int | None = None,
@@ -53,7 +53,7 @@ class Engine:
                  prefix_caching: bool = True, cuda_graphs: bool | None = None, defaults: dict | None = None,
                  eos_token_ids: list[int] | None = None, fast_decode: bool | None = None, gemv: bool | None = None,
                  decode_kernels: bool | None = None, max_prefill_tokens_during_decode: int | None = None,
-                 prefill_kernel: bool = False):
+                 prefill_kernel: bool | None = None):
         cfg = model.config
         self.model, self.tokenizer, self.config = model.eval(), tokenizer, cfg
         p = next(model.parameters())

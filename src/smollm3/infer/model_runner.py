@@ -21,7 +21,7 @@ class ModelRunner:
     def __init__(self, model: SmolLM3ForCausalLM, num_blocks: int, block_size: int, max_num_seqs: int,
                  max_model_len: int, max_num_batched_tokens: int = 2048, cuda_graphs: bool | None = None,
                  fast_decode: bool | None = None, gemv: bool | None = None, decode_kernels: bool | None = None,
-                 pad_prefill: bool | None = None, prefill_kernel: bool = False):
+                 pad_prefill: bool | None = None, prefill_kernel: bool | None = None):
         cfg = model.config
         self.model, self.config = model, cfg
         p = next(model.parameters())

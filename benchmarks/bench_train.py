@@ -12,9 +12,10 @@ the most pairs a window can have) or recipe (the long-context stages' mix of sou
 each step's FLOPs counted from the documents it ran (`ModelConfig.forward_flops`, PaLM appendix B over the
 causal pairs within documents), over its time and the GPU's bf16 peak; a row above 100% is a counting error, and
 the benchmark stops on it with exit status 1 (bench_model.insane_mfu).
-The pretraining path: bf16 compute over fp32 master weights (see fused|amp below), fused AdamW, clipping. A
-variant name is dash-separated words: eager|compile (torch.compile of each decoder layer), ac|noac (activation
-checkpointing of every layer), optional varlen|flex|sdpa (attention backend, default auto = varlen), mbN
+The pretraining path: bf16 compute over fp32 master weights (see fused|amp below), fused AdamW, clipping. A variant
+name is dash-separated words: eager|compile (torch.compile of each decoder layer), ac|noac (activation checkpointing
+of every layer), optional varlen|flex|sdpa (attention backend, default auto = varlen), optional fa2 (varlen on
+torch's own flash-attention 2 kernels, not our Triton ones: ops.triton_attention and ops.qkv_attention off), mbN
 (micro-batch, default --micro-batch), gaN (gradient-accumulation steps, default 1), optional fused|amp
 (train.grad_accum_fusion true|false; default auto = fused on CUDA: bf16 weight copies once a step, weight gradients
 added into fp32 .grad by their GEMMs), optional fp8row|fp8tensor (train.fp8 rowwise|tensorwise: FP8 forward and
@@ -127,6 +128,8 @@ def parse_variant(name: str, micro: int) -> dict:
             v["accum"] = int(w[2:])
         elif w in ("varlen", "flex", "sdpa"):
             v["attn"] = w
+        elif w == "fa2":
+            v["ops"] = {"triton_attention": False, "qkv_attention": False}
     return v
 
 

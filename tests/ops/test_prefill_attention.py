@@ -58,7 +58,9 @@ def errors(device: str, dtype: torch.dtype, heads: int, kv_heads: int, head_dim:
             cache.v[0].copy_(earlier_v)
             cache.plan_prefill(plan, device, pad=pad, pad_block=nblocks - 1)
             results.append(cache.attend(0, q, k, v, head_dim ** -0.5)[0, :N].float())
-            assert torch.equal(cache.k[0], caches[0].k[0])  # the same K/V written
+            # the same K/V written (the pool's blocks: padding tokens all write one slot of the scratch block, in
+            # no set order on a GPU)
+            assert torch.equal(cache.k[0, :-1], caches[0].k[0, :-1])
         ref, got = results
         out.append(((got - ref).norm() / ref.norm()).item())
     return out

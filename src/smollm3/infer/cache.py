@@ -9,7 +9,8 @@ The model drives the cache through the protocol of smollm3.model.KVCache (positi
 each forward the model runner sets a plan:
 - prefill: `plan_prefill(chunks)` - prompt chunks of several requests packed into one row [1, N]. Chunk i is
   tokens [start_i, start_i + n_i) of its request; each token's query sees the request's keys 0..its own position
-  (those before start_i are read from the cache: an earlier chunk, or a cached prefix).
+  (those before start_i are read from the cache: an earlier chunk, or a cached prefix). On CUDA every chunk of the
+  step attends in one Triton kernel per layer (ops/prefill_attention.py); elsewhere chunk by chunk in torch ops.
 - decode: `plan_decode(lengths, tables, kv_len)` - one new token per row at position lengths[i]; queries see keys
   0..lengths[i]. kv_len (a whole number of blocks) bounds what is read, so shapes depend only on (rows, kv_len)
   and a step can be captured in a CUDA graph per bucket.

@@ -118,7 +118,8 @@ def make_assets(root: Path, vocab: int, n_tokens: int, docs: str = "short", seq:
 
 def parse_variant(name: str, micro: int) -> dict:
     words = name.split("-")
-    v = {"compile_": "compile" in words, "ac": "selective" if "sac" in words else "ac" in words, "micro": micro, "accum": 1, "attn": "auto",
+    v = {"compile_": "compile" in words, "ac": "selective" if "sac" in words else "ac" in words, "micro": micro,
+         "accum": 1, "attn": "auto",
          "fusion": True if "fused" in words else False if "amp" in words else None,
          "fp8": "rowwise" if "fp8row" in words else "tensorwise" if "fp8tensor" in words else None,
          "graphs": "graphs" in words}

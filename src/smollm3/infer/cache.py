@@ -98,7 +98,8 @@ class PagedCache:
             return out[:, None]
         if self._mode != "prefill":
             raise RuntimeError("PagedCache: call plan_prefill or plan_decode before the forward")
-        # q [1, H, N, D], k, v [1, KV, N, D]: write every new token's K/V, then attend chunk by chunk
+        # q [1, H, N, D], k, v [1, KV, N, D]: write every new token's K/V, then attend (all chunks in one kernel,
+        # or chunk by chunk)
         write_kv(kc, vc, k[0].transpose(0, 1), v[0].transpose(0, 1), *self._slots)
         if self._tiles is not None:
             return prefill_attention(q[0].transpose(0, 1), kc, vc, *self._tiles, scale)[None]

@@ -13,7 +13,9 @@ Backends: fa2 (torch's FA2: aten._flash_attention_forward/backward called direct
 path where attention_triton's kernels do not apply; benchmarks/tune_attention.py times those against it),
 fa2-exact (the same with the longest document as the length bound, as eager calls pass),
 fa2-op (the same kernels through torch.nn.attention.varlen's Python custom op, K/V heads repeated where that
-takes no GQA), flex (compiled FlexAttention with a document-causal block mask). With `--packs 1` a call is one
+takes no GQA), flex (compiled FlexAttention with a document-causal block mask), triton (ours, ops/attention_triton.py,
+as the trainer calls it), sdpa-cudnn_attention / sdpa-flash_attention / sdpa-efficient_attention (torch's SDPA held
+to one backend, plain causal: timed on the causal layout only, where each pack is one document). With `--packs 1` a call is one
 layer's attention for one 4,096-token micro-batch, so host time per call shows; more packs make it GPU-bound.
 """
 
@@ -72,6 +74,30 @@ def fa2_custom_op(q, k, v, cu, max_len, scale):
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         return varlen_attn(q, k, v, cu, cu, max_len, max_len, scale=scale, **causal)
     return varlen_attn(q, k, v, cu, cu, max_len, max_len, scale=scale, enable_gqa=True, **causal)
+
+
+def triton_kernels(q, k, v, cu, max_len, scale):
+    """Ours: ops/attention_triton.py's kernels as the trainer's varlen backend calls them."""
+    from smollm3.ops.attention import _TritonVarlen
+
+    return _TritonVarlen.apply(q, k, v, cu, scale)
+
+
+def make_sdpa(packs: int, backend_name: str):
+    """torch's SDPA on one backend (CUDNN_ATTENTION, FLASH_ATTENTION, ...), plain causal over each pack: valid only
+    where every pack is one document (the causal layout)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backend = getattr(SDPBackend, backend_name)
+
+    def run(q, k, v, cu, max_len, scale):
+        def rows(x):  # [packs * seq, heads, D] -> [packs, heads, seq, D]
+            return x.view(packs, -1, *x.shape[1:]).transpose(1, 2)
+        with sdpa_kernel(backend):
+            o = torch.nn.functional.scaled_dot_product_attention(rows(q), rows(k), rows(v), is_causal=True,
+                                                                 scale=scale, enable_gqa=True)
+        return o.transpose(1, 2).reshape(q.shape)
+    return run
 
 
 def make_flex(lengths, heads, device):
@@ -149,7 +175,11 @@ def main():
         dout = torch.randn(total, args.heads, args.head_dim, device=dev, dtype=torch.bfloat16, generator=g)
         ref = None
         for name in args.backends.split(","):
-            fn = {"fa2": fa2, "fa2-exact": fa2, "fa2-op": fa2_custom_op}.get(name) or make_flex(lengths, args.heads, dev)
+            if name.startswith("sdpa-") and layout != "causal":
+                continue  # plain causal attention: right only where a pack is one document
+            fn = {"fa2": fa2, "fa2-exact": fa2, "fa2-op": fa2_custom_op, "triton": triton_kernels}.get(name) or (
+                make_sdpa(args.packs, name[5:].upper()) if name.startswith("sdpa-") else
+                make_flex(lengths, args.heads, dev))
             bound = max(lengths) if name.endswith("-exact") else max_len
             try:
                 got, t_f, t_fb = measure(fn, q, k, v, dout, cu, bound, scale, args.iters)

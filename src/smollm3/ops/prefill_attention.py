@@ -10,6 +10,9 @@ a few tokens, and program (tile, kv head) runs flash attention's online softmax 
 query heads sharing that kv head (GQA: each key block is read once for the group, not once per head), over its
 request's keys 0..the tile's last position, read through the request's block table BLOCK_N keys at a time (any
 block size), the causal mask aligned to each query's position. Scores and the accumulator are fp32.
+On an H100 (3B preset, 128 x (512 + 256)) steps that read prompt chunks took 38 ms against the torch path's 55 ms,
+and its first pass had no cost for new shapes, where the torch path's cuDNN SDPA built a plan for each
+(benchmarks/results/2026-12-05-h100-session17).
 
 `plan(chunks, device, tile_tokens(H, KV))` builds the step's tile table once on the host; `prefill_attention` runs
 it per layer.

@@ -13,15 +13,16 @@ each step's FLOPs counted from the documents it ran (`ModelConfig.forward_flops`
 causal pairs within documents), over its time and the GPU's bf16 peak; a row above 100% is a counting error, and
 the benchmark stops on it with exit status 1 (bench_model.insane_mfu).
 The pretraining path: bf16 compute over fp32 master weights (see fused|amp below), fused AdamW, clipping. A variant
-name is dash-separated words: eager|compile (torch.compile of each decoder layer), ac|noac (activation checkpointing
-of every layer), optional varlen|flex|sdpa (attention backend, default auto = varlen), optional fa2 (varlen on
-torch's own flash-attention 2 kernels, not our Triton ones: ops.triton_attention and ops.qkv_attention off), mbN
-(micro-batch, default --micro-batch), gaN (gradient-accumulation steps, default 1), optional fused|amp
-(train.grad_accum_fusion true|false; default auto = fused on CUDA: bf16 weight copies once a step, weight gradients
-added into fp32 .grad by their GEMMs), optional fp8row|fp8tensor (train.fp8 rowwise|tensorwise: FP8 forward and
-input-gradient GEMMs in the decoder layers), optional graphs (train.cuda_graphs: each micro-batch's forward and
-backward replayed as a CUDA graph). Tokens/s count every micro-batch of a step, so the optimizer's cost is
-amortised over the accumulation. The first steps (compilation, allocator warm-up) are left out of the median.
+name is dash-separated words: eager|compile (torch.compile of each decoder layer), ac|sac|noac (activation
+checkpointing of every layer; sac: selective, attention's output kept, train.activation_checkpointing: selective),
+optional varlen|flex|sdpa (attention backend, default auto = varlen), optional fa2 (varlen on torch's own
+flash-attention 2 kernels, not our Triton ones: ops.triton_attention and ops.qkv_attention off), mbN (micro-batch,
+default --micro-batch), gaN (gradient-accumulation steps, default 1), optional fused|amp (train.grad_accum_fusion
+true|false; default auto = fused on CUDA: bf16 weight copies once a step, weight gradients added into fp32 .grad by
+their GEMMs), optional fp8row|fp8tensor (train.fp8 rowwise|tensorwise: FP8 forward and input-gradient GEMMs in the
+decoder layers), optional graphs (train.cuda_graphs: each micro-batch's forward and backward replayed as a CUDA
+graph). Tokens/s count every micro-batch of a step, so the optimizer's cost is amortised over the accumulation. The
+first steps (compilation, allocator warm-up) are left out of the median.
 `--profile VARIANT` reruns one variant for 5 steps, the last under torch.profiler, and prints how busy the GPU was
 and its top kernels. `--hf-reference` times transformers' SmolLM3 forward+backward on one window-long document
 (plain causal SDPA) before and after the variants; where that does not fit, it retries with transformers' gradient
@@ -117,7 +118,8 @@ def make_assets(root: Path, vocab: int, n_tokens: int, docs: str = "short", seq:
 
 def parse_variant(name: str, micro: int) -> dict:
     words = name.split("-")
-    v = {"compile_": "compile" in words, "ac": "ac" in words, "micro": micro, "accum": 1, "attn": "auto",
+    v = {"compile_": "compile" in words, "ac": "selective" if "sac" in words else "ac" in words, "micro": micro,
+         "accum": 1, "attn": "auto",
          "fusion": True if "fused" in words else False if "amp" in words else None,
          "fp8": "rowwise" if "fp8row" in words else "tensorwise" if "fp8tensor" in words else None,
          "graphs": "graphs" in words}

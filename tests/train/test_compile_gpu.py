@@ -22,7 +22,7 @@ def _packed_batch(vocab: int, device):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("backend", ["varlen", "flex"])
-@pytest.mark.parametrize("checkpointing", [False, True])
+@pytest.mark.parametrize("checkpointing", [False, True, "selective"])
 def test_compiled_layers_match_eager_without_graph_breaks(backend, checkpointing):
     if backend == "varlen" and _varlen_impl() is None:
         pytest.skip("no varlen kernel in this torch")
@@ -33,7 +33,7 @@ def test_compiled_layers_match_eager_without_graph_breaks(backend, checkpointing
                         settings=OpSettings(attn_backend=backend))
     compiled = copy.deepcopy(eager)
     if checkpointing:
-        D.apply_activation_checkpointing(compiled)
+        D.apply_activation_checkpointing(compiled, keep_attention=checkpointing == "selective")
     torch._dynamo.reset()
     counters.clear()
     D.apply_compile(compiled)

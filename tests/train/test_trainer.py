@@ -556,3 +556,13 @@ def test_metrics_hold_each_steps_flops_and_mfu_from_its_own_documents(assets, tm
         elapsed = tokens / record["tokens_per_s"]
         assert record["mfu"] == pytest.approx(record["flops"] / elapsed / 1e12, rel=1e-9)
     assert len({r["flops"] for r in records(out)}) == 3  # each step's packing is its own
+
+
+def test_activation_checkpointing_full_and_selective_train_as_without(assets, tmp_path):
+    curves = []
+    for mode in ("false", "true", "selective"):
+        out = tmp_path / f"ac-{mode}"
+        train(load_train_config(write_config(assets, out, train__steps=3, checkpoint__every=None),
+                                [f"train.activation_checkpointing={mode}"]))
+        curves.append(losses(out))
+    assert curves[1] == pytest.approx(curves[0], rel=1e-5) and curves[2] == pytest.approx(curves[0], rel=1e-5)

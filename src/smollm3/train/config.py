@@ -55,7 +55,9 @@ class TrainSection:
     beta: float = 0.05  # dpo / apo
     label_smoothing: float = 0.0  # dpo
     ref_model: str | None = None  # dpo / apo: frozen reference; default: the init_from checkpoint
-    activation_checkpointing: bool = False
+    # recompute each decoder layer in the backward: true; "selective": all of it but attention, whose output is kept
+    # (256 MiB a layer of the 3B preset at 64k tokens) so its forward kernel runs once (torchtitan's op-level SAC)
+    activation_checkpointing: bool | str = False
     compile: bool = False
     # bf16 weight copies made once a step, weight gradients added into fp32 .grad by their own GEMMs (Megatron's
     # gradient-accumulation fusion, train/precision.py); None: on for single-process CUDA runs in bf16/fp16, except
@@ -110,6 +112,9 @@ class TrainConfig:
         if self.data.kind not in kinds:
             raise ConfigError(f"train.objective {self.train.objective!r} trains on data.kind "
                               f"{' or '.join(kinds)}, not {self.data.kind!r}")
+        if isinstance(self.train.activation_checkpointing, str) and self.train.activation_checkpointing != "selective":
+            raise ConfigError(f"train.activation_checkpointing is {self.train.activation_checkpointing!r}; use true, "
+                              "false or selective")
         if self.train.fp8 not in (None, *FP8_RECIPES):
             raise ConfigError(f"train.fp8 is {self.train.fp8!r}; use one of {', '.join(FP8_RECIPES)} or null")
         check_ranges(self)

@@ -55,19 +55,47 @@ def close_distributed():
         dist.destroy_process_group()
 
 
-def apply_activation_checkpointing(model):
+def apply_activation_checkpointing(model, keep_attention: bool = False):
     """Recompute each decoder layer in the backward pass. The layer's forward is wrapped in place, so parameter names
-    (and hence checkpoints) are unchanged."""
-    from torch.utils.checkpoint import checkpoint
+    (and hence checkpoints) are unchanged. `keep_attention`: the attention kernels' outputs are saved instead of
+    recomputed (selective checkpointing), so the recompute runs the projections, norms and MLP but no attention:
+    at 64k tokens attention's forward was 27% of a step's GPU time, half of it the recompute
+    (benchmarks/results/2026-12-05-h100-session17)."""
+    from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
 
+    context = {}
+    if keep_attention:
+        context["context_fn"] = functools.partial(create_selective_checkpoint_contexts, _save_attention)
     for layer in model.model.layers:
         forward = layer.forward
 
         @functools.wraps(forward)
         def wrapped(*args, _forward=forward, **kwargs):
-            return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+            return checkpoint(_forward, *args, use_reentrant=False, **context, **kwargs)
 
         layer.forward = wrapped
+
+
+@functools.cache
+def _attention_ops() -> frozenset:
+    """The fused attention kernels' ops, whichever backend runs: ours (ops/attention_triton.py), torch's FA2 varlen,
+    and SDPA's fused kernels. (FlexAttention is a higher-order op: it is recomputed.)"""
+    names = [("smollm3", "doc_attention_forward"), ("aten", "_flash_attention_forward"),
+             ("aten", "_scaled_dot_product_flash_attention"), ("aten", "_scaled_dot_product_efficient_attention"),
+             ("aten", "_scaled_dot_product_cudnn_attention"), ("aten", "_scaled_dot_product_flash_attention_for_cpu")]
+    ops = set()
+    for namespace, name in names:
+        try:
+            ops.add(getattr(getattr(torch.ops, namespace), name).default)
+        except AttributeError:  # not in this build (or ours: no Triton)
+            pass
+    return frozenset(ops)
+
+
+def _save_attention(ctx, op, *args, **kwargs):
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    return CheckpointPolicy.MUST_SAVE if op in _attention_ops() else CheckpointPolicy.PREFER_RECOMPUTE
 
 
 def apply_compile(model):

@@ -176,7 +176,7 @@ def _train(cfg: TrainConfig, dist, out: Path) -> dict:
     fsdp = dist.world > 1
     fusion = GradAccumFusion(model, _amp_dtype(cfg), cfg.train.fp8) if _use_grad_accum_fusion(cfg, dist) else None
     if cfg.train.activation_checkpointing:
-        D.apply_activation_checkpointing(model)
+        D.apply_activation_checkpointing(model, keep_attention=cfg.train.activation_checkpointing == "selective")
     graphs = _micro_batch_graphs(cfg, model, fusion, dist)
     if cfg.train.compile:
         D.apply_compile(model)

@@ -63,17 +63,18 @@ class PagedCache:
         """chunks: (block table, start, n) per request, packed in this order; then `pad` padding tokens, whose K/V
         go to block `pad_block` (one no request owns) and whose attention output is left undefined."""
         bs = self.block_size
-        pos, blocks, self._chunks, offset = [], [], [], 0
+        pos, blocks, heads, self._chunks, offset = [], [], [], [], 0
         for table, start, n in chunks:
             p = torch.arange(start, start + n)
-            t = torch.tensor(table[:-(-(start + n) // bs)])
+            head = table[:-(-(start + n) // bs)]  # the blocks holding positions 0 .. start + n - 1
+            heads.append((head, start, n))
+            t = torch.tensor(head)
             pos.append(p)
             blocks.append(t[p // bs])
             if not self.prefill_kernel:
                 self._chunks.append((offset, n, start, t.to(device)))
             offset += n
-        self._tiles = plan_tiles([(table[:-(-(start + n) // bs)], start, n) for table, start, n in chunks], device,
-                                 self._tile_tokens) if self.prefill_kernel and chunks else None
+        self._tiles = plan_tiles(heads, device, self._tile_tokens) if self.prefill_kernel and chunks else None
         pos.append(torch.zeros(pad, dtype=torch.long))
         blocks.append(torch.full((pad,), pad_block, dtype=torch.long))
         positions = torch.cat(pos)

@@ -10,7 +10,8 @@ transformers) is benchmarks/bench_infer.py.
   parsing can bound) and at the engine (`Engine.generate` in a process of its own, as the issue measured before
   paging: 2,415 vs 16,383 tok/s); both ratios must hold.
 - 8, prefix caching: 256 chat requests sharing SmolLM3's think-mode system prompt and two tool specs: TTFT p50
-  without caching over with it (>= 3), and the greedy outputs equal.
+  without caching over with it (>= 3), and the greedy outputs equal; the uncached load run twice is the control
+  (how many outputs two runs share with no cache at all).
 - 9, chunked prefill: 64 streams decoding while a 32,768-token prompt arrives: the streams' inter-token latency p99
   while it is read over their p50 without it (<= 3); the long prompt's TTFT. Run at the server's defaults, with
   prompt tokens capped while streams decode (--max-prefill-tokens-during-decode), and at a smaller step budget.
@@ -84,11 +85,17 @@ def main():
                 "--save-outputs"]
         cached = run("t8_prefix_caching", load)
         plain = run("t8_no_prefix_caching", [*load, "--no-prefix-caching"])
+        # the control: the uncached load once more. Requests decode in whatever batches their timing makes, and
+        # batch size picks the decode kernels (batch 1: ops/decode_kernels.py), so on near-flat random-weight logits
+        # greedy text can differ between two runs without any cache; this count says how much
+        again = run("t8_no_prefix_caching_again", [*load, "--no-prefix-caching"])
         if cached and plain and cached["ttft_p50_ms"] and plain["ttft_p50_ms"]:
             ratio = plain["ttft_p50_ms"] / cached["ttft_p50_ms"]
             equal = sum(a == b for a, b in zip(cached["outputs"], plain["outputs"]))
             res["targets"]["8"] = {"ttft_ratio": round(ratio, 2), "outputs_equal": equal == len(plain["outputs"]),
-                                   "outputs_equal_count": equal, "met": ratio >= 3 and equal == len(plain["outputs"])}
+                                   "outputs_equal_count": equal, "met": ratio >= 3 and equal == len(plain["outputs"]),
+                                   "uncached_runs_equal_count": again and sum(
+                                       a == b for a, b in zip(again["outputs"], plain["outputs"]))}
         else:
             res["targets"]["8"] = {"error": (cached or {}).get("first_error") or (plain or {}).get("first_error")
                                    or "a run failed (its error is above)", "met": False}

@@ -65,6 +65,11 @@ def main():
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--data", choices=["zipf", "random"], default="zipf", help="see document()")
+    ap.add_argument("--attn-backend", default=None,
+                    help="the attention backend (default: the tree's own choice). On the GPU the default, our Triton "
+                         "kernels, adds each GQA query head's dK/dV share atomically, so two runs of one tree differ "
+                         "by up to ~8e-3 a step (benchmarks/results/2026-12-05-h100-session18); flex's backward sums "
+                         "them in a fixed order")
     ap.add_argument("--against", default=None, help="a previous run's JSON: exit 1 if a step differs by > --tol")
     ap.add_argument("--tol", type=float, default=1e-3)
     ap.add_argument("--out", default=None)
@@ -86,12 +91,19 @@ def main():
                          "dtype": args.dtype, "compile": args.compile},
                "optim": {"lr": 1e-3, "warmup_steps": 2},
                "checkpoint": {"every": None}, "log": {"every": 1, "tensorboard": False}}
+        if args.attn_backend:  # ops.attn_backend since the ops/ refactor (issue 25), model.attn_backend before
+            try:
+                import smollm3.ops.settings  # noqa: F401
+                cfg["ops"] = {"attn_backend": args.attn_backend}
+            except ImportError:
+                cfg["model"]["attn_backend"] = args.attn_backend
         (root / "c.yaml").write_text(yaml.safe_dump(cfg))
         train(load_train_config(root / "c.yaml"))
         records = [json.loads(line) for line in (root / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if "loss" in r]
     result = {"preset": args.preset, "data": args.data, "steps": args.steps, "seq": args.seq, "micro_batch": args.micro_batch,
-              "grad_accum": args.grad_accum, "dtype": args.dtype, "compile": args.compile, "losses": losses}
+              "grad_accum": args.grad_accum, "dtype": args.dtype, "compile": args.compile,
+              "attn_backend": args.attn_backend, "losses": losses}
     print(json.dumps(losses))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))

@@ -124,6 +124,12 @@ class ModelConfig:
         attention = 4 * self.num_hidden_layers * self.num_attention_heads * self.head_dim * attention_pairs
         return 2 * (layers * tokens + self.vocab_size * d * head_tokens) + attention
 
+    def attention_break_even(self) -> float:
+        """The context length at which one token's attention (to the keys before it) costs as many forward FLOPs as
+        its decoder weights, as forward_flops counts them: 19,072 tokens for SmolLM3-3B."""
+        weights = self.forward_flops(1, 0, head_tokens=0)
+        return weights / (self.forward_flops(1, 1, head_tokens=0) - weights)
+
     # ----------------------------------------------------------------------------------------------------------------
     # HF config.json
 

@@ -25,9 +25,10 @@ def _add_engine_args(p):
     p.add_argument("--max-num-batched-tokens", type=number(int, 1), default=2048,
                    help="tokens computed per engine step: decodes plus prompt chunks (chunked prefill; default 2048)")
     p.add_argument("--max-prefill-tokens-during-decode", type=number(int, 1), default=None,
-                   help="cap on the prompt tokens of a step in which streams decode: lower keeps streams' gaps between "
-                        "tokens short while a long prompt is read, at the cost of its time to first token "
-                        "(default: none, the whole --max-num-batched-tokens)")
+                   help="cap on the prompt work of a step in which streams decode, in tokens of a fresh prompt (a "
+                        "token deep in a long prompt also attends to the keys before it and counts more): lower keeps "
+                        "streams' gaps between tokens short while a long prompt is read, at the cost of its time to "
+                        "first token (default: none, the whole --max-num-batched-tokens)")
     p.add_argument("--block-size", type=number(int, 1), default=64, help="tokens per KV cache block (a power of 2)")
     p.add_argument("--no-prefix-caching", action="store_true",
                    help="do not reuse the KV blocks of earlier prompts' shared heads")

@@ -43,7 +43,8 @@ class Engine:
     card leaves after the weights, the other tensors already allocated and a reserve for prefill activations (as
     vLLM's flag), else 4 GiB. It must hold at least one `max_model_len` sequence. `max_num_seqs` bounds the
     requests running at once, `max_num_batched_tokens` the tokens computed per step (decodes plus prompt chunks),
-    `max_prefill_tokens_during_decode` (default: no cap) the prompt tokens of a step in which streams decode.
+    `max_prefill_tokens_during_decode` (default: no cap) the prompt work of a step in which streams decode, in
+    tokens of a fresh prompt (a token deeper in a prompt also attends to more keys, and counts more: scheduler.py).
     `prefill_kernel`: prompt chunks attend in one Triton kernel per layer (ops/prefill_attention.py) rather than
     chunk by chunk in torch ops; default: on where it runs (CUDA, bf16/fp16)."""
 
@@ -81,7 +82,8 @@ class Engine:
                              f"({per_block / block_size * self.max_model_len / 2**30:.2f} GiB); lower max_model_len, "
                              "or raise gpu_memory_utilization / kv_cache_memory")
         self.blocks = BlockManager(num_blocks, block_size, prefix_caching)
-        self.scheduler = Scheduler(self.blocks, max_num_seqs, max_num_batched_tokens, max_prefill_tokens_during_decode)
+        self.scheduler = Scheduler(self.blocks, max_num_seqs, max_num_batched_tokens, max_prefill_tokens_during_decode,
+                                   cfg.attention_break_even())
         self.runner = ModelRunner(model, num_blocks, block_size, max_num_seqs, self.max_model_len,
                                   max_num_batched_tokens, cuda_graphs=cuda_graphs, fast_decode=fast_decode, gemv=gemv,
                                   decode_kernels=decode_kernels, prefill_kernel=prefill_kernel)

@@ -71,10 +71,11 @@ class Scheduler:
                 continue  # r itself was preempted
             plan.decode.append(r)
             budget -= 1
-        # the prompt work this step may do beside the decodes, in tokens of a fresh prompt (None: no cap)
-        work = self.max_prefill_tokens_during_decode if plan.decode else None
+        # the prompt work this step may do beside the decodes, in tokens of a fresh prompt (no cap: infinite)
+        cap = self.max_prefill_tokens_during_decode
+        work = cap if plan.decode and cap is not None else math.inf
         for r in list(self.running):  # chunks of prompts already started
-            if budget <= 0 or (work is not None and work <= 0):
+            if budget <= 0 or work <= 0:
                 break
             if not r.prefilling or r in plan.preempted:
                 continue
@@ -82,9 +83,8 @@ class Scheduler:
             if self._make_room(r, r.num_computed + n, plan):
                 plan.prefill.append((r, n))
                 budget -= n
-                work = work if work is None else work - self._work(r.num_computed, n)
-        while (self.waiting and budget > 0 and (work is None or work > 0) and len(self.running) < self.max_num_seqs
-               and not plan.preempted):
+                work -= self._work(r.num_computed, n)
+        while self.waiting and budget > 0 and work > 0 and len(self.running) < self.max_num_seqs and not plan.preempted:
             r = self.waiting[0]
             cached, keys = self.blocks.cached_prefix(r.tokens(), r.lookup_keys)
             start = len(cached) * self.blocks.block_size
@@ -102,18 +102,18 @@ class Scheduler:
             self.running.append(r)
             plan.prefill.append((r, n))
             budget -= n
-            work = work if work is None else work - self._work(start, n)
+            work -= self._work(start, n)
         return plan
 
     def _work(self, start: int, n: int) -> float:
         """The cap's count of prompt tokens [start, start + n): each 1 + its context / break_even."""
         return n if self.break_even is None else n + (n * start + n * (n - 1) / 2) / self.break_even
 
-    def _chunk(self, left: int, budget: int, work: float | None, start: int) -> int:
+    def _chunk(self, left: int, budget: int, work: float, start: int) -> int:
         """The tokens of a chunk from position `start`: at most `left` and `budget`, and under a cap as many as
         `work` pays for (at least one: the prompt always progresses)."""
         n = min(left, budget)
-        if work is None:
+        if work == math.inf:
             return n
         if self.break_even is None:
             return min(n, max(1, int(work)))

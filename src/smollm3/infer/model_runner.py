@@ -90,11 +90,15 @@ class ModelRunner:
         pad = self.prefill_tokens(len(ids)) - len(ids)
         self.cache.plan_prefill(plan, self.device, pad=pad, pad_block=self.scratch)
         x = torch.tensor([ids + [0] * pad], device=self.device)
-        hidden = self.model.model(x, self.cache.position_ids(1, x.shape[1], self.device), self.cache)
-        if not last:  # no chunk reached the end of its request: nothing samples this step
+        positions = self.cache.position_ids(1, x.shape[1], self.device)
+        rows = last + last[-1:] * (self.prefill_rows(len(last)) - len(last))  # none: no chunk samples this step
+        rows = torch.tensor(rows, device=self.device, dtype=torch.long)
+        if self.fast is not None:  # the decode step's fused projections and compiled layer functions
+            return self.fast.prefill(x[0], positions[0], rows)[:len(last)]
+        hidden = self.model.model(x, positions, self.cache)
+        if not last:
             return hidden.new_empty(0, self.config.vocab_size)
-        rows = last + last[-1:] * (self.prefill_rows(len(last)) - len(last))
-        return self.model.lm_head(hidden[0, torch.tensor(rows, device=self.device, dtype=torch.long)])[:len(last)]
+        return self.model.lm_head(hidden[0, rows])[:len(last)]
 
     def prefill_sizes(self) -> list[int]:
         """Every packed length a padded prefill runs at, largest first (none without padding)."""

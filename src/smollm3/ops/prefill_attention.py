@@ -45,6 +45,14 @@ if triton is not None:
     import triton.language as tl
 
     @triton.jit
+    def _tile_rows(kvh, n, G: tl.constexpr, GP: tl.constexpr, ROWS: tl.constexpr):
+        """A program's query rows: row r is token r // GP of the tile and head kvh * G + r % GP (the GQA group
+        padded to GP, a power of two); valid: a real token and head. -> (r, token, head, valid)."""
+        r = tl.arange(0, ROWS)
+        tok = r // GP
+        return r, tok, kvh * G + r % GP, (tok < n) & (r % GP < G)
+
+    @triton.jit
     def _prefill_kernel(q_ptr, kc_ptr, vc_ptr, o_ptr, part_ptr, lse_ptr, tile_ptr, table_ptr, s_qn, s_qh, s_on, s_oh,
                         s_tb, s_blk, s_kh, s_ks, qk_scale, KV, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
                         BS: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -60,10 +68,7 @@ if triton is not None:
         k_lo = tl.load(tile_ptr + t * 7 + 4)
         k_hi = tl.load(tile_ptr + t * 7 + 5)
         slot = tl.load(tile_ptr + t * 7 + 6)
-        r = tl.arange(0, ROWS)
-        tok = r // GP
-        head = kvh * G + r % GP
-        valid = (tok < n) & (r % GP < G)
+        r, tok, head, valid = _tile_rows(kvh, n, G, GP, ROWS)
         rn = tl.arange(0, BLOCK_N)
         rd = tl.arange(0, D)
         rows = (row0 + tok).to(tl.int64)
@@ -107,10 +112,7 @@ if triton is not None:
         n = tl.load(merge_ptr + t * 4 + 1)
         slot0 = tl.load(merge_ptr + t * 4 + 2).to(tl.int64)
         splits = tl.load(merge_ptr + t * 4 + 3)
-        r = tl.arange(0, ROWS)
-        tok = r // GP
-        head = kvh * G + r % GP
-        valid = (tok < n) & (r % GP < G)
+        r, tok, head, valid = _tile_rows(kvh, n, G, GP, ROWS)
         rd = tl.arange(0, D)
         top = tl.full((ROWS,), float("-inf"), tl.float32)
         for i in range(splits):

@@ -13,7 +13,7 @@ CUDA graph each launch costs a microsecond or two, which at 36 layers is most of
 - attention reads the paged KV cache through the rows' block tables: on CUDA with bf16/fp16 weights it is one
   Triton kernel with RoPE and the KV write inside (decode_kernels.attention, flash-decoding), else torch ops;
 - greedy argmax runs on the device, inside the same CUDA graph;
-- prompt chunks (`prefill`) run the same compiled functions around the cache's planned prefill attention: ~6 host
+- prompt chunks (`prefill`) run the same compiled functions around the cache's planned prefill attention: under ten host
   calls a layer against the model forward's ~89 aten ops (3,188 for the 3B's 36 layers). A step that read a prompt
   chunk beside decoding streams ran the model's eager forward, whose launches alone cost more than the streams'
   whole decode step (benchmarks/results/2026-12-05-h100-session19);

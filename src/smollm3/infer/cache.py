@@ -47,11 +47,7 @@ class PagedCache:
                              f"of two >= 16 (got {device}, {dtype}, head_dim {config.head_dim})")
         self.prefill_kernel = prefill_kernel
         self._tile_tokens = tile_tokens(config.num_attention_heads, config.num_key_value_heads)
-        # the kernel splits long tiles' keys across programs while a step has fewer than two programs per SM
-        # (prefill_attention.plan), each split reading at least split_keys keys; tests lower both to split small caches
-        cuda = torch.device(device).type == "cuda"
-        self.split_programs = 2 * torch.cuda.get_device_properties(device).multi_processor_count if cuda else 0
-        self.split_keys = SPLIT_KEYS
+        self.split_keys = SPLIT_KEYS  # the kernel's keys per split (prefill_attention.key_splits); tests lower it
         shape = (config.num_hidden_layers, num_blocks, config.num_key_value_heads, block_size, config.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
@@ -79,10 +75,8 @@ class PagedCache:
             if not self.prefill_kernel:
                 self._chunks.append((offset, n, start, t.to(device)))
             offset += n
-        self._tiles = None
-        if self.prefill_kernel and chunks:
-            self._tiles = plan_tiles(heads, device, self._tile_tokens, self.k.shape[2], self.split_programs,
-                                     self.split_keys)
+        self._tiles = plan_tiles(heads, device, self._tile_tokens, self.split_keys) if self.prefill_kernel and chunks \
+            else None
         pos.append(torch.zeros(pad, dtype=torch.long))
         blocks.append(torch.full((pad,), pad_block, dtype=torch.long))
         positions = torch.cat(pos)

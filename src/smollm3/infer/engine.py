@@ -32,6 +32,7 @@ from smollm3.infer.sampling import (SamplingParams, generation_defaults, plain_g
 from smollm3.infer.scheduler import Scheduler
 from smollm3.infer.sequence import IncrementalDetokenizer, Request, new_request_id
 from smollm3.model import SmolLM3ForCausalLM
+from smollm3.ops.prefill_attention import scratch_bytes
 
 __all__ = ["BackgroundEngine", "Engine", "IncrementalDetokenizer", "Request"]
 
@@ -72,7 +73,7 @@ class Engine:
         max_num_batched_tokens = max(max_num_batched_tokens, max_num_seqs)
         per_block = kv_bytes_per_token(cfg, self.dtype) * block_size
         budget = kv_cache_memory if kv_cache_memory is not None else _default_kv_budget(
-            model, gpu_memory_utilization, max_num_batched_tokens)
+            model, gpu_memory_utilization, max_num_batched_tokens, self.max_model_len)
         num_blocks = max(0, budget // per_block - 1)  # one block more is the runner's scratch block
         # more than max_num_seqs sequences at full length could never be used at once
         num_blocks = min(num_blocks, max_num_seqs * -(-self.max_model_len // block_size))
@@ -395,9 +396,10 @@ class Engine:
 
 
 
-def _default_kv_budget(model, utilization: float, max_num_batched_tokens: int) -> int:
+def _default_kv_budget(model, utilization: float, max_num_batched_tokens: int, max_model_len: int) -> int:
     """Bytes for the KV cache: on CUDA, `utilization` of the card less what is allocated already (weights, other
-    processes' memory) and a reserve for a prefill step's activations and the CUDA graphs; 4 GiB on CPU."""
+    processes' memory) and a reserve for a prefill step's activations, its attention's split partials and the CUDA
+    graphs; 4 GiB on CPU."""
     p = next(model.parameters())
     if p.device.type != "cuda":
         return 4 * 2**30
@@ -405,7 +407,8 @@ def _default_kv_budget(model, utilization: float, max_num_batched_tokens: int) -
     cfg = model.config
     per_token = (6 * cfg.hidden_size + 4 * cfg.intermediate_size
                  + (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim) * p.element_size()
-    reserve = max_num_batched_tokens * per_token + 2**30
+    reserve = max_num_batched_tokens * per_token + 2**30 + scratch_bytes(
+        max_num_batched_tokens, max_model_len, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim)
     return max(0, int(utilization * total) - (total - free) - reserve)
 
 

@@ -16,14 +16,15 @@ and its first pass had no cost for new shapes, where the torch path's cuDNN SDPA
 
 A short chunk deep in a long prompt is few tiles over many keys: a 190-token chunk at depth 32k was 24 programs on
 a 132-SM H100, each looping over 32k keys, and the step took ~34 ms against 4.8 ms for the decode alone
-(benchmarks/results/2026-12-05-h100-session19). So when a step has fewer than `min_programs` (tile, kv head) pairs,
-the long tiles' keys are split across programs (flash-decoding, as ops/decode_kernels.py does for decode): each
-split writes its normalised fp32 output and log-sum-exp, and a second small kernel merges a tile's splits into the
-output. Every cut is at or before the tile's first query position, so each split holds keys every query row may
-see (a row seeing none would have no softmax state), and the last split runs to the tile's end (the diagonal).
+(benchmarks/results/2026-12-05-h100-session19). So a tile whose keys run past SPLIT_KEYS is split across programs
+at every multiple of SPLIT_KEYS (flash-decoding, as ops/decode_kernels.py does for decode): each split writes its
+normalised fp32 output and base-2 log-sum-exp, and a second small kernel merges a tile's splits into the output.
+The cuts are fixed key positions, not chosen by the step: a query's keys are reduced in the same blocks, splits and
+order however its prompt was chunked and whatever else the step holds, so its output is the same bits with the
+prefix cache or without (a split that holds no key a row may see gives it weight exactly 0).
 
-`plan(chunks, device, tile_tokens(H, KV), KV, min_programs)` builds the step's tables once on the host;
-`prefill_attention` runs them per layer.
+`plan(chunks, device, tile_tokens(H, KV))` builds the step's tables once on the host; `prefill_attention` runs
+them per layer.
 """
 
 from __future__ import annotations
@@ -36,10 +37,11 @@ from smollm3.ops.gemv import triton
 
 ROWS = 128  # query rows per program: tokens x the GQA group's heads, so each key block is read once per group
 BLOCK_N = 64  # keys per iteration
-# fewest keys a split reads: a split costs a ROWS x D fp32 partial written and read back by the merge, against
-# 2 x SPLIT_KEYS x D of K/V read; at 16 key blocks that is a quarter (fp16/bf16 cache), and the loop's start (the q
-# load, the pipeline filling) is spread over 16 iterations
-SPLIT_KEYS = 16 * BLOCK_N
+# keys per split: a split writes a ROWS x D fp32 partial that the merge reads back, against 2 x SPLIT_KEYS x D of
+# K/V it reads (1/32 of that traffic at 4,096 keys, bf16); a 190-token chunk at depth 32k is then 6 tiles x 9 splits
+# x 4 kv heads = 216 programs, over an H100's 132 SMs; the partials of a 2,048-token chunk at depth 64k take 270 MB
+# (scratch_bytes)
+SPLIT_KEYS = 64 * BLOCK_N
 
 if triton is not None:
     import triton.language as tl
@@ -74,7 +76,7 @@ if triton is not None:
         rows = (row0 + tok).to(tl.int64)
         q = tl.load(q_ptr + rows[:, None] * s_qn + head[:, None] * s_qh + rd[None, :], mask=valid[:, None], other=0.0)
         qpos = pos0 + tok
-        m = tl.full((ROWS,), float("-inf"), tl.float32)
+        m = tl.full((ROWS,), -1.0e30, tl.float32)  # finite: a row sees no key of a split past its position
         lsum = tl.zeros((ROWS,), tl.float32)
         acc = tl.zeros((ROWS, D), tl.float32)
         for k0 in tl.range(k_lo, k_hi, BLOCK_N):  # k_lo a multiple of BLOCK_N
@@ -92,7 +94,9 @@ if triton is not None:
             lsum = lsum * alpha + tl.sum(p, 1)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             m = new
-        out = acc / lsum[:, None]
+        # lsum >= 1 for a row that saw a key (its largest score adds exp2(0)); 0 for one that saw none (a split past
+        # its position: out 0, log-sum-exp -inf, weight 0 in the merge)
+        out = acc / tl.where(lsum > 0, lsum, 1.0)[:, None]
         if slot < 0:
             tl.store(o_ptr + rows[:, None] * s_on + head[:, None] * s_oh + rd[None, :],
                      out.to(o_ptr.dtype.element_ty), mask=valid[:, None])
@@ -141,38 +145,36 @@ def available(device, dtype: torch.dtype, head_dim: int) -> bool:
             and dtype in (torch.bfloat16, torch.float16) and head_dim >= 16 and head_dim & (head_dim - 1) == 0)
 
 
-def key_splits(pos0: int, end: int, span: int, split_keys: int = SPLIT_KEYS) -> list[tuple[int, int]]:
-    """A tile's key ranges [lo, hi) covering [0, end), about `span` keys each: cuts at multiples of BLOCK_N, at
-    most pos0 (the tile's first query position: every split holds keys each of its rows sees), evenly spaced over
-    [0, pos0], each split at least split_keys keys (itself a multiple of BLOCK_N)."""
+def scratch_bytes(tokens: int, max_len: int, heads: int, kv_heads: int, head_dim: int) -> int:
+    """The splits' partials (fp32 output and log-sum-exp) of a step of `tokens` prompt tokens in one chunk at keys
+    up to max_len: what an engine keeps free beside its KV cache."""
+    tiles = -(-tokens // tile_tokens(heads, kv_heads)) + 1
+    return tiles * -(-max_len // SPLIT_KEYS) * kv_heads * ROWS * (head_dim + 1) * 4
+
+
+def key_splits(end: int, split_keys: int = SPLIT_KEYS) -> list[tuple[int, int]]:
+    """A tile's key ranges [lo, hi) covering keys [0, end): cut at every multiple of split_keys (a multiple of
+    BLOCK_N), whatever the tile."""
     assert split_keys % BLOCK_N == 0 and split_keys > 0
-    blocks = pos0 // BLOCK_N  # cuts may fall at block 1..blocks
-    splits = max(1, min(-(-end // span), blocks // (split_keys // BLOCK_N)))
-    cuts = [0] + [i * blocks // splits * BLOCK_N for i in range(1, splits)] + [end]
-    return list(zip(cuts[:-1], cuts[1:]))
+    return [(lo, min(lo + split_keys, end)) for lo in range(0, end, split_keys)]
 
 
-def plan(chunks: list[tuple[list[int], int, int]], device, tokens: int, kv_heads: int = 1, min_programs: int = 0,
+def plan(chunks: list[tuple[list[int], int, int]], device, tokens: int,
          split_keys: int = SPLIT_KEYS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """The step's tables for chunks (block table holding at least start + n tokens, start, n) packed in this order,
     `tokens` per tile at most (tile_tokens): the program table [P, 7] (first packed token, tokens, first token's
     position, chunk, keys k_lo, k_hi, partial slot or -1: the output directly), the merge table [M, 4] (first packed
-    token, tokens, first partial slot, splits) of tiles split across programs, block tables [chunks, most blocks]
-    (all int32, on `device`) and the number of partial slots. With fewer than min_programs tiles x kv_heads, the
-    tiles' keys are split so the launch has about min_programs programs, each reading about as many keys."""
+    token, tokens, first partial slot, splits) of tiles split across programs (key_splits), block tables [chunks,
+    most blocks] (all int32, on `device`) and the number of partial slots."""
     tiles, rows, offset = [], [], 0
     for c, (table, start, n) in enumerate(chunks):
         for i in range(0, n, tokens):
             tiles.append((offset + i, min(tokens, n - i), start + i, c))
         rows.append(table)
         offset += n
-    span = None
-    if len(tiles) * kv_heads < min_programs:  # keys per program if the step's keys were spread over min_programs
-        keys = sum(pos0 + n for _, n, pos0, _ in tiles)
-        span = max(split_keys, -(-keys * kv_heads // min_programs))
     programs, merges, slots = [], [], 0
     for row0, n, pos0, c in tiles:
-        ranges = key_splits(pos0, pos0 + n, span, split_keys) if span else [(0, pos0 + n)]
+        ranges = key_splits(pos0 + n, split_keys)
         if len(ranges) == 1:
             programs.append((row0, n, pos0, c, 0, pos0 + n, -1))
             continue

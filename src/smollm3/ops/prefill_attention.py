@@ -20,8 +20,8 @@ a 132-SM H100, each looping over 32k keys, and the step took ~34 ms against 4.8 
 at every multiple of SPLIT_KEYS (flash-decoding, as ops/decode_kernels.py does for decode): each split writes its
 normalised fp32 output and base-2 log-sum-exp, and a second small kernel merges a tile's splits into the output.
 The cuts are fixed key positions, not chosen by the step: a query's keys are reduced in the same blocks, splits and
-order however its prompt was chunked and whatever else the step holds, so its output is the same bits with the
-prefix cache or without (a split that holds no key a row may see gives it weight exactly 0).
+order however its prompt was chunked and whatever else the step holds: given the same q, k, v its output is the
+same bits with the prefix cache or without (a split that holds no key a row may see gives it weight exactly 0).
 
 `plan(chunks, device, tile_tokens(H, KV))` builds the step's tables once on the host; `prefill_attention` runs
 them per layer.
@@ -38,7 +38,7 @@ from smollm3.ops.gemv import triton
 ROWS = 128  # query rows per program: tokens x the GQA group's heads, so each key block is read once per group
 BLOCK_N = 64  # keys per iteration
 # keys per split: a split writes a ROWS x D fp32 partial that the merge reads back, against 2 x SPLIT_KEYS x D of
-# K/V it reads (1/32 of that traffic at 4,096 keys, bf16); a 190-token chunk at depth 32k is then 6 tiles x 9 splits
+# K/V it reads (1/16 of that traffic at 4,096 keys, bf16); a 190-token chunk at depth 32k is then 6 tiles x 9 splits
 # x 4 kv heads = 216 programs, over an H100's 132 SMs; the partials of a 2,048-token chunk at depth 64k take 270 MB
 # (scratch_bytes)
 SPLIT_KEYS = 64 * BLOCK_N

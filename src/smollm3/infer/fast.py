@@ -13,10 +13,7 @@ CUDA graph each launch costs a microsecond or two, which at 36 layers is most of
 - attention reads the paged KV cache through the rows' block tables: on CUDA with bf16/fp16 weights it is one
   Triton kernel with RoPE and the KV write inside (decode_kernels.attention, flash-decoding), else torch ops;
 - greedy argmax runs on the device, inside the same CUDA graph;
-- prompt chunks (`prefill`) run the same compiled functions around the cache's planned prefill attention: under ten host
-  calls a layer against the model forward's ~89 aten ops (3,188 for the 3B's 36 layers). A step that read a prompt
-  chunk beside decoding streams ran the model's eager forward, whose launches alone cost more than the streams'
-  whole decode step (benchmarks/results/2026-12-05-h100-session19);
+- prompt steps run the same compiled functions and fused weights (fast_prefill.py);
 - at batch 1 (bf16/fp16 on CUDA) each layer is instead five Triton kernels with the norms, RoPE, SwiGLU and
   residual adds folded into the matrix-vector products and the attention (decode_layer_triton, ops/decode_kernels.py).
 The operations are the eager model's, in its order (fused kernels may round bf16 intermediates differently);
@@ -177,43 +174,14 @@ class FastDecode:
                 x = decode_layer_triton(x, w, cache.k[i], cache.v[i], cos, sin, lengths, tables, kv_len,
                                         use_rope=self.rope[i], eps=self.eps, **self.heads)
             return decode_head_triton(x, model.norm.weight, self.model.lm_head.weight, self.eps)
-
-        def attend(i, qkv):
-            if self.kernels:
-                return kern.attention(qkv, cos, sin, cache.k[i], cache.v[i], lengths, tables, kv_len,
-                                      rope=self.rope[i], **self.heads)
-            return self.attn_fn(qkv, cos, sin, cache.k[i], cache.v[i], lengths, tables, use_rope=self.rope[i],
-                                **self.heads)
-
-        x, delta = self._layers(x, attend, self.gemv)
-        return self.head_fn(x, delta, model.norm.weight, self.model.lm_head.weight, self.eps, gemv=self.gemv)
-
-    def prefill(self, ids: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """The packed prompt chunks ids [N] at positions [N], after the cache's plan_prefill (which places their
-        K/V and says what each query sees) -> logits [len(rows), V] at the packed tokens `rows`. Projections in
-        torch's GEMMs (N tokens: no GEMV)."""
-        model, cache = self.model.model, self.cache
-        x = model.embed_tokens(ids)
-        cos, sin = model.rotary_emb(positions, x.dtype)
-        n, heads, kv_heads = ids.shape[0], self.heads["heads"], self.heads["kv_heads"]
-
-        def attend(i, qkv):
-            q, k, v = self.rope_fn(qkv, cos, sin, heads=heads, kv_heads=kv_heads, use_rope=self.rope[i])
-            # the model's layout [1, heads, N, D] (views): the cache writes k, v and runs the planned attention
-            out = cache.attend(i, q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
-                               self.heads["scale"])
-            return out.reshape(n, -1)
-
-        x, delta = self._layers(x, attend, gemv=False)
-        if not len(rows):  # no chunk samples this step: the layers wrote its K/V, which is all it needed
-            return x.new_empty(0, self.model.config.vocab_size)
-        return self.head_fn(x[rows], delta[rows], model.norm.weight, self.model.lm_head.weight, self.eps)[0]
-
-    def _layers(self, x, attend, gemv: bool):
-        """Every decoder layer over the residual stream x [n, d]; attend(layer, qkv) -> [n, H * D]. -> (x, delta):
-        the last MLP's output is for the head to add."""
         delta = torch.zeros_like(x)  # x + 0 is exact: the first layer's deferred add changes nothing
         for i, (ln1, w_qkv, w_o, ln2, w_gu, w_down) in enumerate(self.weights):
-            x, qkv = self.pre_fn(x, delta, ln1, w_qkv, eps=self.eps, gemv=gemv)
-            x, delta = self.post_fn(x, attend(i, qkv), w_o, ln2, w_gu, w_down, eps=self.eps, gemv=gemv)
-        return x, delta
+            x, qkv = self.pre_fn(x, delta, ln1, w_qkv, eps=self.eps, gemv=self.gemv)
+            if self.kernels:
+                attn = kern.attention(qkv, cos, sin, cache.k[i], cache.v[i], lengths, tables, kv_len,
+                                      rope=self.rope[i], **self.heads)
+            else:
+                attn = self.attn_fn(qkv, cos, sin, cache.k[i], cache.v[i], lengths, tables, use_rope=self.rope[i],
+                                    **self.heads)
+            x, delta = self.post_fn(x, attn, w_o, ln2, w_gu, w_down, eps=self.eps, gemv=self.gemv)
+        return self.head_fn(x, delta, model.norm.weight, self.model.lm_head.weight, self.eps, gemv=self.gemv)

@@ -1,0 +1,52 @@
+"""The prompt step on the fused layers (infer/fast_prefill.py). Replayed from its CUDA graphs it gives the bits of
+the same pieces run eagerly (the same kernels at the same shapes), the K/V it writes included. That the pieces
+equal the model's forward is tests/infer/test_model_runner.py::test_fused_prefill_equals_model_forward (CPU)."""
+
+import random
+
+import pytest
+import torch
+
+from smollm3 import build_model, preset
+from smollm3.infer.model_runner import PREFILL_GRAPH_TOKENS, ModelRunner
+from smollm3.infer.sampling import SamplingParams
+from smollm3.infer.sequence import Request
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_graphed_prompt_steps_equal_eager_ones_on_gpu():
+    cfg = preset("tiny")
+    cfg.hidden_size, cfg.intermediate_size, cfg.head_dim, cfg.num_attention_heads = 256, 704, 64, 8
+    torch.manual_seed(0)
+    model = build_model(cfg).to("cuda", torch.bfloat16).eval()
+    runners = []
+    for graphs in (False, True):
+        runner = ModelRunner(model, num_blocks=64, block_size=16, max_num_seqs=4, max_model_len=1024,
+                             max_num_batched_tokens=PREFILL_GRAPH_TOKENS, cuda_graphs=True, fast_decode=True)
+        runner.cache.split_keys = 256  # the deep chunk below is cut into splits and merged
+        runner.warm_prefill()
+        assert sorted(runner.fast_prefill.graphs) == list(range(64, PREFILL_GRAPH_TOKENS + 1, 64))
+        if not graphs:
+            runner.fast_prefill.graphs.clear()
+        runners.append(runner)
+    rng = random.Random(0)
+    reqs = [Request([rng.randrange(1, 500) for _ in range(n)], SamplingParams()) for n in (37, 600, 13)]
+    for r, blocks in zip(reqs, (range(0, 3), range(3, 41), range(41, 42))):
+        r.block_table = list(blocks)
+    steps = [[(0, 37), (1, 200)], [(1, 300)], [(1, 100), (2, 13)]]  # 237, 300, 113 tokens; samples 1, none, 2
+    logits = []
+    for runner in runners:
+        for r in reqs:
+            r.num_computed = 0
+        out = []
+        for step in steps:
+            out.append(runner.prefill([(reqs[i], n) for i, n in step]))
+            for i, n in step:
+                reqs[i].num_computed += n
+        logits.append(out)
+    assert [x.shape[0] for x in logits[1]] == [1, 0, 2]
+    for a, b in zip(*logits):
+        assert torch.equal(a, b)
+    assert torch.equal(runners[0].cache.k[:, :42], runners[1].cache.k[:, :42])
+    assert torch.equal(runners[0].cache.v[:, :42], runners[1].cache.v[:, :42])

@@ -1,11 +1,15 @@
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from smollm3.ops import attention_triton as AT
 from smollm3.ops.attention import DocumentMask, _varlen_call, apply_rotary_pos_emb, qkv_attention
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available() or AT.triton is None, reason="needs CUDA and Triton")]
+on_gpu = pytest.mark.skipif(not torch.cuda.is_available() or AT.triton is None, reason="needs CUDA and Triton")
 
 
 def _inputs(lengths, heads, kv_heads, d, seed):
@@ -43,6 +47,8 @@ def _rel(a, b):
     return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
 
 
+@pytest.mark.gpu
+@on_gpu
 @pytest.mark.parametrize("lengths,heads,kv_heads,d", [
     ([1, 77, 1000, 300, 1, 2555], 16, 4, 128),  # a total no block divides, one-token documents
     ([4096], 16, 4, 128),                        # one causal document
@@ -59,6 +65,8 @@ def test_kernels_equal_fp32_attention_per_document(lengths, heads, kv_heads, d):
         assert _rel(got, want) < 1e-2, (name, _rel(got, want))
 
 
+@pytest.mark.gpu
+@on_gpu
 def test_kernels_are_as_close_to_fp32_as_torch_flash_attention():
     """The same inputs through torch's FA2 varlen: our error against the fp32 reference is no larger than ~FA2's, and
     the log-sum-exp has FA2's layout and values."""
@@ -80,6 +88,8 @@ def test_kernels_are_as_close_to_fp32_as_torch_flash_attention():
         assert _rel(ours, want) <= 1.5 * _rel(theirs, want) + 1e-3, (name, _rel(ours, want), _rel(theirs, want))
 
 
+@pytest.mark.gpu
+@on_gpu
 def test_compiled_model_path_equals_eager():
     """The varlen call as the compiled trainer makes it (one graph, the custom ops inside) against eager."""
     lengths = [1000, 24, 3072]
@@ -98,6 +108,8 @@ def test_compiled_model_path_equals_eager():
         assert ((a.float() - b.float()).abs() <= b.float().abs() * 2**-7 + 1e-6).all()
 
 
+@pytest.mark.gpu
+@on_gpu
 def test_tma_loads_equal_pointer_loads():
     """The Hopper path (blocks through TMA descriptors) computes what the pointer loads compute: the same maths in
     the same order, so forward and dQ are bitwise equal; dK, dV (fp32 sums that query heads add atomically, in no
@@ -124,6 +136,8 @@ def _rope_tables(lengths, d):
     return emb.cos().bfloat16(), emb.sin().bfloat16()
 
 
+@pytest.mark.gpu
+@on_gpu
 @pytest.mark.parametrize("rope", [True, False])
 @pytest.mark.parametrize("tma", [True, False])
 def test_qkv_backward_is_the_gradient_before_rope_and_split(rope, tma):
@@ -154,6 +168,8 @@ def test_qkv_backward_is_the_gradient_before_rope_and_split(rope, tma):
         assert _rel(got[:, cols], want[:, cols]) < 1e-2, (name, _rel(got[:, cols], want[:, cols]))
 
 
+@pytest.mark.gpu
+@on_gpu
 def test_qkv_attention_compiles_whole_and_equals_eager():
     """attention.qkv_attention as a compiled layer calls it: one graph, RoPE fused there, the same results."""
     lengths, heads, kv_heads, d = [1000, 24, 3072], 16, 4, 128
@@ -172,3 +188,68 @@ def test_qkv_attention_compiles_whole_and_equals_eager():
     compiled = run(torch.compile(qkv_attention, fullgraph=True))
     assert _rel(compiled[0], eager[0]) < 1e-2  # RoPE's products rounded by inductor's code, not eager's
     assert _rel(compiled[1], eager[1]) < 2e-2
+
+
+@pytest.mark.gpu
+@on_gpu
+def test_backward_gives_the_same_bits_on_every_run():
+    # grouped heads' dK/dV shares are summed in head order, not added atomically: a training run repeats exactly
+    lengths = [1, 777, 2000, 1318]
+    q, k, v, cu, dout = _inputs(lengths, 16, 4, 128, seed=5)
+    out, lse = AT.forward(q, k, v, cu, 128 ** -0.5)
+    runs = [AT.backward(dout, q, k, v, out, lse, cu, 128 ** -0.5) for _ in range(5)]
+    runs += [AT.backward_qkv(dout, q, k, v, out, lse, cu, 128 ** -0.5) for _ in range(5)]
+    for first, again in ((runs[0], runs[i]) for i in range(1, 5)):
+        assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert all(torch.equal(runs[5], runs[i]) for i in range(6, 10))
+
+
+def interpreter_errors(group_sizes) -> dict:
+    """On the CPU, in Triton's interpreter (no TMA): each kernel against fp32 attention per document, for one
+    grouping of the dK/dV kernel's heads per program after another (shares summed after, or one program per
+    KV head): fp16, 160 tokens in two documents."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    T, H, D, scale = 160, 4, 64, 64 ** -0.5
+    cu = torch.tensor([0, 70, 160], dtype=torch.int32)
+    errors = {}
+    for kv in (1, 2):
+        q, k, v = (torch.randn(T, h, D, dtype=torch.float16) for h in (H, kv, kv))
+        dout = torch.randn(T, H, D, dtype=torch.float16)
+        qr, kr, vr = (t.float().requires_grad_() for t in (q, k, v))
+        ref = torch.cat([F.scaled_dot_product_attention(*(t[s:e].transpose(0, 1) for t in (qr, kr, vr)),
+                                                        is_causal=True, scale=scale, enable_gqa=True).transpose(0, 1)
+                         for s, e in ((0, 70), (70, 160))])
+        ref.backward(dout.float())
+        plain = {"TMA": False}
+        out, lse = AT.forward(q, k, v, cu, scale, {**AT.FWD, **plain})
+        errors[f"kv{kv}-out"] = _abs(out, ref)
+        for heads in group_sizes(H // kv):
+            dq, dk, dv = AT.backward(dout, q, k, v, out, lse, cu, scale, {**AT.DKDV, **plain, "HEADS": heads},
+                                     {**AT.DQ, **plain})
+            dqkv = AT.backward_qkv(dout, q, k, v, out, lse, cu, scale, None, {**AT.DKDV, **plain, "HEADS": heads},
+                                   {**AT.DQ, **plain})
+            stacked = [dqkv[:, :H * D], dqkv[:, H * D:(H + kv) * D], dqkv[:, (H + kv) * D:]]
+            for name, got, want in zip("qkv", (dq, dk, dv), (qr.grad, kr.grad, vr.grad)):
+                errors[f"kv{kv}-heads{heads}-d{name}"] = _abs(got, want)
+                errors[f"kv{kv}-heads{heads}-stacked-d{name}"] = _abs(stacked["qkv".index(name)], want.flatten(1))
+    return errors
+
+
+def _abs(a, b):
+    return (a.float() - b.float()).abs().max().item()
+
+
+@pytest.mark.skipif(AT.triton is None, reason="needs Triton (its CPU interpreter runs the kernels without a GPU)")
+def test_kernels_in_the_interpreter_with_each_dkdv_grouping():
+    # one query head per dK/dV program (shares summed after: the default) and one program per KV head; GQA 4:1, 2:1
+    code = ("import json, runpy; m = runpy.run_path(%r); "
+            "print(json.dumps(m['interpreter_errors'](lambda g: [1, g])))" % __file__)
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    errors = json.loads(res.stdout.strip().splitlines()[-1])
+    assert len(errors) == 2 + 2 * 2 * 6
+    for name, e in errors.items():
+        assert e < 4e-3, (name, e)  # fp16 rounding of the inputs and outputs

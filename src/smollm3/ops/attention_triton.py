@@ -12,11 +12,14 @@ per query head before summing them. Here (benchmarks/results/2026-11-24-h100-att
   rows of one block may belong to different documents. Only the blocks that cross a document start or the
   diagonal compute a mask. Writes the output and the natural-log log-sum-exp [heads, tokens].
 - backward, dQ: the forward's walk again, recomputing the probabilities from the log-sum-exp; it also writes each
-  row's delta = rowsum(dO * O), and zeroes the fp32 dK, dV rows for
+  row's delta = rowsum(dO * O).
 - backward, dK and dV: 64 keys and one query head a program, walking the query rows from the diagonal to the end
-  of each key's document; with grouped heads each query head's share is added into fp32 dK, dV atomically (a
-  program per KV head looping over its group measured slower: fewer, longer programs balance worse). dK, dV leave
-  as those fp32 sums, so a compiled caller fuses their cast into what reads them next.
+  of each key's document (a program per KV head looping over its group measured slower: fewer, longer programs
+  balance worse). With grouped heads each query head writes its share of dK, dV as fp32 rows of its own, and the
+  shares are summed in head order afterwards: the gradients are the same bits on every run. (Adding the shares
+  atomically into one fp32 sum, as before, made two runs of one training differ by up to 8e-3 in loss within 20
+  steps: benchmarks/results/2026-12-05-h100-session18.) dK, dV leave as fp32 sums, so a compiled caller fuses
+  their cast into what reads them next.
 
 `backward_qkv` writes the gradient of the stacked q/k/v projection output that q, k and v were split from (and
 rotated, where cos/sin are given) as one tensor: RoPE's backward runs on dQ in the dQ kernel's epilogue and on dK in
@@ -182,12 +185,12 @@ if triton is not None:
     @triton.jit
     def _dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU, n_cu, total, qk_scale, sm_scale,
                      stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
-                     stride_dkt, stride_dkh, stride_dvt, stride_dvh,
+                     stride_dkp, stride_dkt, stride_dkh, stride_dvp, stride_dvt, stride_dvh,
                      GROUP: tl.constexpr, HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
                      BLOCK_N: tl.constexpr, CU_BLOCK: tl.constexpr, TMA: tl.constexpr):
         """BLOCK_N keys of one KV head; rows of HEADS of its query heads from the keys' diagonal to their
-        documents' end. dK, dV accumulate over those heads in registers; with HEADS < GROUP, programs add their
-        shares into fp32 dK, dV atomically."""
+        documents' end. dK, dV accumulate over those heads in registers and are written as share
+        (h0 % GROUP) // HEADS of DK, DV [GROUP // HEADS, tokens, kv_heads, D]."""
         n0 = tl.program_id(0) * BLOCK_N
         h0 = tl.program_id(1) * HEADS
         kvh = h0 // GROUP
@@ -218,14 +221,12 @@ if triton is not None:
                 dk, dv = _dkdv_block(dk, dv, k, v, Qh, DOh, LSEh, DELTAh, stride_qt, stride_dot, start, offs_n,
                                      doc_end, offs_m, offs_d, qk_scale, total, MASKED=True, TMA=TMA)
         key_ok = (offs_n < total)[:, None]
-        dk_ptr = DK + kvh * stride_dkh + offs_n[:, None].to(tl.int64) * stride_dkt + offs_d[None, :]
-        dv_ptr = DV + kvh * stride_dvh + offs_n[:, None].to(tl.int64) * stride_dvt + offs_d[None, :]
-        if HEADS == GROUP:
-            tl.store(dk_ptr, (dk * sm_scale).to(DK.dtype.element_ty), mask=key_ok)
-            tl.store(dv_ptr, dv.to(DV.dtype.element_ty), mask=key_ok)
-        else:
-            tl.atomic_add(dk_ptr, dk * sm_scale, mask=key_ok, sem="relaxed")
-            tl.atomic_add(dv_ptr, dv, mask=key_ok, sem="relaxed")
+        share = (h0 % GROUP) // HEADS
+        rows = offs_n[:, None].to(tl.int64)
+        dk_ptr = DK + share * stride_dkp + kvh * stride_dkh + rows * stride_dkt + offs_d[None, :]
+        dv_ptr = DV + share * stride_dvp + kvh * stride_dvh + rows * stride_dvt + offs_d[None, :]
+        tl.store(dk_ptr, (dk * sm_scale).to(DK.dtype.element_ty), mask=key_ok)
+        tl.store(dv_ptr, dv.to(DV.dtype.element_ty), mask=key_ok)
 
     @triton.jit
     def _unrotate(x, COS, SIN, rows, stride_ct, offs_d, row_ok):
@@ -253,15 +254,13 @@ if triton is not None:
         return dq + tl.dot(ds.to(k.dtype), k)
 
     @triton.jit
-    def _dq_kernel(Q, K, V, Out, DO, LSE, DELTA, DQ, DK, DV, COS, SIN, CU, n_cu, total, qk_scale, sm_scale,
+    def _dq_kernel(Q, K, V, Out, DO, LSE, DELTA, DQ, COS, SIN, CU, n_cu, total, qk_scale, sm_scale,
                    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
-                   stride_dot, stride_doh, stride_dqt, stride_dqh, stride_dkt, stride_dkh, stride_ct,
+                   stride_dot, stride_doh, stride_dqt, stride_dqh, stride_ct,
                    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   CU_BLOCK: tl.constexpr, REVERSE: tl.constexpr, TMA: tl.constexpr, ZERO_DKDV: tl.constexpr,
-                   ROPE: tl.constexpr):
+                   CU_BLOCK: tl.constexpr, REVERSE: tl.constexpr, TMA: tl.constexpr, ROPE: tl.constexpr):
         """BLOCK_M rows of one query head against their keys, as the forward walks them. Also writes those rows'
-        delta = rowsum(dO * O), which the dK/dV kernel (launched after) reads: FA2 spends a pass on it; and with
-        ZERO_DKDV, zeroes the rows of the fp32 dK, dV that the dK/dV kernel adds into (two fill kernels less).
+        delta = rowsum(dO * O), which the dK/dV kernel (launched after) reads: FA2 spends a pass on it.
         With ROPE, dQ leaves through RoPE's backward (q was rotated by COS, SIN)."""
         m0, offs_m, doc_start, lo, unmasked, diag, hi = _row_block(CU, n_cu, total, BLOCK_M, BLOCK_N, CU_BLOCK, REVERSE)
         h = tl.program_id(1)
@@ -274,11 +273,6 @@ if triton is not None:
         o = _load_rows(Out + h * stride_oh, m0, offs_m, stride_ot, offs_d, total, True)
         delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
         tl.store(DELTA + h * total + offs_m, delta, mask=row_ok)
-        if ZERO_DKDV:
-            if h % GROUP == 0:  # one query head of each group zeroes its KV head's rows
-                rows = (h // GROUP) * stride_dkh + offs_m[:, None].to(tl.int64) * stride_dkt + offs_d[None, :]
-                tl.store(DK + rows, tl.zeros([BLOCK_M, HEAD_DIM], tl.float32), mask=row_ok[:, None])
-                tl.store(DV + rows, tl.zeros([BLOCK_M, HEAD_DIM], tl.float32), mask=row_ok[:, None])
         K = _source(K + (h // GROUP) * stride_kh, stride_kt, total, BLOCK_N, HEAD_DIM, TMA)
         V = _source(V + (h // GROUP) * stride_vh, stride_vt, total, BLOCK_N, HEAD_DIM, TMA)
         dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
@@ -298,20 +292,25 @@ if triton is not None:
                  dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])
 
     @triton.jit
-    def _finish_dkdv_kernel(DK, DV, COS, SIN, DKV, total, stride_dkt, stride_dkh, stride_dvt, stride_dvh,
-                            stride_ct, stride_gt, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
-                            BLOCK: tl.constexpr, ROPE: tl.constexpr):
-        """BLOCK tokens of one KV head: dK (through RoPE's backward with ROPE) and dV, rounded into DKV, the
-        [tokens, 2 * KV heads * D] columns of the stacked gradient after dQ's."""
+    def _finish_dkdv_kernel(DK, DV, COS, SIN, DKV, total, stride_dkp, stride_dkt, stride_dkh, stride_dvp,
+                            stride_dvt, stride_dvh, stride_ct, stride_gt, SHARES: tl.constexpr,
+                            KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, ROPE: tl.constexpr):
+        """BLOCK tokens of one KV head: the SHARES of dK (summed in order, then through RoPE's backward with ROPE)
+        and of dV, rounded into DKV, the [tokens, 2 * KV heads * D] columns of the stacked gradient after dQ's."""
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         h = tl.program_id(1)
         offs_d = tl.arange(0, HEAD_DIM)
         row_ok = offs < total
         rows = offs[:, None].to(tl.int64)
-        dk = tl.load(DK + h * stride_dkh + rows * stride_dkt + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-        dv = tl.load(DV + h * stride_dvh + rows * stride_dvt + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+        dk = tl.zeros([BLOCK, HEAD_DIM], tl.float32)
+        dv = tl.zeros([BLOCK, HEAD_DIM], tl.float32)
+        for p in tl.static_range(SHARES):
+            dk += tl.load(DK + p * stride_dkp + h * stride_dkh + rows * stride_dkt + offs_d[None, :],
+                          mask=row_ok[:, None], other=0.0).to(tl.float32)
+            dv += tl.load(DV + p * stride_dvp + h * stride_dvh + rows * stride_dvt + offs_d[None, :],
+                          mask=row_ok[:, None], other=0.0).to(tl.float32)
         if ROPE:
-            dk = _unrotate(dk.to(tl.float32), COS, SIN, offs, stride_ct, offs_d, row_ok)
+            dk = _unrotate(dk, COS, SIN, offs, stride_ct, offs_d, row_ok)
         out = DKV + rows * stride_gt + offs_d[None, :]
         tl.store(out + h * HEAD_DIM, dk.to(DKV.dtype.element_ty), mask=row_ok[:, None])
         tl.store(out + (KV_HEADS + h) * HEAD_DIM, dv.to(DKV.dtype.element_ty), mask=row_ok[:, None])
@@ -355,10 +354,11 @@ if triton is not None:
         return out, lse
 
     def backward(dout, q, k, v, out, lse, cu_seqlens, scale, dkdv_cfg=DKDV, dq_cfg=DQ):
-        """(dq, dk, dv) for the forward's inputs, output and lse; dk and dv in fp32 where grouped heads add into
-        them (`grad_dtype`), so that a compiled caller fuses their cast into whatever reads them next."""
+        """(dq, dk, dv) for the forward's inputs, output and lse; dk and dv in fp32 where grouped heads' shares are
+        summed (`grad_dtype`), so that a compiled caller fuses their cast into whatever reads them next."""
         dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-        return dq, *_backward_into(dq, dout, q, k, v, out, lse, cu_seqlens, scale, dkdv_cfg, dq_cfg)
+        dk, dv = _backward_into(dq, dout, q, k, v, out, lse, cu_seqlens, scale, dkdv_cfg, dq_cfg)
+        return dq, dk.sum(0), dv.sum(0)  # over the shares, in a fixed order
 
     def backward_qkv(dout, q, k, v, out, lse, cu_seqlens, scale, rope=None, dkdv_cfg=DKDV, dq_cfg=DQ):
         """The gradient of the stacked projection output [tokens, (heads + 2 kv_heads) * D] that q, k, v were
@@ -371,60 +371,53 @@ if triton is not None:
         dk, dv = _backward_into(dqkv[:, :heads * d].view(total, heads, d), dout, q, k, v, out, lse, cu_seqlens,
                                 scale, dkdv_cfg, dq_cfg, rope)
         dkv = dqkv[:, heads * d:]
-        cos, sin = rope if rope is not None else (dk, dk)  # unused without ROPE
+        cos, sin = rope if rope is not None else (dk[0], dk[0])  # unused without ROPE
         _finish_dkdv_kernel[(triton.cdiv(total, 64), kv)](
-            dk, dv, cos, sin, dkv, total, dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1), cos.stride(0),
-            dkv.stride(0), KV_HEADS=kv, HEAD_DIM=d, BLOCK=64, ROPE=rope is not None, num_warps=4)
+            dk, dv, cos, sin, dkv, total, dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1),
+            dv.stride(2), cos.stride(0), dkv.stride(0), SHARES=dk.shape[0], KV_HEADS=kv, HEAD_DIM=d, BLOCK=64,
+            ROPE=rope is not None, num_warps=4)
         return dqkv
 
     def _backward_into(dq, dout, q, k, v, out, lse, cu_seqlens, scale, dkdv_cfg, dq_cfg, rope=None):
-        """dQ into `dq` (through RoPE's backward with `rope`), then (dk, dv) in `grad_dtype`."""
+        """dQ into `dq` (through RoPE's backward with `rope`), then the shares of (dk, dv) (`backward_dkdv`)."""
         dout, q, k, v, out = _rows(dout), _rows(q), _rows(k), _rows(v), _rows(out)
         delta = torch.empty_like(lse)
-        dtype = grad_dtype(q, k, dkdv_cfg)
-        dk, dv = (torch.empty(k.shape, dtype=dtype, device=k.device) for _ in range(2))
-        # writes delta, and zeroes dk, dv where the dK/dV kernel adds into them
-        backward_dq(dout, q, k, v, out, lse, delta, cu_seqlens, scale, dq_cfg,
-                    zero=(dk, dv) if dtype == torch.float32 else None, dq=dq, rope=rope)
-        return backward_dkdv(dout, q, k, v, lse, delta, cu_seqlens, scale, dkdv_cfg, out=(dk, dv))
+        backward_dq(dout, q, k, v, out, lse, delta, cu_seqlens, scale, dq_cfg, dq=dq, rope=rope)  # writes delta
+        return backward_dkdv(dout, q, k, v, lse, delta, cu_seqlens, scale, dkdv_cfg)
 
-    def backward_dkdv(dout, q, k, v, lse, delta, cu_seqlens, scale, cfg, out=None):
-        """(dk, dv); `out`: the buffers, zeroed already where grouped heads add into them (fp32)."""
+    def backward_dkdv(dout, q, k, v, lse, delta, cu_seqlens, scale, cfg):
+        """(dk, dv) as shares [GROUP // HEADS, tokens, kv_heads, D], each the sum over HEADS query heads of a group,
+        in `grad_dtype`; their sum over axis 0 is the gradient."""
         total, heads, d = q.shape
         group, heads_per = heads // k.shape[1], cfg["HEADS"]
-        if out is None:
-            dtype = grad_dtype(q, k, cfg)
-            alloc = torch.zeros if dtype == torch.float32 else torch.empty  # fp32: added into atomically
-            out = [alloc(k.shape, dtype=dtype, device=k.device) for _ in range(2)]
-        dk, dv = out
+        dtype = grad_dtype(q, k, cfg)
+        dk, dv = (torch.empty(group // heads_per, *k.shape, dtype=dtype, device=k.device) for _ in range(2))
         _dkdv_kernel[(triton.cdiv(total, cfg["BLOCK_N"]), heads // heads_per)](
             q, k, v, dout, lse, delta, dk, dv, cu_seqlens, cu_seqlens.numel(), total, scale * LOG2E, scale,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), dout.stride(0),
-            dout.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1), GROUP=group, HEADS=heads_per,
-            HEAD_DIM=d, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], CU_BLOCK=_cu_block(cu_seqlens),
-            TMA=_tma(cfg, q, dout), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+            dout.stride(1), dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1), dv.stride(2),
+            GROUP=group, HEADS=heads_per, HEAD_DIM=d, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+            CU_BLOCK=_cu_block(cu_seqlens), TMA=_tma(cfg, q, dout), num_warps=cfg["num_warps"],
+            num_stages=cfg["num_stages"])
         return dk, dv
 
     def grad_dtype(q, k, cfg=DKDV) -> torch.dtype:
-        """dk's and dv's dtype out of `backward`: fp32 where programs add into them atomically."""
+        """dk's and dv's dtype out of `backward`: fp32 where several shares are summed."""
         return torch.float32 if cfg["HEADS"] < q.shape[1] // k.shape[1] else k.dtype
 
-    def backward_dq(dout, q, k, v, out, lse, delta, cu_seqlens, scale, cfg, zero=None, dq=None, rope=None):
-        """dq (into `dq` if given: any strides, last axis contiguous); also writes delta, and zeroes the contiguous
-        fp32 (dk, dv) of `zero` if given. `rope`: (cos, sin) [tokens, D] that rotated q: dq through RoPE's
-        backward."""
+    def backward_dq(dout, q, k, v, out, lse, delta, cu_seqlens, scale, cfg, dq=None, rope=None):
+        """dq (into `dq` if given: any strides, last axis contiguous); also writes delta. `rope`: (cos, sin)
+        [tokens, D] that rotated q: dq through RoPE's backward."""
         total, heads, d = q.shape
         dq = torch.empty(q.shape, dtype=q.dtype, device=q.device) if dq is None else dq
-        dk, dv = zero if zero is not None else (dq, dq)  # unused without ZERO_DKDV
         cos, sin = rope if rope is not None else (dq, dq)  # unused without ROPE
         _dq_kernel[(triton.cdiv(total, cfg["BLOCK_M"]), heads)](
-            q, k, v, out, dout, lse, delta, dq, dk, dv, cos, sin, cu_seqlens, cu_seqlens.numel(), total,
+            q, k, v, out, dout, lse, delta, dq, cos, sin, cu_seqlens, cu_seqlens.numel(), total,
             scale * LOG2E, scale, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-            out.stride(0), out.stride(1), dout.stride(0), dout.stride(1), dq.stride(0), dq.stride(1), dk.stride(0),
-            dk.stride(1), cos.stride(0), GROUP=heads // k.shape[1], HEAD_DIM=d, CU_BLOCK=_cu_block(cu_seqlens),
-            BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], REVERSE=cfg["REVERSE"], TMA=_tma(cfg, k, v),
-            ZERO_DKDV=zero is not None, ROPE=rope is not None, num_warps=cfg["num_warps"],
-            num_stages=cfg["num_stages"])
+            out.stride(0), out.stride(1), dout.stride(0), dout.stride(1), dq.stride(0), dq.stride(1), cos.stride(0),
+            GROUP=heads // k.shape[1], HEAD_DIM=d, CU_BLOCK=_cu_block(cu_seqlens), BLOCK_M=cfg["BLOCK_M"],
+            BLOCK_N=cfg["BLOCK_N"], REVERSE=cfg["REVERSE"], TMA=_tma(cfg, k, v), ROPE=rope is not None,
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
         return dq
 
     # Opaque custom ops: a compiled graph calls them with the real tensors, whose strides the launchers read then

@@ -44,6 +44,16 @@ def _(grad, value):
     return None
 
 
+def index_add_in_order(dest: torch.Tensor, index: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """dest.index_add_(0, index, src), summed in the same order on every run. CUDA's index_add_ adds with atomics:
+    rows that share an index (a token id repeated in a batch) add in whatever order the threads reach them, so two
+    runs of one training round differently. index_put_ with accumulate sorts the indices first and sums each
+    index's rows in a fixed order. The CPU's index_add_ is serial already (and keeps its bits)."""
+    if dest.is_cuda:
+        return dest.index_put_((index,), src, accumulate=True)
+    return dest.index_add_(0, index, src)
+
+
 class _Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, grad):
@@ -170,5 +180,5 @@ class _Embedding(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         (ids,) = ctx.saved_tensors
-        ctx.grad.index_add_(0, ids.reshape(-1), dy.reshape(-1, dy.shape[-1]).to(ctx.grad.dtype))
+        index_add_in_order(ctx.grad, ids.reshape(-1), dy.reshape(-1, dy.shape[-1]).to(ctx.grad.dtype))
         return None, None, None, None

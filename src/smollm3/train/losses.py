@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from smollm3.ops.linear import index_add_in_order
 from smollm3.ops.cross_entropy import (IGNORE_INDEX, at_least_fp32, chunked_cross_entropy,  # noqa: F401 (re-exported)
                                        cross_entropy)
 
@@ -58,7 +59,7 @@ def packed_sequence_logps(token_logps: torch.Tensor, segment_ids: torch.Tensor,
     keep = seg >= 0
     if num_segments is None:
         num_segments = int(seg.max().item()) + 1 if keep.any() else 0
-    return lp.new_zeros(num_segments).index_add(0, seg[keep], lp[keep])
+    return index_add_in_order(lp.new_zeros(num_segments), seg[keep], lp[keep])
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from smollm3.train.checkpointing import (
 from smollm3.train.config import TrainConfig, config_to_dict, dump_config
 from smollm3.train.data import build_data
 from smollm3.ops.fp8 import supported as fp8_supported
+from smollm3.ops.linear import index_add_in_order
 from smollm3.train.graphs import MicroBatchGraphs
 from smollm3.train.losses import IGNORE_INDEX, preference_loss
 from smollm3.train.optim import build_optimizer, lr_factor, set_lr
@@ -287,7 +288,7 @@ def _preference_step(model, ref, batch, cfg: TrainConfig) -> torch.Tensor:
                 label_index=batch["label_index"])
         sums = torch.zeros(2 * n_pairs, dtype=torch.float32, device=nll.device)
         # prompt and padding (-1) add 0 to segment 0: no boolean indexing, whose size the host would wait for
-        return sums.index_add(0, seg.clamp(min=0).flatten(), -(nll.float() * (seg >= 0)).flatten())
+        return index_add_in_order(sums, seg.clamp(min=0).flatten(), -(nll.float() * (seg >= 0)).flatten())
 
     policy = logps(model)
     with torch.no_grad():

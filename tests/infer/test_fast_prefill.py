@@ -50,3 +50,71 @@ def test_graphed_prompt_steps_equal_eager_ones_on_gpu():
         assert torch.equal(a, b)
     assert torch.equal(runners[0].cache.k[:, :42], runners[1].cache.k[:, :42])
     assert torch.equal(runners[0].cache.v[:, :42], runners[1].cache.v[:, :42])
+
+
+def test_invariant_prefill_refused_where_it_cannot_run():
+    from smollm3.infer import Engine
+
+    with pytest.raises(ValueError, match="needs a CUDA device with Triton"):
+        Engine(build_model(preset("tiny")), None, max_model_len=256, invariant_prefill=True)
+
+
+def _tiny_gpu_model():
+    cfg = preset("tiny")
+    cfg.hidden_size, cfg.intermediate_size, cfg.head_dim, cfg.num_attention_heads = 256, 704, 64, 8
+    torch.manual_seed(0)
+    return build_model(cfg).to("cuda", torch.bfloat16).eval()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_invariant_prefill_is_the_same_bits_however_the_prompt_arrives_on_gpu():
+    """One 600-token prompt read whole, then in three chunks beside other prompts' chunks (steps of other sizes,
+    graphed and not): its K/V and its last token's logits are the same bits."""
+    model = _tiny_gpu_model()
+    rng = random.Random(0)
+    prompt = Request([rng.randrange(1, 500) for _ in range(600)], SamplingParams())
+    others = [Request([rng.randrange(1, 500) for _ in range(n)], SamplingParams()) for n in (90, 300)]
+    prompt.block_table, others[0].block_table, others[1].block_table = (list(range(0, 38)), list(range(38, 44)),
+                                                                        list(range(44, 63)))
+    runners, last = [], []
+    for schedule in ([[(prompt, 600)]], [[(prompt, 100), (others[0], 90)], [(others[1], 300), (prompt, 37)],
+                                         [(prompt, 463)]]):
+        runner = ModelRunner(model, num_blocks=64, block_size=16, max_num_seqs=4, max_model_len=1024,
+                             max_num_batched_tokens=1024, cuda_graphs=True, fast_decode=True, invariant_prefill=True)
+        runner.cache.split_keys = 256
+        runner.warm_prefill()
+        for r in (prompt, *others):
+            r.num_computed = 0
+        for step in schedule:
+            out = runner.prefill(step)
+            for r, n in step:
+                r.num_computed += n
+        last.append(out[-1])  # the prompt's chunk ends each schedule's last step
+        runners.append(runner)
+    assert torch.equal(last[0], last[1])
+    blocks = list(range(38))
+    assert torch.equal(runners[0].cache.k[:, blocks], runners[1].cache.k[:, blocks])
+    assert torch.equal(runners[0].cache.v[:, blocks], runners[1].cache.v[:, blocks])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_invariant_prefill_greedy_replies_equal_with_and_without_prefix_cache_on_gpu():
+    from smollm3.infer import Engine
+
+    model = _tiny_gpu_model()
+    g = torch.Generator().manual_seed(1)
+    head = torch.randint(3, 500, (300,), generator=g).tolist()
+    prompts = [head + torch.randint(3, 500, (int(n),), generator=g).tolist() for n in (5, 77, 150, 400)]
+    sp = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
+    replies = {}
+    for caching in (True, False):
+        engine = Engine(model, None, max_model_len=1024, max_num_seqs=4, max_num_batched_tokens=256,
+                        prefix_caching=caching, invariant_prefill=True)
+        engine.warm_up()
+        done = [engine.generate([p], sp)[0] for p in prompts]  # one at a time: every reply decodes at batch 1
+        replies[caching] = [r.output_ids for r in done]
+        if caching:
+            assert [r.num_cached_tokens for r in done][1:] == [256] * 3
+    assert replies[True] == replies[False]

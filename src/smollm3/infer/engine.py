@@ -47,7 +47,9 @@ class Engine:
     `max_prefill_tokens_during_decode` (default: no cap) the prompt work of a step in which streams decode, in
     tokens of a fresh prompt (a token deeper in a prompt also attends to more keys, and counts more: scheduler.py).
     `prefill_kernel`: prompt chunks attend in one Triton kernel per layer (ops/prefill_attention.py) rather than
-    chunk by chunk in torch ops; default: on where it runs (CUDA, bf16/fp16)."""
+    chunk by chunk in torch ops; default: on where it runs (CUDA, bf16/fp16). `invariant_prefill` (CUDA): every
+    prompt token's K/V and logits are the same bits whatever else its step holds, so greedy outputs are the same
+    with and without the prefix cache, however prompts are chunked (infer/fast_prefill.py), at some prefill speed."""
 
     def __init__(self, model: SmolLM3ForCausalLM, tokenizer=None, *, max_num_seqs: int = 256,
                  max_model_len: int | None = None, kv_cache_memory: int | None = None,
@@ -55,7 +57,7 @@ class Engine:
                  prefix_caching: bool = True, cuda_graphs: bool | None = None, defaults: dict | None = None,
                  eos_token_ids: list[int] | None = None, fast_decode: bool | None = None, gemv: bool | None = None,
                  decode_kernels: bool | None = None, max_prefill_tokens_during_decode: int | None = None,
-                 prefill_kernel: bool | None = None):
+                 prefill_kernel: bool | None = None, invariant_prefill: bool = False):
         cfg = model.config
         self.model, self.tokenizer, self.config = model.eval(), tokenizer, cfg
         p = next(model.parameters())
@@ -87,7 +89,8 @@ class Engine:
                                    cfg.attention_break_even())
         self.runner = ModelRunner(model, num_blocks, block_size, max_num_seqs, self.max_model_len,
                                   max_num_batched_tokens, cuda_graphs=cuda_graphs, fast_decode=fast_decode, gemv=gemv,
-                                  decode_kernels=decode_kernels, prefill_kernel=prefill_kernel)
+                                  decode_kernels=decode_kernels, prefill_kernel=prefill_kernel,
+                                  invariant_prefill=invariant_prefill)
         self.max_num_seqs, self.max_num_batched_tokens, self.block_size = max_num_seqs, max_num_batched_tokens, \
             block_size
         self.kv_cache_tokens = num_blocks * block_size

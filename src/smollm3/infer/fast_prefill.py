@@ -13,6 +13,13 @@ The pieces read and write static buffers (tokens, positions, RoPE's cos/sin, the
 attention's output), so that a replay finds its inputs where the capture saw them. Steps with and without graphs
 run the same pieces and give the same bits. Steps longer than the largest captured length run the pieces eagerly:
 their GPU work hides their launches.
+
+`invariant=True`: a token's K/V and logits are the same bits whatever else its step holds, so a prompt gives the
+same bits read whole, in chunks, or after a prefix served from the cache. The projections and the LM head run as
+ops/invariant_gemm.py's fixed-tiling GEMM instead of cuBLAS (which picks its kernel by the step's size), every
+compiled function is compiled for any row count from its first call (one kernel, one reduction order, for every
+length), and the head runs at two rows at least (one row would get a kernel of its own). The prefill attention
+kernel is invariant already (its key splits sit at fixed positions).
 """
 
 from __future__ import annotations
@@ -26,11 +33,11 @@ class FastPrefill:
     """`FastPrefill(fast, max_tokens)(ids, positions, rows)` -> logits at `rows`, after the cache's plan_prefill;
     `capture(n, pool)` makes n-token steps replay CUDA graphs."""
 
-    def __init__(self, fast: FastDecode, max_tokens: int):
+    def __init__(self, fast: FastDecode, max_tokens: int, invariant: bool = False):
         cfg = fast.model.config
         w = fast.model.model.embed_tokens.weight
         H, KV, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        self.fast, self.layers, self.max_tokens = fast, len(fast.weights), max_tokens
+        self.fast, self.layers, self.max_tokens, self.invariant = fast, len(fast.weights), max_tokens, invariant
 
         def buf(*shape, dtype=w.dtype):
             return torch.zeros(max_tokens, *shape, dtype=dtype, device=w.device)
@@ -57,11 +64,14 @@ class FastPrefill:
                 graphs[i].replay()
             if i < self.layers:
                 self._attend(i, n)
-        f = self.fast
-        if not len(rows):  # no chunk samples this step: the layers wrote its K/V, which is all it needed
+        f, k = self.fast, len(rows)
+        if not k:  # no chunk samples this step: the layers wrote its K/V, which is all it needed
             return self.x.new_empty(0, f.model.config.vocab_size)
-        return f.head_fn(self.x[rows], self.delta[rows], f.model.model.norm.weight, f.model.lm_head.weight,
-                         f.eps)[0]
+        if self.invariant and k == 1:
+            rows = rows.repeat(2)
+        x, delta = self._rows_dynamic(self.x[rows], self.delta[rows])
+        return f.head_fn(x, delta, f.model.model.norm.weight, f.model.lm_head.weight, f.eps,
+                         invariant=self.invariant)[0][:k]
 
     def capture(self, n: int, pool=None):
         """Capture the pieces of an n-token step, once an eager n-token step has compiled them, into `pool` (the
@@ -94,19 +104,28 @@ class FastPrefill:
             self.sin[:n].copy_(sin)
         else:
             _, _, w_o, ln2, w_gu, w_down = f.weights[i - 1]
-            x, delta = f.post_fn(self.x[:n], self.attn[:n], w_o, ln2, w_gu, w_down, eps=f.eps)
+            x, delta = f.post_fn(*self._rows_dynamic(self.x[:n], self.attn[:n]), w_o, ln2, w_gu, w_down, eps=f.eps,
+                                 invariant=self.invariant)
         if i == self.layers:  # the last MLP's output is for the head to add
             self.x[:n].copy_(x)
             self.delta[:n].copy_(delta)
             return
         ln1, w_qkv = f.weights[i][:2]
-        x, qkv = f.pre_fn(x, delta, ln1, w_qkv, eps=f.eps)
-        q, k, v = f.rope_fn(qkv, self.cos[:n], self.sin[:n], heads=f.heads["heads"], kv_heads=f.heads["kv_heads"],
-                            use_rope=f.rope[i])
+        x, qkv = f.pre_fn(*self._rows_dynamic(x, delta), ln1, w_qkv, eps=f.eps, invariant=self.invariant)
+        q, k, v = f.rope_fn(*self._rows_dynamic(qkv, self.cos[:n], self.sin[:n]), heads=f.heads["heads"],
+                            kv_heads=f.heads["kv_heads"], use_rope=f.rope[i])
         self.x[:n].copy_(x)
         self.q[:n].copy_(q)
         self.k[:n].copy_(k)
         self.v[:n].copy_(v)
+
+    def _rows_dynamic(self, *tensors):
+        """Invariant steps: the tensors' row count is a variable to the compiler from the first call, so that every
+        length runs one compiled kernel (dynamo would otherwise specialise on the first length it sees)."""
+        if self.invariant and tensors[0].shape[0] > 1:
+            for t in tensors:
+                torch._dynamo.mark_dynamic(t, 0)
+        return tensors
 
     def _attend(self, i: int, n: int):
         """Layer i's attention as the cache planned it: the new K/V written, then every chunk's queries."""

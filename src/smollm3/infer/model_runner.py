@@ -17,6 +17,7 @@ from smollm3.infer.fast import FastDecode
 from smollm3.infer.fast_prefill import FastPrefill
 from smollm3.infer.sequence import Request
 from smollm3.model import SmolLM3ForCausalLM
+from smollm3.ops import invariant_gemm
 
 # prompt steps up to this many (padded) tokens replay CUDA graphs (fast_prefill.py), as vLLM captures steps up to
 # 512 tokens: past it a step's GPU work hides its launches
@@ -27,7 +28,7 @@ class ModelRunner:
     def __init__(self, model: SmolLM3ForCausalLM, num_blocks: int, block_size: int, max_num_seqs: int,
                  max_model_len: int, max_num_batched_tokens: int = 2048, cuda_graphs: bool | None = None,
                  fast_decode: bool | None = None, gemv: bool | None = None, decode_kernels: bool | None = None,
-                 pad_prefill: bool | None = None, prefill_kernel: bool | None = None):
+                 pad_prefill: bool | None = None, prefill_kernel: bool | None = None, invariant_prefill: bool = False):
         cfg = model.config
         self.model, self.config = model, cfg
         p = next(model.parameters())
@@ -63,7 +64,11 @@ class ModelRunner:
         if fast_decode if fast_decode is not None else self.use_graphs:
             self.fast = FastDecode(model, self.cache, compile=self.device.type == "cuda", gemv=gemv,
                                    kernels=decode_kernels)
-            self.fast_prefill = FastPrefill(self.fast, self.prefill_tokens(max_num_batched_tokens))
+            self.fast_prefill = FastPrefill(self.fast, self.prefill_tokens(max_num_batched_tokens), invariant_prefill)
+        if invariant_prefill and not (self.fast_prefill is not None and self.cache.prefill_kernel
+                                      and invariant_gemm.available(self.device)):
+            raise ValueError("invariant_prefill (--invariant-prefill) needs a CUDA device with Triton, the fused step "
+                             "(fast_decode) and the prefill attention kernel (prefill_kernel): leave it off here")
 
     # ---- prefill
 

@@ -121,11 +121,11 @@ class ModelRunner:
     @torch.no_grad()
     def warm_prefill(self) -> int:
         """Run every shape a prompt step can take once, now, on the scratch block only, so that no request's step
-        compiles a function or loads a kernel: a prefill of every padded length; one sampling every padded row count
-        (the LM head, fused where `fast`); where a prompt can reach past the attention kernel's first key split, a
-        token just past it (the split and merge kernels). Without the last two, a fresh H100 engine's first step deep
-        in a 32k prompt took 589 ms, the next ones ~30 (benchmarks/results/2026-12-05-h100-session20). -> the number
-        of lengths run."""
+        compiles a function or loads a kernel: a prefill of every padded length (then, with graphs, its capture up
+        to PREFILL_GRAPH_TOKENS); one sampling every padded row count (the LM head, fused where `fast`); where a
+        prompt can reach past the attention kernel's first key split, a token just past it (the split and merge
+        kernels). Before the last two were run here, a fresh H100 engine's first step deep in a 32k prompt took
+        589 ms and the next ones ~30 (benchmarks/results/2026-12-05-h100-session20). -> the number of lengths run."""
         sizes = self.prefill_sizes()
 
         def run(n):

@@ -1,6 +1,6 @@
 """The prompt step on the fused layers (infer/fast_prefill.py). Replayed from its CUDA graphs it gives the bits of
-the same pieces run eagerly (the same kernels at the same shapes), the K/V it writes included. That the pieces
-equal the model's forward is tests/infer/test_model_runner.py::test_fused_prefill_equals_model_forward (CPU)."""
+the same pieces run eagerly (the same kernels at the same shapes), the K/V it writes included. On the CPU, the
+pieces equal the model's forward, logits and K/V."""
 
 import random
 
@@ -11,6 +11,44 @@ from smollm3 import build_model, preset
 from smollm3.infer.model_runner import PREFILL_GRAPH_TOKENS, ModelRunner
 from smollm3.infer.sampling import SamplingParams
 from smollm3.infer.sequence import Request
+
+
+def prefill_steps(runner, reqs, steps) -> list[torch.Tensor]:
+    """Each step's chunks [(request index, tokens)] through runner.prefill, from every request's start -> the logits
+    of each step."""
+    for r in reqs:
+        r.num_computed = 0
+    out = []
+    for step in steps:
+        out.append(runner.prefill([(reqs[i], n) for i, n in step]))
+        for i, n in step:
+            reqs[i].num_computed += n
+    return out
+
+
+def test_fused_prefill_equals_model_forward():
+    """Prompt chunks through the decode step's fused functions (fast.py's prefill) give the model forward's logits
+    and K/V: chunks continuing from the cache, a NoPE layer (the tiny preset's 4th), padding, and a step in which
+    no chunk samples."""
+    torch.manual_seed(0)
+    model = build_model(preset("tiny")).eval()
+    assert not all(model.config.rope_layers)
+    runners = [ModelRunner(model, num_blocks=40, block_size=8, max_num_seqs=4, max_model_len=256,
+                           max_num_batched_tokens=160, cuda_graphs=False, fast_decode=fast, pad_prefill=True)
+               for fast in (False, True)]
+    assert runners[0].fast is None and runners[1].fast is not None
+    rng = random.Random(1)
+    reqs = [Request([rng.randrange(1, 200) for _ in range(n)], SamplingParams()) for n in (37, 90, 13)]
+    for i, r in enumerate(reqs):
+        r.block_table = list(range(i * 12, i * 12 + 12))
+    steps = [[(0, 37), (1, 50)], [(1, 30)], [(1, 10), (2, 13)]]  # samples 1, none, 2
+    logits = [prefill_steps(runner, reqs, steps) for runner in runners]
+    assert [x.shape[0] for x in logits[1]] == [1, 0, 2]
+    for a, b in zip(*logits):
+        torch.testing.assert_close(b, a)
+    blocks = list(range(36))
+    torch.testing.assert_close(runners[1].cache.k[:, blocks], runners[0].cache.k[:, blocks])
+    torch.testing.assert_close(runners[1].cache.v[:, blocks], runners[0].cache.v[:, blocks])
 
 
 @pytest.mark.gpu
@@ -35,16 +73,7 @@ def test_graphed_prompt_steps_equal_eager_ones_on_gpu():
     for r, blocks in zip(reqs, (range(0, 3), range(3, 41), range(41, 42))):
         r.block_table = list(blocks)
     steps = [[(0, 37), (1, 200)], [(1, 300)], [(1, 100), (2, 13)]]  # 237, 300, 113 tokens; samples 1, none, 2
-    logits = []
-    for runner in runners:
-        for r in reqs:
-            r.num_computed = 0
-        out = []
-        for step in steps:
-            out.append(runner.prefill([(reqs[i], n) for i, n in step]))
-            for i, n in step:
-                reqs[i].num_computed += n
-        logits.append(out)
+    logits = [prefill_steps(runner, reqs, steps) for runner in runners]
     assert [x.shape[0] for x in logits[1]] == [1, 0, 2]
     for a, b in zip(*logits):
         assert torch.equal(a, b)

@@ -106,40 +106,6 @@ def test_padded_prefill_equals_exact_prefill():
     torch.testing.assert_close(runners[0].cache.v[:, blocks], runners[1].cache.v[:, blocks])
 
 
-def test_fused_prefill_equals_model_forward():
-    """Prompt chunks through the decode step's fused functions (fast.py's prefill) give the model forward's logits
-    and K/V: chunks continuing from the cache, a NoPE layer (the tiny preset's 4th), padding, and a step in which
-    no chunk samples."""
-    torch.manual_seed(0)
-    model = build_model(preset("tiny")).eval()
-    assert not all(model.config.rope_layers)
-    runners = [ModelRunner(model, num_blocks=40, block_size=8, max_num_seqs=4, max_model_len=256,
-                           max_num_batched_tokens=160, cuda_graphs=False, fast_decode=fast, pad_prefill=True)
-               for fast in (False, True)]
-    assert runners[0].fast is None and runners[1].fast is not None
-    rng = random.Random(1)
-    reqs = [Request([rng.randrange(1, 200) for _ in range(n)], SamplingParams()) for n in (37, 90, 13)]
-    for i, r in enumerate(reqs):
-        r.block_table = list(range(i * 12, i * 12 + 12))
-    steps = [[(0, 37), (1, 50)], [(1, 30)], [(1, 10), (2, 13)]]  # samples 1, none, 2
-    logits = []
-    for runner in runners:
-        for r in reqs:
-            r.num_computed = 0
-        out = []
-        for step in steps:
-            out.append(runner.prefill([(reqs[i], n) for i, n in step]))
-            for i, n in step:
-                reqs[i].num_computed += n
-        logits.append(out)
-    assert [x.shape[0] for x in logits[1]] == [1, 0, 2]
-    for a, b in zip(*logits):
-        torch.testing.assert_close(b, a)
-    blocks = list(range(36))
-    torch.testing.assert_close(runners[1].cache.k[:, blocks], runners[0].cache.k[:, blocks])
-    torch.testing.assert_close(runners[1].cache.v[:, blocks], runners[0].cache.v[:, blocks])
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_warm_up_leaves_nothing_to_compile_on_gpu():

@@ -4,10 +4,8 @@ driven by the official `openai` client and by raw HTTP."""
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 from types import SimpleNamespace
 
@@ -19,6 +17,8 @@ pytestmark = pytest.mark.real_weights
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
+
+from live_server import client, start  # noqa: E402 (after the importorskips)
 
 MODEL = "smollm2-135m-instruct"
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
@@ -40,19 +40,9 @@ def server(smollm2_llm):
     engine = Engine(llm.model, llm.tokenizer, max_model_len=512, max_num_seqs=16,
                     eos_token_ids=sorted(llm.engine.eos_token_ids), defaults=llm.engine.defaults)
     state = ServerState(BackgroundEngine(engine), llm.tokenizer, MODEL, llm.chat_template)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    srv = uvicorn.Server(uvicorn.Config(create_app(state), log_level="warning"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.05)
-    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    yield SimpleNamespace(base=base, state=state, engine=engine,
-                          client=openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=300))
-    srv.should_exit = True
-    thread.join(timeout=10)
+    base, stop = start(create_app(state))
+    yield SimpleNamespace(base=base, state=state, engine=engine, client=client(base))
+    stop()
     state.engine.close()
 
 

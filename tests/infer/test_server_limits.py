@@ -5,10 +5,8 @@ without an API key."""
 
 import concurrent.futures
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 from types import SimpleNamespace
 
@@ -20,31 +18,11 @@ openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 
+from live_server import client, start  # noqa: E402 (after the importorskips)
+
 MODEL = "smollm2-135m-instruct"
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 LIMIT = 256 * 1024
-
-
-def start(app):
-    """uvicorn on 127.0.0.1, an ephemeral port -> (base url, stop())."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.05)
-
-    def stop():
-        srv.should_exit = True
-        thread.join(timeout=10)
-
-    return f"http://127.0.0.1:{sock.getsockname()[1]}", stop
-
-
-def client(base):
-    return openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=300)
 
 
 @pytest.fixture(scope="module")

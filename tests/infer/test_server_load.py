@@ -4,8 +4,6 @@ whom disconnect mid-stream, all served at once by the paged engine; every block 
 
 import asyncio
 import json
-import socket
-import threading
 import time
 
 import pytest
@@ -13,23 +11,17 @@ import pytest
 httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 
+from live_server import start  # noqa: E402 (after the importorskips)
+
 
 @pytest.fixture(scope="module")
 def server(tiny_dir):
     from smollm3.infer.server import build_state, create_app
 
     state = build_state(str(tiny_dir), device="cpu", max_model_len=256, max_num_seqs=256)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    srv = uvicorn.Server(uvicorn.Config(create_app(state), log_level="warning", limit_concurrency=2048,
-                                        backlog=2048))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not srv.started:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}", state.engine.engine
-    srv.should_exit = True
-    thread.join(timeout=10)
+    base, stop = start(create_app(state), limit_concurrency=2048, backlog=2048)
+    yield base, state.engine.engine
+    stop()
     state.engine.close()
 
 

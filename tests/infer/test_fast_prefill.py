@@ -130,6 +130,9 @@ def test_invariant_prefill_is_the_same_bits_however_the_prompt_arrives_on_gpu():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_invariant_prefill_greedy_replies_equal_with_and_without_prefix_cache_on_gpu():
+    """Prompts sharing a 300-token head, sent one at a time (every reply decodes at batch 1). Without the cache a
+    prompt is one step of its whole length; with it, its suffix past the cached 256 is a step of another length,
+    and the head's K/V came from the first prompt's step: the GEMMs ran at other sizes."""
     from smollm3.infer import Engine
 
     model = _tiny_gpu_model()
@@ -139,7 +142,7 @@ def test_invariant_prefill_greedy_replies_equal_with_and_without_prefix_cache_on
     sp = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
     replies = {}
     for caching in (True, False):
-        engine = Engine(model, None, max_model_len=1024, max_num_seqs=4, max_num_batched_tokens=256,
+        engine = Engine(model, None, max_model_len=1024, max_num_seqs=4, max_num_batched_tokens=1024,
                         prefix_caching=caching, invariant_prefill=True)
         engine.warm_up()
         done = [engine.generate([p], sp)[0] for p in prompts]  # one at a time: every reply decodes at batch 1

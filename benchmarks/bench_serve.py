@@ -88,6 +88,7 @@ def start_server_process(args):
         cmd += ["--max-prefill-tokens-during-decode", str(args.max_prefill_tokens_during_decode)]
     cmd += ["--max-model-len", str(args.max_model_len)] if args.max_model_len else []
     cmd += ["--no-prefix-caching"] if args.no_prefix_caching else []
+    cmd += ["--invariant-prefill"] if args.invariant_prefill else []
     cmd += ["--device", args.device] if args.device else []
     cmd += ["--chat-template", "smollm3"] if args.dataset == "chat-shared-prefix" else []
     log = tempfile.NamedTemporaryFile("w+", prefix="bench-serve-server-", suffix=".log", delete=False)
@@ -170,7 +171,7 @@ def build_state(args):
     kw = dict(max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
               gpu_memory_utilization=args.gpu_memory_utilization, max_num_batched_tokens=args.max_num_batched_tokens,
               max_prefill_tokens_during_decode=args.max_prefill_tokens_during_decode,
-              prefix_caching=not args.no_prefix_caching, device=args.device)
+              prefix_caching=not args.no_prefix_caching, invariant_prefill=args.invariant_prefill, device=args.device)
     if args.dataset == "chat-shared-prefix":  # the load sends tools: serve a template that renders them (the server
         kw["chat_template"] = "smollm3"  # refuses tools with tool_choice auto where the model would never see them)
     if args.model:
@@ -405,6 +406,7 @@ def main(argv=None):
     eng.add_argument("--max-num-batched-tokens", type=int, default=2048)
     eng.add_argument("--max-prefill-tokens-during-decode", type=int, default=None)
     eng.add_argument("--no-prefix-caching", action="store_true")
+    eng.add_argument("--invariant-prefill", action="store_true")
     eng.add_argument("--device", default=None)
     eng.add_argument("--in-process", action="store_true",
                      help="serve from this process (client, server and engine share one interpreter); default: "
@@ -444,7 +446,8 @@ def main(argv=None):
                          "block_size": health["kv_block_size"], "max_num_seqs": health["max_num_seqs"],
                          "max_num_batched_tokens": args.max_num_batched_tokens,
                          "max_prefill_tokens_during_decode": args.max_prefill_tokens_during_decode,
-                         "prefix_caching": not args.no_prefix_caching, "server": "own process"}
+                         "prefix_caching": not args.no_prefix_caching, "invariant_prefill": args.invariant_prefill,
+                         "server": "own process"}
     try:
         # vllm bench serve's initial test run: one request alone, which fails the benchmark early with its error
         # and leaves no first-request costs (cuBLAS handles, kernel selection) inside the timed runs

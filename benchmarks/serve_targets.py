@@ -45,6 +45,9 @@ def main():
     ap.add_argument("--t9-configs", default="2048,2048:512,1024",
                     help="target 9's runs with the long prompt, each BUDGET[:CAP]: --max-num-batched-tokens and "
                          "--max-prefill-tokens-during-decode (the first: the server's defaults)")
+    ap.add_argument("--t8-invariant", action="store_true",
+                    help="target 8's runs with --invariant-prefill (prompt tokens the same bits whatever their step "
+                         "holds); without the all-at-once control run")
     args = ap.parse_args()
     model = args.model
     if args.preset:  # written once by a process of its own: this one holds no GPU memory
@@ -83,14 +86,14 @@ def main():
                                and most == e_full["max_running"] == args.requests}
     if 8 in only:
         load = ["--dataset", "chat-shared-prefix", "--output-len", "32", "--num-prompts", str(args.requests),
-                "--save-outputs"]
+                "--save-outputs", *(["--invariant-prefill"] if args.t8_invariant else [])]
         cached = run("t8_prefix_caching", load)
         plain = run("t8_no_prefix_caching", [*load, "--no-prefix-caching"])
         # Outputs, compared where only the cache differs: requests one at a time, so every reply decodes alone
         # (batch 1). Sent all at once, requests decode in whatever batches their timing makes, batch size picks the
         # decode kernels, and on near-flat random-weight logits greedy text then differs between two runs without
         # any cache: the uncached load is run twice all at once as that control
-        again = run("t8_no_prefix_caching_again", [*load, "--no-prefix-caching"])
+        again = None if args.t8_invariant else run("t8_no_prefix_caching_again", [*load, "--no-prefix-caching"])
         alone = [run(f"t8_{name}_one_at_a_time", [*load, "--concurrency", "1", *flag])
                  for name, flag in (("prefix_caching", []), ("no_prefix_caching", ["--no-prefix-caching"]))]
 
@@ -100,7 +103,8 @@ def main():
         if cached and plain and cached["ttft_p50_ms"] and plain["ttft_p50_ms"]:
             ratio = plain["ttft_p50_ms"] / cached["ttft_p50_ms"]
             equal = same(*alone)
-            res["targets"]["8"] = {"ttft_ratio": round(ratio, 2), "outputs_equal": equal == args.requests,
+            res["targets"]["8"] = {"ttft_ratio": round(ratio, 2), "invariant_prefill": args.t8_invariant,
+                                   "outputs_equal": equal == args.requests,
                                    "outputs_equal_count_one_at_a_time": equal,
                                    "outputs_equal_count_all_at_once": same(cached, plain),
                                    "uncached_all_at_once_runs_equal_count": same(again, plain),

@@ -221,3 +221,12 @@ def test_engine_flags_reach_the_engine():
         "max_num_seqs": 64, "gpu_memory_utilization": 0.5, "max_num_batched_tokens": 4096, "block_size": 16,
         "prefix_caching": False, "kv_cache_memory": None}
     assert args.max_waiting == 9
+    assert kw["invariant_prefill"] is False
+    argv += ["--invariant-prefill"]
+    assert cli_engine._engine_kwargs(build_parser(argv).parse_args(argv))["invariant_prefill"] is True
+
+
+def test_invariant_prefill_refused_on_cpu_in_one_line(tiny_chat_dir, capsys):
+    code = main(["chat", "--model", str(tiny_chat_dir), "--device", "cpu", "--invariant-prefill"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and "--invariant-prefill" in err[0] and "needs a CUDA device" in err[0], err

@@ -43,6 +43,15 @@ def test_fast_decode_equals_eager_engine(tiny_dir):
     fast.runner.bucket_shapes = True  # the padded (batch, KV-length) shapes the CUDA graphs use
     out = fast.generate(ps, sp)
     assert fast.runner.fast is not None and [r.output_ids for r in out] == [r.output_ids for r in plain]
+    # prompt chunks through the fused prefill too, reading a prefix from the prefix cache and in chunks of 64
+    head = ps[2][:150]
+    shared = [head + p for p in prompts([3, 70], model.config.vocab_size, seed=4)]
+    kw = dict(max_model_len=512, max_num_seqs=4, max_num_batched_tokens=64)
+    plain = Engine(model, None, fast_decode=False, prefix_caching=False, **kw).generate(shared, sp)
+    fast = Engine(model, None, fast_decode=True, **kw)
+    out = fast.generate(shared[:1], sp) + fast.generate(shared[1:], sp)
+    assert [r.num_cached_tokens for r in out] == [0, 128]
+    assert [r.output_ids for r in out] == [r.output_ids for r in plain]
     # sampled rows go through the logits buffer, not the device argmax
     sampled = SamplingParams(max_tokens=8, temperature=0.8, seed=1, ignore_eos=True)
     a = Engine(model, None, max_model_len=512, max_num_seqs=2, fast_decode=False).generate(ps[:2], sampled)

@@ -5,6 +5,7 @@ length), padding rows, the batch and the KV bucket changing."""
 
 import random
 
+import pytest
 import torch
 
 from smollm3 import build_model, preset
@@ -103,3 +104,35 @@ def test_padded_prefill_equals_exact_prefill():
     blocks = list(range(36))
     torch.testing.assert_close(runners[0].cache.k[:, blocks], runners[1].cache.k[:, blocks])
     torch.testing.assert_close(runners[0].cache.v[:, blocks], runners[1].cache.v[:, blocks])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_warm_up_leaves_nothing_to_compile_on_gpu():
+    """After the engine's warm_up, serving compiles no function and loads no prefill kernel: prompts of many lengths
+    read in chunks beside decoding streams, several finishing in one step (the LM head at several rows), and a
+    prompt deep enough that the attention kernel splits its keys (the split and merge kernels)."""
+    from torch._dynamo.utils import counters
+
+    from smollm3.infer import Engine
+    from smollm3.ops import prefill_attention as pa
+
+    cfg = preset("tiny")
+    cfg.hidden_size, cfg.intermediate_size, cfg.head_dim, cfg.num_attention_heads = 256, 704, 64, 8
+    model = build_model(cfg).to("cuda", torch.bfloat16).eval()
+    engine = Engine(model, None, max_model_len=1024, max_num_seqs=16, max_num_batched_tokens=256)
+    engine.runner.cache.split_keys = 256  # a 700-token prompt is cut twice
+    engine.warm_up()
+
+    def loaded():  # compiled variants per kernel (Triton >= 3.3 keeps them in device_caches, older in cache)
+        caches = [getattr(k, "device_caches", None) for k in (pa._prefill_kernel, pa._merge_kernel)]
+        return [sum(len(c[0]) for c in d.values()) if d is not None else sum(len(c) for c in k.cache.values())
+                for d, k in zip(caches, (pa._prefill_kernel, pa._merge_kernel))]
+
+    before, graphs = loaded(), counters["stats"]["unique_graphs"]
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, cfg.vocab_size, (n,), generator=g).tolist() for n in (700, 5, 40, 300, 77, 3, 9)]
+    out = engine.generate(prompts, SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))
+    assert len(out) == len(prompts) and engine.stats["prefill_steps"] > len(prompts) // 2
+    assert counters["stats"]["unique_graphs"] == graphs, "a step compiled a function that warm_up did not"
+    assert loaded() == before, "a step loaded a prefill kernel that warm_up did not"

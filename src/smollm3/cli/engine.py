@@ -29,6 +29,10 @@ def _add_engine_args(p):
                         "token deep in a long prompt also attends to the keys before it and counts more): lower keeps "
                         "streams' gaps between tokens short while a long prompt is read, at the cost of its time to "
                         "first token (default: none, the whole --max-num-batched-tokens)")
+    p.add_argument("--invariant-prefill", action="store_true",
+                   help="GPU: compute every prompt token the same bits whatever else its engine step holds, so greedy "
+                        "replies are the same with and without the prefix cache however prompts are chunked (fixed-"
+                        "tiling GEMMs instead of cuBLAS's per-shape choice: slower prompt reading)")
     p.add_argument("--block-size", type=number(int, 1), default=64, help="tokens per KV cache block (a power of 2)")
     p.add_argument("--no-prefix-caching", action="store_true",
                    help="do not reuse the KV blocks of earlier prompts' shared heads")
@@ -49,7 +53,7 @@ def _engine_kwargs(args) -> dict:
             "kv_cache_memory": int(args.kv_cache_gib * 2**30) if args.kv_cache_gib else None,
             "max_num_batched_tokens": args.max_num_batched_tokens, "block_size": args.block_size,
             "max_prefill_tokens_during_decode": args.max_prefill_tokens_during_decode,
-            "prefix_caching": not args.no_prefix_caching}
+            "prefix_caching": not args.no_prefix_caching, "invariant_prefill": args.invariant_prefill}
 
 
 def _add_chat(sub, help):

@@ -25,7 +25,7 @@ from torch.nn.attention.bias import causal_lower_right
 from smollm3.config import ModelConfig
 from smollm3.ops.prefill_attention import available as prefill_kernel_available
 from smollm3.ops.prefill_attention import plan as plan_tiles
-from smollm3.ops.prefill_attention import prefill_attention, tile_tokens
+from smollm3.ops.prefill_attention import SPLIT_KEYS, prefill_attention, tile_tokens
 from smollm3.ops.paged_attention import decode_attention, gather_kv, write_kv
 
 
@@ -47,6 +47,7 @@ class PagedCache:
                              f"of two >= 16 (got {device}, {dtype}, head_dim {config.head_dim})")
         self.prefill_kernel = prefill_kernel
         self._tile_tokens = tile_tokens(config.num_attention_heads, config.num_key_value_heads)
+        self.split_keys = SPLIT_KEYS  # the kernel's keys per split (prefill_attention.key_splits); tests lower it
         shape = (config.num_hidden_layers, num_blocks, config.num_key_value_heads, block_size, config.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
@@ -55,7 +56,7 @@ class PagedCache:
         self._mode = None
         self._positions = None  # prefill: [1, N]; decode: [b, 1]
         self._chunks = []  # prefill: (query offset, n, start, table [nb]) per chunk
-        self._tiles = None  # prefill with the kernel: its tile table and block tables (prefill_attention.plan)
+        self._tiles = None  # prefill with the kernel: its tables and partial slots (prefill_attention.plan)
         self._slots = None  # prefill: (blocks [N], offsets [N]) where each new token's K/V goes
         self._lengths = self._tables = None  # decode
 
@@ -74,7 +75,8 @@ class PagedCache:
             if not self.prefill_kernel:
                 self._chunks.append((offset, n, start, t.to(device)))
             offset += n
-        self._tiles = plan_tiles(heads, device, self._tile_tokens) if self.prefill_kernel and chunks else None
+        self._tiles = plan_tiles(heads, device, self._tile_tokens, self.split_keys) if self.prefill_kernel and chunks \
+            else None
         pos.append(torch.zeros(pad, dtype=torch.long))
         blocks.append(torch.full((pad,), pad_block, dtype=torch.long))
         positions = torch.cat(pos)

@@ -32,6 +32,7 @@ from smollm3.infer.sampling import (SamplingParams, generation_defaults, plain_g
 from smollm3.infer.scheduler import Scheduler
 from smollm3.infer.sequence import IncrementalDetokenizer, Request, new_request_id
 from smollm3.model import SmolLM3ForCausalLM
+from smollm3.ops.prefill_attention import scratch_bytes
 
 __all__ = ["BackgroundEngine", "Engine", "IncrementalDetokenizer", "Request"]
 
@@ -46,7 +47,9 @@ class Engine:
     `max_prefill_tokens_during_decode` (default: no cap) the prompt work of a step in which streams decode, in
     tokens of a fresh prompt (a token deeper in a prompt also attends to more keys, and counts more: scheduler.py).
     `prefill_kernel`: prompt chunks attend in one Triton kernel per layer (ops/prefill_attention.py) rather than
-    chunk by chunk in torch ops; default: on where it runs (CUDA, bf16/fp16)."""
+    chunk by chunk in torch ops; default: on where it runs (CUDA, bf16/fp16). `invariant_prefill` (CUDA): every
+    prompt token's K/V and logits are the same bits whatever else its step holds, so greedy outputs are the same
+    with and without the prefix cache, however prompts are chunked (infer/fast_prefill.py), at some prefill speed."""
 
     def __init__(self, model: SmolLM3ForCausalLM, tokenizer=None, *, max_num_seqs: int = 256,
                  max_model_len: int | None = None, kv_cache_memory: int | None = None,
@@ -54,7 +57,7 @@ class Engine:
                  prefix_caching: bool = True, cuda_graphs: bool | None = None, defaults: dict | None = None,
                  eos_token_ids: list[int] | None = None, fast_decode: bool | None = None, gemv: bool | None = None,
                  decode_kernels: bool | None = None, max_prefill_tokens_during_decode: int | None = None,
-                 prefill_kernel: bool | None = None):
+                 prefill_kernel: bool | None = None, invariant_prefill: bool = False):
         cfg = model.config
         self.model, self.tokenizer, self.config = model.eval(), tokenizer, cfg
         p = next(model.parameters())
@@ -72,7 +75,7 @@ class Engine:
         max_num_batched_tokens = max(max_num_batched_tokens, max_num_seqs)
         per_block = kv_bytes_per_token(cfg, self.dtype) * block_size
         budget = kv_cache_memory if kv_cache_memory is not None else _default_kv_budget(
-            model, gpu_memory_utilization, max_num_batched_tokens)
+            model, gpu_memory_utilization, max_num_batched_tokens, self.max_model_len)
         num_blocks = max(0, budget // per_block - 1)  # one block more is the runner's scratch block
         # more than max_num_seqs sequences at full length could never be used at once
         num_blocks = min(num_blocks, max_num_seqs * -(-self.max_model_len // block_size))
@@ -86,7 +89,8 @@ class Engine:
                                    cfg.attention_break_even())
         self.runner = ModelRunner(model, num_blocks, block_size, max_num_seqs, self.max_model_len,
                                   max_num_batched_tokens, cuda_graphs=cuda_graphs, fast_decode=fast_decode, gemv=gemv,
-                                  decode_kernels=decode_kernels, prefill_kernel=prefill_kernel)
+                                  decode_kernels=decode_kernels, prefill_kernel=prefill_kernel,
+                                  invariant_prefill=invariant_prefill)
         self.max_num_seqs, self.max_num_batched_tokens, self.block_size = max_num_seqs, max_num_batched_tokens, \
             block_size
         self.kv_cache_tokens = num_blocks * block_size
@@ -395,9 +399,10 @@ class Engine:
 
 
 
-def _default_kv_budget(model, utilization: float, max_num_batched_tokens: int) -> int:
+def _default_kv_budget(model, utilization: float, max_num_batched_tokens: int, max_model_len: int) -> int:
     """Bytes for the KV cache: on CUDA, `utilization` of the card less what is allocated already (weights, other
-    processes' memory) and a reserve for a prefill step's activations and the CUDA graphs; 4 GiB on CPU."""
+    processes' memory) and a reserve for a prefill step's activations, its attention's split partials and the CUDA
+    graphs; 4 GiB on CPU."""
     p = next(model.parameters())
     if p.device.type != "cuda":
         return 4 * 2**30
@@ -405,7 +410,8 @@ def _default_kv_budget(model, utilization: float, max_num_batched_tokens: int) -
     cfg = model.config
     per_token = (6 * cfg.hidden_size + 4 * cfg.intermediate_size
                  + (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim) * p.element_size()
-    reserve = max_num_batched_tokens * per_token + 2**30
+    reserve = max_num_batched_tokens * per_token + 2**30 + scratch_bytes(
+        max_num_batched_tokens, max_model_len, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim)
     return max(0, int(utilization * total) - (total - free) - reserve)
 
 

@@ -13,6 +13,7 @@ CUDA graph each launch costs a microsecond or two, which at 36 layers is most of
 - attention reads the paged KV cache through the rows' block tables: on CUDA with bf16/fp16 weights it is one
   Triton kernel with RoPE and the KV write inside (decode_kernels.attention, flash-decoding), else torch ops;
 - greedy argmax runs on the device, inside the same CUDA graph;
+- prompt steps run the same compiled functions and fused weights (fast_prefill.py);
 - at batch 1 (bf16/fp16 on CUDA) each layer is instead five Triton kernels with the norms, RoPE, SwiGLU and
   residual adds folded into the matrix-vector products and the attention (decode_layer_triton, ops/decode_kernels.py).
 The operations are the eager model's, in its order (fused kernels may round bf16 intermediates differently);
@@ -27,27 +28,30 @@ import torch.nn.functional as F
 from smollm3.model import SmolLM3ForCausalLM, rms_norm
 from smollm3.ops import decode_kernels as kern
 from smollm3.ops import gemv as _gemv
-from smollm3.ops.paged_attention import paged_attention
+from smollm3.ops import invariant_gemm  # noqa: F401 (registers smollm3::invariant_linear)
+from smollm3.ops.paged_attention import paged_attention, rope_qkv
 
 
-def _linear(x, w, gemv: bool):
+def _linear(x, w, gemv: bool, invariant: bool = False):
+    if invariant:  # one fixed tiling: a row's bits whatever else the step holds (ops/invariant_gemm.py)
+        return torch.ops.smollm3.invariant_linear(x, w)
     if gemv:  # the bandwidth-tuned GEMV of ops/gemv.py (a custom op: opaque to inductor, fine inside CUDA graphs)
         return torch.ops.smollm3.small_linear(x, w)
     return F.linear(x, w)
 
 
-def pre_attention(x, delta, ln1, w_qkv, *, eps: float, gemv: bool = False):
+def pre_attention(x, delta, ln1, w_qkv, *, eps: float, gemv: bool = False, invariant: bool = False):
     """The residual stream x + delta [b, d] (the previous layer's MLP output is added here, in this layer's first
     kernel), RMSNorm, and the fused q/k/v projection -> (x, qkv [b, (H + 2 KV) D], before RoPE)."""
     x = x + delta
-    return x, _linear(rms_norm(x, ln1, eps), w_qkv, gemv)
+    return x, _linear(rms_norm(x, ln1, eps), w_qkv, gemv, invariant)
 
 
-def post_attention(x, attn, w_o, ln2, w_gu, w_down, *, eps: float, gemv: bool = False):
+def post_attention(x, attn, w_o, ln2, w_gu, w_down, *, eps: float, gemv: bool = False, invariant: bool = False):
     """o_proj + residual, RMSNorm, SwiGLU MLP -> (x, delta): the MLP output is added in the next layer."""
-    x = x + _linear(attn, w_o, gemv)
-    gate, up = _linear(rms_norm(x, ln2, eps), w_gu, gemv).chunk(2, dim=-1)
-    return x, _linear(F.silu(gate) * up, w_down, gemv)
+    x = x + _linear(attn, w_o, gemv, invariant)
+    gate, up = _linear(rms_norm(x, ln2, eps), w_gu, gemv, invariant).chunk(2, dim=-1)
+    return x, _linear(F.silu(gate) * up, w_down, gemv, invariant)
 
 
 def decode_layer(x, delta, w, k_cache, v_cache, cos, sin, lengths, tables, *, heads: int, kv_heads: int, eps: float,
@@ -80,9 +84,9 @@ def decode_head_triton(x, norm_w, lm_head_w, eps: float):
     return logits, kern.argmax(logits)
 
 
-def decode_head(x, delta, norm_w, lm_head_w, eps: float, gemv: bool = False):
+def decode_head(x, delta, norm_w, lm_head_w, eps: float, gemv: bool = False, invariant: bool = False):
     """Last residual add, final norm, LM head and the greedy choice: -> (logits [b, V], argmax [b])."""
-    logits = _linear(rms_norm(x + delta, norm_w, eps), lm_head_w, gemv)
+    logits = _linear(rms_norm(x + delta, norm_w, eps), lm_head_w, gemv, invariant)
     return logits, logits.argmax(-1)
 
 
@@ -146,6 +150,7 @@ class FastDecode:
             raise ValueError("kernels=True needs Triton, bf16/fp16 weights and head_dim a power of two >= 32")
         self.pre_fn, self.post_fn, self.attn_fn, self.head_fn = pre_attention, post_attention, paged_attention, \
             decode_head
+        self.rope_fn = rope_qkv
         if compile:
             from torch import _dynamo
 
@@ -155,6 +160,7 @@ class FastDecode:
             self.post_fn = torch.compile(post_attention, fullgraph=True)
             self.attn_fn = torch.compile(paged_attention, fullgraph=True)
             self.head_fn = torch.compile(decode_head, fullgraph=True)
+            self.rope_fn = torch.compile(rope_qkv, fullgraph=True)
 
     def run(self, tokens: torch.Tensor, lengths: torch.Tensor, tables: torch.Tensor, kv_len: int):
         """tokens, lengths [b] (lengths = tokens already cached per row); tables [b, >= kv_len / block_size];

@@ -1,5 +1,6 @@
-"""Runs the model for the engine: prompt chunks through the model's forward, decode steps through the fused step
-(fast.py) or the model's forward, on the paged KV cache, with CUDA graphs for decode.
+"""Runs the model for the engine on the paged KV cache: decode steps through the fused step (fast.py) as CUDA
+graphs, prompt steps through the same fused layers (fast_prefill.py; CUDA graphs between the attentions up to
+PREFILL_GRAPH_TOKENS), or both through the model's forward where the fused step is off.
 
 Decode inputs live in static buffers (tokens, lengths, block tables, one row per running request, rows in the
 scheduler's order) because CUDA graphs read and write those exact tensors. A decode step is captured once per
@@ -13,15 +14,21 @@ import torch
 
 from smollm3.infer.cache import PagedCache
 from smollm3.infer.fast import FastDecode
+from smollm3.infer.fast_prefill import FastPrefill
 from smollm3.infer.sequence import Request
 from smollm3.model import SmolLM3ForCausalLM
+from smollm3.ops import invariant_gemm
+
+# prompt steps up to this many (padded) tokens replay CUDA graphs (fast_prefill.py), as vLLM captures steps up to
+# 512 tokens: past it a step's GPU work hides its launches
+PREFILL_GRAPH_TOKENS = 512
 
 
 class ModelRunner:
     def __init__(self, model: SmolLM3ForCausalLM, num_blocks: int, block_size: int, max_num_seqs: int,
                  max_model_len: int, max_num_batched_tokens: int = 2048, cuda_graphs: bool | None = None,
                  fast_decode: bool | None = None, gemv: bool | None = None, decode_kernels: bool | None = None,
-                 pad_prefill: bool | None = None, prefill_kernel: bool | None = None):
+                 pad_prefill: bool | None = None, prefill_kernel: bool | None = None, invariant_prefill: bool = False):
         cfg = model.config
         self.model, self.config = model, cfg
         p = next(model.parameters())
@@ -53,10 +60,15 @@ class ModelRunner:
         self.bucket_shapes = self.use_graphs  # pad decode to (batch, KV-length) buckets: one graph per bucket
         self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self._graph_pool = None
-        self.fast = None
+        self.fast = self.fast_prefill = None
         if fast_decode if fast_decode is not None else self.use_graphs:
             self.fast = FastDecode(model, self.cache, compile=self.device.type == "cuda", gemv=gemv,
                                    kernels=decode_kernels)
+            self.fast_prefill = FastPrefill(self.fast, self.prefill_tokens(max_num_batched_tokens), invariant_prefill)
+        if invariant_prefill and not (self.fast_prefill is not None and self.cache.prefill_kernel
+                                      and invariant_gemm.available(self.device)):
+            raise ValueError("invariant_prefill (--invariant-prefill) needs a CUDA device with Triton, the fused step "
+                             "(fast_decode) and the prefill attention kernel (prefill_kernel): leave it off here")
 
     # ---- prefill
 
@@ -90,11 +102,15 @@ class ModelRunner:
         pad = self.prefill_tokens(len(ids)) - len(ids)
         self.cache.plan_prefill(plan, self.device, pad=pad, pad_block=self.scratch)
         x = torch.tensor([ids + [0] * pad], device=self.device)
-        hidden = self.model.model(x, self.cache.position_ids(1, x.shape[1], self.device), self.cache)
-        if not last:  # no chunk reached the end of its request: nothing samples this step
+        positions = self.cache.position_ids(1, x.shape[1], self.device)
+        rows = last + last[-1:] * (self.prefill_rows(len(last)) - len(last))  # none: no chunk samples this step
+        rows = torch.tensor(rows, device=self.device, dtype=torch.long)
+        if self.fast_prefill is not None:  # the decode step's fused projections and compiled layer functions
+            return self.fast_prefill(x[0], positions[0], rows)[:len(last)]
+        hidden = self.model.model(x, positions, self.cache)
+        if not last:
             return hidden.new_empty(0, self.config.vocab_size)
-        rows = last + last[-1:] * (self.prefill_rows(len(last)) - len(last))
-        return self.model.lm_head(hidden[0, torch.tensor(rows, device=self.device, dtype=torch.long)])[:len(last)]
+        return self.model.lm_head(hidden[0, rows])[:len(last)]
 
     def prefill_sizes(self) -> list[int]:
         """Every packed length a padded prefill runs at, largest first (none without padding)."""
@@ -104,16 +120,32 @@ class ModelRunner:
 
     @torch.no_grad()
     def warm_prefill(self) -> int:
-        """Run a prefill of every padded length, and the LM head at every padded row count, now, on the scratch
-        block only, so that no request's step loads a kernel. -> the number of lengths run."""
+        """Run every shape a prompt step can take once, now, on the scratch block only, so that no request's step
+        compiles a function or loads a kernel: a prefill of every padded length (then, with graphs, its capture up
+        to PREFILL_GRAPH_TOKENS); one sampling every padded row count (the LM head, fused where `fast`); where a
+        prompt can reach past the attention kernel's first key split, a token just past it (the split and merge
+        kernels). Before the last two were run here, a fresh H100 engine's first step deep in a 32k prompt took
+        589 ms and the next ones ~30 (benchmarks/results/2026-12-05-h100-session20). -> the number of lengths run."""
         sizes = self.prefill_sizes()
-        for n in sizes:
+
+        def run(n):
             self._prefill([0] * n, [([self.scratch] * -(-n // self.block_size), 0, n)], [n - 1])
-        if sizes:
-            rows = {self.prefill_rows(k) for k in range(1, len(self.tokens_buf) + 1)}
-            hidden = torch.zeros(max(rows), self.config.hidden_size, device=self.device, dtype=self.dtype)
-            for k in rows:
-                self.model.lm_head(hidden[:k])
+
+        for n in sizes:
+            run(n)
+        if not sizes:
+            return 0
+        if self.use_graphs and self.fast_prefill is not None:  # every length compiled above: now capture
+            for n in (n for n in sizes if n <= PREFILL_GRAPH_TOKENS):  # largest first, as the decode graphs
+                self._graph_pool = self.fast_prefill.capture(n, self._graph_pool)
+                run(n)
+        for k in sorted({self.prefill_rows(k) for k in range(1, len(self.tokens_buf) + 1)}):
+            self._prefill([0] * k, [([self.scratch], 0, 1)] * k, list(range(k)))  # k one-token chunks, each sampled
+        deep = self.cache.split_keys
+        if self.cache.prefill_kernel and self.max_model_len > deep:
+            # a block table 16 blocks wide: Triton compiles the kernel apart for a table stride that is a multiple of
+            # 16 (the lengths above give strides 1 and others)
+            self._prefill([0], [([self.scratch] * -(-(deep // self.block_size + 1) // 16) * 16, deep, 1)], [0])
         return len(sizes)
 
     # ---- decode

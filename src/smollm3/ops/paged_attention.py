@@ -53,10 +53,17 @@ def paged_attention(qkv, cos, sin, k_cache, v_cache, lengths, tables, *, heads: 
                     use_rope: bool):
     """decode_kernels.attention in torch ops: RoPE on the new q, k; their K/V written at `lengths` through the block
     tables; attention over keys 0..lengths[b]. k_cache, v_cache [num_blocks, KV, bs, D] -> [b, H * D]."""
-    b, D = qkv.shape[0], k_cache.shape[-1]
+    q, k, v = rope_qkv(qkv, cos, sin, heads=heads, kv_heads=kv_heads, use_rope=use_rope)
+    return decode_attention(q, k, v, k_cache, v_cache, lengths, tables, scale).reshape(qkv.shape[0], -1)
+
+
+def rope_qkv(qkv, cos, sin, *, heads: int, kv_heads: int, use_rope: bool):
+    """The fused projection's output [n, (heads + 2 kv_heads) D] as q [n, heads, D], k, v [n, kv_heads, D], RoPE
+    applied to q and k (cos, sin [n, D]) unless the layer is NoPE."""
+    n, D = qkv.shape[0], cos.shape[-1]
     q, k, v = qkv.split([heads * D, kv_heads * D, kv_heads * D], dim=-1)
-    q, k, v = q.view(b, heads, D), k.view(b, kv_heads, D), v.view(b, kv_heads, D)
+    q, k, v = q.view(n, heads, D), k.view(n, kv_heads, D), v.view(n, kv_heads, D)
     if use_rope:
         c, s = cos[:, None], sin[:, None]
         q, k = q * c + rotate_half(q) * s, k * c + rotate_half(k) * s
-    return decode_attention(q, k, v, k_cache, v_cache, lengths, tables, scale).reshape(b, heads * D)
+    return q, k, v

@@ -14,8 +14,17 @@ On an H100 (3B preset, 128 x (512 + 256)) steps that read prompt chunks took 38 
 and its first pass had no cost for new shapes, where the torch path's cuDNN SDPA built a plan for each
 (benchmarks/results/2026-12-05-h100-session17).
 
-`plan(chunks, device, tile_tokens(H, KV))` builds the step's tile table once on the host; `prefill_attention` runs
-it per layer.
+A short chunk deep in a long prompt is few tiles over many keys: a 190-token chunk at depth 32k was 24 programs on
+a 132-SM H100, each looping over 32k keys, and the step took ~34 ms against 4.8 ms for the decode alone
+(benchmarks/results/2026-12-05-h100-session19). So a tile whose keys run past SPLIT_KEYS is split across programs
+at every multiple of SPLIT_KEYS (flash-decoding, as ops/decode_kernels.py does for decode): each split writes its
+normalised fp32 output and base-2 log-sum-exp, and a second small kernel merges a tile's splits into the output.
+The cuts are fixed key positions, not chosen by the step: a query's keys are reduced in the same blocks, splits and
+order however its prompt was chunked and whatever else the step holds: given the same q, k, v its output is the
+same bits with the prefix cache or without (a split that holds no key a row may see gives it weight exactly 0).
+
+`plan(chunks, device, tile_tokens(H, KV))` builds the step's tables once on the host; `prefill_attention` runs
+them per layer.
 """
 
 from __future__ import annotations
@@ -28,39 +37,51 @@ from smollm3.ops.gemv import triton
 
 ROWS = 128  # query rows per program: tokens x the GQA group's heads, so each key block is read once per group
 BLOCK_N = 64  # keys per iteration
+# keys per split: a split writes a ROWS x D fp32 partial that the merge reads back, against 2 x SPLIT_KEYS x D of
+# K/V it reads (1/16 of that traffic at 4,096 keys, bf16); a 190-token chunk at depth 32k is then 6 tiles x 9 splits
+# x 4 kv heads = 216 programs, over an H100's 132 SMs; the partials of a 2,048-token chunk at depth 64k take 270 MB
+# (scratch_bytes)
+SPLIT_KEYS = 64 * BLOCK_N
 
 if triton is not None:
     import triton.language as tl
 
     @triton.jit
-    def _prefill_kernel(q_ptr, kc_ptr, vc_ptr, o_ptr, tile_ptr, table_ptr, s_qn, s_qh, s_on, s_oh, s_tb, s_blk, s_kh,
-                        s_ks, qk_scale, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
-                        ROWS: tl.constexpr, BLOCK_N: tl.constexpr):
-        # program (tile, kv head): ROWS // GP tokens x the G query heads that share the kv head (row r: token r // GP,
-        # head r % GP, padded to GP a power of two). tile: (first packed token, tokens, position of the first token
-        # in its request, the request's row in tables)
-        t = tl.program_id(0)
-        kvh = tl.program_id(1)
-        row0 = tl.load(tile_ptr + t * 4)
-        n = tl.load(tile_ptr + t * 4 + 1)
-        pos0 = tl.load(tile_ptr + t * 4 + 2)
-        table = table_ptr + tl.load(tile_ptr + t * 4 + 3).to(tl.int64) * s_tb
+    def _tile_rows(kvh, n, G: tl.constexpr, GP: tl.constexpr, ROWS: tl.constexpr):
+        """A program's query rows: row r is token r // GP of the tile and head kvh * G + r % GP (the GQA group
+        padded to GP, a power of two); valid: a real token and head. -> (r, token, head, valid)."""
         r = tl.arange(0, ROWS)
         tok = r // GP
-        head = kvh * G + r % GP
-        valid = (tok < n) & (r % GP < G)
+        return r, tok, kvh * G + r % GP, (tok < n) & (r % GP < G)
+
+    @triton.jit
+    def _prefill_kernel(q_ptr, kc_ptr, vc_ptr, o_ptr, part_ptr, lse_ptr, tile_ptr, table_ptr, s_qn, s_qh, s_on, s_oh,
+                        s_tb, s_blk, s_kh, s_ks, qk_scale, KV, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
+                        BS: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr):
+        # program (tile, kv head): ROWS // GP tokens x the G query heads that share the kv head (row r: token r // GP,
+        # head r % GP, padded to GP a power of two). tile: (first packed token, tokens, position of the first token
+        # in its request, the request's row in tables, keys [k_lo, k_hi), partial slot or -1: the output itself)
+        t = tl.program_id(0)
+        kvh = tl.program_id(1)
+        row0 = tl.load(tile_ptr + t * 7)
+        n = tl.load(tile_ptr + t * 7 + 1)
+        pos0 = tl.load(tile_ptr + t * 7 + 2)
+        table = table_ptr + tl.load(tile_ptr + t * 7 + 3).to(tl.int64) * s_tb
+        k_lo = tl.load(tile_ptr + t * 7 + 4)
+        k_hi = tl.load(tile_ptr + t * 7 + 5)
+        slot = tl.load(tile_ptr + t * 7 + 6)
+        r, tok, head, valid = _tile_rows(kvh, n, G, GP, ROWS)
         rn = tl.arange(0, BLOCK_N)
         rd = tl.arange(0, D)
         rows = (row0 + tok).to(tl.int64)
         q = tl.load(q_ptr + rows[:, None] * s_qn + head[:, None] * s_qh + rd[None, :], mask=valid[:, None], other=0.0)
         qpos = pos0 + tok
-        end = pos0 + n  # keys 0..end-1: the last token's
-        m = tl.full((ROWS,), float("-inf"), tl.float32)
+        m = tl.full((ROWS,), -1.0e30, tl.float32)  # finite: a row sees no key of a split past its position
         lsum = tl.zeros((ROWS,), tl.float32)
         acc = tl.zeros((ROWS, D), tl.float32)
-        for k0 in tl.range(0, end, BLOCK_N):
+        for k0 in tl.range(k_lo, k_hi, BLOCK_N):  # k_lo a multiple of BLOCK_N
             kpos = k0 + rn
-            kmask = kpos < end
+            kmask = kpos < k_hi
             blk = tl.load(table + kpos // BS, mask=kmask, other=0).to(tl.int64)
             at = blk * s_blk + kvh * s_kh + (kpos % BS) * s_ks
             k = tl.load(kc_ptr + at[:, None] + rd[None, :], mask=kmask[:, None], other=0.0)
@@ -73,9 +94,43 @@ if triton is not None:
             lsum = lsum * alpha + tl.sum(p, 1)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             m = new
-        out = acc / lsum[:, None]
-        tl.store(o_ptr + rows[:, None] * s_on + head[:, None] * s_oh + rd[None, :], out.to(o_ptr.dtype.element_ty),
-                 mask=valid[:, None])
+        # lsum >= 1 for a row that saw a key (its largest score adds exp2(0)); 0 for one that saw none (a split past
+        # its position: out 0, log-sum-exp -inf, weight 0 in the merge)
+        out = acc / tl.where(lsum > 0, lsum, 1.0)[:, None]
+        if slot < 0:
+            tl.store(o_ptr + rows[:, None] * s_on + head[:, None] * s_oh + rd[None, :],
+                     out.to(o_ptr.dtype.element_ty), mask=valid[:, None])
+        else:  # one split of the tile's keys: part [slots, KV, ROWS, D], lse [slots, KV, ROWS], fp32
+            ps = (slot.to(tl.int64) * KV + kvh) * ROWS + r
+            tl.store(part_ptr + ps[:, None] * D + rd[None, :], out, mask=valid[:, None])
+            tl.store(lse_ptr + ps, m + tl.log2(lsum), mask=valid)
+
+    @triton.jit
+    def _merge_kernel(part_ptr, lse_ptr, o_ptr, merge_ptr, s_on, s_oh, KV, G: tl.constexpr, GP: tl.constexpr,
+                      D: tl.constexpr, ROWS: tl.constexpr):
+        # program (split tile, kv head): out = sum_i w_i o_i / sum_i w_i, w_i = 2^(lse_i - max lse), over the tile's
+        # splits; rows as _prefill_kernel's. merge: (first packed token, tokens, first partial slot, splits)
+        t = tl.program_id(0)
+        kvh = tl.program_id(1)
+        row0 = tl.load(merge_ptr + t * 4)
+        n = tl.load(merge_ptr + t * 4 + 1)
+        slot0 = tl.load(merge_ptr + t * 4 + 2).to(tl.int64)
+        splits = tl.load(merge_ptr + t * 4 + 3)
+        r, tok, head, valid = _tile_rows(kvh, n, G, GP, ROWS)
+        rd = tl.arange(0, D)
+        top = tl.full((ROWS,), float("-inf"), tl.float32)
+        for i in range(splits):
+            top = tl.maximum(top, tl.load(lse_ptr + ((slot0 + i) * KV + kvh) * ROWS + r, mask=valid, other=0.0))
+        wsum = tl.zeros((ROWS,), tl.float32)
+        acc = tl.zeros((ROWS, D), tl.float32)
+        for i in range(splits):
+            at = ((slot0 + i) * KV + kvh) * ROWS + r
+            w = tl.exp2(tl.load(lse_ptr + at, mask=valid, other=0.0) - top)
+            wsum += w
+            acc += w[:, None] * tl.load(part_ptr + at[:, None] * D + rd[None, :], mask=valid[:, None], other=0.0)
+        rows = (row0 + tok).to(tl.int64)
+        tl.store(o_ptr + rows[:, None] * s_on + head[:, None] * s_oh + rd[None, :],
+                 (acc / wsum[:, None]).to(o_ptr.dtype.element_ty), mask=valid[:, None])
 
 
 def tile_tokens(heads: int, kv_heads: int) -> int:
@@ -90,33 +145,67 @@ def available(device, dtype: torch.dtype, head_dim: int) -> bool:
             and dtype in (torch.bfloat16, torch.float16) and head_dim >= 16 and head_dim & (head_dim - 1) == 0)
 
 
-def plan(chunks: list[tuple[list[int], int, int]], device, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The step's tile table [T, 4] (first packed token, tokens, first token's position, chunk), `tokens` per tile
-    at most (tile_tokens), and block tables [chunks, most blocks] (int32, on `device`) for chunks (block table
-    holding at least start + n tokens, start, n) packed in this order."""
+def scratch_bytes(tokens: int, max_len: int, heads: int, kv_heads: int, head_dim: int) -> int:
+    """The splits' partials (fp32 output and log-sum-exp) of a step of `tokens` prompt tokens in one chunk at keys
+    up to max_len: what an engine keeps free beside its KV cache."""
+    tiles = -(-tokens // tile_tokens(heads, kv_heads)) + 1
+    return tiles * -(-max_len // SPLIT_KEYS) * kv_heads * ROWS * (head_dim + 1) * 4
+
+
+def key_splits(end: int, split_keys: int = SPLIT_KEYS) -> list[tuple[int, int]]:
+    """A tile's key ranges [lo, hi) covering keys [0, end): cut at every multiple of split_keys (a multiple of
+    BLOCK_N), whatever the tile."""
+    assert split_keys % BLOCK_N == 0 and split_keys > 0
+    return [(lo, min(lo + split_keys, end)) for lo in range(0, end, split_keys)]
+
+
+def plan(chunks: list[tuple[list[int], int, int]], device, tokens: int,
+         split_keys: int = SPLIT_KEYS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """The step's tables for chunks (block table holding at least start + n tokens, start, n) packed in this order,
+    `tokens` per tile at most (tile_tokens): the program table [P, 7] (first packed token, tokens, first token's
+    position, chunk, keys k_lo, k_hi, partial slot or -1: the output directly), the merge table [M, 4] (first packed
+    token, tokens, first partial slot, splits) of tiles split across programs (key_splits), block tables [chunks,
+    most blocks] (all int32, on `device`) and the number of partial slots."""
     tiles, rows, offset = [], [], 0
     for c, (table, start, n) in enumerate(chunks):
         for i in range(0, n, tokens):
             tiles.append((offset + i, min(tokens, n - i), start + i, c))
         rows.append(table)
         offset += n
+    programs, merges, slots = [], [], 0
+    for row0, n, pos0, c in tiles:
+        ranges = key_splits(pos0 + n, split_keys)
+        if len(ranges) == 1:
+            programs.append((row0, n, pos0, c, 0, pos0 + n, -1))
+            continue
+        merges.append((row0, n, slots, len(ranges)))
+        programs += [(row0, n, pos0, c, lo, hi, slots + i) for i, (lo, hi) in enumerate(ranges)]
+        slots += len(ranges)
     nb = max(len(t) for t in rows)
     tables = torch.tensor([t + [0] * (nb - len(t)) for t in rows], dtype=torch.int32)
-    return torch.tensor(tiles, dtype=torch.int32).to(device), tables.to(device)
+    programs = torch.tensor(programs, dtype=torch.int32).reshape(-1, 7)
+    merges = torch.tensor(merges, dtype=torch.int32).reshape(-1, 4)
+    return programs.to(device), merges.to(device), tables.to(device), slots
 
 
 def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, tiles: torch.Tensor,
-                      tables: torch.Tensor, scale: float) -> torch.Tensor:
+                      merges: torch.Tensor, tables: torch.Tensor, slots: int, scale: float) -> torch.Tensor:
     """q [N, H, D] (the step's packed queries, after RoPE; any strides with a contiguous last dim); k_cache, v_cache
-    [num_blocks, KV, block_size, D] (one layer's, the chunks' own K/V already written); tiles, tables from `plan`
-    with tile_tokens(H, KV) tokens per tile. -> [N, H, D]."""
+    [num_blocks, KV, block_size, D] (one layer's, the chunks' own K/V already written); tiles, merges, tables,
+    slots from `plan` with tile_tokens(H, KV) tokens per tile. -> [N, H, D]."""
     N, H, D = q.shape
     KV, bs = k_cache.shape[1], k_cache.shape[2]
     assert q.stride(-1) == 1 and k_cache.stride(-1) == 1 and k_cache.stride() == v_cache.stride()
     out = torch.empty(N, H, D, dtype=q.dtype, device=q.device)
+    part = torch.empty(max(slots, 1), KV, ROWS, D, dtype=torch.float32, device=q.device)  # one slot: never read
+    lse = torch.empty(max(slots, 1), KV, ROWS, dtype=torch.float32, device=q.device)
     g = H // KV
+    gp = 1 << (g - 1).bit_length()
     _prefill_kernel[(tiles.shape[0], KV)](
-        q, k_cache, v_cache, out, tiles, tables, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
-        tables.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), scale * 1.4426950408889634,
-        G=g, GP=1 << (g - 1).bit_length(), D=D, BS=bs, ROWS=ROWS, BLOCK_N=BLOCK_N, num_warps=8, num_stages=2)
+        q, k_cache, v_cache, out, part, lse, tiles, tables, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+        tables.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), scale * 1.4426950408889634, KV,
+        G=g, GP=gp, D=D, BS=bs, ROWS=ROWS, BLOCK_N=BLOCK_N, num_warps=8, num_stages=2)
+    if merges.shape[0]:
+        _merge_kernel[(merges.shape[0], KV)](part, lse, out, merges, out.stride(0), out.stride(1), KV, G=g, GP=gp,
+                                             D=D, ROWS=ROWS, num_warps=8)
     return out

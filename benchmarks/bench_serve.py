@@ -17,7 +17,10 @@ from this process instead (its engine on a background thread, uvicorn on another
 Load: a fixed --concurrency (a sweep, comma-separated) or a Poisson --request-rate. --long-prompt-len N adds one
 N-token request once the streams are running and reports the streams' inter-token latency while it is read.
 Per run: requests completed, output tok/s, TTFT, TPOT (per request: (latency - TTFT) / (tokens - 1)) and
-inter-token latency (ITL, between streamed chunks), each p50/p99 in ms, and, with the server in another process,
+inter-token latency (ITL: per token, a chunk's gap shared by the tokens it carries, counted from the usage the
+server puts in every chunk with stream_options.continuous_usage_stats, as SGLang's bench_serving does; where a
+server gives no such count, per chunk), the gaps between chunks as they came (chunk_gap_*), each p50/p99 in ms,
+and, with the server in another process,
 the share of one core the client itself used (near 1: the client's parsing bounds the figures); JSON under --out.
 """
 
@@ -210,7 +213,8 @@ def requests_for(args, rng: random.Random, vocab: int) -> list[tuple[str, dict]]
             out.append(("/v1/chat/completions", {"messages": [{"role": "user", "content": user}],
                                                  "tools": WEATHER_TOOLS, "max_tokens": args.output_len}))
     for _, body in out:
-        body.update(temperature=0, ignore_eos=True, stream=True, stream_options={"include_usage": True})
+        body.update(temperature=0, ignore_eos=True, stream=True,
+                    stream_options={"include_usage": True, "continuous_usage_stats": True})
     return out
 
 
@@ -230,8 +234,13 @@ async def sse_lines(resp: httpx.Response):
 
 
 async def one_request(client: httpx.AsyncClient, base: str, model: str, endpoint: str, body: dict) -> dict:
+    """One streamed request: TTFT, and the inter-token latencies per token. A chunk can carry several tokens (the
+    server holds a token whose text ends inside a UTF-8 character until the next completes it: ~1.1% of SmolLM3's
+    vocabulary, so a random-weight model's replies are full of them); with usage in every chunk
+    (continuous_usage_stats) each of a chunk's k tokens gets 1/k of its gap, as SGLang's bench_serving counts.
+    Without it, one chunk is one token. `chunk_gaps` keeps the gaps between chunks as they came."""
     t0 = time.perf_counter()
-    chunks, text, usage, error = [], [], None, None
+    chunks, counts, text, usage, error = [], [], [], None, None
     try:
         async with client.stream("POST", base + endpoint, json={**body, "model": model}) as resp:
             if resp.status_code != 200:
@@ -250,6 +259,7 @@ async def one_request(client: httpx.AsyncClient, base: str, model: str, endpoint
                         (c.get("delta") or {}).get("reasoning") or ""
                     if piece:
                         chunks.append(time.perf_counter())
+                        counts.append((event.get("usage") or {}).get("completion_tokens"))
                         text.append(piece)
     except httpx.HTTPError as e:
         return {"ok": False, "error": f"{type(e).__name__}: {e}"}
@@ -259,8 +269,23 @@ async def one_request(client: httpx.AsyncClient, base: str, model: str, endpoint
         # chat parser holds back as leading whitespace: no chunk to time the first token by
         error = f"no visible text in {n} streamed tokens (whitespace only?): TTFT and ITL need visible tokens"
     return {"ok": error is None and bool(chunks), "error": error, "start": t0, "ttft": chunks[0] - t0 if chunks else None,
-            "latency": end - t0, "tokens": n, "itl": list(np.diff(chunks)), "text": "".join(text),
+            "latency": end - t0, "tokens": n, "itl": per_token_gaps(chunks, counts), "chunk_gaps": list(np.diff(chunks)),
+            "per_token": bool(counts) and None not in counts, "text": "".join(text),
             "cached": ((usage or {}).get("prompt_tokens_details") or {}).get("cached_tokens")}
+
+
+def per_token_gaps(times: list[float], counts: list) -> list[float]:
+    """The gaps between tokens from chunk arrival times and each chunk's running token count (None: unknown, one
+    token a chunk): k new tokens after a gap g are k gaps of g / k; a chunk with no new token (text the server held
+    back, released) adds its gap to the next."""
+    if None in counts:
+        return list(np.diff(times))
+    out, last_t, last_n = [], times[0] if times else 0.0, counts[0] if counts else 0
+    for t, n in zip(times[1:], counts[1:]):
+        if n > last_n:
+            out += [(t - last_t) / (n - last_n)] * (n - last_n)
+            last_t, last_n = t, n
+    return out
 
 
 async def poll_running(client: httpx.AsyncClient, base: str, peak: list[int]):
@@ -351,6 +376,19 @@ def pct(xs, q):
     return round(float(np.percentile(xs, q)) * 1e3, 2) if len(xs) else None
 
 
+def gaps_within(results: list[dict], key: str, window: tuple[float, float]) -> list[float]:
+    """The gaps (`itl` or `chunk_gaps`) of the results that end inside window (start, end)."""
+    a, b = window
+    out = []
+    for r in results:
+        t = r["start"] + r["ttft"]
+        for x in r[key]:
+            t += x
+            if a <= t <= b:
+                out.append(x)
+    return out
+
+
 def summarise(results: list[dict], wall: float, window: tuple[float, float] | None = None) -> dict:
     ok = [r for r in results if r["ok"]]
     itl = [x for r in ok for x in r["itl"]]
@@ -361,19 +399,17 @@ def summarise(results: list[dict], wall: float, window: tuple[float, float] | No
            "ttft_p50_ms": pct([r["ttft"] for r in ok], 50), "ttft_p99_ms": pct([r["ttft"] for r in ok], 99),
            "tpot_p50_ms": pct(tpot, 50), "tpot_p99_ms": pct(tpot, 99),
            "itl_p50_ms": pct(itl, 50), "itl_p99_ms": pct(itl, 99),
+           # per token where every stream said how many tokens each chunk carried (else per chunk)
+           "itl_per_token": bool(ok) and all(r["per_token"] for r in ok),
+           "chunk_gap_p50_ms": pct([x for r in ok for x in r["chunk_gaps"]], 50),
+           "chunk_gap_p99_ms": pct([x for r in ok for x in r["chunk_gaps"]], 99),
            "cached_prompt_tokens": sum(r["cached"] or 0 for r in ok)}
-    if window is not None:  # inter-token latency of chunks that arrived while the long prompt was being read
-        a, b = window
-        during = []
-        for r in ok:
-            t = r["start"] + r["ttft"]
-            for x in r["itl"]:
-                t += x
-                if a <= t <= b:
-                    during.append(x)
+    if window is not None:  # the gaps that ended while the long prompt was being read
+        during, chunk_gaps = gaps_within(ok, "itl", window), gaps_within(ok, "chunk_gaps", window)
         out["itl_during_long_prefill_p50_ms"] = pct(during, 50)
         out["itl_during_long_prefill_p99_ms"] = pct(during, 99)
         out["itl_during_long_prefill_count"] = len(during)
+        out["chunk_gap_during_long_prefill_p99_ms"] = pct(chunk_gaps, 99)
     errors = [r["error"] for r in results if not r["ok"]]
     if errors:
         out["first_error"] = str(errors[0])[:300]
@@ -463,7 +499,8 @@ def main(argv=None):
             if args.long_prompt_len:
                 ids = [rng.randrange(min(1000, vocab // 2), vocab) for _ in range(args.long_prompt_len)]
                 long_req = ("/v1/completions", {"prompt": ids, "max_tokens": 1, "temperature": 0, "stream": True,
-                                                "stream_options": {"include_usage": True}})
+                                                "stream_options": {"include_usage": True,
+                                                                   "continuous_usage_stats": True}})
             remote = engine is None and not args.base_url  # our server, in its own process
             before = dict(engine.stats) if engine is not None else server_counts(base) if remote else None
             if engine is not None:

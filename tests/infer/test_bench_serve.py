@@ -22,6 +22,7 @@ def test_bench_serve_runs_and_counts(tiny_dir, tmp_path, where):
     for run in res["runs"]:
         assert run["completed"] == 6 and run["failed"] == 0 and run["output_tokens"] == 36
         assert 0 < run["ttft_p50_ms"] <= run["ttft_p99_ms"] and 0 < run["itl_p50_ms"] <= run["itl_p99_ms"]
+        assert run["itl_per_token"] and 0 < run["chunk_gap_p50_ms"] <= run["chunk_gap_p99_ms"]
         # the engine's own counts over the run: every prompt token prefilled, a decode step per later token
         assert run["engine"]["prompt_tokens"] == 6 * 24 and run["engine"]["decode_steps"] >= 5
         assert run["engine"]["max_running"] <= run["concurrency"]
@@ -50,6 +51,17 @@ def test_serve_host_measures_the_host_path_alone(tiny_dir, tmp_path):
                         "--client-processes", "2", "--out", str(tmp_path / "host.json")])["run"]
     assert run["completed"] == 8 and run["failed"] == 0 and run["output_tokens"] == 40
     assert run["decode_steps"] >= 4 and run["prefill_steps"] >= 1 and run["host_ms_per_step"] > 0
+
+
+def test_a_chunks_gap_is_shared_by_the_tokens_it_carries():
+    """Per-token gaps from chunk times and running token counts (continuous usage): 2 tokens after 30 ms are two
+    gaps of 15; a chunk that brings no new token (held text released) rolls its gap into the next; without counts,
+    a chunk is a token."""
+    per_token_gaps = runpy.run_path(str(REPO / "benchmarks" / "bench_serve.py"))["per_token_gaps"]
+    times, counts = [0.0, 0.010, 0.040, 0.045, 0.060], [1, 2, 4, 4, 5]
+    assert per_token_gaps(times, counts) == pytest.approx([0.010, 0.015, 0.015, 0.020])
+    assert per_token_gaps(times, [None] * 5) == pytest.approx([0.010, 0.030, 0.005, 0.015])
+    assert per_token_gaps([], []) == []
 
 
 def test_stream_events_survive_line_separators_in_text():

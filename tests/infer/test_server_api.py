@@ -300,3 +300,41 @@ def test_logprob_values_are_finite_json(server):
     assert r.status_code == 200
     block = r.json()["choices"][0]["logprobs"]
     assert all(math.isfinite(v) for top in block["top_logprobs"] for v in top.values())
+
+
+def _events(r) -> list[dict]:
+    return [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/completions", {"prompt": "The capital of France is"}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Name three colours."}]}),
+])
+def test_continuous_usage_counts_the_tokens_each_chunk_carries(server, path, body):
+    """stream_options.continuous_usage_stats (vLLM's extension): every chunk's usage counts the tokens generated up
+    to it, so a client can tell a chunk that carries two tokens (a character split across tokens) from one."""
+    body = {**body, "max_tokens": 24, "temperature": 0, "ignore_eos": True, "stream": True,
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True}}
+    events = _events(httpx.post(server.base + path, json=body, timeout=60))
+    counts = [e["usage"]["completion_tokens"] for e in events]
+    assert all(e["usage"]["prompt_tokens"] == events[-1]["usage"]["prompt_tokens"] > 0 for e in events)
+    assert counts == sorted(counts) and counts[-1] == 24 and counts[-2] == 24  # the last content chunk: all of them
+    content = [e for e in events if e["choices"] and (e["choices"][0].get("text") or
+                                                       e["choices"][0].get("delta", {}).get("content"))]
+    assert len(content) >= 10 and counts[0] < 24
+    plain = _events(httpx.post(server.base + path, json={**body, "stream_options": {"include_usage": True}},
+                               timeout=60))
+    assert [e["usage"] for e in plain[:-1]] == [None] * (len(plain) - 1)  # without it: the last chunk only
+    assert plain[-1]["usage"]["completion_tokens"] == 24
+
+
+@pytest.mark.parametrize("options, needle", [
+    ({"include_usage": True, "chunk_size": 4}, "unknown stream_options field 'chunk_size'"),
+    ({"continuous_usage_stats": True}, "needs 'include_usage': true"),
+    ({"include_usage": "yes"}, "'stream_options.include_usage' must be a boolean"),
+])
+def test_bad_stream_options_are_a_400_naming_them(server, options, needle):
+    r = httpx.post(server.base + "/v1/completions", timeout=60, json={
+        "prompt": "Hi", "max_tokens": 2, "stream": True, "stream_options": options})
+    assert r.status_code == 400 and needle in r.json()["error"]["message"]
+    assert r.json()["error"]["param"] == "stream_options"

@@ -172,13 +172,26 @@ def n_choices(body: dict) -> int:
     return get_field(body, "n", int, "an integer", 1, lambda v: 1 <= v <= 64, "must be between 1 and 64")
 
 
-def stream_flags(body: dict) -> tuple[bool, bool]:
+def stream_flags(body: dict) -> tuple[bool, bool, bool]:
+    """(stream, include_usage, continuous_usage). `continuous_usage_stats` (vLLM's extension): usage, the tokens
+    generated so far, in every chunk, so that a client can tell how many tokens each chunk carries."""
     stream = get_field(body, "stream", bool, "a boolean", False)
     opts = get_field(body, "stream_options", dict, "an object", {})
-    include_usage = opts.get("include_usage", False)
-    if not isinstance(include_usage, bool):
-        raise APIError(400, "'stream_options.include_usage' must be a boolean", param="stream_options")
-    return stream, include_usage
+    unknown = sorted(set(opts) - {"include_usage", "continuous_usage_stats"})
+    if unknown:
+        raise APIError(400, f"unknown stream_options field {unknown[0]!r}: this server takes include_usage and "
+                            "continuous_usage_stats", param="stream_options")
+    flags = []
+    for name in ("include_usage", "continuous_usage_stats"):
+        value = opts.get(name, False)
+        if not isinstance(value, bool):
+            raise APIError(400, f"'stream_options.{name}' must be a boolean", param="stream_options")
+        flags.append(value)
+    include_usage, continuous = flags
+    if continuous and not include_usage:
+        raise APIError(400, "'stream_options.continuous_usage_stats' needs 'include_usage': true",
+                       param="stream_options")
+    return stream, include_usage, continuous
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -177,9 +177,11 @@ def create_app(state: ServerState) -> FastAPI:
         def echo_text(i):
             return state.tokenizer.decode(plan.jobs[i].ids) if plan.echo else ""
 
-        def usage():
+        def usage(completion_tokens=None):
+            """The request's usage; `completion_tokens` (continuous usage): those the chunks have carried so far."""
             cached = sum(max(r.num_cached_tokens for r in reqs[k:k + per]) for k in range(0, len(reqs), per))
-            return oa.usage(prompt_tokens, sum(len(r.output_ids) for r in reqs), cached)
+            done = sum(len(r.output_ids) for r in reqs) if completion_tokens is None else completion_tokens
+            return oa.usage(prompt_tokens, done, cached)
 
         def logprobs_block(i, entries, offset):
             if plan.logprobs is None:
@@ -201,11 +203,13 @@ def create_app(state: ServerState) -> FastAPI:
             return {"id": rid, "object": "text_completion", "created": created, "model": state.model_name,
                     "choices": choices, "usage": usage()}
 
-        def chunk(choices, usage=None):
+        sent = [0] * len(reqs)  # tokens each choice's chunks have carried (continuous usage)
+
+        def chunk(choices, totals=None):
             c = {"id": rid, "object": "text_completion", "created": created, "model": state.model_name,
                  "choices": choices}
-            if plan.include_usage:
-                c["usage"] = usage
+            if plan.include_usage:  # null but in the last chunk, or continuous: every chunk's count so far
+                c["usage"] = usage(sum(sent)) if totals is None and plan.continuous_usage else totals
             return sse(c)
 
         async def events():
@@ -214,11 +218,12 @@ def create_app(state: ServerState) -> FastAPI:
                 if plan.echo:
                     offsets[i] = len(echo_text(i))
                     yield chunk([{"index": i, "text": echo_text(i), "logprobs": None, "finish_reason": None}])
-            async for i, delta, reason, entries in stream_updates(state, reqs, queue):
+            async for i, delta, reason, entries, tokens in stream_updates(state, reqs, queue):
                 if reason == "error":
                     yield sse(oa.error_body(reqs[i].error or "engine error", "server_error"))
                     continue
                 if delta or reason or entries:
+                    sent[i] = tokens
                     block = logprobs_block(i, entries, offsets[i])
                     offsets[i] += sum(len(t) for t in block["tokens"]) if block else 0
                     yield chunk([{"index": i, "text": delta, "logprobs": block,
@@ -241,9 +246,10 @@ def create_app(state: ServerState) -> FastAPI:
         reqs, queue = submit(state, plan.jobs, seeded=len(plan.jobs) > 1)
         rid, created = oa.new_id("chatcmpl"), oa.now()
 
-        def usage():
-            return oa.usage(plan.prompt_tokens, sum(len(r.output_ids) for r in reqs),
-                            max(r.num_cached_tokens for r in reqs))
+        def usage(completion_tokens=None):
+            """The request's usage; `completion_tokens` (continuous usage): those the chunks have carried so far."""
+            done = sum(len(r.output_ids) for r in reqs) if completion_tokens is None else completion_tokens
+            return oa.usage(plan.prompt_tokens, done, max(r.num_cached_tokens for r in reqs))
 
         def closing(r):  # parallel_tool_calls false stopped at the first </tool_call>: put it back for the parser
             return TOOL_CLOSE if plan.tool_stop and r.stop_reason == TOOL_CLOSE else ""
@@ -260,11 +266,13 @@ def create_app(state: ServerState) -> FastAPI:
             return {"id": rid, "object": "chat.completion", "created": created, "model": state.model_name,
                     "choices": choices, "usage": usage()}
 
-        def chunk(choices, usage=None):
+        sent = [0] * len(reqs)  # tokens each choice's chunks have carried (continuous usage)
+
+        def chunk(choices, totals=None):
             c = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": state.model_name,
                  "choices": choices}
-            if plan.include_usage:
-                c["usage"] = usage
+            if plan.include_usage:  # null but in the last chunk, or continuous: every chunk's count so far
+                c["usage"] = usage(sum(sent)) if totals is None and plan.continuous_usage else totals
             return sse(c)
 
         async def events():
@@ -273,10 +281,11 @@ def create_app(state: ServerState) -> FastAPI:
                        for i in range(len(reqs))]
             for st in streams:
                 yield chunk([st.start()])
-            async for i, delta, reason, entries in stream_updates(state, reqs, queue):
+            async for i, delta, reason, entries, tokens in stream_updates(state, reqs, queue):
                 if reason == "error":
                     yield sse(oa.error_body(reqs[i].error or "engine error", "server_error"))
                     continue
+                sent[i] = tokens  # a chunk that the parser holds back is carried by the next
                 if reason:
                     delta += closing(reqs[i])
                 for c in streams[i].feed(delta, reason, content(entries)):
@@ -346,7 +355,7 @@ class Outbox:
 
 def submit(state: ServerState, jobs, seeded: bool) -> tuple[list, asyncio.Queue]:
     """Queue one engine request per job; several with a seed get seed, seed+1, ... Updates reach the queue as
-    (job index, new text, finish reason or None, new logprob entries)."""
+    (job index, new text, finish reason or None, new logprob entries, tokens generated so far)."""
     loop = asyncio.get_running_loop()
     if state.outbox is None or state.outbox.loop is not loop:
         state.outbox = Outbox(loop)
@@ -363,7 +372,7 @@ def submit(state: ServerState, jobs, seeded: bool) -> tuple[list, asyncio.Queue]
             # taken on the engine thread, in order
             entries = visible_logprobs(r, sent[0]) if r.logprobs else []
             sent[0] += len(entries)
-            outbox.put(queue, (i, r.take_delta(), r.finish_reason, entries))
+            outbox.put(queue, (i, r.take_delta(), r.finish_reason, entries, len(r.output_ids)))
 
         try:
             reqs.append(state.engine.submit(job.ids, params, constraint=job.constraint() if job.constraint else None,
@@ -376,15 +385,16 @@ def submit(state: ServerState, jobs, seeded: bool) -> tuple[list, asyncio.Queue]
 
 
 async def stream_updates(state: ServerState, reqs, queue: asyncio.Queue):
-    """Yield (choice index, new text, finish reason or None, logprob entries) until every request finishes; abort
-    the unfinished ones if the consumer stops early (client disconnect: the generator is closed or cancelled)."""
+    """Yield (choice index, new text, finish reason or None, logprob entries, tokens generated so far) until every
+    request finishes; abort the unfinished ones if the consumer stops early (client disconnect: the generator is
+    closed or cancelled)."""
     left = len(reqs)
     try:
         while left:
-            for i, delta, reason, entries in coalesce([await queue.get(), *drain(queue)]):
-                if reason:
+            for update in coalesce([await queue.get(), *drain(queue)]):
+                if update[2]:
                     left -= 1
-                yield i, delta, reason, entries
+                yield update
     finally:
         for r in reqs:
             if not r.finished:
@@ -399,14 +409,15 @@ def drain(queue: asyncio.Queue) -> list:
 
 
 def coalesce(updates: list) -> list:
-    """Consecutive updates of one choice as one (text joined, logprob entries joined, the last finish reason): a
+    """Consecutive updates of one choice as one (text joined, logprob entries joined, the last finish reason and
+    token count): a
     stream that fell a few engine steps behind catches up in one chunk, not one chunk (and socket write) per token.
     An error update stays on its own."""
     out = []
     for u in updates:
         if out and out[-1][0] == u[0] and out[-1][2] is None and u[2] != "error":
-            i, delta, _, entries = out[-1]
-            out[-1] = (i, delta + u[1], u[2], entries + u[3])
+            i, delta, _, entries, _ = out[-1]
+            out[-1] = (i, delta + u[1], u[2], entries + u[3], u[4])
         else:
             out.append(u)
     return out
@@ -418,7 +429,7 @@ async def wait_all(state: ServerState, request: Request, reqs, queue: asyncio.Qu
     try:
         while left:
             try:
-                _, _, reason, _ = await asyncio.wait_for(queue.get(), timeout=1.0)
+                reason = (await asyncio.wait_for(queue.get(), timeout=1.0))[2]
             except asyncio.TimeoutError:
                 if await request.is_disconnected():
                     return

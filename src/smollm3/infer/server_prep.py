@@ -112,6 +112,7 @@ class ChatPlan:
     tool_stop: bool  # parallel_tool_calls false: generation stops at the first </tool_call>, which we put back
     stream: bool
     include_usage: bool
+    continuous_usage: bool  # usage in every chunk (stream_options.continuous_usage_stats)
 
 
 def prepare_chat(body: dict, *, tokenizer, template: str, max_model_len: int, vocab_size: int,
@@ -153,13 +154,13 @@ def prepare_chat(body: dict, *, tokenizer, template: str, max_model_len: int, vo
     tool_stop = bool(offered) and choice == "auto" and not parallel and TOOL_CLOSE not in params.stop
     params = dataclasses.replace(params, logprobs=logprobs, stop=params.stop + [TOOL_CLOSE] * tool_stop)
     n = oa.n_choices(body)
-    stream, include_usage = oa.stream_flags(body)
+    stream, include_usage, continuous = oa.stream_flags(body)
     if forced:
         make = (lambda: oa.forced_call(choice, tools)[1])  # noqa: E731 (each choice needs its own grammar state)
     else:
         make = fmt
     return ChatPlan([Job(ids, params, make) for _ in range(n)], len(ids), prefix, bool(offered), logprobs, legacy,
-                    tool_stop, stream, include_usage)
+                    tool_stop, stream, include_usage, continuous)
 
 
 @dataclass
@@ -172,6 +173,7 @@ class CompletionPlan:
     echo: bool
     stream: bool
     include_usage: bool
+    continuous_usage: bool
 
 
 def prepare_completion(body: dict, *, tokenizer, max_model_len: int, vocab_size: int,
@@ -187,7 +189,7 @@ def prepare_completion(body: dict, *, tokenizer, max_model_len: int, vocab_size:
     n = oa.n_choices(body)
     best_of = oa.get_field(body, "best_of", int, "an integer", n, lambda v: n <= v <= 64,
                            f"must be between n ({n}) and 64")
-    stream, include_usage = oa.stream_flags(body)
+    stream, include_usage, continuous = oa.stream_flags(body)
     if stream and best_of != n:
         raise APIError(400, "'best_of' other than n cannot be streamed", param="best_of")
     prompts = prompt_ids(body.get("prompt"), tokenizer, max_model_len, token_bytes)
@@ -198,7 +200,7 @@ def prepare_completion(body: dict, *, tokenizer, max_model_len: int, vocab_size:
         # best_of ranks candidates by their cumulative logprob, so they all record it
         k = logprobs if logprobs is not None else (0 if best_of > n else None)
         jobs += [Job(ids, dataclasses.replace(params, logprobs=k))] * best_of
-    return CompletionPlan(jobs, prompts, n, best_of, logprobs, echo, stream, include_usage)
+    return CompletionPlan(jobs, prompts, n, best_of, logprobs, echo, stream, include_usage, continuous)
 
 
 def prompt_ids(raw, tokenizer, max_model_len: int, token_bytes: int) -> list[list[int]]:

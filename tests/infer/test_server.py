@@ -289,8 +289,10 @@ def test_outbox_hands_every_update_over_in_order_with_few_wake_ups():
 def test_a_lagging_stream_catches_up_in_one_chunk_per_choice():
     from smollm3.infer.server import coalesce
 
-    ups = [(0, "a", None, [1]), (0, "b", None, [2]), (1, "x", None, []), (1, "y", "stop", []), (0, "c", "length", [3])]
-    assert coalesce(ups) == [(0, "ab", None, [1, 2]), (1, "xy", "stop", []), (0, "c", "length", [3])]
+    # (choice, text, finish reason, logprob entries, tokens so far): the joined update keeps the last count
+    ups = [(0, "a", None, [1], 1), (0, "b", None, [2], 2), (1, "x", None, [], 1), (1, "y", "stop", [], 2),
+           (0, "c", "length", [3], 3)]
+    assert coalesce(ups) == [(0, "ab", None, [1, 2], 2), (1, "xy", "stop", [], 2), (0, "c", "length", [3], 3)]
     # nothing joins an update that already finished, and an error stays on its own
-    ups = [(0, "a", "stop", []), (0, "", "error", []), (1, "p", None, []), (1, "", "error", [])]
+    ups = [(0, "a", "stop", [], 1), (0, "", "error", [], 1), (1, "p", None, [], 1), (1, "", "error", [], 1)]
     assert coalesce(ups) == ups

@@ -5,10 +5,10 @@ Both the step and a collection stop every stream at once (a collection holds the
 launch the next step), so either sets the streams' worst gaps between tokens; with 64 streams the p99 of their gaps
 is the ~3 slowest steps in 300. The histograms say which it was.
 
-The freeze: a full collection walks every object the process tracks. A GPU server holds the compiled model's
-graphs, guards and kernels (hundreds of thousands of objects), so one full collection can stop it for tens or
-hundreds of milliseconds at an arbitrary step. Frozen objects are skipped by every later collection, and the ones
-serving allocates are still collected. vLLM freezes its startup heap after warm-up for the same reason
+The freeze: a full collection walks every object the process tracks. A server of SmolLM2-135M on the CPU tracks
+399,300 after start-up (its libraries, tokenizer and model; a GPU server adds its compiled code), and a full
+collection of them took 175-217 ms on a 2-core machine, at whatever step it fell. Frozen objects are skipped by
+every later collection (under 0.01 ms there after the freeze), and the ones serving allocates are still collected. vLLM freezes its startup heap after warm-up for the same reason
 (vllm/utils/gc_utils.py, freeze_gc_heap).
 """
 

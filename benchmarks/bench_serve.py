@@ -155,6 +155,31 @@ def server_counts(base: str) -> dict:
     return out
 
 
+def server_histograms(base: str) -> dict:
+    """The server's histograms from /metrics: {name: {bound: cumulative count}} for the engine's step time and the
+    garbage collector's pauses (the latter only where the server runs as `smollm3 serve`)."""
+    out = {}
+    for line in httpx.get(base + "/metrics").text.splitlines():
+        for name in ("smollm3_step_seconds", "smollm3_gc_pause_seconds"):
+            if line.startswith(name + '_bucket{le="'):
+                bound, _, value = line[len(name) + 12:].partition('"} ')
+                out.setdefault(name, {})[float(bound)] = int(float(value))
+    return out
+
+
+def histogram_summary(before: dict, after: dict) -> dict:
+    """A run's share of one histogram (after less before): observations, and the bucket bounds (ms) that hold the
+    p50, the p99 and the largest (a quantile lies at or below its bound, above the bound before)."""
+    counts = {b: after[b] - before.get(b, 0) for b in sorted(after)}
+    n = counts[float("inf")]
+
+    def bound(q):
+        b = next(b for b, c in counts.items() if c >= q * n)
+        return round(b * 1e3, 2) if b != float("inf") else "inf"
+
+    return {"count": n, "p50_le_ms": bound(0.5), "p99_le_ms": bound(0.99), "max_le_ms": bound(1.0)} if n else {"count": 0}
+
+
 def preset_dir(name: str, device: str | None) -> Path:
     """Random weights of preset `name` written by a process of its own (bf16 on a GPU), so that this process holds
     no GPU memory that a server's KV sizing would count."""
@@ -503,6 +528,7 @@ def main(argv=None):
                                                                    "continuous_usage_stats": True}})
             remote = engine is None and not args.base_url  # our server, in its own process
             before = dict(engine.stats) if engine is not None else server_counts(base) if remote else None
+            hist_before = server_histograms(base) if remote else None
             if engine is not None:
                 engine.stats["max_running"] = 0
             peak = []
@@ -533,6 +559,11 @@ def main(argv=None):
                 row["engine"] = {k: after[k] - before[k] for k in after if k != "max_running_since_start"}
                 row["engine"] |= {"max_running": max(peak, default=0),
                                   "max_running_since_start": after["max_running_since_start"]}
+                # which set the worst gaps: slow engine steps, or collections that stopped the server's threads
+                hist_after = server_histograms(base)
+                for name, key in (("smollm3_step_seconds", "step_seconds"), ("smollm3_gc_pause_seconds", "gc_pauses")):
+                    if name in hist_after:
+                        row["engine"][key] = histogram_summary(hist_before.get(name, {}), hist_after[name])
             if long_res is not None:
                 row["long_prompt_ttft_ms"] = round(long_res["ttft"] * 1e3, 1) if long_res["ok"] else None
             if args.save_outputs:

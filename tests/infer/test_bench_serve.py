@@ -28,6 +28,12 @@ def test_bench_serve_runs_and_counts(tiny_dir, tmp_path, where):
         assert run["engine"]["max_running"] <= run["concurrency"]
         if where != "in process":  # (the poll every 0.1 s may miss a short run: the high-water mark cannot)
             assert 1 <= run["engine"]["max_running_since_start"] <= 3
+            # the server's step histogram over the run: one observation per step, a step prefills or decodes or both
+            e, steps = run["engine"], run["engine"]["step_seconds"]
+            assert max(e["decode_steps"], e["prefill_steps"]) <= steps["count"] <= e["decode_steps"] + e["prefill_steps"]
+            p50, p99, top = (float(steps[k]) for k in ("p50_le_ms", "p99_le_ms", "max_le_ms"))  # "inf": past 2.5 s
+            assert 0 < p50 <= p99 <= top
+            assert e["gc_pauses"]["count"] >= 0
         else:
             assert 1 <= run["engine"]["max_running"]
 

@@ -241,6 +241,14 @@ def test_serve_cli_with_api_key(smollm2_dir):
         r = client.completions.create(model="tiny-chat", prompt="The capital of France is", max_tokens=2,
                                       temperature=0)
         assert r.usage.completion_tokens == 2
+        # the process is the server's: its heap frozen after warm-up, its collections and steps timed
+        metrics = dict(line.rsplit(" ", 1) for line in httpx.get(base + "/metrics").text.splitlines()
+                       if not line.startswith("#"))
+        assert int(metrics["smollm3_gc_frozen_objects"]) > 10_000
+        assert "smollm3_gc_pause_seconds_count" in metrics
+        steps = int(metrics["smollm3_step_seconds_count"])  # a prompt step, then a decode step at least
+        assert 2 <= steps <= int(metrics["smollm3_prefill_steps_total"]) + int(metrics["smollm3_decode_steps_total"])
+        assert steps == int(metrics['smollm3_step_seconds_bucket{le="+Inf"}']) and float(metrics["smollm3_step_seconds_sum"]) > 0
     finally:
         proc.terminate()
         proc.wait(timeout=30)

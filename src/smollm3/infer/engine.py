@@ -26,6 +26,7 @@ import torch
 from smollm3.infer.block_manager import BlockManager
 from smollm3.infer.cache import kv_bytes_per_token
 from smollm3.infer.constrain import ToolCallConstraint
+from smollm3.infer.metrics import Histogram
 from smollm3.infer.model_runner import ModelRunner
 from smollm3.infer.sampling import (SamplingParams, generation_defaults, plain_greedy, sampling_scores, stop_token_ids,
                                     token_logprobs)
@@ -424,6 +425,7 @@ class BackgroundEngine:
         self._wake = threading.Event()
         self._stop = False
         self.last_error: str | None = None
+        self.step_seconds = Histogram()  # each step's wall time on this thread: the streams' gap between tokens
         self.thread = threading.Thread(target=self._loop, name="smollm3-engine", daemon=True)
         self.thread.start()
 
@@ -448,7 +450,9 @@ class BackgroundEngine:
                 self._wake.clear()
                 continue
             try:
+                began = time.perf_counter()
                 self.engine.step()
+                self.step_seconds.observe(time.perf_counter() - began)
             except Exception as e:  # noqa: BLE001 (a failing step fails its requests, never the server)
                 self.last_error = "".join(traceback.format_exception_only(type(e), e)).strip()
                 traceback.print_exc()

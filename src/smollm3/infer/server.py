@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import ipaddress
 import json
 import secrets
@@ -30,6 +31,7 @@ from smollm3.infer import openai_api as oa
 from smollm3.infer import server_prep as prep
 from smollm3.infer.engine import BackgroundEngine
 from smollm3.infer.llm import build_engine
+from smollm3.infer.metrics import GCPauses, freeze_heap
 from smollm3.infer.openai_api import APIError
 from smollm3.parsing import TOOL_CLOSE
 
@@ -48,6 +50,7 @@ class ServerState:
     max_waiting: int | None = None
     created: int = field(default_factory=oa.now)
     http_errors: Counter = field(default_factory=Counter)
+    gc_pauses: GCPauses | None = None  # the process's collections, timed where the server owns the process (serve)
 
     def __post_init__(self):
         self.outbox: Outbox | None = None  # bound to the event loop by the first request
@@ -474,6 +477,13 @@ def prometheus_text(state: ServerState) -> str:
         lines += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}", f"{name} {value}"]
     lines += ["# HELP smollm3_http_errors_total error responses by status", "# TYPE smollm3_http_errors_total counter"]
     lines += [f'smollm3_http_errors_total{{status="{k}"}} {v}' for k, v in sorted(state.http_errors.items())]
+    lines += state.engine.step_seconds.lines("smollm3_step_seconds", "wall time of each engine step (prompt chunks "
+                                             "and every stream's next token)")
+    if state.gc_pauses is not None:
+        lines += state.gc_pauses.histogram.lines("smollm3_gc_pause_seconds", "each garbage collection's pause (it "
+                                                 "stops every thread)")
+        lines += ["# HELP smollm3_gc_frozen_objects objects frozen after warm-up, which collections skip",
+                  "# TYPE smollm3_gc_frozen_objects gauge", f"smollm3_gc_frozen_objects {gc.get_freeze_count()}"]
     return "\n".join(lines) + "\n"
 
 
@@ -507,6 +517,8 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, api_key: str
     state = build_state(model, api_key=api_key, served_model_name=served_model_name, chat_template=chat_template,
                         max_body_bytes=max_body_bytes, max_waiting=max_waiting,
                         log=lambda line: print(line, flush=True), **engine_kwargs)
+    freeze_heap()  # the process is the server's: its heap after warm-up is static (metrics.py says why)
+    state.gc_pauses = GCPauses().start()
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
@@ -522,6 +534,7 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, api_key: str
     try:
         server.run(sockets=[sock])
     finally:
+        state.gc_pauses.stop()
         state.engine.close()
 
 

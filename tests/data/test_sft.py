@@ -105,6 +105,15 @@ def test_resume_replays_the_same_batches_across_epochs(tok, conversations):
         assert all(torch.equal(w[k], g[k]) for k in w)
 
 
+def test_a_pinned_date_is_kept_and_a_resume_saved_with_another_is_refused(tok, conversations):
+    path, _ = conversations
+    a = SFTLoader([path], tok, seq_len=1024, batch_size=3, seed=5, date=DAY)
+    assert "Today Date: 10 July 2025" in tok.decode(next(a)["input_ids"][0].tolist())
+    b = SFTLoader([path], tok, seq_len=1024, batch_size=3, seed=5, date=date(2025, 7, 11))  # data.date changed
+    with pytest.raises(ValueError, match="saved with date 2025-07-10 and data.date is 2025-07-11"):
+        b.load_state_dict(a.state_dict())
+
+
 def test_bad_conversations_are_named_by_file_and_line(tok, tmp_path):
     p = tmp_path / "bad.jsonl"
     p.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n{"messages": [}\n')

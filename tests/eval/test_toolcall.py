@@ -1,6 +1,7 @@
 """Tool-call correctness scoring on known-good and known-bad responses; `eval compare`; a real run for structure."""
 
 import json
+from datetime import date
 
 import pytest
 
@@ -53,6 +54,8 @@ def test_tool_prompt_offers_the_tools_and_stops_before_the_call():
     assert item["messages"][1]["content"] not in prompt
     assert prompt.endswith("<|im_start|>assistant\n<think>\n\n</think>\n")
     assert get_task("tool_python").kind == "tool"
+    # a recipe's pinned date is the one printed (the model was trained with it), not today's
+    assert "Today Date: 08 July 2025\n" in tool_prompt(item, "smollm3", "no_think", date(2025, 7, 8))
 
 
 def _results(path, results):

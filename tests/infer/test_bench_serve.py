@@ -33,7 +33,7 @@ def test_bench_serve_runs_and_counts(tiny_dir, tmp_path, where):
             assert max(e["decode_steps"], e["prefill_steps"]) <= steps["count"] <= e["decode_steps"] + e["prefill_steps"]
             p50, p99, top = (float(steps[k]) for k in ("p50_le_ms", "p99_le_ms", "max_le_ms"))  # "inf": past 2.5 s
             assert 0 < p50 <= p99 <= top
-            assert e["gc_pauses"]["count"] >= 0
+            assert "gc_pauses" in e  # a server run as `smollm3 serve` times its collections (often none in a run)
         else:
             assert 1 <= run["engine"]["max_running"]
 

@@ -36,7 +36,9 @@ def test_bad_recipes_are_named(tmp_path):
              ({"stages": [{"name": "a", "train": {}}], "stagez": 1}, "unknown key.*stagez"),
              ({"stages": [{"name": "a", "train": {}, "merge": {}}]}, "exactly one of `train:` and `merge:`"),
              ({"stages": [{"name": "a", "train": {}, "from": "b"}, {"name": "b", "train": {}}]}, "names no earlier"),
-             ({"stages": [{"name": "a", "train": {}, "evals": "base"}]}, "unknown key.*evals")]
+             ({"stages": [{"name": "a", "train": {}, "evals": "base"}]}, "unknown key.*evals"),
+             ({"stages": [{"name": "a", "train": {}}], "date": "2025-7-8x"}, "date '2025-7-8x' is not a date; "
+              "write it as YYYY-MM-DD")]
     for i, (body, message) in enumerate(cases):
         path = tmp_path / f"r{i}.yaml"
         path.write_text(yaml.safe_dump(body))
@@ -158,6 +160,9 @@ def test_shortened_tiny_recipe_end_to_end(tmp_path, capsys):
     for png in ("training_loss", "validation_loss", "retrieval", "math_modes"):
         assert (out / "plots" / f"{png}.png").stat().st_size > 1000
     assert "recipe tiny finished" in printed
+    # the recipe's date is every chat stage's data.date: a rerun on another day trains on the same tokens
+    for stage in ("mid_training", "sft", "apo"):
+        assert yaml.safe_load((out / stage / "config.yaml").read_text())["data"]["date"] == "2025-07-08"
 
     # a rerun finds every stage done and every evaluation cached
     before = {p: p.stat().st_mtime_ns for p in (out / "eval").glob("*.json")}

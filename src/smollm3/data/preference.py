@@ -140,7 +140,7 @@ class PreferenceLoader:
         self.examples = load_preferences(paths)
         self.tokenizer, self.template = tokenizer, template
         self.max_length, self.max_prompt_length = max_length, max_prompt_length
-        self.date = date or Date.today()
+        self.date, self.date_pinned = date or Date.today(), date is not None
         self.rank = rank
         self.fingerprint = conversations_fingerprint([{"messages": [e["prompt"], e["chosen"], e["rejected"]],
                                                        "chat_template_kwargs": e["chat_template_kwargs"]}
@@ -170,6 +170,10 @@ class PreferenceLoader:
             raise ValueError("preference loader state does not match: it was saved for other pairs, seed or "
                              "template; resuming would not replay the same batches")
         saved_date = Date.fromisoformat(state["date"])
+        if saved_date != self.date and self.date_pinned:
+            raise ValueError(f"preference loader state was saved with date {saved_date} and data.date is "
+                             f"{self.date}: resuming would train on other tokens; set data.date to the saved date "
+                             "or start anew")
         if saved_date != self.date:
             self.date = saved_date
             self._tokenize()

@@ -164,7 +164,7 @@ class SFTLoader:
                  date: Date | None = None):
         self.examples = load_conversations(paths)
         self.tokenizer, self.seq_len, self.template = tokenizer, seq_len, template
-        self.date = date or Date.today()
+        self.date, self.date_pinned = date or Date.today(), date is not None
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = pad if pad is not None else 0
         self.fingerprint = conversations_fingerprint(self.examples)
@@ -219,6 +219,9 @@ class SFTLoader:
             raise ValueError("SFT loader state does not match: it was saved for other conversations, seq_len, seed or "
                              "template; resuming would not replay the same batches")
         saved_date = Date.fromisoformat(state["date"])
+        if saved_date != self.date and self.date_pinned:
+            raise ValueError(f"SFT loader state was saved with date {saved_date} and data.date is {self.date}: "
+                             "resuming would train on other tokens; set data.date to the saved date or start anew")
         if saved_date != self.date:  # the run started on another day: re-render with that day's date
             self.date = saved_date
             self._pack()

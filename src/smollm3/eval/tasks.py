@@ -197,7 +197,9 @@ def is_correct(item: dict, response: str) -> bool:
     return synthetic.check(item, response)
 
 
-def render_prompt(messages: list[dict], template: str, mode: str) -> str:
+def render_prompt(messages: list[dict], template: str, mode: str, date=None) -> str:
     """The prompt text for `messages` in `mode`. Any template gets enable_thinking; the SmolLM3 template acts on it
-    (no_think prefills an empty <think>\\n\\n</think>\\n), plain ChatML templates such as SmolLM2's ignore it."""
-    return render_chat(messages, template=template, enable_thinking=mode == "think", add_generation_prompt=True)
+    (no_think prefills an empty <think>\\n\\n</think>\\n), plain ChatML templates such as SmolLM2's ignore it.
+    `date`: the "Today Date" the SmolLM3 template prints (default today)."""
+    return render_chat(messages, template=template, enable_thinking=mode == "think", add_generation_prompt=True,
+                       date=date)

@@ -19,12 +19,14 @@ from smollm3.infer.sampling import SamplingParams
 STYLES = {"tool_xml": "xml", "tool_python": "python"}
 
 
-def tool_prompt(item: dict, template: str, mode: str) -> str:
+def tool_prompt(item: dict, template: str, mode: str, date=None) -> str:
+    """The prompt before the record's reference call; `date`: the "Today Date" the SmolLM3 template prints."""
     kwargs = dict(item["chat_template_kwargs"])
     kwargs["enable_thinking"] = mode == "think"
     # the record's first assistant message is the reference call: the model sees what comes before it
     first_call = next(i for i, m in enumerate(item["messages"]) if m["role"] == "assistant")
-    return render_chat(item["messages"][:first_call], template=template, add_generation_prompt=True, **kwargs)
+    return render_chat(item["messages"][:first_call], template=template, add_generation_prompt=True, date=date,
+                       **kwargs)
 
 
 def _same(a, b) -> bool:

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import random
+from datetime import date as Date
 from pathlib import Path
 
 import torch
@@ -95,7 +96,7 @@ def retrieval(model_dir: Path, spec: dict) -> dict:
     return scores
 
 
-def chat_retrieval(model_dir: Path, spec: dict) -> dict:
+def chat_retrieval(model_dir: Path, spec: dict, date: Date | None = None) -> dict:
     """{"<kind>@<length>[+yarn]": accuracy} for a chat model: the RULER question as the user turn (after spec's
     `system` message), answered in no_think mode, at spec's `lengths` and with YaRN at `yarn.lengths`. LENGTH counts
     the whole prompt and the answer budget, template included."""
@@ -108,37 +109,38 @@ def chat_retrieval(model_dir: Path, spec: dict) -> dict:
         overrides = yarn_overrides(load_config(model_dir), factor) if factor else None
         llm = LLM(model_dir, device="cpu", dtype=torch.float32, max_num_seqs=n, config_overrides=overrides)
         empty = with_system({"messages": [{"role": "user", "content": ""}]}, system)["messages"]
-        overhead = len(llm.tokenizer.encode(render_prompt(empty, llm.chat_template, "no_think")))
+        overhead = len(llm.tokenizer.encode(render_prompt(empty, llm.chat_template, "no_think", date)))
         for kind in spec.get("kinds", ["niah_single"]):
             for length in (length for length, f in runs if f == factor):
                 rng = random.Random(f"chat-retrieval:{kind}:{length}")
                 items = [with_system(make_retrieval(rng, kind, length=length - overhead - budget,
                                                     tokenizer=llm.tokenizer), system) for _ in range(n)]
-                prompts = [render_prompt(it["messages"][:-1], llm.chat_template, "no_think") for it in items]
+                prompts = [render_prompt(it["messages"][:-1], llm.chat_template, "no_think", date) for it in items]
                 s, _ = run_gen(llm, items, prompts, budget)
                 scores[f"{kind}@{length}" + (f"+yarn{factor:g}" if factor else "")] = s["exact_match"]
     return scores
 
 
-def math_modes(model_dir: Path, items_path: Path, max_tokens: int) -> dict:
+def math_modes(model_dir: Path, items_path: Path, max_tokens: int, date: Date | None = None) -> dict:
     items = [json.loads(line) for line in open(items_path, encoding="utf-8") if line.strip()]
     # the KV cache spans the model's positions: the SmolLM3 template's system turn alone is hundreds of tokens
     llm = LLM(model_dir, device="cpu", dtype=torch.float32, max_num_seqs=len(items))
     scores = {}
     for mode in ("think", "no_think"):
-        prompts = [render_prompt(it["messages"][:-1], llm.chat_template, mode) for it in items]
+        prompts = [render_prompt(it["messages"][:-1], llm.chat_template, mode, date) for it in items]
         s, _ = run_gen(llm, items, prompts, max_tokens)
         scores[mode] = s["exact_match"]
     return scores | {"n": len(items)}
 
 
-def tool_calls(model_dir: Path, n: int, max_tokens: int, offered: int | None, system: str | None) -> dict:
+def tool_calls(model_dir: Path, n: int, max_tokens: int, offered: int | None, system: str | None,
+               date: Date | None = None) -> dict:
     llm = LLM(model_dir, device="cpu", dtype=torch.float32, max_num_seqs=n)
     scores = {}
     for style in ("tool_xml", "tool_python"):
         items = [with_system(it, system) for it in  # seeds the SFT data does not use
                  synthetic.generate(style, n, seed=1000, think=False, offered=offered)]
-        s, _ = run_tool(llm, items, [tool_prompt(it, llm.chat_template, "no_think") for it in items], max_tokens)
+        s, _ = run_tool(llm, items, [tool_prompt(it, llm.chat_template, "no_think", date) for it in items], max_tokens)
         scores[style] = {k: v for k, v in s.items() if k != "n"}
     return scores
 
@@ -160,7 +162,8 @@ def preference_margin(model, tokenizer, pairs_path: Path, template: str) -> dict
     return {"margin": sum(margins) / len(margins), "chosen_wins": sum(m > 0 for m in margins) / len(margins)}
 
 
-def evaluate_checkpoint(model_dir: Path, battery: str, spec: dict) -> dict:
+def evaluate_checkpoint(model_dir: Path, battery: str, spec: dict, date: Date | None = None) -> dict:
+    """`date`: the "Today Date" of every chat prompt (the recipe's `date:`; default today)."""
     model = load_pretrained(model_dir, device="cpu", dtype=torch.float32).eval()
     tokenizer = load_tokenizer(model_dir)
     base = spec.get("base", {})
@@ -168,18 +171,19 @@ def evaluate_checkpoint(model_dir: Path, battery: str, spec: dict) -> dict:
                                          base.get("max_docs"))}
     chat = spec.get("chat", {})
     if battery == "chat" and chat.get("retrieval"):  # a chat model is asked in its own format
-        results["retrieval"] = chat_retrieval(model_dir, chat["retrieval"])
+        results["retrieval"] = chat_retrieval(model_dir, chat["retrieval"], date)
     elif base.get("retrieval"):
         results["retrieval"] = retrieval(model_dir, base["retrieval"])
     if battery == "chat":
         results["plain_text"] = plain_text_predictions(model, tokenizer, Path(base["heldout"]), base.get("window", 2048),
                                                        min(base.get("max_docs") or 2, 2))  # a diagnostic: 2 a file
         if chat.get("math"):
-            results["math"] = math_modes(model_dir, Path(chat["math"]["items"]), chat["math"].get("max_tokens", 64))
+            results["math"] = math_modes(model_dir, Path(chat["math"]["items"]), chat["math"].get("max_tokens", 64),
+                                         date)
         if chat.get("tools"):
             t = chat["tools"]
             results["tools"] = tool_calls(model_dir, t.get("n", 50), t.get("max_tokens", 96), t.get("offered"),
-                                          t.get("system"))
+                                          t.get("system"), date)
         if chat.get("preference"):
             results["preference"] = preference_margin(model, tokenizer, Path(chat["preference"]["pairs"]),
                                                       chat["preference"].get("template", "smollm3"))
@@ -198,7 +202,8 @@ def evaluate_stages(recipe: dict, out: Path, log=print) -> dict:
             results[label] = json.loads(path.read_text())["results"]
             continue
         log(f"evaluate {label} ({battery})")
-        results[label] = evaluate_checkpoint(model_dir, battery, spec)
+        date = Date.fromisoformat(recipe["date"]) if recipe.get("date") else None
+        results[label] = evaluate_checkpoint(model_dir, battery, spec, date)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps({"model": str(model_dir), "battery": battery, "results": results[label]}, indent=1))
         os.replace(tmp, path)

@@ -4,6 +4,9 @@ evaluation of every stage's checkpoint and a report.
 A recipe YAML (see recipes/tiny/recipe.yaml, recipes/smollm3-3b/recipe.yaml):
 
     name: tiny
+    date: 2025-07-08          # optional: the "Today Date" the SmolLM3 template prints, for every chat stage's data
+                              # (data.date, where a stage sets none) and every chat evaluation; default: the day
+                              # each stage starts, so a run started on another day trains on other tokens
     build: {...}              # optional: data the recipe makes for itself (recipe/build.py); the 3B recipe omits it
     stages:                   # in order
       - name: pretrain
@@ -45,9 +48,11 @@ from smollm3.train.trainer import train
 # stages
 
 
-def run_train_stage(stage: dict, out: Path, stages: dict, base: Path, seed: int = 0) -> None:
+def run_train_stage(stage: dict, out: Path, stages: dict, base: Path, seed: int = 0, date: str | None = None) -> None:
     raw = resolve(section(stage, "train", base), out, stages)
     raw["out_dir"] = str(out / stage["name"])
+    if date and isinstance(raw.get("data"), dict) and raw["data"].get("kind") in ("sft", "preference"):
+        raw["data"].setdefault("date", date)
     if seed:  # another run: its own initialisation (train.seed) and data order (data.seed)
         for part in ("train", "data"):
             sub = raw.setdefault(part, {})
@@ -132,7 +137,7 @@ def run_recipe(name: str, out: str | Path, *, evaluate: bool = True, seed: int =
             continue
         log(f"stage {stage['name']}")
         if "train" in stage:
-            timed(stage["name"], run_train_stage, stage, out, stages, path.parent, seed)
+            timed(stage["name"], run_train_stage, stage, out, stages, path.parent, seed, recipe.get("date"))
         else:
             timed(stage["name"], run_merge_stage, stage, out, stages, path.parent)
         if rank == 0:

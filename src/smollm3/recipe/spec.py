@@ -9,6 +9,7 @@ checking a recipe (`smollm3 recipe list`) does not import torch.
 from __future__ import annotations
 
 import re
+from datetime import date as Date
 from pathlib import Path
 
 from smollm3.config import ConfigError
@@ -16,7 +17,7 @@ from smollm3.yaml_file import read_yaml_mapping
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 STAGE_KEYS = {"name", "train", "merge", "config", "from", "evaluate", "eval"}
-TOP_KEYS = {"name", "description", "build", "stages", "evaluation", "report"}
+TOP_KEYS = {"name", "description", "date", "build", "stages", "evaluation", "report"}
 
 
 class RecipeError(ConfigError):
@@ -62,6 +63,13 @@ def load_recipe(path: Path) -> dict:
         if stage.get("from") and stage["from"] not in names:
             raise RecipeError(f"{where}: `from: {stage['from']}` names no earlier stage")
         names.add(stage["name"])
+    if isinstance(recipe.get("date"), Date):  # YAML reads an unquoted 2025-07-08 as a date
+        recipe["date"] = recipe["date"].isoformat()
+    try:
+        if recipe.get("date") is not None:
+            Date.fromisoformat(recipe["date"])
+    except (TypeError, ValueError):
+        raise RecipeError(f"{path}: date {recipe['date']!r} is not a date; write it as YYYY-MM-DD") from None
     return recipe
 
 

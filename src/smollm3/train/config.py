@@ -9,6 +9,7 @@ import dataclasses
 import difflib
 import enum
 import typing
+from datetime import date as Date
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +43,19 @@ class DataSection:
     template: str = "smollm3"  # sft/preference chat template: smollm3 | official | chatml
     max_prompt_length: int | None = 512  # preference: a prompt keeps its last this many tokens (TRL's default)
     seed: int = 0
+    # sft / preference: the "Today Date" the SmolLM3 template prints in every system turn, YYYY-MM-DD; None: the day
+    # the run starts (a resume keeps it). The date is in the tokens trained on, so a run started on another day
+    # trains on other tokens: a recipe that must repeat itself pins it
+    date: str | Date | None = None
+
+    def __post_init__(self):
+        if isinstance(self.date, Date):  # YAML reads an unquoted 2025-07-08 as a date
+            self.date = self.date.isoformat()
+        if self.date is not None:
+            try:
+                Date.fromisoformat(self.date)
+            except ValueError:
+                raise ValueError(f"data.date {self.date!r} is not a date; write it as YYYY-MM-DD") from None
 
 
 @dataclass

@@ -6,6 +6,8 @@ depend on the number of processes: 2 processes with micro_batch 1 see exactly wh
 
 from __future__ import annotations
 
+from datetime import date as Date
+
 from smollm3.config import ConfigError
 from smollm3.data.mixture import MixtureLoader
 from smollm3.data.preference import PreferenceLoader
@@ -41,12 +43,13 @@ def build_data(cfg, tokenizer, dist) -> StepData:
     if d.kind in ("sft", "preference"):
         if not d.paths:
             raise ConfigError(f"data.paths is empty: give the JSONL files of the {d.kind} data")
+        date = Date.fromisoformat(d.date) if d.date else None  # None: today, kept by a resume
         if d.kind == "sft":
             loader = SFTLoader(d.paths, tokenizer, d.seq_len, t.micro_batch, template=d.template, seed=d.seed,
-                               rank=dist.rank, world_size=dist.world)
+                               rank=dist.rank, world_size=dist.world, date=date)
             return StepData(loader, t.grad_accum, pad_id=loader.pad_id)
         loader = PreferenceLoader(d.paths, tokenizer, t.micro_batch, max_length=d.seq_len,
                                   max_prompt_length=d.max_prompt_length, template=d.template, seed=d.seed,
-                                  rank=dist.rank, world_size=dist.world)
+                                  rank=dist.rank, world_size=dist.world, date=date)
         return StepData(loader, t.grad_accum)  # padding-free rows (data/preference.py): nothing to leave out
     raise ConfigError(f"data.kind {d.kind!r} is unknown; choose pretrain, sft or preference")

@@ -4,6 +4,7 @@ names the file and what to fix."""
 from __future__ import annotations
 
 import os
+from datetime import date
 from pathlib import Path
 
 import yaml
@@ -32,6 +33,17 @@ def read_yaml_mapping(path: str | os.PathLike, what: str, expected: str,
     if not isinstance(raw, dict):
         raise error(f"{path}: the top level must be a mapping ({expected}), got a {type(raw).__name__}")
     return raw
+
+
+def iso_date(value, key: str) -> str | None:
+    """A config's date as YYYY-MM-DD (None stays None): YAML reads an unquoted 2025-07-08 as a date, a quoted one as
+    a string; anything else is ValueError naming `key`."""
+    if isinstance(value, date):
+        value = value.isoformat()
+    try:
+        return None if value is None else date.fromisoformat(value).isoformat()
+    except (TypeError, ValueError):
+        raise ValueError(f"{key} {value!r} is not a date; write it as YYYY-MM-DD") from None
 
 
 def _first_problem(e: yaml.YAMLError) -> str:

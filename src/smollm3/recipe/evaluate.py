@@ -195,6 +195,7 @@ def evaluate_stages(recipe: dict, out: Path, log=print) -> dict:
     spec = resolve(recipe["evaluation"], out, {s["name"]: s for s in recipe["stages"]})
     cache = out / "eval"
     cache.mkdir(exist_ok=True)
+    date = Date.fromisoformat(recipe["date"]) if recipe.get("date") else None  # the recipe's pinned day, if any
     results = {}
     for label, battery, model_dir in checkpoints_to_evaluate(recipe, out):
         path = cache / f"{label.replace('/', '__')}.json"
@@ -202,7 +203,6 @@ def evaluate_stages(recipe: dict, out: Path, log=print) -> dict:
             results[label] = json.loads(path.read_text())["results"]
             continue
         log(f"evaluate {label} ({battery})")
-        date = Date.fromisoformat(recipe["date"]) if recipe.get("date") else None
         results[label] = evaluate_checkpoint(model_dir, battery, spec, date)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps({"model": str(model_dir), "battery": battery, "results": results[label]}, indent=1))

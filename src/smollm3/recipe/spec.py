@@ -9,11 +9,10 @@ checking a recipe (`smollm3 recipe list`) does not import torch.
 from __future__ import annotations
 
 import re
-from datetime import date as Date
 from pathlib import Path
 
 from smollm3.config import ConfigError
-from smollm3.yaml_file import read_yaml_mapping
+from smollm3.yaml_file import iso_date, read_yaml_mapping
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 STAGE_KEYS = {"name", "train", "merge", "config", "from", "evaluate", "eval"}
@@ -63,13 +62,10 @@ def load_recipe(path: Path) -> dict:
         if stage.get("from") and stage["from"] not in names:
             raise RecipeError(f"{where}: `from: {stage['from']}` names no earlier stage")
         names.add(stage["name"])
-    if isinstance(recipe.get("date"), Date):  # YAML reads an unquoted 2025-07-08 as a date
-        recipe["date"] = recipe["date"].isoformat()
     try:
-        if recipe.get("date") is not None:
-            Date.fromisoformat(recipe["date"])
-    except (TypeError, ValueError):
-        raise RecipeError(f"{path}: date {recipe['date']!r} is not a date; write it as YYYY-MM-DD") from None
+        recipe["date"] = iso_date(recipe.get("date"), "date")
+    except ValueError as e:
+        raise RecipeError(f"{path}: {e}") from None
     return recipe
 
 

@@ -18,7 +18,7 @@ import yaml
 from smollm3.config import ConfigError
 from smollm3.ops.fp8 import RECIPES as FP8_RECIPES
 from smollm3.ops.settings import OpSettings
-from smollm3.yaml_file import read_yaml_mapping
+from smollm3.yaml_file import iso_date, read_yaml_mapping
 from smollm3.train.optim import OptimConfig
 
 
@@ -49,13 +49,7 @@ class DataSection:
     date: str | Date | None = None
 
     def __post_init__(self):
-        if isinstance(self.date, Date):  # YAML reads an unquoted 2025-07-08 as a date
-            self.date = self.date.isoformat()
-        if self.date is not None:
-            try:
-                Date.fromisoformat(self.date)
-            except ValueError:
-                raise ValueError(f"data.date {self.date!r} is not a date; write it as YYYY-MM-DD") from None
+        self.date = iso_date(self.date, "data.date")
 
 
 @dataclass

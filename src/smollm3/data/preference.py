@@ -30,7 +30,7 @@ from tqdm import tqdm
 from smollm3.data.packing import IGNORE_INDEX
 from smollm3.chat import ChatError, TemplateError, tokenize_chat
 from smollm3.data.sft import (DataFormatError, EpochStream, check_kwargs, check_messages, conversations_fingerprint,
-                              read_jsonl)
+                              read_jsonl, resumed_date)
 
 
 def _as_messages(where: str, value, field: str, role: str) -> list[dict]:
@@ -169,11 +169,7 @@ class PreferenceLoader:
                 or state["template"] != self.template:
             raise ValueError("preference loader state does not match: it was saved for other pairs, seed or "
                              "template; resuming would not replay the same batches")
-        saved_date = Date.fromisoformat(state["date"])
-        if saved_date != self.date and self.date_pinned:
-            raise ValueError(f"preference loader state was saved with date {saved_date} and data.date is "
-                             f"{self.date}: resuming would train on other tokens; set data.date to the saved date "
-                             "or start anew")
+        saved_date = resumed_date(state, self.date, self.date_pinned, "preference loader")
         if saved_date != self.date:
             self.date = saved_date
             self._tokenize()

@@ -62,6 +62,16 @@ def check_messages(where: str, messages, field: str = "messages") -> list[dict]:
     return messages
 
 
+def resumed_date(state: dict, date: Date, pinned: bool, what: str) -> Date:
+    """The "Today Date" a loader resumes with: the one its saved state was rendered with (a run keeps its day across
+    midnight), refused when data.date pins another day, since the rendered tokens would differ."""
+    saved = Date.fromisoformat(state["date"])
+    if saved != date and pinned:
+        raise ValueError(f"{what} state was saved with date {saved} and data.date is {date}: resuming would train "
+                         "on other tokens; set data.date to the saved date or start anew")
+    return saved
+
+
 def check_kwargs(where: str, record: dict) -> dict:
     """The template arguments of one example: its chat_template_kwargs, plus TRL's `tools` column (a list of JSON
     schemas, or that list as a JSON string, as some datasets store it), which TRL passes as `tools=`."""
@@ -218,10 +228,7 @@ class SFTLoader:
                 or state["seed"] != self.stream.seed or state["template"] != self.template:
             raise ValueError("SFT loader state does not match: it was saved for other conversations, seq_len, seed or "
                              "template; resuming would not replay the same batches")
-        saved_date = Date.fromisoformat(state["date"])
-        if saved_date != self.date and self.date_pinned:
-            raise ValueError(f"SFT loader state was saved with date {saved_date} and data.date is {self.date}: "
-                             "resuming would train on other tokens; set data.date to the saved date or start anew")
+        saved_date = resumed_date(state, self.date, self.date_pinned, "SFT loader")
         if saved_date != self.date:  # the run started on another day: re-render with that day's date
             self.date = saved_date
             self._pack()

@@ -21,7 +21,8 @@ from random_weights import randomise_
 from smollm3 import build_model, preset
 from smollm3.infer import Engine, SamplingParams
 from smollm3.infer.cache import PagedCache
-from smollm3.ops.prefill_attention import BLOCK_N, ROWS, SPLIT_KEYS, key_splits, plan, scratch_bytes
+from smollm3.ops.prefill_attention import (BLOCK_N, CONFIG, ROWS, SPLIT_KEYS, _tma, key_splits, plan, prefill_attention,
+                                           scratch_bytes, tile_tokens)
 
 try:
     import triton  # noqa: F401
@@ -126,7 +127,26 @@ def test_prefill_kernel_matches_torch_path_on_gpu():
             assert max(errors("cuda", torch.bfloat16, heads, kv_heads, head_dim, split)) < 2e-2
     plain, kernel = engine_tokens("cuda", torch.bfloat16)
     assert kernel == plain
-    assert chunking_invariance("cuda", torch.bfloat16)
+    assert chunking_invariance("cuda", torch.bfloat16) and chunking_invariance("cuda", torch.bfloat16, bs=64)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_tma_loads_give_the_pointer_loads_result():
+    # SmolLM3's shape, a 300-token chunk at depth 9,000 (three splits, a partial last key block) beside a fresh
+    # 40-token prompt: key blocks through TMA descriptors (Hopper) or gathered pointer loads, the same arithmetic
+    KV, D, bs = 4, 128, 64
+    torch.manual_seed(0)
+    kc = torch.randn(200, KV, bs, D, device="cuda", dtype=torch.bfloat16)
+    vc = torch.randn_like(kc)
+    tiles, merges, tables, slots = plan([(list(range(150)), 9_000, 300), (list(range(150, 151)), 0, 40)], "cuda",
+                                        tile_tokens(16, KV))
+    q = torch.randn(340, 16, D, device="cuda", dtype=torch.bfloat16)
+    outs = [prefill_attention(q, kc, vc, tiles, merges, tables, slots, D ** -0.5, dict(CONFIG, TMA=tma))
+            for tma in (False, True)]
+    assert _tma(CONFIG, kc, vc) == (torch.cuda.get_device_capability()[0] >= 9)
+    assert torch.isfinite(outs[0]).all()
+    assert ((outs[1].float() - outs[0].float()).norm() / outs[0].float().norm()).item() < 1e-3
 
 
 def test_prefill_kernel_refused_where_it_cannot_run():
@@ -134,20 +154,22 @@ def test_prefill_kernel_refused_where_it_cannot_run():
         PagedCache(preset("tiny"), 4, 16, "cpu", torch.float32, prefill_kernel=True)
 
 
-def chunking_invariance(device: str, dtype: torch.dtype) -> bool:
+def chunking_invariance(device: str, dtype: torch.dtype, bs: int = 16) -> bool:
     """Whether one 700-token prompt's attention output is the same bits read in one chunk alone, and in two chunks
-    (333 + 367) beside another request's chunk, with keys split every SPLIT_KEYS_SMALL keys."""
+    (333 + 367) beside another request's chunk, with keys split every SPLIT_KEYS_SMALL keys, in blocks of bs
+    tokens (on Hopper, blocks of BLOCK_N or more load through TMA)."""
     cfg = dataclasses.replace(preset("tiny"), num_attention_heads=8, num_key_value_heads=2, hidden_size=256,
                               head_dim=32)
-    bs, n = 16, 700
+    n = 700
     torch.manual_seed(0)
     q = torch.randn(1, 8, n, 32, dtype=dtype, device=device)
     k, v = torch.randn(1, 2, n, 32, dtype=dtype, device=device), torch.randn(1, 2, n, 32, dtype=dtype, device=device)
     other = [t.clone()[:, :, :50] for t in (q, k, v)]  # the batch-mate: 50 fresh tokens
-    table, mate = list(range(44)), list(range(44, 48))
+    held = -(-n // bs)
+    table, mate = list(range(held)), list(range(held, held + -(-50 // bs)))
     outs = []
     for steps in ([[(0, n)]], [[(0, 333)], [(333, n - 333), "mate"]]):
-        cache = PagedCache(cfg, 49, bs, device, dtype, prefill_kernel=True)
+        cache = PagedCache(cfg, len(table) + len(mate) + 1, bs, device, dtype, prefill_kernel=True)
         cache.split_keys = SPLIT_KEYS_SMALL
         rows = []
         for step in steps:

@@ -42,9 +42,14 @@ BLOCK_N = 64  # keys per iteration
 # x 4 kv heads = 216 programs, over an H100's 132 SMs; the partials of a 2,048-token chunk at depth 64k take 270 MB
 # (scratch_bytes)
 SPLIT_KEYS = 64 * BLOCK_N
+# launch settings; TMA: on Hopper key blocks load through tensor descriptors over the layer's cache (pipelined by
+# Triton; the gathered pointer loads were not), where a key block lies inside one cache block
+CONFIG = {"num_warps": 8, "num_stages": 2, "TMA": True}
 
 if triton is not None:
     import triton.language as tl
+
+    from smollm3.ops.attention_triton import _source
 
     @triton.jit
     def _tile_rows(kvh, n, G: tl.constexpr, GP: tl.constexpr, ROWS: tl.constexpr):
@@ -55,9 +60,48 @@ if triton is not None:
         return r, tok, kvh * G + r % GP, (tok < n) & (r % GP < G)
 
     @triton.jit
+    def _key_block(q, qpos, m, lsum, acc, k0, k_hi, table, kc, vc, kvh, KV, rd, s_blk, s_kh, s_ks, qk_scale,
+                   BS: tl.constexpr, BLOCK_N: tl.constexpr, MASK: tl.constexpr, TMA: tl.constexpr):
+        """Flash attention's online-softmax update of a tile's rows by keys k0.. (BLOCK_N), keys past a row's own
+        position left out. MASK: the block runs past k_hi (off: every key of it is below k_hi, so loads need no
+        mask). TMA: kc, vc are descriptors over the layer's cache as rows of D, and the block lies inside one cache
+        block. The causal select stays in both loops: without it the compiler fuses the score's scale into the
+        exponent's subtraction, and a block would round apart from the same block in the masked loop (on an H100,
+        prompts chunked two ways then differed: benchmarks/results/2026-12-06-h100-session23)."""
+        kpos = k0 + tl.arange(0, BLOCK_N)
+        kmask = kpos < k_hi
+        if TMA:
+            row = (tl.load(table + k0 // BS) * KV + kvh) * BS + k0 % BS
+            k = kc.load([row, 0])
+            v = vc.load([row, 0])
+            if MASK:  # keys past k_hi hold whatever the block holds: weight 0, and 0 x inf would not be 0
+                v = tl.where(kmask[:, None], v, 0.0)
+        else:
+            if MASK:
+                blk = tl.load(table + kpos // BS, mask=kmask, other=0).to(tl.int64)
+            else:
+                blk = tl.load(table + kpos // BS).to(tl.int64)
+            at = blk * s_blk + kvh * s_kh + (kpos % BS) * s_ks
+            if MASK:
+                k = tl.load(kc + at[:, None] + rd[None, :], mask=kmask[:, None], other=0.0)
+                v = tl.load(vc + at[:, None] + rd[None, :], mask=kmask[:, None], other=0.0)
+            else:
+                k = tl.load(kc + at[:, None] + rd[None, :])
+                v = tl.load(vc + at[:, None] + rd[None, :])
+        s = tl.dot(q, tl.trans(k)) * qk_scale  # log2 units: exp2 below
+        s = tl.where(kpos[None, :] <= qpos[:, None], s, float("-inf"))
+        new = tl.maximum(m, tl.max(s, 1))
+        p = tl.exp2(s - new[:, None])
+        alpha = tl.exp2(m - new)
+        lsum = lsum * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        return new, lsum, acc
+
+    @triton.jit
     def _prefill_kernel(q_ptr, kc_ptr, vc_ptr, o_ptr, part_ptr, lse_ptr, tile_ptr, table_ptr, s_qn, s_qh, s_on, s_oh,
-                        s_tb, s_blk, s_kh, s_ks, qk_scale, KV, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
-                        BS: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr):
+                        s_tb, s_blk, s_kh, s_ks, cache_rows, qk_scale, KV, G: tl.constexpr, GP: tl.constexpr,
+                        D: tl.constexpr, BS: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
+                        TMA: tl.constexpr):
         # program (tile, kv head): ROWS // GP tokens x the G query heads that share the kv head (row r: token r // GP,
         # head r % GP, padded to GP a power of two). tile: (first packed token, tokens, position of the first token
         # in its request, the request's row in tables, keys [k_lo, k_hi), partial slot or -1: the output itself)
@@ -71,29 +115,25 @@ if triton is not None:
         k_hi = tl.load(tile_ptr + t * 7 + 5)
         slot = tl.load(tile_ptr + t * 7 + 6)
         r, tok, head, valid = _tile_rows(kvh, n, G, GP, ROWS)
-        rn = tl.arange(0, BLOCK_N)
         rd = tl.arange(0, D)
         rows = (row0 + tok).to(tl.int64)
         q = tl.load(q_ptr + rows[:, None] * s_qn + head[:, None] * s_qh + rd[None, :], mask=valid[:, None], other=0.0)
         qpos = pos0 + tok
+        kc = _source(kc_ptr, D, cache_rows, BLOCK_N, D, TMA)
+        vc = _source(vc_ptr, D, cache_rows, BLOCK_N, D, TMA)
         m = tl.full((ROWS,), -1.0e30, tl.float32)  # finite: a row sees no key of a split past its position
         lsum = tl.zeros((ROWS,), tl.float32)
         acc = tl.zeros((ROWS, D), tl.float32)
-        for k0 in tl.range(k_lo, k_hi, BLOCK_N):  # k_lo a multiple of BLOCK_N
-            kpos = k0 + rn
-            kmask = kpos < k_hi
-            blk = tl.load(table + kpos // BS, mask=kmask, other=0).to(tl.int64)
-            at = blk * s_blk + kvh * s_kh + (kpos % BS) * s_ks
-            k = tl.load(kc_ptr + at[:, None] + rd[None, :], mask=kmask[:, None], other=0.0)
-            v = tl.load(vc_ptr + at[:, None] + rd[None, :], mask=kmask[:, None], other=0.0)
-            s = tl.dot(q, tl.trans(k)) * qk_scale  # log2 units: exp2 below
-            s = tl.where(kpos[None, :] <= qpos[:, None], s, float("-inf"))
-            new = tl.maximum(m, tl.max(s, 1))
-            p = tl.exp2(s - new[:, None])
-            alpha = tl.exp2(m - new)
-            lsum = lsum * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-            m = new
+        # key blocks wholly below k_hi load without masks: deep in a prompt, all of a split's blocks but the one
+        # holding the tile's last position. Their arithmetic is the masked loop's, so where the cut falls (it moves
+        # with the chunking) changes no result
+        k_mid = k_lo + (k_hi - k_lo) // BLOCK_N * BLOCK_N  # k_lo a multiple of BLOCK_N
+        for k0 in tl.range(k_lo, k_mid, BLOCK_N):
+            m, lsum, acc = _key_block(q, qpos, m, lsum, acc, k0, k_hi, table, kc, vc, kvh, KV, rd, s_blk, s_kh, s_ks,
+                                      qk_scale, BS, BLOCK_N, False, TMA)
+        if k_mid < k_hi:
+            m, lsum, acc = _key_block(q, qpos, m, lsum, acc, k_mid, k_hi, table, kc, vc, kvh, KV, rd, s_blk, s_kh,
+                                      s_ks, qk_scale, BS, BLOCK_N, True, TMA)
         # lsum >= 1 for a row that saw a key (its largest score adds exp2(0)); 0 for one that saw none (a split past
         # its position: out 0, log-sum-exp -inf, weight 0 in the merge)
         out = acc / tl.where(lsum > 0, lsum, 1.0)[:, None]
@@ -189,7 +229,8 @@ def plan(chunks: list[tuple[list[int], int, int]], device, tokens: int,
 
 
 def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, tiles: torch.Tensor,
-                      merges: torch.Tensor, tables: torch.Tensor, slots: int, scale: float) -> torch.Tensor:
+                      merges: torch.Tensor, tables: torch.Tensor, slots: int, scale: float,
+                      cfg: dict = CONFIG) -> torch.Tensor:
     """q [N, H, D] (the step's packed queries, after RoPE; any strides with a contiguous last dim); k_cache, v_cache
     [num_blocks, KV, block_size, D] (one layer's, the chunks' own K/V already written); tiles, merges, tables,
     slots from `plan` with tile_tokens(H, KV) tokens per tile. -> [N, H, D]."""
@@ -203,9 +244,22 @@ def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
     gp = 1 << (g - 1).bit_length()
     _prefill_kernel[(tiles.shape[0], KV)](
         q, k_cache, v_cache, out, part, lse, tiles, tables, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
-        tables.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), scale * 1.4426950408889634, KV,
-        G=g, GP=gp, D=D, BS=bs, ROWS=ROWS, BLOCK_N=BLOCK_N, num_warps=8, num_stages=2)
+        tables.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), k_cache.numel() // D,
+        scale * 1.4426950408889634, KV, G=g, GP=gp, D=D, BS=bs, ROWS=ROWS, BLOCK_N=BLOCK_N,
+        TMA=_tma(cfg, k_cache, v_cache), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     if merges.shape[0]:
         _merge_kernel[(merges.shape[0], KV)](part, lse, out, merges, out.stride(0), out.stride(1), KV, G=g, GP=gp,
                                              D=D, ROWS=ROWS, num_warps=8)
     return out
+
+
+def _tma(cfg: dict, k_cache: torch.Tensor, v_cache: torch.Tensor) -> bool:
+    """Whether key blocks load through TMA descriptors (cfg "TMA"): Hopper, each layer's cache contiguous and
+    16-byte aligned (rows of D), a key block inside one cache block. The descriptors live in scratch memory that
+    Triton asks torch for, set at each launch as attention_triton does (Triton keeps the allocator per thread)."""
+    if not (cfg.get("TMA") and k_cache.is_cuda and torch.cuda.get_device_capability(k_cache.device)[0] >= 9):
+        return False
+    if k_cache.shape[2] % BLOCK_N or not all(c.is_contiguous() and c.data_ptr() % 16 == 0 for c in (k_cache, v_cache)):
+        return False
+    triton.set_allocator(lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device=k_cache.device))
+    return True

@@ -136,3 +136,53 @@ def test_warm_up_leaves_nothing_to_compile_on_gpu():
     assert len(out) == len(prompts) and engine.stats["prefill_steps"] > len(prompts) // 2
     assert counters["stats"]["unique_graphs"] == graphs, "a step compiled a function that warm_up did not"
     assert loaded() == before, "a step loaded a prefill kernel that warm_up did not"
+
+
+def test_overlap_prefill_is_refused_off_cuda():
+    from smollm3.infer import Engine
+
+    with pytest.raises(ValueError, match="overlap_prefill \\(--overlap-prefill\\) needs a CUDA device"):
+        Engine(build_model(preset("tiny")), None, max_model_len=64, overlap_prefill=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_prompt_steps_on_their_own_stream_give_the_same_tokens_on_gpu():
+    """overlap_prefill: prompt steps on a stream of their own, beside the decode steps. The steps are the same
+    kernels on the same inputs, so every token equals the one-stream engine's, through chunked prompts beside
+    decoding streams, preemption (a cache that holds a quarter of the prompts), a prefix served from the cache and
+    a long prompt aborted while it is read; every block comes back."""
+    from smollm3.infer import Engine
+    from smollm3.infer.cache import kv_bytes_per_token
+    from random_weights import randomise_
+
+    cfg = preset("tiny")
+    cfg.hidden_size, cfg.intermediate_size, cfg.head_dim, cfg.num_attention_heads = 256, 704, 64, 8
+    model = build_model(cfg)
+    g = randomise_(model)
+    model = model.to("cuda", torch.bfloat16).eval()
+    head = torch.randint(3, cfg.vocab_size, (130,), generator=g).tolist()
+    prompts = [(head if i % 4 == 0 else []) + torch.randint(3, cfg.vocab_size, (int(n),), generator=g).tolist()
+               for i, n in enumerate(torch.randint(1, 300, (64,), generator=g))]
+    long = torch.randint(3, cfg.vocab_size, (900,), generator=g).tolist()
+    per_token = kv_bytes_per_token(cfg, torch.bfloat16)
+    outs = {}
+    for overlap in (False, True):
+        engine = Engine(model, None, max_model_len=1024, max_num_seqs=64, max_num_batched_tokens=256, block_size=16,
+                        kv_cache_memory=per_token * 16 * (16 * 32 + 1), overlap_prefill=overlap)
+        engine.warm_up()
+        sp = SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True)
+        doomed = engine.add_request(long, sp)  # read first, 256 tokens a step; aborted after three steps
+        reqs = [engine.add_request(p, sp) for p in prompts]
+        for _ in range(3):
+            engine.step()
+        assert 0 < doomed.num_computed < len(long), "the long prompt is being read"
+        engine.abort(doomed)
+        while not all(r.finished for r in reqs):
+            engine.step()
+        while engine.has_work():
+            engine.step()
+        assert engine.stats["preemptions"] > 0 and engine.stats["cached_prompt_tokens"] >= 15 * 128
+        assert engine.num_free_blocks == engine.blocks.num_blocks
+        outs[overlap] = [r.output_ids for r in reqs]
+    assert outs[True] == outs[False]

@@ -128,6 +128,9 @@ def test_document_mask_boundaries_and_batch_rows():
     # 4 documents, then empty ones up to a power-of-two length (one compiled shape per bucket of document counts)
     assert doc.cu_seqlens.tolist() == [0, 3, 5, 6, 12, 12, 12, 12] and doc.max_seqlen == 6
     assert DocumentMask.from_position_ids(pos[1:]).cu_seqlens.tolist() == [0, 6, 6, 6]
+    # one document a row (the cudnn backend's plain causal attention is exact) only where no row packs two
+    assert not doc.whole_rows and DocumentMask.from_position_ids(pos[1:]).whole_rows
+    assert DocumentMask.from_position_ids(torch.arange(6).expand(3, 6)).whole_rows
     dense = doc.dense()[0, 0]
     assert dense[4].tolist() == [False, False, False, True, True, False]
 
@@ -272,6 +275,52 @@ def test_forced_backend_without_packing_is_plain_causal(backend):
         out = with_settings(model, OpSettings(attn_backend=backend))(x).float()
         ref = with_settings(model, OpSettings(attn_backend="sdpa"))(x).float()
     assert (out - ref).abs().max() <= 3e-2
+
+
+def test_cudnn_backend_is_refused_where_it_cannot_run():
+    from smollm3.ops.attention import resolve_backend
+
+    with pytest.raises(ValueError, match="'cudnn' needs a CUDA GPU"):
+        resolve_backend("cudnn", torch.device("cpu"), packed=True, seq_len=1024, whole_rows=True)
+    # auto never takes it on the CPU, whole rows or not
+    assert resolve_backend("auto", torch.device("cpu"), packed=True, seq_len=1024, whole_rows=True) == "sdpa"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_whole_row_batches_take_cudnn_and_match_the_triton_kernels():
+    """One document a row (the long-context stages' full windows): auto runs cuDNN's attention, with the loss and
+    gradients of the varlen backend (our Triton kernels); a batch that packs documents is refused by cudnn and
+    stays on varlen under auto."""
+    from smollm3.ops.attention import cudnn_attention_runs, resolve_backend
+
+    cuda = torch.device("cuda")
+    if not cudnn_attention_runs(cuda):
+        pytest.skip("no cuDNN attention on this GPU or build")
+    assert resolve_backend("auto", cuda, packed=True, seq_len=256, whole_rows=True) == "cudnn"
+    assert resolve_backend("auto", cuda, packed=True, seq_len=256, whole_rows=False) == "varlen"
+    assert resolve_backend("auto", cuda, packed=True, seq_len=256, half=False, whole_rows=True) == "flex"
+    cfg = ModelConfig(**{**BASE, **PARITY_CASES["nope-interval-4"], "dtype": "float32", "hidden_size": 512,
+                         "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 128})
+    model = build_model(cfg, device="cuda")
+    randomise_(model)
+    ids = tokens(256).cuda()
+    pos = torch.arange(256, device="cuda").expand(2, 256)
+    labels = torch.roll(ids, -1, 1)
+    results = {}
+    for b in ("varlen", "cudnn", "auto"):
+        model = with_settings(model, OpSettings(attn_backend=b))
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(ids, position_ids=pos, labels=labels).mean()
+        model.zero_grad()
+        loss.backward()
+        results[b] = loss.item(), torch.cat([p.grad.flatten() for p in model.parameters()])
+    for b in ("cudnn", "auto"):
+        assert results[b][0] == pytest.approx(results["varlen"][0], rel=1e-3)
+        assert torch.nn.functional.cosine_similarity(results[b][1], results["varlen"][1], dim=0) > 0.999
+    packed = torch.cat([torch.arange(100), torch.arange(156)], 0).cuda().expand(2, 256)
+    with pytest.raises(ValueError, match="packs several documents"), torch.autocast("cuda", dtype=torch.bfloat16):
+        with_settings(model, OpSettings(attn_backend="cudnn"))(ids, position_ids=packed)
 
 
 def test_auto_backend_keeps_fp32_off_the_flash_kernels():

@@ -15,8 +15,8 @@ logits it would get alone.
             (`DocumentMask.whole_rows`: the long-context stages' full windows), where they beat ours: 564 vs 417
             TFLOP/s forward + backward on one 32,768-token causal document, 535 vs 408 at 65,536 (H100,
             benchmarks/results/2026-12-06-h100-session23). A batch that packs documents is refused.
-"auto" picks sdpa for plain causal attention and on CPU; on GPU, cudnn for whole-row batches where cuDNN's
-attention runs, varlen (else flex) for packed documents; fp32 attention (a model trained in fp32, no autocast)
+"auto" picks sdpa for plain causal attention and on CPU; on GPU, cudnn for whole-row batches of 32,768 tokens a
+row or more where cuDNN's attention runs, varlen (else flex) for packed documents and shorter rows; fp32 attention (a model trained in fp32, no autocast)
 takes flex there, as the flash kernels are half precision only.
 """
 
@@ -83,6 +83,9 @@ class DocumentMask:
 
 
 _CUDNN_FIRST = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+# auto takes cudnn for whole rows this long or longer: measured faster at 32,768 and 65,536 (the long-context stages'
+# windows); shorter whole rows keep our kernels until a measurement says otherwise
+CUDNN_MIN_SEQ = 32768
 FLEX_BLOCK = 128  # compiled FlexAttention kernels (torch 2.11 inductor) need lengths in whole blocks
 
 
@@ -112,7 +115,7 @@ def resolve_backend(name: AttnBackend | str, device: torch.device, packed: bool,
         return name
     if device.type != "cuda" or not packed:
         return AttnBackend.SDPA
-    if half and whole_rows and cudnn_attention_runs(device):
+    if half and whole_rows and seq_len >= CUDNN_MIN_SEQ and cudnn_attention_runs(device):
         return AttnBackend.CUDNN
     if half and _varlen_impl() is not None:
         return AttnBackend.VARLEN

@@ -2,14 +2,17 @@
 # The device calls that test and measure branch cudnn-whole-rows (written in session 23, whose device time ran out
 # after its GPU test run showed one wrong threshold). Run from a checkout of the branch. Before the first call, here:
 #   mkdir -p .carry && cp benchmarks/results/pending-s24/scripts/* .carry/
+#   cp benchmarks/results/2026-12-06-h100-session23/scripts/prefill_bench.py .carry/
+#   mkdir -p .carry/unmasked-tree && git archive prefill-unmasked-loads src | tar -x -C .carry/unmasked-tree
 #   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
 #     fastapi uvicorn starlette pydantic pydantic-core annotated-types typing-inspection anyio sniffio h11 httpx \
 #     httpcore certifi idna openai distro jiter opentelemetry-api importlib-metadata zipp pytest-timeout \
 #     llama-models gguf                                                              # 13 MB
 # carry [".carry", ".whl"]; each call within 30 s of the last keeps the lease (a lease left idle still counts).
-#   1: pytest -m gpu on the branch; cuDNN against ours on whole documents of 4k-16k (where auto does not take it yet)
-#      (~7 min)
+#   1: pytest -m gpu on the branch; cuDNN against ours on whole documents of 4k-16k (where auto does not take it yet);
+#      branch prefill-unmasked-loads: its prefill kernel's GPU test (chunking invariance) and the kernel alone
+#      against this branch's (~8 min)
 #   2: target 11: the trainer's step at 32,768, full-window documents, cudnn (auto) vs varlen, transformers in the
 #      same run (~9 min)
 #   3: target 12: the same at 65,536 with selective checkpointing (~6 min)
@@ -26,6 +29,12 @@ if [ "$1" = 1 ]; then
     echo "bench_attention $seq $(date +%T)"
     PYTHONPATH=src timeout 60 python3 benchmarks/bench_attention.py --seq $seq --iters 10 \
       --backends triton,sdpa-cudnn_attention --out $OUT/attention-$seq.json 2>&1 | grep causal
+  done
+  echo "prefill-unmasked-loads $(date +%T)"
+  PYTHONPATH=/tmp/site:.carry/unmasked-tree/src timeout 60 python3 -m pytest -m gpu -q -p no:cacheprovider -rfs \
+    tests/ops/test_prefill_attention.py 2>&1 | tail -3
+  for tree in .carry/unmasked-tree/src src; do
+    PYTHONPATH=$tree timeout 60 python3 .carry/prefill_bench.py 2>&1 | head -14
   done
 elif [ "$1" = 2 ]; then
   echo "bench_train 32k $(date +%T)"

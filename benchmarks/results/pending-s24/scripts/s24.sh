@@ -4,6 +4,8 @@
 #   mkdir -p .carry && cp benchmarks/results/pending-s24/scripts/* .carry/
 #   cp benchmarks/results/2026-12-06-h100-session23/scripts/prefill_bench.py .carry/
 #   mkdir -p .carry/unmasked-tree && git archive prefill-unmasked-loads src | tar -x -C .carry/unmasked-tree
+#   mkdir -p .carry/overlap-tree && git archive overlap-prefill src tests benchmarks/serve_targets.py \
+#     benchmarks/bench_serve.py | tar -x -C .carry/overlap-tree
 #   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
 #     fastapi uvicorn starlette pydantic pydantic-core annotated-types typing-inspection anyio sniffio h11 httpx \
@@ -16,6 +18,9 @@
 #   2: target 11: the trainer's step at 32,768, full-window documents, cudnn (auto) vs varlen, transformers in the
 #      same run (~9 min)
 #   3: target 12: the same at 65,536 with selective checkpointing (~6 min)
+#   4: branch overlap-prefill: its GPU test (the same tokens with prompt steps on their own stream), then target 9
+#      over HTTP with and without --overlap-prefill at caps 256 and 128 (~8 min; issue 23, so before 2-3 if time
+#      is short)
 exec > >(tee -a $OUT/log-s24-$1.txt) 2>&1
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONUNBUFFERED=1
@@ -44,5 +49,15 @@ elif [ "$1" = 3 ]; then
   echo "bench_train 64k $(date +%T)"
   PYTHONPATH=src:benchmarks timeout 420 python3 benchmarks/bench_train.py --seq 65536 --docs full \
     --variants compile-sac-ga1,compile-sac-ga1-varlen --steps 4 --out $OUT/bench_train_64k_full.json 2>&1 | tail -20
+elif [ "$1" = 4 ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  T=.carry/overlap-tree
+  echo "overlap pytest $(date +%T)"
+  (cd $T && PYTHONPATH=/tmp/site:src timeout 120 python3 -m pytest -m gpu -q -p no:cacheprovider -rfs \
+    tests/infer/test_model_runner.py 2>&1 | tail -4)
+  M=$(PYTHONPATH=/tmp/site:src python3 -c "import runpy; print(runpy.run_path('benchmarks/bench_serve.py')['preset_dir']('smollm3-3b', None))" | tail -1)
+  echo "serve_targets 9 $(date +%T)"
+  PYTHONPATH=/tmp/site:$T/src timeout 420 python3 $T/benchmarks/serve_targets.py --model $M --only 9 \
+    --t9-configs 2048:256,2048:256:overlap,2048:128:overlap --out $OUT/t9-overlap.json 2>&1 | grep -vE "^INFO|it/s" | tail -30
 fi
 echo "end $(date +%T)"

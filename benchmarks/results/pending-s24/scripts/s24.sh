@@ -4,7 +4,7 @@
 #   mkdir -p .carry && cp benchmarks/results/pending-s24/scripts/* .carry/
 #   cp benchmarks/results/2026-12-06-h100-session23/scripts/prefill_bench.py .carry/
 #   mkdir -p .carry/unmasked-tree && git archive prefill-unmasked-loads src | tar -x -C .carry/unmasked-tree
-#   mkdir -p .carry/overlap-tree && git archive overlap-prefill src tests benchmarks/serve_targets.py \
+#   mkdir -p .carry/overlap-tree && git archive overlap-prefill pyproject.toml src tests benchmarks/serve_targets.py \
 #     benchmarks/bench_serve.py | tar -x -C .carry/overlap-tree
 #   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \

@@ -15,7 +15,8 @@ the benchmark stops on it with exit status 1 (bench_model.insane_mfu).
 The pretraining path: bf16 compute over fp32 master weights (see fused|amp below), fused AdamW, clipping. A variant
 name is dash-separated words: eager|compile (torch.compile of each decoder layer), ac|sac|noac (activation
 checkpointing of every layer; sac: selective, attention's output kept, train.activation_checkpointing: selective),
-optional varlen|flex|sdpa (attention backend, default auto = varlen), optional fa2 (varlen on torch's own
+optional varlen|flex|sdpa|cudnn (attention backend; default auto: cudnn where every row is one document, as with
+--docs full at 32k or more, else varlen), optional fa2 (varlen on torch's own
 flash-attention 2 kernels, not our Triton ones: ops.triton_attention and ops.qkv_attention off), mbN (micro-batch,
 default --micro-batch), gaN (gradient-accumulation steps, default 1), optional fused|amp (train.grad_accum_fusion
 true|false; default auto = fused on CUDA: bf16 weight copies once a step, weight gradients added into fp32 .grad by
@@ -128,7 +129,7 @@ def parse_variant(name: str, micro: int) -> dict:
             v["micro"] = int(w[2:])
         elif w.startswith("ga") and w[2:].isdigit():
             v["accum"] = int(w[2:])
-        elif w in ("varlen", "flex", "sdpa"):
+        elif w in ("varlen", "flex", "sdpa", "cudnn"):
             v["attn"] = w
         elif w == "fa2":
             v["ops"] = {"triton_attention": False, "qkv_attention": False}

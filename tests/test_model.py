@@ -128,6 +128,9 @@ def test_document_mask_boundaries_and_batch_rows():
     # 4 documents, then empty ones up to a power-of-two length (one compiled shape per bucket of document counts)
     assert doc.cu_seqlens.tolist() == [0, 3, 5, 6, 12, 12, 12, 12] and doc.max_seqlen == 6
     assert DocumentMask.from_position_ids(pos[1:]).cu_seqlens.tolist() == [0, 6, 6, 6]
+    # one document a row (the cudnn backend's plain causal attention is exact) only where no row packs two
+    assert not doc.whole_rows and DocumentMask.from_position_ids(pos[1:]).whole_rows
+    assert DocumentMask.from_position_ids(torch.arange(6).expand(3, 6)).whole_rows
     dense = doc.dense()[0, 0]
     assert dense[4].tolist() == [False, False, False, True, True, False]
 
@@ -272,6 +275,59 @@ def test_forced_backend_without_packing_is_plain_causal(backend):
         out = with_settings(model, OpSettings(attn_backend=backend))(x).float()
         ref = with_settings(model, OpSettings(attn_backend="sdpa"))(x).float()
     assert (out - ref).abs().max() <= 3e-2
+
+
+def test_cudnn_backend_is_refused_where_it_cannot_run():
+    from smollm3.ops.attention import resolve_backend
+
+    with pytest.raises(ValueError, match="'cudnn' needs a CUDA GPU"):
+        resolve_backend("cudnn", torch.device("cpu"), packed=True, seq_len=1024, whole_rows=True)
+    # auto never takes it on the CPU, whole rows or not
+    assert resolve_backend("auto", torch.device("cpu"), packed=True, seq_len=1024, whole_rows=True) == "sdpa"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_whole_row_batches_take_cudnn_as_close_to_fp32_as_our_kernels():
+    """One document a row (the long-context stages' full windows): auto runs cuDNN's attention at 32k tokens a row
+    and more. Its output and q/k/v gradients are within 1e-2 of fp32 attention, as our kernels' are (a mask that
+    leaks or a wrong head group is off by O(1)); it refuses a batch that packs documents."""
+    from smollm3.ops.attention import attention, cudnn_attention_runs, resolve_backend
+
+    cuda = torch.device("cuda")
+    if not cudnn_attention_runs(cuda):
+        pytest.skip("no cuDNN attention on this GPU or build")
+    assert resolve_backend("auto", cuda, packed=True, seq_len=32768, whole_rows=True) == "cudnn"
+    assert resolve_backend("auto", cuda, packed=True, seq_len=32768, whole_rows=False) == "varlen"
+    assert resolve_backend("auto", cuda, packed=True, seq_len=32768, half=False, whole_rows=True) == "flex"
+    assert resolve_backend("auto", cuda, packed=True, seq_len=4096, whole_rows=True) == "varlen"  # not measured
+    B, H, KV, T, D = 2, 16, 4, 1024, 128
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(B, n, T, D, device="cuda", dtype=torch.bfloat16, generator=g) for n in (H, KV, KV))
+    dout = torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16, generator=g)
+    doc = DocumentMask.from_position_ids(torch.arange(T, device="cuda").expand(B, T))
+    assert doc.whole_rows
+
+    def run(backend, q, k, v):
+        q, k, v = (x.detach().clone().requires_grad_() for x in (q, k, v))
+        if backend == "fp32":  # causal softmax attention, K/V heads repeated, all in fp32
+            k32, v32 = (x.float().repeat_interleave(H // KV, 1) for x in (k, v))
+            scores = (q.float() @ k32.transpose(-1, -2)) * D ** -0.5
+            scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool, device="cuda").triu(1), float("-inf"))
+            out = (scores.softmax(-1) @ v32).transpose(1, 2)
+        else:
+            out = attention(q, k, v, doc, backend, D ** -0.5)
+        out.backward(dout.to(out.dtype))
+        return out.detach(), q.grad, k.grad, v.grad
+
+    want = run("fp32", q, k, v)
+    for backend in ("cudnn", "varlen"):
+        for name, got, ref in zip(("out", "dq", "dk", "dv"), run(backend, q, k, v), want):
+            rel = ((got.float() - ref).abs().max() / ref.abs().max()).item()
+            assert rel < 1e-2, (backend, name, rel)
+    packed = DocumentMask.from_position_ids(torch.cat([torch.arange(100), torch.arange(T - 100)]).cuda()[None])
+    with pytest.raises(ValueError, match="packs several documents"):
+        attention(q[:1], k[:1], v[:1], packed, "cudnn", D ** -0.5)
 
 
 def test_auto_backend_keeps_fp32_off_the_flash_kernels():

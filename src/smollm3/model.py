@@ -259,7 +259,8 @@ class SmolLM3Model(nn.Module):
         elif doc is None:
             doc = DocumentMask.from_position_ids(position_ids)  # packed documents: mask across their borders
         half = x.dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled(x.device.type)
-        backend = resolve_backend(self.settings.attn_backend, x.device, packed=doc is not None, seq_len=T, half=half)
+        backend = resolve_backend(self.settings.attn_backend, x.device, packed=doc is not None, seq_len=T, half=half,
+                                  whole_rows=doc is not None and doc.whole_rows)
         if doc is None and backend in ("flex", "varlen") and cache is None:
             doc = DocumentMask.from_position_ids(position_ids)  # these kernels take boundaries: one document per row
         if backend == "flex":

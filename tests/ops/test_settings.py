@@ -33,7 +33,7 @@ def test_the_training_yaml_ops_section_reaches_the_model_and_the_resolved_config
     assert resolved["attn_backend"] == "sdpa" and resolved["swiglu_kernel"] is False
     assert load_train_config(None, [f"{k}={v}" for k, v in {"model.preset": "tiny", "ops.attn_backend": "sdpa",
                                                              "ops.swiglu_kernel": "false"}.items()]).ops == cfg.ops
-    with pytest.raises(ConfigError, match="ops: attn_backend must be one of auto, sdpa, flex, varlen, got 'fast'"):
+    with pytest.raises(ConfigError, match="ops: attn_backend must be one of auto, sdpa, flex, varlen, cudnn, got 'fast'"):
         load_train_config(None, ["model.preset=tiny", "ops.attn_backend=fast"])
     with pytest.raises(ConfigError, match="unknown key.*'swiglu'"):
         load_train_config(None, ["model.preset=tiny", "ops.swiglu=false"])

@@ -27,7 +27,8 @@ def _batch(docs: list[int], vocab: int, seed: int, ignored_tail: int = 0) -> dic
 
 def test_static_layout_pads_the_counted_positions_with_ignored_ones():
     batch = _batch([300, 200, 12, 500], vocab=100, seed=0, ignored_tail=40)  # 1,012 tokens, 43 ignored
-    out = static_layout(batch)
+    out, whole_rows = static_layout(batch)
+    assert not whole_rows
     flat = batch["labels"].reshape(-1)
     counted = (flat != IGNORE_INDEX).nonzero().squeeze(1)
     index = out["label_index"]
@@ -35,12 +36,21 @@ def test_static_layout_pads_the_counted_positions_with_ignored_ones():
     assert torch.equal(index[:counted.numel()], counted)
     assert (flat[index[counted.numel():]] == IGNORE_INDEX).all() and index.unique().numel() == index.numel()
     assert out["cu_seqlens"].tolist() == [0, 300, 500, 512, 1012, 1012, 1012, 1012]
-    short = static_layout(_batch([100, 100], vocab=100, seed=0))  # 198 counted -> 256, capped at the 200 positions
+    short, _ = static_layout(_batch([100, 100], vocab=100, seed=0))  # 198 counted -> 256, capped at 200 positions
     assert short["label_index"].numel() == 200
-    long = static_layout(_batch([700, 324, 1000], vocab=100, seed=0))  # 2,021 counted -> 2,048, capped at 2,024
+    long, _ = static_layout(_batch([700, 324, 1000], vocab=100, seed=0))  # 2,021 counted -> 2,048, capped at 2,024
     assert long["label_index"].numel() == 2024
-    mid = static_layout(_batch([600] * 3, vocab=100, seed=0, ignored_tail=300))  # 1,498 counted -> 1,536
+    mid, _ = static_layout(_batch([600] * 3, vocab=100, seed=0, ignored_tail=300))  # 1,498 counted -> 1,536
     assert mid["label_index"].numel() == 6 * LABEL_ROWS
+
+
+def test_a_whole_row_document_and_two_packed_ones_are_different_graphs():
+    """Both pad their document offsets to 4, but one document a row runs plain causal attention (the cudnn backend)
+    and two need the document mask: a graph captured for one must never replay the other."""
+    one, whole = static_layout(_batch([128], vocab=100, seed=0))
+    two, packed = static_layout(_batch([64, 64], vocab=100, seed=0))
+    assert {k: v.shape for k, v in one.items()} == {k: v.shape for k, v in two.items()}
+    assert whole and not packed
 
 
 @pytest.mark.gpu

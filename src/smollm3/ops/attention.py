@@ -11,8 +11,13 @@ logits it would get alone.
             package when installed.
             `qkv_attention` runs the Triton kernels from a stacked q/k/v projection, RoPE inside (the trainer's
             fused layers, train/precision.py).
-"auto" picks sdpa for plain causal attention and on CPU, varlen (else flex) for packed documents on GPU; fp32
-attention (a model trained in fp32, no autocast) takes flex there, as the flash kernels are half precision only.
+- "cudnn":  torch's SDPA on cuDNN's kernels, plain causal: for batches whose every row is one document
+            (`DocumentMask.whole_rows`: the long-context stages' full windows), where they beat ours: 564 vs 417
+            TFLOP/s forward + backward on one 32,768-token causal document, 535 vs 408 at 65,536 (H100,
+            benchmarks/results/2026-12-06-h100-session23). A batch that packs documents is refused.
+"auto" picks sdpa for plain causal attention and on CPU; on GPU, cudnn for whole-row batches of 32,768 tokens a
+row or more where cuDNN's attention runs, varlen (else flex) for packed documents and shorter rows; fp32 attention (a model trained in fp32, no autocast)
+takes flex there, as the flash kernels are half precision only.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from smollm3.ops import attention_triton
 from smollm3.ops.settings import AttnBackend
@@ -34,6 +40,7 @@ class DocumentMask:
     doc_ids: torch.Tensor  # [B, T] int32: document index of each token, counting across the whole batch
     cu_seqlens: torch.Tensor  # int32 offsets into the flattened B*T tokens: num_docs + 1, then empty documents
     max_seqlen: int
+    whole_rows: bool = False  # every row is one document: plain causal attention (the cudnn backend) is exact
     _block_mask: object = None  # FlexAttention BlockMask, built on first use
 
     @classmethod
@@ -52,7 +59,7 @@ class DocumentMask:
         end = torch.full((pad,), B * T, dtype=torch.int32, device=position_ids.device)
         cu_seqlens = torch.cat([start_idx, end])
         max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
-        return cls(doc_ids=doc_ids, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
+        return cls(doc_ids=doc_ids, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, whole_rows=len(start_idx) == B)
 
     def dense(self) -> torch.Tensor:
         """[B, 1, T, T] boolean: True where a query may attend to a key."""
@@ -75,12 +82,17 @@ class DocumentMask:
         return self._block_mask
 
 
+_CUDNN_FIRST = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+# auto takes cudnn for whole rows this long or longer: measured faster at 32,768 and 65,536 (the long-context stages'
+# windows); shorter whole rows keep our kernels until a measurement says otherwise
+CUDNN_MIN_SEQ = 32768
 FLEX_BLOCK = 128  # compiled FlexAttention kernels (torch 2.11 inductor) need lengths in whole blocks
 
 
 def resolve_backend(name: AttnBackend | str, device: torch.device, packed: bool, seq_len: int,
-                    half: bool = True) -> AttnBackend:
-    """The backend `name` stands for. `half`: attention runs in fp16/bf16 (flash kernels take nothing else)."""
+                    half: bool = True, whole_rows: bool = False) -> AttnBackend:
+    """The backend `name` stands for. `half`: attention runs in fp16/bf16 (flash kernels take nothing else).
+    `whole_rows`: every row of the batch is one document (DocumentMask.whole_rows)."""
     try:
         name = AttnBackend(name)
     except ValueError:
@@ -92,12 +104,19 @@ def resolve_backend(name: AttnBackend | str, device: torch.device, packed: bool,
         if name == "varlen" and _varlen_impl() is None:
             raise ValueError("attention backend 'varlen' needs a CUDA build of torch with flash attention, or the "
                              "flash-attn package")
+        if name == "cudnn" and not cudnn_attention_runs(device):
+            raise ValueError("attention backend 'cudnn' needs a CUDA GPU (compute capability 8.0 or newer) and a "
+                             "torch build with cuDNN attention; use 'varlen' or 'auto'")
+        if name == "cudnn" and not half:
+            raise ValueError("attention backend 'cudnn' runs fp16/bf16 only: train under bf16 autocast, or use 'flex'")
         if name == "flex" and seq_len % FLEX_BLOCK:
             raise ValueError(f"attention backend 'flex' needs a sequence length that is a multiple of {FLEX_BLOCK} "
                              f"(got {seq_len}); pad the batch or use 'varlen' / 'sdpa'")
         return name
     if device.type != "cuda" or not packed:
         return AttnBackend.SDPA
+    if half and whole_rows and seq_len >= CUDNN_MIN_SEQ and cudnn_attention_runs(device):
+        return AttnBackend.CUDNN
     if half and _varlen_impl() is not None:
         return AttnBackend.VARLEN
     return AttnBackend.FLEX if seq_len % FLEX_BLOCK == 0 else AttnBackend.SDPA
@@ -125,6 +144,14 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc: DocumentMa
             # the memory-efficient kernel (the one that takes a mask) wants KV heads expanded
             k, v = repeat_kv(k, q.shape[1] // k.shape[1]), repeat_kv(v, q.shape[1] // v.shape[1])
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=doc.dense(), scale=scale)
+        return out.transpose(1, 2)
+    if backend == "cudnn":
+        if doc is not None and not doc.whole_rows:
+            raise ValueError("attention backend 'cudnn' takes rows of one document each (plain causal); this batch "
+                             "packs several documents in a row: use 'varlen' or 'auto'")
+        # cuDNN first; torch's flash or memory-efficient kernels (the same causal maths) take shapes it refuses
+        with sdpa_kernel(_CUDNN_FIRST, set_priority=True):
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
         return out.transpose(1, 2)
     if backend in ("flex", "varlen") and torch.is_autocast_enabled(q.device.type):
         # SDPA is on autocast's list, these kernels are not: RoPE in fp32 cos/sin (as transformers does) promotes
@@ -239,6 +266,18 @@ class _TritonVarlenQKV(torch.autograd.Function):
         q, k, v, out, lse, cu, cos, sin = ctx.saved_tensors
         dqkv = torch.ops.smollm3.doc_attention_backward_qkv(dout, q, k, v, out, lse, cu, ctx.scale, cos, sin)
         return dqkv, None, None, None, None, None, None
+
+
+def cudnn_attention_runs(device: torch.device) -> bool:
+    """Whether torch's cuDNN attention runs on `device`: CUDA, compute capability 8.0 or newer, a build with it."""
+    return device.type == "cuda" and _cudnn_attention_runs(device.index if device.index is not None
+                                                            else torch.cuda.current_device())
+
+
+@functools.cache
+def _cudnn_attention_runs(index: int) -> bool:
+    return torch.backends.cudnn.is_available() and hasattr(torch.ops.aten, "_scaled_dot_product_cudnn_attention") \
+        and torch.cuda.get_device_capability(index)[0] >= 8
 
 
 @functools.cache

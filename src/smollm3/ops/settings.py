@@ -12,13 +12,15 @@ from dataclasses import dataclass, fields
 
 
 class AttnBackend(enum.StrEnum):
-    """Attention implementations (ops/attention.py): "auto" picks sdpa for plain causal attention and on the CPU,
-    varlen (else flex) for packed documents on a GPU."""
+    """Attention implementations (ops/attention.py): "auto" picks sdpa for plain causal attention and on the CPU;
+    on a GPU, cudnn for batches whose every row is one document of 32k tokens or more (the long-context stages'
+    full windows), varlen (else flex) for packed documents and shorter rows."""
 
     AUTO = "auto"
     SDPA = "sdpa"
     FLEX = "flex"
     VARLEN = "varlen"
+    CUDNN = "cudnn"
 
 
 @dataclass(frozen=True)

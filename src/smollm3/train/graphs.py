@@ -34,10 +34,11 @@ from smollm3.data.packing import IGNORE_INDEX
 LABEL_ROWS = 256  # counted label positions are padded to a multiple of this: few shapes, <= 255 wasted head rows
 
 
-def static_layout(batch: dict) -> dict[str, torch.Tensor]:
+def static_layout(batch: dict) -> tuple[dict[str, torch.Tensor], bool]:
     """The micro-batch's CPU tensors as a graph reads them: input_ids, position_ids, labels [B, T]; doc_ids [B, T];
     cu_seqlens (padded as DocumentMask pads it); label_index, the counted positions first, then ignored positions up
-    to a multiple of LABEL_ROWS (or all B*T positions)."""
+    to a multiple of LABEL_ROWS (or all B*T positions). And whether every row is one document (DocumentMask's
+    whole_rows: it picks the attention kernel, so it is part of a graph's key)."""
     labels = batch["labels"]
     mask = DocumentMask.from_position_ids(batch["position_ids"])
     flat = labels.reshape(-1)
@@ -45,7 +46,8 @@ def static_layout(batch: dict) -> dict[str, torch.Tensor]:
     rows = min(flat.numel(), -(-counted.numel() // LABEL_ROWS) * LABEL_ROWS)
     padding = (flat == IGNORE_INDEX).nonzero().squeeze(1)[:rows - counted.numel()]
     return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "labels": labels,
-            "doc_ids": mask.doc_ids, "cu_seqlens": mask.cu_seqlens, "label_index": torch.cat([counted, padding])}
+            "doc_ids": mask.doc_ids, "cu_seqlens": mask.cu_seqlens,
+            "label_index": torch.cat([counted, padding])}, mask.whole_rows
 
 
 @dataclass
@@ -72,16 +74,16 @@ class MicroBatchGraphs:
         self.loss_scale.fill_(value)
 
     def __call__(self, batch: dict) -> torch.Tensor:
-        cpu = static_layout(batch)
-        key = tuple((name, tuple(t.shape)) for name, t in cpu.items())
+        cpu, whole_rows = static_layout(batch)
+        key = (*((name, tuple(t.shape)) for name, t in cpu.items()), whole_rows)
         if key not in self.seen:
             self.release()  # the eager run needs the activation memory the graphs hold
             self.seen.add(key)
             self.eager += 1
             inputs = {name: t.pin_memory().to(self.device, non_blocking=True) for name, t in cpu.items()}
-            return self._forward_backward(inputs).detach()
+            return self._forward_backward(inputs, whole_rows).detach()
         if key not in self.graphs:
-            self.graphs[key] = self._capture(cpu)
+            self.graphs[key] = self._capture(cpu, whole_rows)
         g = self.graphs[key]
         for name, t in cpu.items():
             g.inputs[name].copy_(t.pin_memory(), non_blocking=True)
@@ -97,20 +99,21 @@ class MicroBatchGraphs:
             gc.collect()
             torch.cuda.empty_cache()
 
-    def _capture(self, cpu: dict) -> _Graph:
+    def _capture(self, cpu: dict, whole_rows: bool) -> _Graph:
         inputs = {name: torch.empty_like(t, device=self.device) for name, t in cpu.items()}
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):  # synchronizes and empties the allocator's cache first
-            loss = self._forward_backward(inputs).detach()
+            loss = self._forward_backward(inputs, whole_rows).detach()
         self.captures += 1
         return _Graph(graph, inputs, loss)
 
-    def _forward_backward(self, inputs: dict) -> torch.Tensor:
+    def _forward_backward(self, inputs: dict, whole_rows: bool) -> torch.Tensor:
         T = inputs["input_ids"].shape[1]
         # the longest document is at most a row: a bound the flash kernels accept, and one that does not change
-        doc = DocumentMask(doc_ids=inputs["doc_ids"], cu_seqlens=inputs["cu_seqlens"], max_seqlen=T)
+        doc = DocumentMask(doc_ids=inputs["doc_ids"], cu_seqlens=inputs["cu_seqlens"], max_seqlen=T,
+                           whole_rows=whole_rows)
         # autocast's weight-cast cache would hold tensors of the graph's pool past the capture
         with torch.autocast(self.device.type, dtype=self.dtype, cache_enabled=False):
             loss = self.model(inputs["input_ids"], inputs["position_ids"], labels=inputs["labels"],

@@ -25,7 +25,7 @@ from torch.nn.attention.bias import causal_lower_right
 from smollm3.config import ModelConfig
 from smollm3.ops.prefill_attention import available as prefill_kernel_available
 from smollm3.ops.prefill_attention import plan as plan_tiles
-from smollm3.ops.prefill_attention import SPLIT_KEYS, prefill_attention, tile_tokens
+from smollm3.ops.prefill_attention import SPLIT_KEYS, prefill_attention, tile_tokens, to_device
 from smollm3.ops.paged_attention import decode_attention, gather_kv, write_kv
 
 
@@ -80,8 +80,8 @@ class PagedCache:
         pos.append(torch.zeros(pad, dtype=torch.long))
         blocks.append(torch.full((pad,), pad_block, dtype=torch.long))
         positions = torch.cat(pos)
-        self._slots = torch.cat(blocks).to(device), (positions % bs).to(device)
-        self._positions = positions[None].to(device)
+        self._slots = to_device(torch.cat(blocks), device), to_device(positions % bs, device)
+        self._positions = to_device(positions[None], device)
         self._mode = "prefill"
 
     def plan_decode(self, lengths: torch.Tensor, tables: torch.Tensor):

@@ -18,6 +18,7 @@ from smollm3.infer.fast_prefill import FastPrefill
 from smollm3.infer.sequence import Request
 from smollm3.model import SmolLM3ForCausalLM
 from smollm3.ops import invariant_gemm
+from smollm3.ops.prefill_attention import to_device
 
 # prompt steps up to this many (padded) tokens replay CUDA graphs (fast_prefill.py), as vLLM captures steps up to
 # 512 tokens: past it a step's GPU work hides its launches
@@ -127,10 +128,10 @@ class ModelRunner:
     def _prefill(self, ids: list[int], plan: list[tuple[list[int], int, int]], last: list[int]) -> torch.Tensor:
         pad = self.prefill_tokens(len(ids)) - len(ids)
         self.cache.plan_prefill(plan, self.device, pad=pad, pad_block=self.scratch)
-        x = torch.tensor([ids + [0] * pad], device=self.device)
+        x = to_device(torch.tensor([ids + [0] * pad]), self.device)
         positions = self.cache.position_ids(1, x.shape[1], self.device)
         rows = last + last[-1:] * (self.prefill_rows(len(last)) - len(last))  # none: no chunk samples this step
-        rows = torch.tensor(rows, device=self.device, dtype=torch.long)
+        rows = to_device(torch.tensor(rows, dtype=torch.long), self.device)
         if self.fast_prefill is not None:  # the decode step's fused projections and compiled layer functions
             return self.fast_prefill(x[0], positions[0], rows)[:len(last)]
         hidden = self.model.model(x, positions, self.cache)
@@ -241,8 +242,8 @@ class ModelRunner:
             self._copied = (b, nb)
         if tokens:
             pad = [0] * (b - n)
-            self.tokens_buf[:b].copy_(torch.tensor([r.output_ids[-1] for r in reqs] + pad))
-            self.lengths_buf[:b].copy_(torch.tensor([r.num_computed for r in reqs] + pad))
+            self.tokens_buf[:b].copy_(to_device(torch.tensor([r.output_ids[-1] for r in reqs] + pad), self.device))
+            self.lengths_buf[:b].copy_(to_device(torch.tensor([r.num_computed for r in reqs] + pad), self.device))
         return changed
 
     def launch(self, b: int, kv_len: int):

@@ -225,7 +225,16 @@ def plan(chunks: list[tuple[list[int], int, int]], device, tokens: int,
     tables = torch.tensor([t + [0] * (nb - len(t)) for t in rows], dtype=torch.int32)
     programs = torch.tensor(programs, dtype=torch.int32).reshape(-1, 7)
     merges = torch.tensor(merges, dtype=torch.int32).reshape(-1, 4)
-    return programs.to(device), merges.to(device), tables.to(device), slots
+    return to_device(programs, device), to_device(merges, device), to_device(tables, device), slots
+
+
+def to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """A host tensor on `device` without waiting for it: torch's blocking copy from pageable memory synchronises
+    the stream (everything queued runs first), so a prompt step's few small tables held the host until the GPU had
+    drained, and the next step could not be queued behind this one. Pinned (by torch's caching host allocator,
+    which keeps the buffer until the copy is done), the copy is queued like a kernel."""
+    device = torch.device(device)
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
 
 
 def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, tiles: torch.Tensor,

@@ -23,6 +23,11 @@ The cuts are fixed key positions, not chosen by the step: a query's keys are red
 order however its prompt was chunked and whatever else the step holds: given the same q, k, v its output is the
 same bits with the prefix cache or without (a split that holds no key a row may see gives it weight exactly 0).
 
+On Hopper a key block (inside one cache block: the engine's blocks are 64 keys, BLOCK_N) loads through TMA
+descriptors over the layer's cache seen as rows of D, which Triton pipelines, as the training kernels do
+(attention_triton.py); elsewhere, and for smaller cache blocks, through gathered pointer loads. Both run the same
+arithmetic: only the block holding k_hi masks its loads, and the causal select runs in every block.
+
 `plan(chunks, device, tile_tokens(H, KV))` builds the step's tables once on the host; `prefill_attention` runs
 them per layer.
 """

@@ -92,7 +92,6 @@ def start_server_process(args):
     cmd += ["--max-model-len", str(args.max_model_len)] if args.max_model_len else []
     cmd += ["--no-prefix-caching"] if args.no_prefix_caching else []
     cmd += ["--invariant-prefill"] if args.invariant_prefill else []
-    cmd += ["--overlap-prefill"] if args.overlap_prefill else []
     cmd += ["--device", args.device] if args.device else []
     cmd += ["--chat-template", "smollm3"] if args.dataset == "chat-shared-prefix" else []
     log = tempfile.NamedTemporaryFile("w+", prefix="bench-serve-server-", suffix=".log", delete=False)
@@ -200,8 +199,7 @@ def build_state(args):
     kw = dict(max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
               gpu_memory_utilization=args.gpu_memory_utilization, max_num_batched_tokens=args.max_num_batched_tokens,
               max_prefill_tokens_during_decode=args.max_prefill_tokens_during_decode,
-              prefix_caching=not args.no_prefix_caching, invariant_prefill=args.invariant_prefill,
-              overlap_prefill=args.overlap_prefill, device=args.device)
+              prefix_caching=not args.no_prefix_caching, invariant_prefill=args.invariant_prefill, device=args.device)
     if args.dataset == "chat-shared-prefix":  # the load sends tools: serve a template that renders them (the server
         kw["chat_template"] = "smollm3"  # refuses tools with tool_choice auto where the model would never see them)
     if args.model:
@@ -470,7 +468,6 @@ def main(argv=None):
     eng.add_argument("--max-prefill-tokens-during-decode", type=int, default=None)
     eng.add_argument("--no-prefix-caching", action="store_true")
     eng.add_argument("--invariant-prefill", action="store_true")
-    eng.add_argument("--overlap-prefill", action="store_true")
     eng.add_argument("--device", default=None)
     eng.add_argument("--in-process", action="store_true",
                      help="serve from this process (client, server and engine share one interpreter); default: "
@@ -502,8 +499,7 @@ def main(argv=None):
                          "block_size": engine.block_size, "max_num_seqs": engine.max_num_seqs,
                          "max_num_batched_tokens": engine.max_num_batched_tokens,
                          "max_prefill_tokens_during_decode": engine.scheduler.max_prefill_tokens_during_decode,
-                         "prefix_caching": engine.blocks.prefix_caching,
-                         "overlap_prefill": engine.runner.prefill_stream is not None}
+                         "prefix_caching": engine.blocks.prefix_caching}
     elif not args.base_url:  # the server process's engine, as its endpoints describe it
         health, listed = httpx.get(base + "/health").json(), httpx.get(base + "/v1/models").json()["data"][0]
         res["engine"] = {"max_model_len": listed.get("max_model_len"),
@@ -512,7 +508,7 @@ def main(argv=None):
                          "max_num_batched_tokens": args.max_num_batched_tokens,
                          "max_prefill_tokens_during_decode": args.max_prefill_tokens_during_decode,
                          "prefix_caching": not args.no_prefix_caching, "invariant_prefill": args.invariant_prefill,
-                         "overlap_prefill": args.overlap_prefill, "server": "own process"}
+                         "server": "own process"}
     try:
         # vllm bench serve's initial test run: one request alone, which fails the benchmark early with its error
         # and leaves no first-request costs (cuBLAS handles, kernel selection) inside the timed runs

@@ -43,9 +43,8 @@ def main():
     ap.add_argument("--client-processes", type=int, default=4,
                     help="bench_serve's client processes (one Python client parsing 256 streams can bound the run)")
     ap.add_argument("--t9-configs", default="2048,2048:512,1024",
-                    help="target 9's runs with the long prompt, each BUDGET[:CAP][:overlap]: --max-num-batched-tokens "
-                         "and --max-prefill-tokens-during-decode (the first: the server's defaults); overlap: "
-                         "--overlap-prefill")
+                    help="target 9's runs with the long prompt, each BUDGET[:CAP]: --max-num-batched-tokens and "
+                         "--max-prefill-tokens-during-decode (the first: the server's defaults)")
     ap.add_argument("--t8-invariant", action="store_true",
                     help="target 8's runs with --invariant-prefill (prompt tokens the same bits whatever their step "
                          "holds); without the all-at-once control run")
@@ -118,13 +117,9 @@ def main():
         base = run("t9_streams_alone", load)
         for config in args.t9_configs.split(",") if base else []:  # the first is the server's defaults
             budget, _, cap = config.partition(":")
-            cap, _, overlap = cap.partition(":")
-            if overlap not in ("", "overlap"):
-                raise SystemExit(f"--t9-configs {config!r}: BUDGET[:CAP][:overlap]")
-            mixed = run(f"t9_streams_and_32k_prompt_{config.replace(':', '_cap_', 1).replace(':', '_')}",
+            mixed = run(f"t9_streams_and_32k_prompt_{config.replace(':', '_cap_')}",
                         [*load, "--long-prompt-len", "32768", "--max-num-batched-tokens", budget,
-                         *(["--max-prefill-tokens-during-decode", cap] if cap else []),
-                         *(["--overlap-prefill"] if overlap else [])])
+                         *(["--max-prefill-tokens-during-decode", cap] if cap else [])])
             if mixed is None:
                 continue
             # per token (a chunk's gap shared by the tokens it carries, bench_serve.one_request), the gaps between

@@ -33,9 +33,6 @@ def _add_engine_args(p):
                    help="GPU: compute every prompt token the same bits whatever else its engine step holds, so greedy "
                         "replies are the same with and without the prefix cache however prompts are chunked (fixed-"
                         "tiling GEMMs instead of cuBLAS's per-shape choice: slower prompt reading)")
-    p.add_argument("--overlap-prefill", action="store_true",
-                   help="GPU: read prompts on a CUDA stream of their own, beside the streams' decode steps, so that "
-                        "streaming users do not wait for each step of a long prompt (the same tokens)")
     p.add_argument("--block-size", type=number(int, 1), default=64, help="tokens per KV cache block (a power of 2)")
     p.add_argument("--no-prefix-caching", action="store_true",
                    help="do not reuse the KV blocks of earlier prompts' shared heads")
@@ -56,8 +53,7 @@ def _engine_kwargs(args) -> dict:
             "kv_cache_memory": int(args.kv_cache_gib * 2**30) if args.kv_cache_gib else None,
             "max_num_batched_tokens": args.max_num_batched_tokens, "block_size": args.block_size,
             "max_prefill_tokens_during_decode": args.max_prefill_tokens_during_decode,
-            "prefix_caching": not args.no_prefix_caching, "invariant_prefill": args.invariant_prefill,
-            "overlap_prefill": args.overlap_prefill}
+            "prefix_caching": not args.no_prefix_caching, "invariant_prefill": args.invariant_prefill}
 
 
 def _add_chat(sub, help):

@@ -50,9 +50,7 @@ class Engine:
     `prefill_kernel`: prompt chunks attend in one Triton kernel per layer (ops/prefill_attention.py) rather than
     chunk by chunk in torch ops; default: on where it runs (CUDA, bf16/fp16). `invariant_prefill` (CUDA): every
     prompt token's K/V and logits are the same bits whatever else its step holds, so greedy outputs are the same
-    with and without the prefix cache, however prompts are chunked (infer/fast_prefill.py), at some prefill speed.
-    `overlap_prefill` (CUDA): prompt steps run on a CUDA stream of their own, so that the streams' decode steps do
-    not queue behind a step deep in a long prompt (model_runner.py); the same tokens."""
+    with and without the prefix cache, however prompts are chunked (infer/fast_prefill.py), at some prefill speed."""
 
     def __init__(self, model: SmolLM3ForCausalLM, tokenizer=None, *, max_num_seqs: int = 256,
                  max_model_len: int | None = None, kv_cache_memory: int | None = None,
@@ -60,7 +58,7 @@ class Engine:
                  prefix_caching: bool = True, cuda_graphs: bool | None = None, defaults: dict | None = None,
                  eos_token_ids: list[int] | None = None, fast_decode: bool | None = None, gemv: bool | None = None,
                  decode_kernels: bool | None = None, max_prefill_tokens_during_decode: int | None = None,
-                 prefill_kernel: bool | None = None, invariant_prefill: bool = False, overlap_prefill: bool = False):
+                 prefill_kernel: bool | None = None, invariant_prefill: bool = False):
         cfg = model.config
         self.model, self.tokenizer, self.config = model.eval(), tokenizer, cfg
         p = next(model.parameters())
@@ -93,7 +91,7 @@ class Engine:
         self.runner = ModelRunner(model, num_blocks, block_size, max_num_seqs, self.max_model_len,
                                   max_num_batched_tokens, cuda_graphs=cuda_graphs, fast_decode=fast_decode, gemv=gemv,
                                   decode_kernels=decode_kernels, prefill_kernel=prefill_kernel,
-                                  invariant_prefill=invariant_prefill, overlap_prefill=overlap_prefill)
+                                  invariant_prefill=invariant_prefill)
         self.max_num_seqs, self.max_num_batched_tokens, self.block_size = max_num_seqs, max_num_batched_tokens, \
             block_size
         self.kv_cache_tokens = num_blocks * block_size
@@ -201,8 +199,6 @@ class Engine:
                 if not r.finished:
                     self._finish(r, "abort")
         plan = self.scheduler.schedule()
-        if gone or plan.preempted:  # their blocks may be handed out while a prompt step still writes them
-            self.runner.settle()
         self.stats["preemptions"] += len(plan.preempted)
         self.stats["max_running"] = max(self.stats["max_running"], len(self.scheduler.running))
         pipelined = (self._rows is not None and plan.decode == self._rows and not plan.prefill
@@ -221,7 +217,6 @@ class Engine:
     def fail_all(self, message: str):
         """Finish every request with an error (after an exception inside a step), leaving the engine usable."""
         self._inflight, self._rows = None, None
-        self.runner.settle()
         for r in [*self.scheduler.waiting, *self.scheduler.running]:
             r.error = message
             self._finish(r, "error")

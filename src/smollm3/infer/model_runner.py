@@ -29,8 +29,7 @@ class ModelRunner:
     def __init__(self, model: SmolLM3ForCausalLM, num_blocks: int, block_size: int, max_num_seqs: int,
                  max_model_len: int, max_num_batched_tokens: int = 2048, cuda_graphs: bool | None = None,
                  fast_decode: bool | None = None, gemv: bool | None = None, decode_kernels: bool | None = None,
-                 pad_prefill: bool | None = None, prefill_kernel: bool | None = None, invariant_prefill: bool = False,
-                 overlap_prefill: bool = False):
+                 pad_prefill: bool | None = None, prefill_kernel: bool | None = None, invariant_prefill: bool = False):
         cfg = model.config
         self.model, self.config = model, cfg
         p = next(model.parameters())
@@ -62,13 +61,6 @@ class ModelRunner:
         self.bucket_shapes = self.use_graphs  # pad decode to (batch, KV-length) buckets: one graph per bucket
         self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self._graph_pool = None
-        # overlap_prefill: prompt steps run on a stream of their own, beside the decode steps of the main one (a step
-        # deep in a long prompt is attention-bound, a decode step bandwidth-bound); their graphs then need a pool
-        # apart from the decode graphs', as the two may run at once
-        if overlap_prefill and self.device.type != "cuda":
-            raise ValueError("overlap_prefill (--overlap-prefill) needs a CUDA device: leave it off here")
-        self.prefill_stream = torch.cuda.Stream(self.device) if overlap_prefill else None
-        self._prefill_pool = None
         self.fast = self.fast_prefill = None
         if fast_decode if fast_decode is not None else self.use_graphs:
             self.fast = FastDecode(model, self.cache, compile=self.device.type == "cuda", gemv=gemv,
@@ -105,25 +97,7 @@ class ModelRunner:
             plan.append((r.block_table, start, n))
             if start + n == r.num_tokens:
                 last.append(len(ids) - 1)
-        if self.prefill_stream is None:
-            return self._prefill(ids, plan, last)
-        main, side = torch.cuda.current_stream(self.device), self.prefill_stream
-        # after everything launched so far: blocks this step reads that decode steps wrote (a prefix served from the
-        # cache), and blocks it writes that a finished stream held
-        side.wait_stream(main)
-        with torch.cuda.stream(side):
-            logits = self._prefill(ids, plan, last)
-        if last:  # sampled on the main stream, and the requests decode there next: their K/V must be written
-            main.wait_stream(side)
-            logits.record_stream(main)
-        return logits
-
-    def settle(self):
-        """With overlap_prefill: the main stream waits for the prompt steps launched so far. The engine calls it
-        when blocks of a request whose prompt step may still be running go back to the pool (an abort, a
-        preemption), before a decode step could write them."""
-        if self.prefill_stream is not None:
-            torch.cuda.current_stream(self.device).wait_stream(self.prefill_stream)
+        return self._prefill(ids, plan, last)
 
     def _prefill(self, ids: list[int], plan: list[tuple[list[int], int, int]], last: list[int]) -> torch.Tensor:
         pad = self.prefill_tokens(len(ids)) - len(ids)
@@ -164,10 +138,7 @@ class ModelRunner:
             return 0
         if self.use_graphs and self.fast_prefill is not None:  # every length compiled above: now capture
             for n in (n for n in sizes if n <= PREFILL_GRAPH_TOKENS):  # largest first, as the decode graphs
-                if self.prefill_stream is None:  # never at once with a decode graph: one pool
-                    self._graph_pool = self.fast_prefill.capture(n, self._graph_pool)
-                else:
-                    self._prefill_pool = self.fast_prefill.capture(n, self._prefill_pool)
+                self._graph_pool = self.fast_prefill.capture(n, self._graph_pool)
                 run(n)
         for k in sorted({self.prefill_rows(k) for k in range(1, len(self.tokens_buf) + 1)}):
             self._prefill([0] * k, [([self.scratch], 0, 1)] * k, list(range(k)))  # k one-token chunks, each sampled

@@ -16,8 +16,9 @@ logits it would get alone.
             TFLOP/s forward + backward on one 32,768-token causal document, 535 vs 408 at 65,536 (H100,
             benchmarks/results/2026-12-06-h100-session23). A batch that packs documents is refused.
 "auto" picks sdpa for plain causal attention and on CPU; on GPU, cudnn for whole-row batches of 32,768 tokens a
-row or more where cuDNN's attention runs, varlen (else flex) for packed documents and shorter rows; fp32 attention (a model trained in fp32, no autocast)
-takes flex there, as the flash kernels are half precision only.
+row or more where cuDNN's attention runs (also 1.33x ours at 4,096 and 16,384, session 24; the trainer's step there
+is not measured), varlen (else flex) for packed documents and shorter rows; fp32 attention (a model trained in fp32,
+no autocast) takes flex there, as the flash kernels are half precision only.
 """
 
 from __future__ import annotations

@@ -71,7 +71,7 @@ if triton is not None:
         return start, end
 
     @triton.jit
-    def _source(ptr, stride, total, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, TMA: tl.constexpr):
+    def rows_source(ptr, stride, total, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, TMA: tl.constexpr):
         """Where a loop's [ROWS, HEAD_DIM] blocks come from: the pointer itself, or with TMA a tensor descriptor
         over [total, HEAD_DIM] (rows past `total` read as zeros, as the masked loads do)."""
         if TMA:  # one return per branch: Triton types a function by all its returns
@@ -139,8 +139,8 @@ if triton is not None:
         offs_n = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, HEAD_DIM)
         q = _load_rows(Q + h * stride_qh, m0, offs_m, stride_qt, offs_d, total, True)
-        K = _source(K + (h // GROUP) * stride_kh, stride_kt, total, BLOCK_N, HEAD_DIM, TMA)
-        V = _source(V + (h // GROUP) * stride_vh, stride_vt, total, BLOCK_N, HEAD_DIM, TMA)
+        K = rows_source(K + (h // GROUP) * stride_kh, stride_kt, total, BLOCK_N, HEAD_DIM, TMA)
+        V = rows_source(V + (h // GROUP) * stride_vh, stride_vt, total, BLOCK_N, HEAD_DIM, TMA)
         m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)  # finite: a row may see no key in its first blocks
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
@@ -208,8 +208,8 @@ if triton is not None:
         dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
         for g in range(HEADS):
             h = h0 + g
-            Qh = _source(Q + h * stride_qh, stride_qt, total, BLOCK_M, HEAD_DIM, TMA)
-            DOh = _source(DO + h * stride_doh, stride_dot, total, BLOCK_M, HEAD_DIM, TMA)
+            Qh = rows_source(Q + h * stride_qh, stride_qt, total, BLOCK_M, HEAD_DIM, TMA)
+            DOh = rows_source(DO + h * stride_doh, stride_dot, total, BLOCK_M, HEAD_DIM, TMA)
             LSEh, DELTAh = LSE + h * total, DELTA + h * total
             for start in range(n0, diag_end, BLOCK_M):
                 dk, dv = _dkdv_block(dk, dv, k, v, Qh, DOh, LSEh, DELTAh, stride_qt, stride_dot, start, offs_n,
@@ -273,8 +273,8 @@ if triton is not None:
         o = _load_rows(Out + h * stride_oh, m0, offs_m, stride_ot, offs_d, total, True)
         delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
         tl.store(DELTA + h * total + offs_m, delta, mask=row_ok)
-        K = _source(K + (h // GROUP) * stride_kh, stride_kt, total, BLOCK_N, HEAD_DIM, TMA)
-        V = _source(V + (h // GROUP) * stride_vh, stride_vt, total, BLOCK_N, HEAD_DIM, TMA)
+        K = rows_source(K + (h // GROUP) * stride_kh, stride_kt, total, BLOCK_N, HEAD_DIM, TMA)
+        V = rows_source(V + (h // GROUP) * stride_vh, stride_vt, total, BLOCK_N, HEAD_DIM, TMA)
         dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
         for start in range(lo, unmasked, BLOCK_N):
             dq = _dq_block(dq, q, do, lse, delta, K, V, stride_kt, stride_vt, start, offs_m, doc_start, offs_n,

@@ -54,7 +54,7 @@ CONFIG = {"num_warps": 8, "num_stages": 2, "TMA": True}
 if triton is not None:
     import triton.language as tl
 
-    from smollm3.ops.attention_triton import _source
+    from smollm3.ops.attention_triton import rows_source
 
     @triton.jit
     def _tile_rows(kvh, n, G: tl.constexpr, GP: tl.constexpr, ROWS: tl.constexpr):
@@ -124,8 +124,8 @@ if triton is not None:
         rows = (row0 + tok).to(tl.int64)
         q = tl.load(q_ptr + rows[:, None] * s_qn + head[:, None] * s_qh + rd[None, :], mask=valid[:, None], other=0.0)
         qpos = pos0 + tok
-        kc = _source(kc_ptr, D, cache_rows, BLOCK_N, D, TMA)
-        vc = _source(vc_ptr, D, cache_rows, BLOCK_N, D, TMA)
+        kc = rows_source(kc_ptr, D, cache_rows, BLOCK_N, D, TMA)
+        vc = rows_source(vc_ptr, D, cache_rows, BLOCK_N, D, TMA)
         m = tl.full((ROWS,), -1.0e30, tl.float32)  # finite: a row sees no key of a split past its position
         lsum = tl.zeros((ROWS,), tl.float32)
         acc = tl.zeros((ROWS, D), tl.float32)

@@ -85,7 +85,8 @@ class DocumentMask:
 
 _CUDNN_FIRST = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
 # auto takes cudnn for whole rows this long or longer: measured faster at 32,768 and 65,536 (the long-context stages'
-# windows); shorter whole rows keep our kernels until a measurement says otherwise
+# windows). Alone it is also faster at 4,096 and 16,384 (session 24); shorter whole rows keep our kernels until the
+# trainer's step there is measured
 CUDNN_MIN_SEQ = 32768
 FLEX_BLOCK = 128  # compiled FlexAttention kernels (torch 2.11 inductor) need lengths in whole blocks
 

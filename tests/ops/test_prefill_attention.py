@@ -149,6 +149,31 @@ def test_tma_loads_give_the_pointer_loads_result():
     assert ((outs[1].float() - outs[0].float()).norm() / outs[0].float().norm()).item() < 1e-3
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_wide_and_narrow_launches_give_the_same_bits():
+    # the launch takes fewer warps a program on wide grids, a choice that depends on what the step holds: a prompt
+    # chunked two ways may meet both, so the two must agree to the bit (SmolLM3's shape; chunks fresh, deep, split,
+    # with partial key blocks; TMA loads and pointer loads)
+    KV, D, bs = 4, 128, 64
+    torch.manual_seed(0)
+    kc = torch.randn(700, KV, bs, D, device="cuda", dtype=torch.bfloat16)
+    vc = torch.randn_like(kc)
+    steps = [[(0, 37)], [(0, 300), (5_000, 129)], [(9_000, 300), (100, 40)], [(30_000, 256)], [(12_345, 1_000)]]
+    for chunks in steps:
+        held, start = [], 0
+        for pos, n in chunks:
+            blocks = -(-(pos + n) // bs)
+            held.append((list(range(start, start + blocks)), pos, n))
+            start += blocks
+        tiles, merges, tables, slots = plan(held, "cuda", tile_tokens(16, KV))
+        q = torch.randn(sum(n for _, n in chunks), 16, D, device="cuda", dtype=torch.bfloat16)
+        for tma in (True, False):
+            narrow, wide = (prefill_attention(q, kc, vc, tiles, merges, tables, slots, D ** -0.5,
+                                              dict(CONFIG, TMA=tma, wide_grid=grid)) for grid in (1 << 30, 1))
+            assert torch.isfinite(narrow).all() and torch.equal(narrow, wide), (chunks, tma)
+
+
 def test_prefill_kernel_refused_where_it_cannot_run():
     with pytest.raises(ValueError, match="prefill_kernel needs Triton on a CUDA device"):
         PagedCache(preset("tiny"), 4, 16, "cpu", torch.float32, prefill_kernel=True)

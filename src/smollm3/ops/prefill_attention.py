@@ -48,8 +48,12 @@ BLOCK_N = 64  # keys per iteration
 # (scratch_bytes)
 SPLIT_KEYS = 64 * BLOCK_N
 # launch settings; TMA: on Hopper key blocks load through tensor descriptors over the layer's cache (pipelined by
-# Triton; the gathered pointer loads were not), where a key block lies inside one cache block
-CONFIG = {"num_warps": 8, "num_stages": 2, "TMA": True}
+# Triton; the gathered pointer loads were not), where a key block lies inside one cache block. Warps: 8 a program,
+# 4 from wide_grid programs on (H100, one layer of the 3B: 160 programs, a 256-token chunk at depth 16,384, 132 us
+# at 8 against 166 at 4; 256 programs, the same chunk at 28,672, 254 against 188; 2,048 programs, 1,475 against
+# 1,181: benchmarks/results/2026-12-06-h100-session24). The two give the same bits (tests/ops), so a prompt's
+# result does not depend on which its steps took
+CONFIG = {"num_warps": 8, "wide_warps": 4, "wide_grid": 256, "num_stages": 2, "TMA": True}
 
 if triton is not None:
     import triton.language as tl
@@ -260,7 +264,8 @@ def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
         q, k_cache, v_cache, out, part, lse, tiles, tables, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         tables.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), k_cache.numel() // D,
         scale * 1.4426950408889634, KV, G=g, GP=gp, D=D, BS=bs, ROWS=ROWS, BLOCK_N=BLOCK_N,
-        TMA=_tma(cfg, k_cache, v_cache), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        TMA=_tma(cfg, k_cache, v_cache), num_stages=cfg["num_stages"],
+        num_warps=cfg["wide_warps"] if tiles.shape[0] * KV >= cfg["wide_grid"] else cfg["num_warps"])
     if merges.shape[0]:
         _merge_kernel[(merges.shape[0], KV)](part, lse, out, merges, out.stride(0), out.stride(1), KV, G=g, GP=gp,
                                              D=D, ROWS=ROWS, num_warps=8)

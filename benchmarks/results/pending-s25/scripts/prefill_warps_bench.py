@@ -56,3 +56,23 @@ for n, depth in ((16, 1024),) if SMOKE else ((102, 4096), (102, 16384), (102, 28
         row.append(f"{name}: {us:7.1f} us "
                    f"{4 * pairs * D * H / us / 1e6:5.0f} TF/s d{err:.0e}")
     print(f"chunk {n:4d} depth {depth:6d} programs {tiles.shape[0] * KV:5d} | " + " | ".join(row), flush=True)
+
+# small chunks deep in a long prompt (what the depth-weighted cap sends there: ~100 tokens at 28k under cap 256) are
+# few programs (4 tiles x 8 splits x 4 kv heads = 128 on 132 SMs): tiles of 16 tokens (ROWS 64) or splits of 2,048
+# keys double them. ROWS is read at call time, so setting it here changes plan's tiles and the kernel's rows
+for n, depth in ((16, 1024),) if SMOKE else ((64, 28672), (102, 28672), (102, 61440), (256, 28672)):
+    q = torch.randn(n, H, D, device=dev, dtype=torch.bfloat16)
+    pairs = n * depth + n * (n + 1) // 2
+    ref, row = None, []
+    for rows in (128, 64):
+        for split in (4096, 2048):
+            pa.ROWS = rows
+            tiles, merges, tables, slots = pa.plan([(table, depth, n)], dev, pa.tile_tokens(H, KV), split)
+            out = pa.prefill_attention(q, kc, vc, tiles, merges, tables, slots, D ** -0.5)
+            us = timed(lambda: pa.prefill_attention(q, kc, vc, tiles, merges, tables, slots, D ** -0.5))
+            ref = out.float() if ref is None else ref
+            err = ((out.float() - ref).norm() / ref.norm()).item()
+            row.append(f"rows {rows} split {split} ({tiles.shape[0] * KV} programs): {us:7.1f} us "
+                       f"{4 * pairs * D * H / us / 1e6:5.0f} TF/s d{err:.0e}")
+    pa.ROWS = 128
+    print(f"chunk {n:4d} depth {depth:6d} | " + " | ".join(row), flush=True)

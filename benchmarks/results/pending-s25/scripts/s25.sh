@@ -6,7 +6,8 @@
 #     benchmarks/bench_serve.py | tar -x -C .carry/main-tree
 #   .whl: the server's wheels, as benchmarks/results/2026-12-06-h100-session24's s24b.sh header says (13 MB)
 # carry [".carry", ".whl"]; each call within 30 s of the last keeps the lease (a lease left idle still counts).
-#   1: pytest -m gpu (the suite takes ~400 s on an H100 since the cudnn tests), then the kernel alone (~9 min)
+#   1: pytest -m gpu (the suite takes ~400 s on an H100 since the cudnn tests), then the kernel alone: warps, and
+#      16-token tiles or 2,048-key splits for small chunks deep in a prompt (~9 min)
 #   2: target 9 over HTTP, main then the branch at cap 256; then the in-process profile on the branch (~8 min)
 #   3: target 11: the trainer's step at 32,768, full-window documents, cudnn (auto) vs varlen, transformers beside
 exec > >(tee -a $OUT/log-s25-$1.txt) 2>&1
@@ -19,7 +20,7 @@ if [ "$1" = 1 ]; then
     > $OUT/pytest-gpu.txt 2>&1; echo "pytest rc $?" >> $OUT/pytest-gpu.txt
   tail -12 $OUT/pytest-gpu.txt
   echo "prefill_warps_bench $(date +%T)"
-  PYTHONPATH=src timeout 80 python3 .carry/prefill_warps_bench.py 2>&1 | tail -14
+  PYTHONPATH=src timeout 80 python3 .carry/prefill_warps_bench.py 2>&1 | tail -24
 elif [ "$1" = 2 ]; then
   M=$(PYTHONPATH=/tmp/site:src python3 -c "import runpy; print(runpy.run_path('benchmarks/bench_serve.py')['preset_dir']('smollm3-3b', None))" | tail -1)
   for tree in .carry/main-tree .; do

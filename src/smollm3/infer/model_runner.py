@@ -213,8 +213,11 @@ class ModelRunner:
             self._copied = (b, nb)
         if tokens:
             pad = [0] * (b - n)
-            self.tokens_buf[:b].copy_(to_device(torch.tensor([r.output_ids[-1] for r in reqs] + pad), self.device))
-            self.lengths_buf[:b].copy_(to_device(torch.tensor([r.num_computed for r in reqs] + pad), self.device))
+            staged = torch.tensor([[r.output_ids[-1] for r in reqs] + pad, [r.num_computed for r in reqs] + pad])
+            if self.device.type == "cuda":  # as the tables: one pinned buffer, copied straight into the buffers
+                staged = staged.pin_memory()
+            self.tokens_buf[:b].copy_(staged[0], non_blocking=True)
+            self.lengths_buf[:b].copy_(staged[1], non_blocking=True)
         return changed
 
     def launch(self, b: int, kv_len: int):

@@ -15,7 +15,10 @@ from this process instead (its engine on a background thread, uvicorn on another
 - `chat-shared-prefix`: chat requests that share SmolLM3's think-mode system prompt and two tool specs and differ
   in the user turn (a chat app's traffic; what prefix caching serves), to /v1/chat/completions.
 Load: a fixed --concurrency (a sweep, comma-separated) or a Poisson --request-rate. --long-prompt-len N adds one
-N-token request once the streams are running and reports the streams' inter-token latency while it is read.
+N-token request once the streams are running and reports the streams' inter-token latency while it is read;
+--with-baseline runs the same load without it first, against the same server, as the latency to compare with (one
+server process for both: the streams-alone p50 of one tree's server processes moved 4.74-6.31 ms within one H100
+lease, session 25). --repeat runs each load (and its baseline) that many times.
 Per run: requests completed, output tok/s, TTFT, TPOT (per request: (latency - TTFT) / (tokens - 1)) and
 inter-token latency (ITL: per token, a chunk's gap shared by the tokens it carries, counted from the usage the
 server puts in every chunk with stream_options.continuous_usage_stats, as SGLang's bench_serving does; where a
@@ -458,6 +461,10 @@ def main(argv=None):
     ap.add_argument("--request-rate", type=float, default=None, help="Poisson arrivals per second instead")
     ap.add_argument("--long-prompt-len", type=int, default=None,
                     help="also send one prompt of this many tokens once the streams run; report ITL meanwhile")
+    ap.add_argument("--with-baseline", action="store_true",
+                    help="with --long-prompt-len: before each load, the same load without the long prompt, against "
+                         "the same server (its row has long_prompt: false)")
+    ap.add_argument("--repeat", type=int, default=1, help="run each load (and its baseline) this many times")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save-outputs", action="store_true", help="keep every request's text in the JSON")
     eng = ap.add_argument_group("engine (in-process server)")
@@ -478,6 +485,10 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.client_processes < 1 or (args.client_processes > 1 and args.in_process):
         ap.error("--client-processes must be at least 1, and 1 with --in-process (the server shares this process)")
+    if args.with_baseline and not args.long_prompt_len:
+        ap.error("--with-baseline compares a load with and without --long-prompt-len: give --long-prompt-len")
+    if args.repeat < 1:
+        ap.error(f"--repeat must be at least 1 (got {args.repeat})")
 
     stop, engine = None, None
     if args.base_url:
@@ -517,11 +528,13 @@ def main(argv=None):
         test = run_load_split(1, base, model, first, 1, None, None, args.seed)[0][0]
         if not test["ok"]:
             raise SystemExit(f"the initial test request failed: {test['error']}")
-        loads = [int(c) for c in args.concurrency.split(",")] if args.concurrency else [None]
-        for conc in loads:
+        concurrencies = [int(c) for c in args.concurrency.split(",")] if args.concurrency else [None]
+        with_long = [False, True] if args.with_baseline else [bool(args.long_prompt_len)]
+        loads = [(c, i, w) for c in concurrencies for i in range(args.repeat) for w in with_long]
+        for conc, repeat, long_prompt in loads:
             reqs = requests_for(args, rng, vocab)
             long_req = None
-            if args.long_prompt_len:
+            if long_prompt:
                 ids = [rng.randrange(min(1000, vocab // 2), vocab) for _ in range(args.long_prompt_len)]
                 long_req = ("/v1/completions", {"prompt": ids, "max_tokens": 1, "temperature": 0, "stream": True,
                                                 "stream_options": {"include_usage": True,
@@ -540,8 +553,8 @@ def main(argv=None):
             window = None
             if long_res is not None and long_res["ok"]:
                 window = (long_res["start"], long_res["start"] + long_res["ttft"])
-            row = {"concurrency": conc or len(reqs), "request_rate": args.request_rate,
-                   **summarise(results, wall, window)}
+            row = {"concurrency": conc or len(reqs), "request_rate": args.request_rate, "repeat": repeat,
+                   "long_prompt": long_prompt, **summarise(results, wall, window)}
             if engine is None and args.client_processes == 1:  # this process is only the client: near 100% of one
                 # core, it bounds the figures
                 row["client_cpu_share"] = round(cpu / wall, 2)

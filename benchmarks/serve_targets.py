@@ -15,7 +15,9 @@ transformers) is benchmarks/bench_infer.py.
   once twice is the control for how much batch composition alone changes the outputs.
 - 9, chunked prefill: 64 streams decoding while a 32,768-token prompt arrives: the streams' inter-token latency p99
   while it is read over their p50 without it (<= 3); the long prompt's TTFT. Run at the server's defaults, with
-  prompt tokens capped while streams decode (--max-prefill-tokens-during-decode), and at a smaller step budget.
+  prompt tokens capped while streams decode (--max-prefill-tokens-during-decode), and at a smaller step budget;
+  each config is one server that serves the streams alone and then with the long prompt, --t9-repeat times (the
+  median of the repeats' ratios is the target's figure, each repeat's beside it).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import argparse
 import json
 import random
 import runpy
+import statistics
 import subprocess
 import sys
 import time
@@ -45,6 +48,9 @@ def main():
     ap.add_argument("--t9-configs", default="2048,2048:512,1024",
                     help="target 9's runs with the long prompt, each BUDGET[:CAP]: --max-num-batched-tokens and "
                          "--max-prefill-tokens-during-decode (the first: the server's defaults)")
+    ap.add_argument("--t9-repeat", type=int, default=3,
+                    help="target 9: the streams alone and with the long prompt, alternated this many times against "
+                         "one server per config; the target reads the median of the repeats' ratios")
     ap.add_argument("--t8-invariant", action="store_true",
                     help="target 8's runs with --invariant-prefill (prompt tokens the same bits whatever their step "
                          "holds); without the all-at-once control run")
@@ -114,28 +120,41 @@ def main():
                                    or "a run failed (its error is above)", "met": False}
     if 9 in only:
         load = ["--input-len", "512", "--output-len", "512", "--num-prompts", "64", "--max-model-len", "65536"]
-        base = run("t9_streams_alone", load)
-        for config in args.t9_configs.split(",") if base else []:  # the first is the server's defaults
+        for config in args.t9_configs.split(","):  # the first is the server's defaults
             budget, _, cap = config.partition(":")
-            mixed = run(f"t9_streams_and_32k_prompt_{config.replace(':', '_cap_')}",
-                        [*load, "--long-prompt-len", "32768", "--max-num-batched-tokens", budget,
-                         *(["--max-prefill-tokens-during-decode", cap] if cap else [])])
-            if mixed is None:
-                continue
-            # per token (a chunk's gap shared by the tokens it carries, bench_serve.one_request), the gaps between
-            # chunks as they came beside
-            during = mixed["itl_during_long_prefill_p99_ms"]  # None: no stream's token arrived while it was read
-            ratio = during / base["itl_p50_ms"] if during is not None else float("inf")
-            res["targets"].setdefault("9", {"itl_p50_alone_ms": base["itl_p50_ms"], "by_config": {},
-                                            "chunk_gap_p50_alone_ms": base["chunk_gap_p50_ms"]})
-            res["targets"]["9"]["by_config"][config] = {
-                "itl_p99_during_over_p50_alone": round(ratio, 2), "itl_p99_during_ms": during,
-                "itl_per_token": mixed["itl_per_token"] and base["itl_per_token"],
-                "chunk_gap_p99_during_ms": mixed["chunk_gap_during_long_prefill_p99_ms"],
-                "long_prompt_ttft_ms": mixed["long_prompt_ttft_ms"],
-                "met": ratio <= 3}
+            # one server for the streams alone and with the long prompt, alternated --t9-repeat times: the ratio's
+            # two figures come from the same process (one tree's streams-alone p50 moved 4.74-6.31 ms between server
+            # processes in one lease, session 25), and the spread over the repeats is in the record
+            name = f"t9_streams_alone_and_with_32k_prompt_{config.replace(':', '_cap_')}"
+            run(name, [*load, "--long-prompt-len", "32768", "--with-baseline", "--repeat", str(args.t9_repeat),
+                       "--max-num-batched-tokens", budget, *(["--max-prefill-tokens-during-decode", cap] if cap else [])])
+            res["targets"].setdefault("9", {"by_config": {}})["by_config"][config] = t9_summary(
+                res[name].get("runs", []))
     Path(args.out).write_text(json.dumps(res, indent=2))
     print(json.dumps(res["targets"], indent=2))
+
+
+def t9_summary(rows: list[dict]) -> dict:
+    """Target 9 from one bench_serve run with --with-baseline: per repeat, the streams' inter-token latency p99 while
+    the long prompt was read over their p50 alone (per token: a chunk's gap shared by the tokens it carries, the gaps
+    between chunks as they came beside); the target reads the median of the repeats."""
+    alone = [r for r in rows if not r["long_prompt"]]
+    during = [r for r in rows if r["long_prompt"]]
+    # None: no stream's token arrived while the long prompt was read (or it failed): no ratio, the repeat fails
+    ratios = [round(d["itl_during_long_prefill_p99_ms"] / a["itl_p50_ms"], 2)
+              if d.get("itl_during_long_prefill_p99_ms") is not None else float("inf")
+              for a, d in zip(alone, during)]
+    if not ratios:
+        return {"error": "the run failed (its error is above)", "met": False}
+    median = statistics.median(ratios)
+    return {"itl_p99_during_over_p50_alone": median, "each_repeat": ratios,
+            "itl_p50_alone_ms": [a["itl_p50_ms"] for a in alone],
+            "itl_p50_during_ms": [d.get("itl_during_long_prefill_p50_ms") for d in during],
+            "itl_p99_during_ms": [d.get("itl_during_long_prefill_p99_ms") for d in during],
+            "itl_per_token": all(r["itl_per_token"] for r in rows),
+            "chunk_gap_p99_during_ms": [d.get("chunk_gap_during_long_prefill_p99_ms") for d in during],
+            "long_prompt_ttft_ms": [d.get("long_prompt_ttft_ms") for d in during],
+            "met": median <= 3}
 
 
 def engine_run(model: str, max_model_len: int, requests: int) -> dict:

@@ -110,3 +110,33 @@ def test_engine_steps_classes_every_step(tiny_dir, tmp_path):
         # the first token of each reply comes with its prompt's last chunk, the other 4 from decode steps
         assert prompt == 12 * 40 and decode_rows == 12 * 4
         assert sum(k["steps"] for k in kinds.values()) + 1 == p["steps"] and profiled["wall_ms"] > 0
+
+
+def test_long_prompt_runs_beside_its_baseline_on_one_server(tiny_dir, tmp_path):
+    """--long-prompt-len with --with-baseline and --repeat: per repeat, the load alone and then with the long prompt,
+    against one server; serve_targets' target 9 is each repeat's p99 during the prompt over the p50 alone, and the
+    median of the repeats."""
+    bench = runpy.run_path(str(REPO / "benchmarks" / "bench_serve.py"))
+    res = bench["main"](["--model", str(tiny_dir), "--device", "cpu", "--in-process", "--input-len", "16",
+                         "--output-len", "230", "--num-prompts", "3", "--max-model-len", "256",
+                         "--long-prompt-len", "250", "--max-num-batched-tokens", "64",
+                         "--max-prefill-tokens-during-decode", "8", "--with-baseline", "--repeat", "2",
+                         "--out", str(tmp_path / "t9.json")])
+    rows = res["runs"]
+    assert [(r["repeat"], r["long_prompt"]) for r in rows] == [(0, False), (0, True), (1, False), (1, True)]
+    for r in rows:
+        assert r["completed"] == 3 and r["failed"] == 0 and r["output_tokens"] == 690
+        assert ("long_prompt_ttft_ms" in r) == r["long_prompt"] and ("itl_during_long_prefill_count" in r) == r["long_prompt"]
+    during = [r for r in rows if r["long_prompt"]]
+    assert all(r["long_prompt_ttft_ms"] > 0 and r["itl_during_long_prefill_count"] > 0 for r in during)
+    t9 = runpy.run_path(str(REPO / "benchmarks" / "serve_targets.py"))["t9_summary"](rows)
+    want = [round(d["itl_during_long_prefill_p99_ms"] / a["itl_p50_ms"], 2) for a, d in zip(rows[0::2], rows[1::2])]
+    assert t9["each_repeat"] == want and t9["itl_p99_during_over_p50_alone"] == sum(want) / 2
+    assert t9["met"] == (sum(want) / 2 <= 3) and t9["itl_p50_alone_ms"] == [rows[0]["itl_p50_ms"], rows[2]["itl_p50_ms"]]
+
+
+def test_with_baseline_needs_a_long_prompt(tiny_dir, tmp_path, capsys):
+    bench = runpy.run_path(str(REPO / "benchmarks" / "bench_serve.py"))
+    with pytest.raises(SystemExit):
+        bench["main"](["--model", str(tiny_dir), "--with-baseline", "--out", str(tmp_path / "x.json")])
+    assert "--with-baseline compares a load with and without --long-prompt-len" in capsys.readouterr().err

@@ -92,6 +92,8 @@ def start_server_process(args):
            "--max-num-batched-tokens", str(args.max_num_batched_tokens)]
     if args.max_prefill_tokens_during_decode:
         cmd += ["--max-prefill-tokens-during-decode", str(args.max_prefill_tokens_during_decode)]
+    if args.max_prefill_layers_during_decode:
+        cmd += ["--max-prefill-layers-during-decode", str(args.max_prefill_layers_during_decode)]
     cmd += ["--max-model-len", str(args.max_model_len)] if args.max_model_len else []
     cmd += ["--no-prefix-caching"] if args.no_prefix_caching else []
     cmd += ["--invariant-prefill"] if args.invariant_prefill else []
@@ -202,6 +204,7 @@ def build_state(args):
     kw = dict(max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
               gpu_memory_utilization=args.gpu_memory_utilization, max_num_batched_tokens=args.max_num_batched_tokens,
               max_prefill_tokens_during_decode=args.max_prefill_tokens_during_decode,
+              max_prefill_layers_during_decode=args.max_prefill_layers_during_decode,
               prefix_caching=not args.no_prefix_caching, invariant_prefill=args.invariant_prefill, device=args.device)
     if args.dataset == "chat-shared-prefix":  # the load sends tools: serve a template that renders them (the server
         kw["chat_template"] = "smollm3"  # refuses tools with tool_choice auto where the model would never see them)
@@ -473,6 +476,7 @@ def main(argv=None):
     eng.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     eng.add_argument("--max-num-batched-tokens", type=int, default=2048)
     eng.add_argument("--max-prefill-tokens-during-decode", type=int, default=None)
+    eng.add_argument("--max-prefill-layers-during-decode", type=int, default=None)
     eng.add_argument("--no-prefix-caching", action="store_true")
     eng.add_argument("--invariant-prefill", action="store_true")
     eng.add_argument("--device", default=None)
@@ -510,6 +514,7 @@ def main(argv=None):
                          "block_size": engine.block_size, "max_num_seqs": engine.max_num_seqs,
                          "max_num_batched_tokens": engine.max_num_batched_tokens,
                          "max_prefill_tokens_during_decode": engine.scheduler.max_prefill_tokens_during_decode,
+                         "max_prefill_layers_during_decode": engine.max_prefill_layers_during_decode,
                          "prefix_caching": engine.blocks.prefix_caching}
     elif not args.base_url:  # the server process's engine, as its endpoints describe it
         health, listed = httpx.get(base + "/health").json(), httpx.get(base + "/v1/models").json()["data"][0]
@@ -518,6 +523,7 @@ def main(argv=None):
                          "block_size": health["kv_block_size"], "max_num_seqs": health["max_num_seqs"],
                          "max_num_batched_tokens": args.max_num_batched_tokens,
                          "max_prefill_tokens_during_decode": args.max_prefill_tokens_during_decode,
+                         "max_prefill_layers_during_decode": args.max_prefill_layers_during_decode,
                          "prefix_caching": not args.no_prefix_caching, "invariant_prefill": args.invariant_prefill,
                          "server": "own process"}
     try:

@@ -47,8 +47,8 @@ def run(engine, prompts, params, sync: bool, profile_steps: set[int] = frozenset
     plans, profiles = [], []
     schedule = engine.scheduler.schedule
 
-    def traced():
-        plan = schedule()
+    def traced(*args, **kwargs):
+        plan = schedule(*args, **kwargs)
         plans.append((len(plan.decode), sum(n for _, n in plan.prefill)))
         return plan
 

@@ -15,7 +15,8 @@ transformers) is benchmarks/bench_infer.py.
   once twice is the control for how much batch composition alone changes the outputs.
 - 9, chunked prefill: 64 streams decoding while a 32,768-token prompt arrives: the streams' inter-token latency p99
   while it is read over their p50 without it (<= 3); the long prompt's TTFT. Run at the server's defaults, with
-  prompt tokens capped while streams decode (--max-prefill-tokens-during-decode), and at a smaller step budget;
+  prompt tokens capped while streams decode (--max-prefill-tokens-during-decode), a prompt step's layers divided
+  over engine steps (--max-prefill-layers-during-decode), and at a smaller step budget;
   each config is one server that serves the streams alone and then with the long prompt, --t9-repeat times (the
   median of the repeats' ratios is the target's figure, each repeat's beside it).
 """
@@ -46,8 +47,9 @@ def main():
     ap.add_argument("--client-processes", type=int, default=4,
                     help="bench_serve's client processes (one Python client parsing 256 streams can bound the run)")
     ap.add_argument("--t9-configs", default="2048,2048:512,1024",
-                    help="target 9's runs with the long prompt, each BUDGET[:CAP]: --max-num-batched-tokens and "
-                         "--max-prefill-tokens-during-decode (the first: the server's defaults)")
+                    help="target 9's runs with the long prompt, each BUDGET[:CAP[:LAYERS]]: --max-num-batched-tokens, "
+                         "--max-prefill-tokens-during-decode and --max-prefill-layers-during-decode (the first: the "
+                         "server's defaults)")
     ap.add_argument("--t9-repeat", type=int, default=3,
                     help="target 9: the streams alone and with the long prompt, alternated this many times against "
                          "one server per config; the target reads the median of the repeats' ratios")
@@ -121,13 +123,15 @@ def main():
     if 9 in only:
         load = ["--input-len", "512", "--output-len", "512", "--num-prompts", "64", "--max-model-len", "65536"]
         for config in args.t9_configs.split(","):  # the first is the server's defaults
-            budget, _, cap = config.partition(":")
+            budget, cap, layers = (config.split(":") + ["", ""])[:3]
             # one server for the streams alone and with the long prompt, alternated --t9-repeat times: the ratio's
             # two figures come from the same process (one tree's streams-alone p50 moved 4.74-6.31 ms between server
             # processes in one lease, session 25), and the spread over the repeats is in the record
-            name = f"t9_streams_alone_and_with_32k_prompt_{config.replace(':', '_cap_')}"
+            name = (f"t9_streams_alone_and_with_32k_prompt_{budget}" + (f"_cap_{cap}" if cap else "")
+                    + (f"_layers_{layers}" if layers else ""))
             run(name, [*load, "--long-prompt-len", "32768", "--with-baseline", "--repeat", str(args.t9_repeat),
-                       "--max-num-batched-tokens", budget, *(["--max-prefill-tokens-during-decode", cap] if cap else [])])
+                       "--max-num-batched-tokens", budget, *(["--max-prefill-tokens-during-decode", cap] if cap else []),
+                       *(["--max-prefill-layers-during-decode", layers] if layers else [])])
             res["targets"].setdefault("9", {"by_config": {}})["by_config"][config] = t9_summary(
                 res[name].get("runs", []))
     Path(args.out).write_text(json.dumps(res, indent=2))

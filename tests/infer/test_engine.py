@@ -246,6 +246,53 @@ def test_chunked_prefill_keeps_streams_flowing(tiny):
     assert [a.output_ids, b.output_ids] == ref
 
 
+def test_prompt_step_split_by_layers_keeps_streams_flowing_exactly(tiny):
+    """max_prefill_layers_during_decode: a prompt step begun while a stream decodes runs a layer per engine step
+    (the tiny model has 4), each after the stream's decode: the stream gets a token every step, a chunk takes 4
+    steps, nothing new is admitted meanwhile, and every reply is its solo reply. A request aborted, and one
+    preempted, while their step is half run leave every block back in the pool and the others' replies exact."""
+    model, _ = tiny
+    layers = model.config.num_hidden_layers
+    short, long, late = prompts([6, 300, 9], model.config.vocab_size, seed=7)
+    sp = SamplingParams(max_tokens=40, **GREEDY)
+    solo = Engine(model, None, max_model_len=512, max_num_seqs=4, fast_decode=True)
+    ref = [solo.generate([p], sp)[0].output_ids for p in (short, long, late)]
+    engine = Engine(model, None, max_model_len=512, max_num_seqs=4, max_num_batched_tokens=64, block_size=16,
+                    fast_decode=True, max_prefill_layers_during_decode=1)
+    a = engine.add_request(short, sp)
+    engine.step()
+    b = engine.add_request(long, sp)
+    engine.step()  # b's first chunk begins
+    c = engine.add_request(late, sp)
+    progress = []
+    while not b.output_ids:
+        before = (len(a.output_ids), b.num_computed)
+        engine.step()
+        assert len(a.output_ids) == before[0] + 1  # the stream never waits for the prompt step
+        progress.append(b.num_computed - before[1])
+    # each 63-token chunk lands on its step's 4th layer; the first began before the loop
+    assert progress[:layers - 1] == [0] * (layers - 2) + [63] and progress[layers - 1:2 * layers - 1] == \
+        [0] * (layers - 1) + [63]
+    while not (a.finished and b.finished and c.finished):
+        engine.step()
+    assert [a.output_ids, b.output_ids, c.output_ids] == ref
+    assert engine.num_free_blocks == engine.blocks.num_blocks
+
+    # abort a request whose prompt step is half run: its rest is launched, the blocks all come back
+    a = engine.add_request(short, sp)
+    engine.step()
+    b = engine.add_request(prompts([300], model.config.vocab_size, seed=12)[0], sp)  # nothing of it cached
+    engine.step()
+    engine.step()
+    assert engine._prompt is not None and b.num_computed == 0  # its first step: 2 of 4 layers run
+    engine.abort(b)
+    while not a.finished:
+        engine.step()
+    assert b.finish_reason == "abort" and a.output_ids == ref[0]
+    assert engine.num_free_blocks == engine.blocks.num_blocks
+    engine.blocks.check()
+
+
 def test_prefix_cache_serves_shared_prompt_heads_exactly(tiny):
     model, _ = tiny
     head = prompts([100], model.config.vocab_size, seed=8)[0]
@@ -287,11 +334,14 @@ def test_preemption_under_memory_pressure_recomputes_exactly(tiny):
     engine.blocks.check()
 
 
-def test_pipelined_decode_under_pressure_equals_solo_runs(tiny):
+@pytest.mark.parametrize("split", [None, 1])
+def test_pipelined_decode_under_pressure_equals_solo_runs(tiny, split):
     """The pipelined greedy path (the fused decode step, whose tokens the host reads one step late, as on the GPU)
     with small blocks, the prefix cache on and preemption: replies that end at every offset within a block (so the
     late read's token ends a reply whose blocks it releases) give each request's solo tokens, and every block
-    returns. Found on the H200: the late read offered a just-finished reply's released blocks to the prefix cache."""
+    returns. Found on the H200: the late read offered a just-finished reply's released blocks to the prefix cache.
+    split: prompt steps run a layer per engine step while streams decode, so requests are also preempted with their
+    prompt step half run."""
     model, _ = tiny
     from smollm3.infer.cache import kv_bytes_per_token
 
@@ -300,7 +350,8 @@ def test_pipelined_decode_under_pressure_equals_solo_runs(tiny):
     solo = Engine(model, None, max_model_len=64, max_num_seqs=8, fast_decode=True, block_size=4)
     ref = [solo.generate([p], sp)[0].output_ids for p, sp in zip(ps, params)]
     engine = Engine(model, None, max_model_len=64, max_num_seqs=8, fast_decode=True, block_size=4,
-                    kv_cache_memory=kv_bytes_per_token(model.config, torch.float32) * 4 * 17)
+                    kv_cache_memory=kv_bytes_per_token(model.config, torch.float32) * 4 * 17,
+                    max_prefill_layers_during_decode=split)
     assert engine.async_decode
     out = engine.generate(ps + ps, params + params)
     assert [r.output_ids for r in out] == ref + ref

@@ -81,6 +81,66 @@ def test_graphed_prompt_steps_equal_eager_ones_on_gpu():
     assert torch.equal(runners[0].cache.v[:, :42], runners[1].cache.v[:, :42])
 
 
+def _divided_steps_equal_whole_ones(model, graphs: bool):
+    """Three prompt steps run whole, and run a layer group at a time (1, then 3 layers of the tiny model's 4) with a
+    decode step of another request launched before each group (as the engine's max_prefill_layers_during_decode
+    does): the same logits and K/V, bit for bit."""
+    rng = random.Random(2)
+    reqs = [Request([rng.randrange(1, 200) for _ in range(n)], SamplingParams()) for n in (37, 300, 13)]
+    for r, blocks in zip(reqs, (range(0, 3), range(3, 23), range(23, 24))):
+        r.block_table = list(blocks)
+    steps = [[(0, 37), (1, 100)], [(1, 150)], [(1, 50), (2, 13)]]  # samples 1, none, 2
+    out = []
+    for layers in (None, 1, 3):
+        runner = ModelRunner(model, num_blocks=40, block_size=16, max_num_seqs=4, max_model_len=512,
+                             max_num_batched_tokens=160, cuda_graphs=graphs, fast_decode=True)
+        runner.cache.split_keys = 128  # on the GPU, the deep chunks are cut into key splits and merged
+        if graphs:
+            runner.warm_prefill()
+            runner.capture_graphs()
+        stream = Request([5] * 20, SamplingParams())
+        stream.block_table = list(range(30, 40))  # blocks no prompt above uses
+        runner.prefill([(stream, 20)])
+        stream.num_computed, stream.output_ids = 20, [9]
+        for r in reqs:
+            r.num_computed = 0
+        logits = []
+        for step in steps:
+            chunks = [(reqs[i], n) for i, n in step]
+            if layers is None:
+                logits.append(runner.prefill(chunks))
+            else:
+                runner.begin_prefill(chunks)
+                got = None
+                while got is None:
+                    b, kv_len = runner.shape([stream])
+                    runner.upload([stream], b, kv_len)
+                    runner.launch(b, kv_len)
+                    stream.num_computed += 1
+                    stream.output_ids.append(9)
+                    got = runner.resume_prefill(layers)
+                logits.append(got)
+            for i, n in step:
+                reqs[i].num_computed += n
+        out.append((logits, runner.cache.k[:, :24].clone(), runner.cache.v[:, :24].clone()))
+    assert [x.shape[0] for x in out[0][0]] == [1, 0, 2]
+    for logits, k, v in out[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(out[0][0], logits))
+        assert torch.equal(out[0][1], k) and torch.equal(out[0][2], v)
+
+
+def test_prompt_step_divided_by_layers_equals_whole_step():
+    torch.manual_seed(0)
+    _divided_steps_equal_whole_ones(build_model(preset("tiny")).eval(), graphs=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_prompt_step_divided_by_layers_equals_whole_step_on_gpu():
+    """As on the CPU, with the piece graphs and the decode graphs replayed in between (one memory pool)."""
+    _divided_steps_equal_whole_ones(_tiny_gpu_model(), graphs=True)
+
+
 def test_invariant_prefill_refused_where_it_cannot_run():
     from smollm3.infer import Engine
 

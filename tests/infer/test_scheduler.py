@@ -78,3 +78,19 @@ def test_break_even_is_where_a_tokens_attention_equals_its_weights():
     assert cfg.forward_flops(1, even, head_tokens=0) == 2 * cfg.forward_flops(1, 0, head_tokens=0)
     with pytest.raises(ValueError, match="attention_break_even must be positive"):
         Scheduler(BlockManager(8, 16), 1, 16, attention_break_even=0)
+
+
+def test_busy_requests_neither_decode_nor_take_chunks_and_nothing_is_admitted():
+    """While a prompt step divided over engine steps runs (its requests `busy`), the plan decodes the others only:
+    a busy request that could decode (a preempted one recomputing only its last token) does not, and no waiting
+    request is admitted."""
+    s = Scheduler(BlockManager(64, 16, prefix_caching=False), 4, 2048)
+    stream, long = _stream_and_long_prompt(s, 100)
+    (r, n), = s.schedule().prefill
+    assert r is long and n == 100
+    long.num_computed, long.output_ids = n, [7]  # as if it were sampled: it could decode now
+    s.waiting.append(Request([3] * 5, SamplingParams()))
+    plan = s.schedule(busy=frozenset([long]))
+    assert plan.decode == [stream] and not plan.prefill and len(s.waiting) == 1
+    plan = s.schedule()
+    assert plan.decode == [stream, long] and [n for _, n in plan.prefill] == [5]

@@ -29,6 +29,11 @@ def _add_engine_args(p):
                         "token deep in a long prompt also attends to the keys before it and counts more): lower keeps "
                         "streams' gaps between tokens short while a long prompt is read, at the cost of its time to "
                         "first token (default: none, the whole --max-num-batched-tokens)")
+    p.add_argument("--max-prefill-layers-during-decode", type=number(int, 1), default=None,
+                   help="GPU: a prompt step begun while streams decode runs this many decoder layers per engine step, "
+                        "the rest after the streams' next tokens: deep in a long prompt a step costs about the same "
+                        "at any token count, so this, not the token cap, shortens the streams' gap there (the same "
+                        "tokens; default: every layer in one step)")
     p.add_argument("--invariant-prefill", action="store_true",
                    help="GPU: compute every prompt token the same bits whatever else its engine step holds, so greedy "
                         "replies are the same with and without the prefix cache however prompts are chunked (fixed-"
@@ -53,6 +58,7 @@ def _engine_kwargs(args) -> dict:
             "kv_cache_memory": int(args.kv_cache_gib * 2**30) if args.kv_cache_gib else None,
             "max_num_batched_tokens": args.max_num_batched_tokens, "block_size": args.block_size,
             "max_prefill_tokens_during_decode": args.max_prefill_tokens_during_decode,
+            "max_prefill_layers_during_decode": args.max_prefill_layers_during_decode,
             "prefix_caching": not args.no_prefix_caching, "invariant_prefill": args.invariant_prefill}
 
 

@@ -50,7 +50,13 @@ class Engine:
     `prefill_kernel`: prompt chunks attend in one Triton kernel per layer (ops/prefill_attention.py) rather than
     chunk by chunk in torch ops; default: on where it runs (CUDA, bf16/fp16). `invariant_prefill` (CUDA): every
     prompt token's K/V and logits are the same bits whatever else its step holds, so greedy outputs are the same
-    with and without the prefix cache, however prompts are chunked (infer/fast_prefill.py), at some prefill speed."""
+    with and without the prefix cache, however prompts are chunked (infer/fast_prefill.py), at some prefill speed.
+    `max_prefill_layers_during_decode` (default: all; needs the fused step): a prompt step begun while streams decode
+    runs this many decoder layers per engine step, the rest in the next steps, each after that step's decode. Deep in
+    a long prompt a step costs about the same at any token count (every weight read once more, the attention over
+    all the keys before), so fewer tokens a step do not shorten the streams' gap much; fewer layers do, by the
+    fraction of the step they leave out. The prompt's bits are the same however its step is divided, and no new
+    prompt work starts until it ends."""
 
     def __init__(self, model: SmolLM3ForCausalLM, tokenizer=None, *, max_num_seqs: int = 256,
                  max_model_len: int | None = None, kv_cache_memory: int | None = None,
@@ -58,7 +64,8 @@ class Engine:
                  prefix_caching: bool = True, cuda_graphs: bool | None = None, defaults: dict | None = None,
                  eos_token_ids: list[int] | None = None, fast_decode: bool | None = None, gemv: bool | None = None,
                  decode_kernels: bool | None = None, max_prefill_tokens_during_decode: int | None = None,
-                 prefill_kernel: bool | None = None, invariant_prefill: bool = False):
+                 prefill_kernel: bool | None = None, invariant_prefill: bool = False,
+                 max_prefill_layers_during_decode: int | None = None):
         cfg = model.config
         self.model, self.tokenizer, self.config = model.eval(), tokenizer, cfg
         p = next(model.parameters())
@@ -94,6 +101,16 @@ class Engine:
                                   invariant_prefill=invariant_prefill)
         self.max_num_seqs, self.max_num_batched_tokens, self.block_size = max_num_seqs, max_num_batched_tokens, \
             block_size
+        layers = max_prefill_layers_during_decode
+        if layers is not None and layers < 1:
+            raise ValueError(f"max_prefill_layers_during_decode must be at least 1, got {layers}")
+        if layers is not None and layers < cfg.num_hidden_layers and self.runner.fast_prefill is None:
+            raise ValueError("max_prefill_layers_during_decode (--max-prefill-layers-during-decode) runs a prompt step "
+                             "a few layers at a time on the fused step (fast_decode, on by default on CUDA): leave it "
+                             "off here")
+        self.max_prefill_layers_during_decode = layers if layers is not None and layers < cfg.num_hidden_layers \
+            else None
+        self._prompt = None  # a prompt step begun, its layers not all run: [(request, tokens, epoch, samples)]
         self.kv_cache_tokens = num_blocks * block_size
         self.defaults = dict(defaults) if defaults is not None else generation_defaults({})
         # eos_token_ids (default: config.json's eos), and the tokenizer's eos token whatever they list
@@ -194,11 +211,16 @@ class Engine:
                 break
         gone = [r for r in [*self.scheduler.waiting, *self.scheduler.running] if r.aborted]
         if gone:
+            self._end_prompt(gone)  # its rest launched before any of the blocks it writes can change hands
             self._flush()
             for r in gone:
                 if not r.finished:
                     self._finish(r, "abort")
-        plan = self.scheduler.schedule()
+        plan = self.scheduler.schedule(frozenset(c[0] for c in self._prompt or ()))
+        if not plan.decode:  # nobody waits for it
+            self._end_prompt()
+        elif plan.preempted:  # their blocks change hands in this step's decode
+            self._end_prompt(plan.preempted)
         self.stats["preemptions"] += len(plan.preempted)
         self.stats["max_running"] = max(self.stats["max_running"], len(self.scheduler.running))
         pipelined = (self._rows is not None and plan.decode == self._rows and not plan.prefill
@@ -210,31 +232,61 @@ class Engine:
         if plan.decode:
             self._decode(plan.decode, pipelined)
         if plan.prefill:
-            self._prefill(plan.prefill)
+            self._prefill(plan.prefill, split=bool(plan.decode))
+        elif self._prompt is not None:
+            self._resume_prompt(self.max_prefill_layers_during_decode)
         if not plan.decode and not plan.prefill:
             self._flush()
 
     def fail_all(self, message: str):
         """Finish every request with an error (after an exception inside a step), leaving the engine usable."""
-        self._inflight, self._rows = None, None
+        self._inflight, self._rows, self._prompt = None, None, None
         for r in [*self.scheduler.waiting, *self.scheduler.running]:
             r.error = message
             self._finish(r, "error")
 
-    def _prefill(self, chunks: list[tuple[Request, int]]):
-        logits = self.runner.prefill(chunks)
-        done = []
-        for r, n in chunks:
-            r.num_computed += n
-            self._register(r)
-            if r.num_computed == r.num_tokens:
-                done.append(r)
-                if not r.output_ids:  # the prompt done for the first time (a preempted request may redo it)
-                    self.stats["prompt_tokens"] += len(r.prompt_ids)
-                    self.stats["cached_prompt_tokens"] += r.num_cached_tokens
+    def _prefill(self, chunks: list[tuple[Request, int]], split: bool):
+        """A prompt step: whole, or (split, with max_prefill_layers_during_decode) its first layers now and the
+        rest in the next steps (_resume_prompt)."""
+        self._prompt = [(r, n, r.num_preemptions, r.num_computed + n == r.num_tokens) for r, n in chunks]
+        if split and self.max_prefill_layers_during_decode is not None:
+            self.runner.begin_prefill(chunks)
+            self._resume_prompt(self.max_prefill_layers_during_decode)
+        else:
+            self._prompt_done(self.runner.prefill(chunks))
+
+    def _resume_prompt(self, layers: int | None):
+        """Run the begun prompt step's next `layers` layers (None: all that are left)."""
+        logits = self.runner.resume_prefill(layers or self.config.num_hidden_layers)
+        if logits is not None:
+            self._prompt_done(logits)
+
+    def _end_prompt(self, leaving: list[Request] | None = None):
+        """Launch the rest of a begun prompt step now (if any of `leaving`, requests whose blocks are about to go
+        back to the pool, is in it; None: in any case)."""
+        if self._prompt is not None and (leaving is None or any(c[0] in leaving for c in self._prompt)):
+            self._resume_prompt(None)
+
+    def _prompt_done(self, logits: torch.Tensor):
+        """The prompt step's K/V are written (or launched): its requests advance; those whose prompt it finished
+        sample from `logits` (a row each, in chunk order). A request preempted or aborted while the step ran is
+        left as it is now (a preempted one recomputes its prompt)."""
+        chunks, self._prompt = self._prompt, None
+        done, rows, row = [], [], 0
+        for r, n, epoch, samples in chunks:
+            if r.num_preemptions == epoch and not r.aborted and not r.finished:
+                r.num_computed += n
+                self._register(r)
+                if samples:
+                    done.append(r)
+                    rows.append(row)
+                    if not r.output_ids:  # the prompt done for the first time (a preempted request may redo it)
+                        self.stats["prompt_tokens"] += len(r.prompt_ids)
+                        self.stats["cached_prompt_tokens"] += r.num_cached_tokens
+            row += samples
         self.stats["prefill_steps"] += 1
         if done:
-            self._sample(done, logits)
+            self._sample(done, logits if len(rows) == len(logits) else logits[rows])
 
     def _decode(self, reqs: list[Request], pipelined: bool):
         runner = self.runner

@@ -47,23 +47,42 @@ class FastPrefill:
         self.x, self.delta = buf(cfg.hidden_size), buf(cfg.hidden_size)
         self.q, self.k, self.v, self.attn = buf(H, D), buf(KV, D), buf(KV, D), buf(H * D)
         self.graphs: dict[int, list[torch.cuda.CUDAGraph]] = {}
+        self._step = None  # a begun step: (tokens, rows, layers done)
 
     def __call__(self, ids: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """ids, positions [N] (the step's packed chunks, padded); rows: the packed tokens to sample at ->
         logits [len(rows), V]."""
+        self.begin(ids, positions, rows)
+        return self.resume(self.layers)
+
+    def begin(self, ids: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor):
+        """Start a step (as __call__) whose layers `resume` runs, a few at a time. Between two resumes other work
+        may run on the device (decode steps), as long as it leaves this object's buffers and the cache's prefill
+        plan alone: the step's result is the same bits however it is divided."""
         n = ids.shape[0]
         if n > self.max_tokens:
             raise ValueError(f"a prompt step of {n} tokens: this runner was built for {self.max_tokens} at most")
         self.ids[:n].copy_(ids)
         self.positions[:n].copy_(positions)
+        self._step = (n, rows, 0)
+
+    def resume(self, layers: int) -> torch.Tensor | None:
+        """Run the begun step's next `layers` layers (the last piece, the final o_proj and MLP, rides with the last
+        layer) -> None while layers remain, else the logits at its rows [len(rows), V]."""
+        n, rows, first = self._step
+        end = min(first + max(1, layers), self.layers)
         graphs = self.graphs.get(n)
-        for i in range(self.layers + 1):
+        for i in range(first, end + 1 if end == self.layers else end):
             if graphs is None:
                 self._piece(i, n)
             else:
                 graphs[i].replay()
             if i < self.layers:
                 self._attend(i, n)
+        if end < self.layers:
+            self._step = (n, rows, end)
+            return None
+        self._step = None
         f, k = self.fast, len(rows)
         if not k:  # no chunk samples this step: the layers wrote its K/V, which is all it needed
             return self.x.new_empty(0, f.model.config.vocab_size)

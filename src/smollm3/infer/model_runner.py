@@ -62,6 +62,7 @@ class ModelRunner:
         self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self._graph_pool = None
         self.fast = self.fast_prefill = None
+        self._sampled = 0  # the begun prompt step's chunks that sample (begin_prefill)
         if fast_decode if fast_decode is not None else self.use_graphs:
             self.fast = FastDecode(model, self.cache, compile=self.device.type == "cuda", gemv=gemv,
                                    kernels=decode_kernels)
@@ -90,6 +91,26 @@ class ModelRunner:
         """Compute K/V for each request's next n tokens (packed into one row), -> the logits [k, V] at the last
         token of each chunk that reaches the end of its request's tokens (those sample next), in chunk order.
         Padding tokens (pad_prefill) write only the scratch block and attend to nothing."""
+        return self._prefill(*self._pack(chunks))
+
+    @torch.no_grad()
+    def begin_prefill(self, chunks: list[tuple[Request, int]]):
+        """Start the prompt step `prefill(chunks)` runs, to run its layers a few at a time (`resume_prefill`),
+        with decode steps launched in between (they read and write other buffers and blocks). Needs the fused step."""
+        if self.fast_prefill is None:
+            raise ValueError("a prompt step run a few layers at a time needs the fused step (fast_decode)")
+        ids, plan, last = self._pack(chunks)
+        x, positions, rows = self._prefill_inputs(ids, plan, last)
+        self.fast_prefill.begin(x[0], positions[0], rows)
+        self._sampled = len(last)
+
+    @torch.no_grad()
+    def resume_prefill(self, layers: int) -> torch.Tensor | None:
+        """The begun prompt step's next `layers` layers -> None while layers remain, then prefill's logits."""
+        logits = self.fast_prefill.resume(layers)
+        return None if logits is None else logits[:self._sampled]
+
+    def _pack(self, chunks: list[tuple[Request, int]]) -> tuple[list[int], list[tuple[list[int], int, int]], list[int]]:
         ids, plan, last = [], [], []
         for r, n in chunks:
             start = r.num_computed
@@ -97,15 +118,19 @@ class ModelRunner:
             plan.append((r.block_table, start, n))
             if start + n == r.num_tokens:
                 last.append(len(ids) - 1)
-        return self._prefill(ids, plan, last)
+        return ids, plan, last
 
-    def _prefill(self, ids: list[int], plan: list[tuple[list[int], int, int]], last: list[int]) -> torch.Tensor:
+    def _prefill_inputs(self, ids: list[int], plan: list[tuple[list[int], int, int]], last: list[int]):
+        """Plan the cache's prompt step -> (packed ids [1, N], positions [1, N], rows to sample at), padded."""
         pad = self.prefill_tokens(len(ids)) - len(ids)
         self.cache.plan_prefill(plan, self.device, pad=pad, pad_block=self.scratch)
         x = to_device(torch.tensor([ids + [0] * pad]), self.device)
         positions = self.cache.position_ids(1, x.shape[1], self.device)
         rows = last + last[-1:] * (self.prefill_rows(len(last)) - len(last))  # none: no chunk samples this step
-        rows = to_device(torch.tensor(rows, dtype=torch.long), self.device)
+        return x, positions, to_device(torch.tensor(rows, dtype=torch.long), self.device)
+
+    def _prefill(self, ids: list[int], plan: list[tuple[list[int], int, int]], last: list[int]) -> torch.Tensor:
+        x, positions, rows = self._prefill_inputs(ids, plan, last)
         if self.fast_prefill is not None:  # the decode step's fused projections and compiled layer functions
             return self.fast_prefill(x[0], positions[0], rows)[:len(last)]
         hidden = self.model.model(x, positions, self.cache)

@@ -59,13 +59,15 @@ class Scheduler:
         self.running: list[Request] = []  # in admission order
         self.num_preemptions = 0
 
-    def schedule(self) -> StepPlan:
+    def schedule(self, busy: frozenset[Request] = frozenset()) -> StepPlan:
+        """The step's plan. `busy`: the requests of a prompt step the engine is still running (one divided over
+        several steps); while there are any, the plan only decodes the others (no prompt chunk, no admission)."""
         plan = StepPlan()
         budget = self.max_num_batched_tokens
         # a request leaves `running` during this plan only by preemption (into plan.preempted, short), so that is
         # what is checked: `r in self.running` costs the whole list per request (1.4 ms a step at 256 requests)
         for r in list(self.running):  # decodes first: every running stream gets its token
-            if r.prefilling or r in plan.preempted:
+            if r.prefilling or r in plan.preempted or r in busy:
                 continue
             if not self._make_room(r, r.num_computed + 1, plan):
                 continue  # r itself was preempted
@@ -74,6 +76,8 @@ class Scheduler:
         # the prompt work this step may do beside the decodes, in tokens of a fresh prompt (no cap: infinite)
         cap = self.max_prefill_tokens_during_decode
         work = cap if plan.decode and cap is not None else math.inf
+        if busy:
+            return plan
         for r in list(self.running):  # chunks of prompts already started
             if budget <= 0 or work <= 0:
                 break

@@ -441,6 +441,11 @@ def summarise(results: list[dict], wall: float, window: tuple[float, float] | No
         out["itl_during_long_prefill_p99_ms"] = pct(during, 99)
         out["itl_during_long_prefill_count"] = len(during)
         out["chunk_gap_during_long_prefill_p99_ms"] = pct(chunk_gaps, 99)
+        # how much of the read the streams were there for: streams that end early leave its deepest (and dearest)
+        # steps unmeasured
+        last = max((r["start"] + r["latency"] for r in ok), default=window[0])
+        out["long_prefill_streamed_fraction"] = round(min(1.0, max(0.0, (last - window[0]) / (window[1] - window[0]))),
+                                                      3) if window[1] > window[0] else 0.0
     errors = [r["error"] for r in results if not r["ok"]]
     if errors:
         out["first_error"] = str(errors[0])[:300]

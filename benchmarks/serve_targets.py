@@ -121,7 +121,9 @@ def main():
             res["targets"]["8"] = {"error": (cached or {}).get("first_error") or (plain or {}).get("first_error")
                                    or "a run failed (its error is above)", "met": False}
     if 9 in only:
-        load = ["--input-len", "512", "--output-len", "512", "--num-prompts", "64", "--max-model-len", "65536"]
+        # 1,536 tokens a stream: enough that they decode for the whole read, however fast it goes (session 26: with
+        # 512 and the layers divided, the streams ended ~26k tokens into the 32k prompt)
+        load = ["--input-len", "512", "--output-len", "1536", "--num-prompts", "64", "--max-model-len", "65536"]
         for config in args.t9_configs.split(","):  # the first is the server's defaults
             budget, cap, layers = (config.split(":") + ["", ""])[:3]
             # one server for the streams alone and with the long prompt, alternated --t9-repeat times: the ratio's
@@ -151,6 +153,8 @@ def t9_summary(rows: list[dict]) -> dict:
     if not ratios:
         return {"error": "the run failed (its error is above)", "met": False}
     median = statistics.median(ratios)
+    # the streams must be there for the whole read: if they finish first, the prompt's deepest steps go unmeasured
+    covered = [d.get("long_prefill_streamed_fraction", 0.0) for d in during]
     return {"itl_p99_during_over_p50_alone": median, "each_repeat": ratios,
             "itl_p50_alone_ms": [a["itl_p50_ms"] for a in alone],
             "itl_p50_during_ms": [d.get("itl_during_long_prefill_p50_ms") for d in during],
@@ -158,7 +162,8 @@ def t9_summary(rows: list[dict]) -> dict:
             "itl_per_token": all(r["itl_per_token"] for r in rows),
             "chunk_gap_p99_during_ms": [d.get("chunk_gap_during_long_prefill_p99_ms") for d in during],
             "long_prompt_ttft_ms": [d.get("long_prompt_ttft_ms") for d in during],
-            "met": median <= 3}
+            "long_prefill_streamed_fraction": covered,
+            "met": median <= 3 and min(covered) >= 0.99}
 
 
 def engine_run(model: str, max_model_len: int, requests: int) -> dict:

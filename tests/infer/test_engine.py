@@ -293,6 +293,18 @@ def test_prompt_step_split_by_layers_keeps_streams_flowing_exactly(tiny):
     engine.blocks.check()
 
 
+def test_prompt_step_split_refused_where_it_cannot_run(tiny):
+    model, _ = tiny
+    with pytest.raises(ValueError, match=r"--max-prefill-layers-during-decode\) runs a prompt step a few layers at a "
+                                         "time on the fused step"):
+        Engine(model, None, max_model_len=256, max_prefill_layers_during_decode=1)  # the CPU's default: no fused step
+    with pytest.raises(ValueError, match="max_prefill_layers_during_decode must be at least 1, got 0"):
+        Engine(model, None, max_model_len=256, fast_decode=True, max_prefill_layers_during_decode=0)
+    # as many layers as the model has, or more: one step, as without it
+    assert Engine(model, None, max_model_len=256, max_prefill_layers_during_decode=4).max_prefill_layers_during_decode \
+        is None
+
+
 def test_prefix_cache_serves_shared_prompt_heads_exactly(tiny):
     model, _ = tiny
     head = prompts([100], model.config.vocab_size, seed=8)[0]

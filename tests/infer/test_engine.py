@@ -249,8 +249,8 @@ def test_chunked_prefill_keeps_streams_flowing(tiny):
 def test_prompt_step_split_by_layers_keeps_streams_flowing_exactly(tiny):
     """max_prefill_layers_during_decode: a prompt step begun while a stream decodes runs a layer per engine step
     (the tiny model has 4), each after the stream's decode: the stream gets a token every step, a chunk takes 4
-    steps, nothing new is admitted meanwhile, and every reply is its solo reply. A request aborted, and one
-    preempted, while their step is half run leave every block back in the pool and the others' replies exact."""
+    steps, and every reply is its solo reply. A request aborted while its step is half run leaves every block back
+    in the pool and the stream's reply exact."""
     model, _ = tiny
     layers = model.config.num_hidden_layers
     short, long, late = prompts([6, 300, 9], model.config.vocab_size, seed=7)
@@ -290,6 +290,38 @@ def test_prompt_step_split_by_layers_keeps_streams_flowing_exactly(tiny):
         engine.step()
     assert b.finish_reason == "abort" and a.output_ids == ref[0]
     assert engine.num_free_blocks == engine.blocks.num_blocks
+    engine.blocks.check()
+
+
+def test_prompt_step_split_preempted_half_run_recomputes_exactly(tiny):
+    """The stream needs a block while the newest request's prompt step is half run and none is free: that request
+    is preempted (its step's rest launched first, its result dropped), recomputes later, and both replies are
+    their solo replies."""
+    model, _ = tiny
+    from smollm3.infer.cache import kv_bytes_per_token
+
+    short, long = prompts([6, 63], model.config.vocab_size, seed=13)
+    sp = SamplingParams(max_tokens=40, **GREEDY)
+    solo = Engine(model, None, max_model_len=80, max_num_seqs=4, fast_decode=True, block_size=16)
+    ref = [solo.generate([p], sp)[0].output_ids for p in (short, long)]
+    engine = Engine(model, None, max_model_len=80, max_num_seqs=4, max_num_batched_tokens=64, block_size=16,
+                    fast_decode=True, max_prefill_layers_during_decode=1,
+                    kv_cache_memory=kv_bytes_per_token(model.config, torch.float32) * 16 * 6)  # 5 blocks + scratch
+    assert engine.num_free_blocks == 5
+    a = engine.add_request(short, sp)
+    while a.num_computed < 13:
+        engine.step()
+    b = engine.add_request(long, sp)
+    engine.step()  # b takes the 4 blocks left and begins; a writes position 13, 14, 15 in its first block
+    busy_when_preempted = []
+    while not b.num_preemptions:
+        busy_when_preempted = [c[0] for c in engine._prompt or ()]
+        engine.step()
+    assert busy_when_preempted == [b] and a.num_computed == 17  # a took one of b's blocks for position 16
+    while not (a.finished and b.finished):
+        engine.step()
+    assert [a.output_ids, b.output_ids] == ref
+    assert engine.num_free_blocks == 5
     engine.blocks.check()
 
 

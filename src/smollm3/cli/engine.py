@@ -33,7 +33,9 @@ def _add_engine_args(p):
                    help="GPU: a prompt step begun while streams decode runs this many decoder layers per engine step, "
                         "the rest after the streams' next tokens: deep in a long prompt a step costs about the same "
                         "at any token count, so this, not the token cap, shortens the streams' gap there (the same "
-                        "tokens; default: every layer in one step)")
+                        "tokens; default: every layer in one step). With --max-prefill-tokens-during-decode 512, 12 "
+                        "is the latency setting for long prompts (docs/inference.md); new requests are admitted "
+                        "more slowly with it")
     p.add_argument("--invariant-prefill", action="store_true",
                    help="GPU: compute every prompt token the same bits whatever else its engine step holds, so greedy "
                         "replies are the same with and without the prefix cache however prompts are chunked (fixed-"

@@ -12,6 +12,10 @@
 #   4: on an H200, target 10 (bench_infer with transformers); on an H100, what the latency setting of target 9
 #      (cap 512, 12 layers a step) costs target 7's load (256 x (512 + 256) over HTTP at max_model_len 65,536),
 #      against the defaults, alternated
+#   5: on an H200, target 10 (bench_infer with transformers); on any card, the small-batch projections in a graph
+#      (gemm32.py: cuBLAS, today's tuner choice, a wider tile list), then where a decode step's time goes
+#   6: only on an H200 (else it stops at once): target 10 (bench_infer with transformers), then target 9 with the
+#      latency setting and without (one repeat each)
 exec > >(tee -a $OUT/log-s27-$1.txt) 2>&1
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONUNBUFFERED=1
@@ -43,6 +47,23 @@ if [ "$1" = 4 ]; then
         --out $OUT/t7-$cfg-$(date +%H%M%S).json 2>&1 | grep -vE "^INFO|it/s" | grep -iE "tok/s|ttft|itl|error" | head -8
       echo "== $cfg done $(date +%T)"
     done
+  fi
+fi
+if [ "$1" = 5 ]; then
+  if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then
+    PYTHONPATH=/tmp/site:src timeout 330 python3 benchmarks/bench_infer.py --out $OUT/bench_infer.json 2>&1 | grep -vE "it/s" | tail -30
+  fi
+  PYTHONPATH=/tmp/site:src timeout 300 python3 $(dirname $0)/gemm32.py $OUT/gemm32.json 2>&1 | tail -12
+  PYTHONPATH=/tmp/site:src timeout 200 python3 benchmarks/profile_decode.py --out $OUT/profile_decode.json 2>&1 | tail -70
+fi
+if [ "$1" = 6 ]; then
+  if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then
+    PYTHONPATH=/tmp/site:src timeout 300 python3 benchmarks/bench_infer.py --out $OUT/bench_infer.json 2>&1 | grep -vE "it/s" | tail -30
+    M=$(PYTHONPATH=/tmp/site:src python3 -c "import runpy; print(runpy.run_path('benchmarks/bench_serve.py')['preset_dir']('smollm3-3b', None))" | tail -1)
+    PYTHONPATH=/tmp/site:src timeout 270 python3 benchmarks/serve_targets.py --model $M --only 9 \
+      --t9-configs 2048:512:12,2048:256 --out $OUT/t9.json 2>&1 | grep -vE "^INFO|it/s" | tail -60
+  else
+    echo "not an H200: nothing run"
   fi
 fi
 echo "end $(date +%T)"

@@ -16,6 +16,8 @@
 #      (gemm32.py: cuBLAS, today's tuner choice, a wider tile list), then where a decode step's time goes
 #   6: only on an H200 (else it stops at once): target 10 (bench_infer with transformers), then target 9 with the
 #      latency setting and without (one repeat each)
+#   7: on an H200, target 10 (bench_infer with transformers) first; on any card, 32-stream decode under other key
+#      split rules and with gemv's tuner timing in a graph (batch32.py)
 exec > >(tee -a $OUT/log-s27-$1.txt) 2>&1
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONUNBUFFERED=1
@@ -65,5 +67,11 @@ if [ "$1" = 6 ]; then
   else
     echo "not an H200: nothing run"
   fi
+fi
+if [ "$1" = 7 ]; then
+  if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then
+    PYTHONPATH=/tmp/site:src timeout 300 python3 benchmarks/bench_infer.py --out $OUT/bench_infer.json 2>&1 | grep -vE "it/s" | tail -30
+  fi
+  PYTHONPATH=/tmp/site:src timeout 280 python3 $(dirname $0)/batch32.py $OUT/batch32.json 2>&1 | tail -20
 fi
 echo "end $(date +%T)"

@@ -15,8 +15,8 @@ transformers) is benchmarks/bench_infer.py.
   once twice is the control for how much batch composition alone changes the outputs.
 - 9, chunked prefill: 64 streams decoding while a 32,768-token prompt arrives: the streams' inter-token latency p99
   while it is read over their p50 without it (<= 3); the long prompt's TTFT. Run at the server's defaults, with
-  prompt tokens capped while streams decode (--max-prefill-tokens-during-decode), a prompt step's layers divided
-  over engine steps (--max-prefill-layers-during-decode), and at a smaller step budget;
+  the latency setting (--max-prefill-tokens-during-decode 512 --max-prefill-layers-during-decode 12: prompt
+  tokens capped while streams decode, a prompt step's layers divided over engine steps), and at cap 256 undivided;
   each config is one server that serves the streams alone and then with the long prompt, --t9-repeat times (the
   median of the repeats' ratios is the target's figure, each repeat's beside it).
 """
@@ -46,7 +46,7 @@ def main():
     ap.add_argument("--requests", type=int, default=256)
     ap.add_argument("--client-processes", type=int, default=4,
                     help="bench_serve's client processes (one Python client parsing 256 streams can bound the run)")
-    ap.add_argument("--t9-configs", default="2048,2048:512,1024",
+    ap.add_argument("--t9-configs", default="2048,2048:512:12,2048:256",
                     help="target 9's runs with the long prompt, each BUDGET[:CAP[:LAYERS]]: --max-num-batched-tokens, "
                          "--max-prefill-tokens-during-decode and --max-prefill-layers-during-decode (the first: the "
                          "server's defaults)")

@@ -18,6 +18,7 @@
 #      latency setting and without (one repeat each)
 #   7: on an H200, target 10 (bench_infer with transformers) first; on any card, 32-stream decode under other key
 #      split rules and with gemv's tuner timing in a graph (batch32.py)
+#   8: the engine's decode steps on the device's timeline (step_gaps.py): idle inside a step's graph and between steps
 exec > >(tee -a $OUT/log-s27-$1.txt) 2>&1
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONUNBUFFERED=1
@@ -73,5 +74,8 @@ if [ "$1" = 7 ]; then
     PYTHONPATH=/tmp/site:src timeout 300 python3 benchmarks/bench_infer.py --out $OUT/bench_infer.json 2>&1 | grep -vE "it/s" | tail -30
   fi
   PYTHONPATH=/tmp/site:src timeout 280 python3 $(dirname $0)/batch32.py $OUT/batch32.json 2>&1 | tail -20
+fi
+if [ "$1" = 8 ]; then
+  PYTHONPATH=/tmp/site:src timeout 240 python3 $(dirname $0)/step_gaps.py $OUT 2>&1 | tail -20
 fi
 echo "end $(date +%T)"

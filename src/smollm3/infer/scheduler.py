@@ -73,11 +73,11 @@ class Scheduler:
                 continue  # r itself was preempted
             plan.decode.append(r)
             budget -= 1
+        if busy:
+            return plan
         # the prompt work this step may do beside the decodes, in tokens of a fresh prompt (no cap: infinite)
         cap = self.max_prefill_tokens_during_decode
         work = cap if plan.decode and cap is not None else math.inf
-        if busy:
-            return plan
         for r in list(self.running):  # chunks of prompts already started
             if budget <= 0 or work <= 0:
                 break

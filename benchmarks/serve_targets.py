@@ -14,9 +14,9 @@ transformers) is benchmarks/bench_infer.py.
   with the requests sent one at a time (each reply decodes at batch 1 in both runs); the uncached load sent all at
   once twice is the control for how much batch composition alone changes the outputs.
 - 9, chunked prefill: 64 streams decoding while a 32,768-token prompt arrives: the streams' inter-token latency p99
-  while it is read over their p50 without it (<= 3); the long prompt's TTFT. Run at the server's defaults, with
+  while it is read over their p50 without it (<= 3); the long prompt's TTFT. Run at the server's defaults, at
   the latency setting (--max-prefill-tokens-during-decode 512 --max-prefill-layers-during-decode 12: prompt
-  tokens capped while streams decode, a prompt step's layers divided over engine steps), and at cap 256 undivided;
+  tokens capped while streams decode, a prompt step's layers divided over engine steps) and at cap 256 undivided;
   each config is one server that serves the streams alone and then with the long prompt, --t9-repeat times (the
   median of the repeats' ratios is the target's figure, each repeat's beside it).
 """

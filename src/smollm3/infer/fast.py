@@ -74,7 +74,7 @@ def decode_layer_triton(x, w, k_cache, v_cache, cos, sin, lengths, tables, kv_le
     ln1, w_qkv, w_o, ln2, w_gu, w_down = w
     qkv = kern.linear(x, w_qkv, norm=ln1, eps=eps)
     attn = kern.attention(qkv, cos, sin, k_cache, v_cache, lengths, tables, kv_len, heads=heads, kv_heads=kv_heads,
-                          scale=scale, rope=use_rope)
+                          scale=scale, rope=use_rope, prefetch=w_o)
     x = kern.linear(attn, w_o, residual=x)
     return kern.linear(kern.linear(x, w_gu, norm=ln2, eps=eps, swiglu=True), w_down, residual=x)
 

@@ -149,6 +149,17 @@ if triton is not None:
                 acc2 * alpha[:, None] + tl.dot(pd, vb2))
 
     @triton.jit
+    def _prefetch_l2(ptr, lines, pid, nprog, LINE: tl.constexpr):
+        # program pid's share of the first `lines` 128-byte lines at ptr (LINE elements each) requested into L2:
+        # no registers filled, nothing waited for. The dummy result is what inline asm must return.
+        per = tl.cdiv(lines, nprog)
+        last = tl.minimum(pid * per + per, lines) - 1
+        for i in tl.range(0, per, 1024):
+            at = tl.minimum(pid * per + i + tl.arange(0, 1024), last).to(tl.int64)
+            tl.inline_asm_elementwise("mov.u32 $0, 0;\n\tprefetch.global.L2 [$1];", "=r,l", [ptr + at * LINE],
+                                      dtype=tl.int32, is_pure=False, pack=1)
+
+    @triton.jit
     def _attention_kernel(qkv_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, len_ptr, table_ptr, o_ptr, part_ptr, ml_ptr,
                           s_qkv, s_cos, s_tb, s_blk, s_kh, s_ks, scale, CHUNK,
                           H: tl.constexpr, KV: tl.constexpr, D: tl.constexpr, G: tl.constexpr, GP: tl.constexpr,
@@ -230,11 +241,13 @@ if triton is not None:
             tl.store(ml_ptr + slot * 2 + 1, lsum, mask=gmask)
 
     @triton.jit
-    def _merge_kernel(part_ptr, ml_ptr, o_ptr, H: tl.constexpr, D: tl.constexpr, NSPLIT: tl.constexpr,
-                      GDC: tl.constexpr):
+    def _merge_kernel(part_ptr, ml_ptr, o_ptr, pf_ptr, pf_lines, H: tl.constexpr, D: tl.constexpr,
+                      NSPLIT: tl.constexpr, PREFETCH: tl.constexpr, LINE: tl.constexpr, GDC: tl.constexpr):
         # program (b, head): out = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s
         b = tl.program_id(0)
         h = tl.program_id(1)
+        if PREFETCH:  # while the attention kernel runs (latency-bound, the bandwidth idle): o_proj's weight into L2
+            _prefetch_l2(pf_ptr, pf_lines, b * H + h, tl.num_programs(0) * H, LINE)
         _gdc_wait(GDC)
         rs = tl.arange(0, NSPLIT)
         rd = tl.arange(0, D)
@@ -344,11 +357,13 @@ def argmax(logits: torch.Tensor) -> torch.Tensor:
 
 def attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
               lengths: torch.Tensor, tables: torch.Tensor, kv_len: int, *, heads: int, kv_heads: int, scale: float,
-              rope: bool) -> torch.Tensor:
+              rope: bool, prefetch: torch.Tensor | None = None) -> torch.Tensor:
     """Decode attention for one new token per row through a paged cache. qkv [b, (H + 2 KV) * D] before RoPE;
     k_cache, v_cache [num_blocks, KV, block_size, D] (one layer's); tables [b, >= kv_len / block_size] block ids
     per row; the new k, v are written at position lengths[b]; keys 0..lengths[b] are attended; kv_len bounds them
-    all (the graph's bucket). -> [b, H * D]."""
+    all (the graph's bucket). `prefetch`: a tensor the next kernel reads (o_proj's weight), requested into the L2
+    cache by the merge kernel's programs while they wait for the attention kernel, which is bound by memory latency
+    and leaves the bandwidth idle (CUDA, several key splits). -> [b, H * D]."""
     b = qkv.shape[0]
     D, bs = k_cache.shape[-1], k_cache.shape[2]
     g = heads // kv_heads
@@ -369,5 +384,8 @@ def attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: 
         D=D, G=g, GP=max(16, triton.next_power_of_2(g)), BLOCK=block, BS=bs, NSPLIT=nsplit, ROPE=rope, num_warps=4,
         **_pdl(qkv))
     if nsplit > 1:
-        _merge_kernel[(b, heads)](part, ml, out, H=heads, D=D, NSPLIT=nsplit, num_warps=4, **_pdl(qkv))
+        pf = prefetch is not None and qkv.is_cuda
+        line = 128 // (prefetch if pf else qkv).element_size()
+        _merge_kernel[(b, heads)](part, ml, out, prefetch if pf else out, prefetch.numel() // line if pf else 0,
+                                  H=heads, D=D, NSPLIT=nsplit, PREFETCH=pf, LINE=line, num_warps=4, **_pdl(qkv))
     return out

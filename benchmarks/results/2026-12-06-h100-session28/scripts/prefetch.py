@@ -4,7 +4,9 @@ weight into L2 (decode_kernels.attention's `prefetch`, branch l2-prefetch): batc
 as bench_infer times decode ((t(n) - t(1)) / (n - 1), best of 3). The greedy tokens must be the same with and
 without (a prefetch changes no value).
 
-    PYTHONPATH=src python3 prefetch.py OUT.json
+    PYTHONPATH=src python3 prefetch.py OUT.json [ROWS:PROMPT,...]
+
+Call 7 (s28.sh 8) ran it on branch merge-prefetch, where the merge kernel issues the prefetch instead (batch 1 only).
 """
 import json
 import sys
@@ -48,7 +50,9 @@ def main():
     model = build_model(cfg, device="cuda", dtype=torch.bfloat16).eval()
     gen = torch.Generator().manual_seed(1)
     res = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": torch.cuda.get_device_name(), "rows": []}
-    for rows, plen in ((1, 128), (1, 4096), (32, 128)):
+    spec = sys.argv[2] if len(sys.argv) > 2 else "1:128,1:4096,32:128"
+    cases = [tuple(int(x) for x in c.split(":")) for c in spec.split(",")]
+    for rows, plen in cases:
         prompts = [torch.randint(0, cfg.vocab_size, (plen,), generator=gen).tolist() for _ in range(rows)]
         max_len = plen + 256 + 16
         engines, tokens = {}, {}

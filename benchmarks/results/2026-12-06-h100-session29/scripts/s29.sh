@@ -1,5 +1,6 @@
 #!/bin/bash
-# Session 29's device calls, from a checkout of branch merge-oproj (carry [".whl"] where pytest runs the server tests).
+# Session 29's device calls: 1 from branch merge-oproj, 3-5 from branch keep-matmuls (carry [".whl"] where pytest runs
+# the server tests).
 #   1: batch-1 decode with o_proj merging the attention's key splits against main's merge kernel (defer.py), then
 #      transformers' forward+backward peak memory without checkpointing (hf_memory.py); on an H200 also bench_infer
 #   2: the whole `pytest -m gpu` (~400 s on an H100)

@@ -62,8 +62,8 @@ def apply_activation_checkpointing(model, keep_attention: bool = False, keep_mat
     at 64k tokens attention's forward was 27% of a step's GPU time, half of it the recompute, and keeping its output
     made the step 1.16x faster for 8 GiB more (benchmarks/results/2026-12-05-h100-session17 and -session18).
     `keep_matmuls_layers`: on the last this many layers the projections' outputs are saved too, so their recompute
-    is only norms, RoPE and SwiGLU (no GEMM): ~57 KiB a token a layer of the 3B preset, for memory a card has left
-    (the projections' recompute is a fifth of the GEMM time of a 32k step, session 28's profile)."""
+    is only norms, RoPE and SwiGLU (no GEMM): at 32k tokens on the 3B preset, 1.38 GiB more a layer for ~0.26% of
+    the step (6 layers: +1.5%, benchmarks/results/2026-12-06-h100-session29), for memory a card has left."""
     from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
 
     layers = model.model.layers

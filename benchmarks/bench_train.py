@@ -129,6 +129,8 @@ def parse_variant(name: str, micro: int) -> dict:
             v["micro"] = int(w[2:])
         elif w.startswith("ga") and w[2:].isdigit():
             v["accum"] = int(w[2:])
+        elif w.startswith("keepmm") and w[6:].isdigit():  # with sac: the last N layers keep their matmul outputs
+            v["keep_matmuls"] = int(w[6:])
         elif w in ("varlen", "flex", "sdpa", "cudnn"):
             v["attn"] = w
         elif w == "fa2":
@@ -151,6 +153,7 @@ def run(root: Path, name: str, preset: str, seq: int, steps: int, variant: dict,
                     "stages": [{"start_tokens": 0, "weights": {str(root / "shards"): 1.0}}]},
            "train": {"steps": steps, "micro_batch": micro, "grad_accum": accum, "dtype": "bfloat16",
                      "compile": compile_, "activation_checkpointing": ac, "grad_accum_fusion": fusion,
+                     "keep_matmuls_layers": variant.get("keep_matmuls", 0),
                      "fp8": fp8, "cuda_graphs": graphs},
            "optim": {"lr": 2e-4, "warmup_steps": 2},
            "checkpoint": {"every": None}, "log": {"every": 1, "tensorboard": False, "profile_step": profile_step}}

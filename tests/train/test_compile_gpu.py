@@ -25,7 +25,7 @@ def _packed_batch(vocab: int, device, whole_rows: bool = False):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("backend", ["varlen", "flex", "cudnn"])
-@pytest.mark.parametrize("checkpointing", [False, True, "selective"])
+@pytest.mark.parametrize("checkpointing", [False, True, "selective", "selective-matmuls"])
 def test_compiled_layers_match_eager_without_graph_breaks(backend, checkpointing):
     if backend == "varlen" and _varlen_impl() is None:
         pytest.skip("no varlen kernel in this torch")
@@ -38,7 +38,8 @@ def test_compiled_layers_match_eager_without_graph_breaks(backend, checkpointing
                         settings=OpSettings(attn_backend=backend))
     compiled = copy.deepcopy(eager)
     if checkpointing:
-        D.apply_activation_checkpointing(compiled, keep_attention=checkpointing == "selective")
+        D.apply_activation_checkpointing(compiled, keep_attention=checkpointing in ("selective", "selective-matmuls"),
+                                         keep_matmuls_layers=2 if checkpointing == "selective-matmuls" else 0)
     torch._dynamo.reset()
     counters.clear()
     D.apply_compile(compiled)

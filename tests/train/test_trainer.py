@@ -179,6 +179,9 @@ def test_bad_configs_are_refused_before_compute(assets, tmp_path):
         train(load_train_config(write_config(assets, tmp_path / "x"), ["train.fp8=rowwise"]))  # fp32
     with pytest.raises(ConfigError, match="train.cuda_graphs: it needs a CUDA device; set train.cuda_graphs to false"):
         train(load_train_config(write_config(assets, tmp_path / "x"), ["train.cuda_graphs=true"]))
+    with pytest.raises(ConfigError, match=r"train.keep_matmuls_layers is 99; the model has \d+ layers"):
+        train(load_train_config(write_config(assets, tmp_path / "x"), [
+            "train.activation_checkpointing=selective", "train.keep_matmuls_layers=99"]))
     with pytest.raises(ConfigError, match="exceeds the model's max_position_embeddings 1024"):
         train(load_train_config(write_config(assets, tmp_path / "x"), ["data.seq_len=2048"]))
     base = tmp_path / "base"

@@ -55,23 +55,27 @@ def close_distributed():
         dist.destroy_process_group()
 
 
-def apply_activation_checkpointing(model, keep_attention: bool = False):
+def apply_activation_checkpointing(model, keep_attention: bool = False, keep_matmuls_layers: int = 0):
     """Recompute each decoder layer in the backward pass. The layer's forward is wrapped in place, so parameter names
     (and hence checkpoints) are unchanged. `keep_attention`: the attention kernels' outputs are saved instead of
     recomputed (selective checkpointing), so the recompute runs the projections, norms and MLP but no attention:
     at 64k tokens attention's forward was 27% of a step's GPU time, half of it the recompute, and keeping its output
-    made the step 1.16x faster for 8 GiB more (benchmarks/results/2026-12-05-h100-session17 and -session18)."""
+    made the step 1.16x faster for 8 GiB more (benchmarks/results/2026-12-05-h100-session17 and -session18).
+    `keep_matmuls_layers`: on the last this many layers the projections' outputs are saved too, so their recompute
+    is only norms, RoPE and SwiGLU (no GEMM): at 32k tokens on the 3B preset, 1.38 GiB more a layer for ~0.26% of
+    the step (6 layers: +1.5%, benchmarks/results/2026-12-06-h100-session29), for memory a card has left."""
     from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
 
-    context = {}
-    if keep_attention:
-        context["context_fn"] = functools.partial(create_selective_checkpoint_contexts, _save_attention)
-    for layer in model.model.layers:
+    layers = model.model.layers
+    for i, layer in enumerate(layers):
+        policy = (_save_attention_and_matmuls if i >= len(layers) - keep_matmuls_layers
+                  else _save_attention if keep_attention else None)
+        context = {"context_fn": functools.partial(create_selective_checkpoint_contexts, policy)} if policy else {}
         forward = layer.forward
 
         @functools.wraps(forward)
-        def wrapped(*args, _forward=forward, **kwargs):
-            return checkpoint(_forward, *args, use_reentrant=False, **context, **kwargs)
+        def wrapped(*args, _forward=forward, _context=context, **kwargs):
+            return checkpoint(_forward, *args, use_reentrant=False, **_context, **kwargs)
 
         layer.forward = wrapped
 
@@ -96,6 +100,13 @@ def _save_attention(ctx, op, *args, **kwargs):
     from torch.utils.checkpoint import CheckpointPolicy
 
     return CheckpointPolicy.MUST_SAVE if op in _attention_ops() else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def _save_attention_and_matmuls(ctx, op, *args, **kwargs):
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    matmuls = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten._scaled_mm.default)
+    return CheckpointPolicy.MUST_SAVE if op in matmuls else _save_attention(ctx, op, *args, **kwargs)
 
 
 def apply_compile(model):

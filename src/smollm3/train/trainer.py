@@ -176,8 +176,12 @@ def _train(cfg: TrainConfig, dist, out: Path) -> dict:
     model.to(dist.device)
     fsdp = dist.world > 1
     fusion = GradAccumFusion(model, _amp_dtype(cfg), cfg.train.fp8) if _use_grad_accum_fusion(cfg, dist) else None
+    if cfg.train.keep_matmuls_layers > model.config.num_hidden_layers:
+        raise ConfigError(f"train.keep_matmuls_layers is {cfg.train.keep_matmuls_layers}; the model has "
+                          f"{model.config.num_hidden_layers} layers")
     if cfg.train.activation_checkpointing:
-        D.apply_activation_checkpointing(model, keep_attention=cfg.train.activation_checkpointing == "selective")
+        D.apply_activation_checkpointing(model, keep_attention=cfg.train.activation_checkpointing == "selective",
+                                         keep_matmuls_layers=cfg.train.keep_matmuls_layers)
     graphs = _micro_batch_graphs(cfg, model, fusion, dist)
     if cfg.train.compile:
         D.apply_compile(model)

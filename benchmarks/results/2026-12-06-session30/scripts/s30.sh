@@ -5,10 +5,9 @@
 #     rows into L2 (decode_ab.py), at prompts 128 and 1,024
 #   Only on an H200 (else they stop at once):
 #   2 (branch gu-prefetch): target 10 (bench_infer with transformers, main's setting), then batch-1 decode with the
-#      GEMV tiles picked from main's candidates and from a wider list, each with and without 2,048 gate and up rows
-#      pulled into L2 (decode_ab.py)
-#   3: target 11 with transformers' reference, selective checkpointing with 0 and 36 layers keeping their matmul
-#      outputs
+#      GEMV tiles picked from main's candidates and from a wider list (decode_ab.py)
+#   3: target 11 with transformers' reference, selective checkpointing with all 36 layers keeping their matmul
+#      outputs (~115 GiB by session 29's 1.38 GiB a layer: an H200's work)
 #   4 [N]: target 12's 64k step, selective checkpointing with 0 and N layers keeping their matmul outputs
 #   5: target 9 at the latency setting, one repeat
 exec > >(tee -a $OUT/log-s30-$1.txt) 2>&1
@@ -26,11 +25,11 @@ elif [ "$H200" != 1 ]; then
   echo "not an H200: nothing run"
 elif [ "$1" = 2 ]; then
   PYTHONPATH=/tmp/site:src timeout 300 python3 benchmarks/bench_infer.py --out $OUT/bench_infer.json 2>&1 | grep -vE "it/s" | tail -30
-  PYTHONPATH=src timeout 270 python3 $(dirname $0)/decode_ab.py $OUT/decode_ab.json 128 main:0,main:2048,wide:0,wide:2048 \
+  PYTHONPATH=src timeout 270 python3 $(dirname $0)/decode_ab.py $OUT/decode_ab.json 128 main:0,wide:0 \
     2>&1 | grep -vE "it/s" | tail -60
 elif [ "$1" = 3 ]; then
   PYTHONPATH=src:benchmarks timeout 580 python3 benchmarks/bench_train.py --seq 32768 --docs full --hf-reference \
-    --variants compile-sac-ga2,compile-sac-keepmm36-ga2 --steps 5 \
+    --variants compile-sac-keepmm36-ga2 --steps 5 \
     --out $OUT/bench_train_32k_keepmm.json 2>&1 | grep -vE "it/s|^W1|step/s" | tail -30
 elif [ "$1" = 4 ]; then
   PYTHONPATH=src:benchmarks timeout 580 python3 benchmarks/bench_train.py --seq 65536 --docs full \

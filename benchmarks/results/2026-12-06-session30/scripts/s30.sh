@@ -1,10 +1,11 @@
 #!/bin/bash
 # Session 30's device calls, from main's working tree with .whl (the server's wheels) beside it: carry [".whl"].
+#   (decode_ab.py sets fast.GU_PREFETCH_ROWS, which only branch gu-prefetch reads; main ignores it: rows 0)
 #   1 (branch keep-matmuls, c8051d8): the whole `pytest -m gpu` (~400 s on an H100)
 #   6 (branch gu-prefetch, any GPU): batch-1 decode with the merge kernel also pulling the first 0-3,072 gate and up
 #     rows into L2 (decode_ab.py), at prompts 128 and 1,024
 #   Only on an H200 (else they stop at once):
-#   2 (branch gu-prefetch): target 10 (bench_infer with transformers, main's setting), then batch-1 decode with the
+#   2 (main, or branch gu-prefetch: rows 0 is main): target 10 (bench_infer with transformers, main's setting), then batch-1 decode with the
 #      GEMV tiles picked from main's candidates and from a wider list (decode_ab.py)
 #   3: target 11 with transformers' reference, selective checkpointing with all 36 layers keeping their matmul
 #      outputs (~115 GiB by session 29's 1.38 GiB a layer: an H200's work)

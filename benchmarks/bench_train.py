@@ -22,8 +22,11 @@ default --micro-batch), gaN (gradient-accumulation steps, default 1), optional f
 true|false; default auto = fused on CUDA: bf16 weight copies once a step, weight gradients added into fp32 .grad by
 their GEMMs), optional fp8row|fp8tensor (train.fp8 rowwise|tensorwise: FP8 forward and input-gradient GEMMs in the
 decoder layers), optional graphs (train.cuda_graphs: each micro-batch's forward and backward replayed as a CUDA
-graph). Tokens/s count every micro-batch of a step, so the optimizer's cost is amortised over the accumulation. The
-first steps (compilation, allocator warm-up) are left out of the median.
+graph), optional keepmmN (with sac: the last N layers keep their projections' outputs, train.keep_matmuls_layers),
+optional dlogitsN (ops.stored_dlogits_bytes N GiB: the LM head's cross-entropy keeps d loss / d logits from the
+forward instead of redoing the logits GEMM in the backward; a 32k micro-batch needs 8). Tokens/s count every
+micro-batch of a step, so the optimizer's cost is amortised over the accumulation. The first steps (compilation,
+allocator warm-up) are left out of the median.
 `--profile VARIANT` reruns one variant for 5 steps, the last under torch.profiler, and prints how busy the GPU was
 and its top kernels. `--hf-reference` times transformers' SmolLM3 forward+backward on one window-long document
 (plain causal SDPA) before and after the variants; where that does not fit, it retries with transformers' gradient
@@ -133,8 +136,10 @@ def parse_variant(name: str, micro: int) -> dict:
             v["keep_matmuls"] = int(w[6:])
         elif w in ("varlen", "flex", "sdpa", "cudnn"):
             v["attn"] = w
+        elif w.startswith("dlogits") and w[7:].isdigit():  # the LM head keeps d loss / d logits up to N GiB
+            v.setdefault("ops", {})["stored_dlogits_bytes"] = int(w[7:]) * 2**30
         elif w == "fa2":
-            v["ops"] = {"triton_attention": False, "qkv_attention": False}
+            v.setdefault("ops", {}).update(triton_attention=False, qkv_attention=False)
     return v
 
 

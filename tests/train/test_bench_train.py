@@ -128,3 +128,12 @@ def test_bench_models_packed_rows_count_their_own_documents(bench):
     assert causal_pairs(lengths) < causal_pairs([4096, 4096])
     starts = [0] + [i for i in range(1, 4096) if pos[1, i] == 0] + [4096]
     assert lengths[-(len(starts) - 1):] == [b - a for a, b in zip(starts, starts[1:])]  # the second row's own
+
+
+def test_variant_words_set_the_config_they_name(bench):
+    v = bench["parse_variant"]("compile-sac-keepmm36-dlogits8-fa2-ga2", 1)
+    assert (v["compile_"], v["ac"], v["keep_matmuls"], v["accum"]) == (True, "selective", 36, 2)
+    # the ops words add up rather than replace each other, in either order
+    assert v["ops"] == {"stored_dlogits_bytes": 8 * 2**30, "triton_attention": False, "qkv_attention": False}
+    assert bench["parse_variant"]("compile-fa2-dlogits8", 1)["ops"] == v["ops"]
+    assert "ops" not in bench["parse_variant"]("compile-ac", 1)

@@ -4,6 +4,8 @@
 #   1 (branch keep-matmuls, c8051d8): the whole `pytest -m gpu` (~400 s on an H100)
 #   7 (any GPU): the LM head's chunked cross-entropy at 32k rows profiled, and its weight-gradient accumulation timed
 #     against the GEMM alone (ce_probe.py)
+#   8 (an H100: 80 GB): 7, then target 11's step without and with the LM head keeping d loss / d logits (dlogits8:
+#     8 GiB more than session 26's 65.2 GiB), transformers' reference before and after
 #   6 (branch gu-prefetch, any GPU): batch-1 decode with the merge kernel also pulling the first 0-3,072 gate and up
 #     rows into L2 (decode_ab.py), at prompts 128 and 1,024
 #   Only on an H200 (else they stop at once):
@@ -25,8 +27,11 @@ if [ "$1" = 1 ]; then
 elif [ "$1" = 6 ]; then
   PYTHONPATH=src timeout 500 python3 $(dirname $0)/decode_ab.py $OUT/decode_ab.json 128,1024 \
     main:0,main:1024,main:2048,main:3072 2>&1 | grep -vE "it/s" | tail -80
-elif [ "$1" = 7 ]; then
-  PYTHONPATH=src timeout 300 python3 $(dirname $0)/ce_probe.py $OUT/ce_probe.json 2>&1 | tail -60
+elif [ "$1" = 7 ] || [ "$1" = 8 ]; then
+  PYTHONPATH=src timeout 200 python3 $(dirname $0)/ce_probe.py $OUT/ce_probe.json 2>&1 | tail -60
+  [ "$1" = 8 ] && PYTHONPATH=src:benchmarks timeout 380 python3 benchmarks/bench_train.py --seq 32768 --docs full \
+    --hf-reference --variants compile-sac-ga2,compile-sac-dlogits8-ga2 --steps 5 \
+    --out $OUT/bench_train_32k_dlogits.json 2>&1 | grep -vE "it/s|^W1|step/s" | tail -30
 elif [ "$H200" != 1 ]; then
   echo "not an H200: nothing run"
 elif [ "$1" = 2 ]; then

@@ -191,6 +191,8 @@ def run(root: Path, name: str, preset: str, seq: int, steps: int, variant: dict,
     step_tokens = micro * accum * seq * int(os.environ.get("WORLD_SIZE", "1"))
     row = {"name": name, "micro_batch": micro, "grad_accum": accum, "attn": attn, "compile": compile_, "ac": ac,
            "grad_accum_fusion": fusion, "fp8": fp8, "cuda_graphs": graphs,
+           "keep_matmuls_layers": variant.get("keep_matmuls", 0),
+           "ops": yaml.safe_load((out / "config.yaml").read_text())["ops"],  # as the trainer resolved them
            "tokens_per_s": round(statistics.median(r["tokens_per_s"] for r in steady)),
            "mfu": round(statistics.median(r.get("mfu", 0.0) for r in steady), 4),
            # the trainer's count from the steps' own documents; the per-token figure shows attention's share

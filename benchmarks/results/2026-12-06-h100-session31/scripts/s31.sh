@@ -20,12 +20,13 @@ exec > >(tee -a $OUT/log-s31-$1.txt) 2>&1
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONUNBUFFERED=1
 [ -d .whl ] && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+AB=$(dirname $0)/../../2026-12-06-h100-session30/scripts/decode_ab.py  # session 30's, unchanged
 H200=$(nvidia-smi --query-gpu=name --format=csv,noheader | grep -c H200)
 if [ "$1" = 1 ]; then
   PYTHONPATH=/tmp/site:src timeout 570 python3 -m pytest -m gpu -v -p no:cacheprovider --timeout 240 -rs tests 2>&1 \
     | grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed|Error" | tail -90
 elif [ "$1" = 6 ]; then
-  PYTHONPATH=src timeout 500 python3 $(dirname $0)/decode_ab.py $OUT/decode_ab.json 128,1024 \
+  PYTHONPATH=src timeout 500 python3 $AB $OUT/decode_ab.json 128,1024 \
     main:0,main:1024,main:2048,main:3072 2>&1 | grep -vE "it/s" | tail -80
 elif [ "$1" = 7 ] || [ "$1" = 8 ]; then
   PYTHONPATH=src timeout 200 python3 $(dirname $0)/ce_probe.py $OUT/ce_probe.json 2>&1 | tail -60
@@ -36,7 +37,7 @@ elif [ "$H200" != 1 ]; then
   echo "not an H200: nothing run"
 elif [ "$1" = 2 ]; then
   PYTHONPATH=/tmp/site:src timeout 300 python3 benchmarks/bench_infer.py --out $OUT/bench_infer.json 2>&1 | grep -vE "it/s" | tail -30
-  PYTHONPATH=src timeout 270 python3 $(dirname $0)/decode_ab.py $OUT/decode_ab.json 128 main:0,wide:0 \
+  PYTHONPATH=src timeout 270 python3 $AB $OUT/decode_ab.json 128 main:0,wide:0 \
     2>&1 | grep -vE "it/s" | tail -60
 elif [ "$1" = 3 ]; then
   PYTHONPATH=src:benchmarks timeout 580 python3 benchmarks/bench_train.py --seq 32768 --docs full --hf-reference \

@@ -180,3 +180,21 @@ def test_chunked_cross_entropy_on_the_gpu_matches_plain(chunked_ce):
     torch.testing.assert_close(chunked, plain, atol=1e-5, rtol=1e-5)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_chunked_cross_entropy_under_autocast_matches_plain(chunked_ce):
+    """The autocast path (fp32 weight, bf16 GEMMs; compiled + checkpointed or FSDP2 runs): the recomputing backward
+    adds each chunk's weight gradient into an fp32 buffer inside its GEMM (ops/linear.accumulate_wgrad)."""
+    hidden, weight, labels = _head_problem(T=301, D=64, V=4096)
+    hidden, weight = (t.detach().cuda().requires_grad_() for t in (hidden, weight))
+    labels = labels.cuda()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        chunked = chunked_ce(hidden, weight, labels, chunk=64)
+    chunked.backward()
+    h32, w32 = (t.detach().bfloat16().float().requires_grad_() for t in (hidden, weight))
+    cross_entropy(h32 @ w32.T, labels).backward()  # the same maths in fp32 from the bf16-rounded operands
+    assert weight.grad.dtype == torch.float32 and hidden.grad.dtype == torch.float32
+    for got, want in ((hidden.grad, h32.grad), (weight.grad, w32.grad)):
+        assert ((got - want).norm() / want.norm()) < 1e-2

@@ -136,8 +136,8 @@ class _ChunkedNLL(torch.autograd.Function):
                         grad_rows[s:s + chunk] = (g @ w).to(rows.dtype)
                     if ctx.weight_grad is not None:
                         accumulate_wgrad(ctx.weight_grad, g, r)
-                    elif grad_weight is not None:
-                        grad_weight += g.T @ r
+                    elif grad_weight is not None:  # in its GEMM: `+= g.T @ r` would round to bf16 and add in a pass
+                        accumulate_wgrad(grad_weight, g, r)
         return grad_rows, None if grad_weight is None else grad_weight.to(weight.dtype), None, None, None, None
 
 

@@ -2,6 +2,7 @@
 # Session 33's device calls, from main's working tree with .whl (the server's wheels) beside it: carry [".whl"].
 #   1 (any GPU): the whole `pytest -m gpu` (~400 s on an H100), then the autocast path's cross-entropy backward with
 #     the head gradient added as before session 31 and as now (ce_autocast.py)
+#   6 (any GPU): `pytest -m gpu` over the modules that reach the fp8 refresh, the folded-norm copies and the cross-entropy, in 120 s (what the budget left allows)
 #   Only on an H200 (else they stop at once):
 #   2: target 10 (bench_infer with transformers, main's setting), then batch-1 decode with the GEMV tiles picked from
 #      main's candidates and from a wider list (session 30's decode_ab.py)
@@ -18,6 +19,9 @@ if [ "$1" = 1 ]; then
   PYTHONPATH=/tmp/site:src timeout 570 python3 -m pytest -m gpu -v -p no:cacheprovider --timeout 240 -rs tests 2>&1 \
     | grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed|Error" | tail -90
   PYTHONPATH=src timeout 60 python3 $(dirname $0)/../../2026-12-06-device-session32/scripts/ce_autocast.py $OUT/ce_autocast.json 2>&1 | tail -8
+elif [ "$1" = 6 ]; then  # what this session's change can reach (fp8 refresh, folded-norm copies, cross-entropy), in 120 s
+  PYTHONPATH=/tmp/site:src timeout 120 python3 -m pytest -m gpu -v -p no:cacheprovider --timeout 240 -rs tests/ops/test_fp8.py tests/train/test_precision.py tests/ops/test_cross_entropy.py tests/train/test_compile_gpu.py tests/ops/test_linear.py tests/ops/test_swiglu.py tests/train/test_trainer.py tests/train/test_graphs.py 2>&1 \
+    | grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed|Error" | tail -90
 elif [ "$H200" != 1 ]; then
   echo "not an H200: nothing run"
 elif [ "$1" = 2 ]; then

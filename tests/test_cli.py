@@ -79,6 +79,15 @@ def test_help_does_not_import_torch():
     assert "generate" in proc.stdout and "train" in proc.stdout
 
 
+def test_data_commands_do_not_import_the_compiler():
+    """`smollm3 data ...` and the loaders import torch but not torch._dynamo (~1 s of every command's start on 2
+    cores): kernels compile at their first CUDA call, not at import."""
+    code = "import sys, smollm3.data, smollm3.data.prepare\nprint('torch._dynamo' in sys.modules)\n"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False", "importing smollm3.data imported torch._dynamo"
+
+
 @pytest.mark.parametrize("argv, message", [
     (["generate", "--model", "m", "--promt", "hi"], "unrecognized argument --promt (did you mean --prompt?)"),
     (["generate", "--model", "m", "--prompt", "hi", "--temperature", "-1"],

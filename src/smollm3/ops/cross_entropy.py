@@ -128,16 +128,15 @@ class _ChunkedNLL(torch.autograd.Function):
             else:
                 grad_rows = torch.empty_like(rows) if want_rows else None
                 grad_weight = torch.zeros(weight.shape, dtype=lse.dtype, device=weight.device) if want_weight else None
+                into = grad_weight if ctx.weight_grad is None else ctx.weight_grad
                 for s in range(0, rows.shape[0], chunk):
                     r = rows[s:s + chunk].to(dtype)
                     logits = r @ w.T
                     g = _dlogits_pass(logits, lse[s:s + chunk], targets[s:s + chunk], grad_nll[s:s + chunk])
                     if grad_rows is not None:
                         grad_rows[s:s + chunk] = (g @ w).to(rows.dtype)
-                    if ctx.weight_grad is not None:
-                        accumulate_wgrad(ctx.weight_grad, g, r)
-                    elif grad_weight is not None:  # in its GEMM: `+= g.T @ r` would round to bf16 and add in a pass
-                        accumulate_wgrad(grad_weight, g, r)
+                    if into is not None:  # in its GEMM: `+= g.T @ r` would round to bf16 and add in a pass
+                        accumulate_wgrad(into, g, r)
         return grad_rows, None if grad_weight is None else grad_weight.to(weight.dtype), None, None, None, None
 
 

@@ -25,6 +25,8 @@ Hopper) or later on CUDA; on the CPU torch emulates it (tests).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 E4M3 = torch.float8_e4m3fn
@@ -68,7 +70,7 @@ def refresh(copies: tuple[torch.Tensor, ...], weights: list[torch.Tensor], gain:
     their `weight_copies` in place: once per optimizer step, into fixed storage, so compiled graphs see the same
     tensors every step. Straight from fp32: no bf16 copy of these weights exists. Compiled on CUDA (one graph per
     projection kind): eager, its abs/amax/divide/clamp/cast passes took ~86 ms a step on the 3B preset."""
-    (_refresh_compiled if weights[0].is_cuda else _refresh)(copies, weights, gain)
+    (_refresh_compiled() if weights[0].is_cuda else _refresh)(copies, weights, gain)
 
 
 def _refresh(copies, weights, gain=None):
@@ -92,7 +94,11 @@ def _refresh(copies, weights, gain=None):
         rows += n
 
 
-_refresh_compiled = torch.compile(_refresh, dynamic=False)  # compiles at its first call
+@functools.cache
+def _refresh_compiled():
+    """torch.compile(_refresh), made at the first CUDA call: made at import, it pulled torch._dynamo into every
+    `smollm3` command's start (~1 s on 2 cores), CPU-only ones included."""
+    return torch.compile(_refresh, dynamic=False)
 
 
 def scaled_mm(a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tensor, b_scale: torch.Tensor, dtype) -> torch.Tensor:

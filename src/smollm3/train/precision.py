@@ -31,6 +31,8 @@ fold_norm_gains, qkv_attention). Single-process only (FSDP2 has its own mixed pr
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn as nn
 
@@ -121,7 +123,7 @@ class GradAccumFusion:
         for m, gain in gains.items():
             if m.stacked_weight is not None:  # W * g, rounded once to bf16
                 weights = [getattr(m, name).weight for name in m.stacked]
-                (_scaled_copy_compiled if gain.is_cuda else _scaled_copy)(m.stacked_weight, weights, gain)
+                (_scaled_copy_compiled() if gain.is_cuda else _scaled_copy)(m.stacked_weight, weights, gain)
         for m in self.modules:
             m.compute_weight, m.weight_grad = self.copies.get(m.weight), m.weight.grad
         for m, weights in self.fp8_weights.items():
@@ -140,7 +142,7 @@ class GradAccumFusion:
             return
         for norm, stack in self.folds:
             weights = [getattr(stack, name).weight for name in stack.stacked]
-            (_unfold_compiled if norm.weight.is_cuda else _unfold)(stack.stacked_grad, weights, norm.weight,
+            (_unfold_compiled() if norm.weight.is_cuda else _unfold)(stack.stacked_grad, weights, norm.weight,
                                                                    norm.weight.grad)
         self.pending = False
 
@@ -150,8 +152,11 @@ def _scaled_copy(out, weights, gain):
     out.copy_(torch.cat(weights) * gain)
 
 
-# compiled on CUDA at its first call: eager, the casts into bf16 took ~9 ms a step on the 3B preset (H100)
-_scaled_copy_compiled = torch.compile(_scaled_copy, dynamic=False)
+@functools.cache
+def _scaled_copy_compiled():
+    """Compiled at the first CUDA call (not at import: see fp8._refresh_compiled): eager, the casts into bf16 took
+    ~9 ms a step on the 3B preset (H100)."""
+    return torch.compile(_scaled_copy, dynamic=False)
 
 
 def _unfold(grad, weights, gain, gain_grad):
@@ -163,5 +168,8 @@ def _unfold(grad, weights, gain, gain_grad):
     grad.mul_(gain)
 
 
-# compiled on CUDA at its first call: 11 ms a step on the 3B preset (H100), 0.04 ms a micro-batch at grad-accum 256
-_unfold_compiled = torch.compile(_unfold, dynamic=False)
+@functools.cache
+def _unfold_compiled():
+    """Compiled at the first CUDA call: 11 ms a step on the 3B preset (H100), 0.04 ms a micro-batch at grad-accum
+    256."""
+    return torch.compile(_unfold, dynamic=False)

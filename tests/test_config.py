@@ -1,12 +1,13 @@
 """ModelConfig's FLOPs count (PaLM appendix B with the attention pairs a step really scores): one window-long
 document is the causal count, 64 documents a 64th of its attention, and what the count leaves out (the embedding
-lookup, logits nobody reads) stays out."""
+lookup, logits nobody reads) stays out. And sizes as configs and flags spell them (byte_size)."""
 
 import dataclasses
+import re
 
 import pytest
 
-from smollm3.config import ModelConfig, causal_pairs, preset
+from smollm3.config import ModelConfig, byte_size, causal_pairs, preset
 
 
 def attention_per_pair(cfg: ModelConfig) -> int:
@@ -65,3 +66,16 @@ def test_lengths_are_checked_and_padding_is_the_callers_to_leave_out():
     assert causal_pairs([]) == 0 and causal_pairs([1, 1, 1]) == 3 and causal_pairs([3, 0]) == 6
     with pytest.raises(ValueError, match="document length -2 is negative"):
         causal_pairs([4, -2])
+
+
+def test_byte_size_reads_transformers_size_spellings():
+    assert byte_size("5GB", "k") == 5 * 10**9 and byte_size("2GiB", "k") == 2 * 2**30 and byte_size("1000", "k") == 1000
+    assert byte_size(7, "k") == 7 and byte_size("1.5KiB", "k") == 1536
+    for bad in ("five", "5 GBs", "inf", True, None, [1]):
+        with pytest.raises(ValueError, match=re.escape(f"k {bad!r} is not a size; write e.g. 8GiB")):
+            byte_size(bad, "k")
+    with pytest.raises(ValueError, match="k -1 must be 0 or more"):
+        byte_size(-1, "k")
+    assert byte_size("0", "k") == 0
+    with pytest.raises(ValueError, match="--max-shard-size '0' must be positive"):
+        byte_size("0", "--max-shard-size", positive=True)

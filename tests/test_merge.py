@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 import smollm3
 from smollm3.cli import main
-from smollm3.merge import MergeError, linear_merge, merge, parse_size, read_merge_config
+from smollm3.merge import MergeError, linear_merge, merge, read_merge_config
 
 TINY = {"vocab_size": 256, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 4,
         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128, "rope_theta": 10000.0,
@@ -203,13 +203,6 @@ def test_output_may_not_be_an_input(models, tmp_path):
     with pytest.raises(MergeError, match="is also an input"):
         linear_merge(models[:2], models[0], progress=False)
     assert (models[0] / "model.safetensors").exists()
-
-
-def test_parse_size():
-    assert parse_size("5GB") == 5 * 10**9 and parse_size("2GiB") == 2 * 2**30 and parse_size("1000") == 1000
-    with pytest.raises(MergeError, match="not a size"):
-        parse_size("five")
-
 
 
 def test_recipe_example_runs_once_its_placeholders_are_filled(models, tmp_path):

@@ -2,7 +2,8 @@
 
 Field names are transformers' own, so a config.json maps onto this dataclass key for key. Both spellings that
 transformers has written are read: v4 (`rope_theta`, `rope_scaling`, `torch_dtype`) and v5 (`rope_parameters`,
-`dtype`). We write both, so older and newer readers (vLLM, SGLang, transformers 4.53+ and 5.x) agree.
+`dtype`). We write both, so older and newer readers (vLLM, SGLang, transformers 4.53+ and 5.x) agree. Also here, at
+the bottom of the import graph, what every config shares: ConfigError and byte_size (sizes spelled as 8GiB).
 """
 
 from __future__ import annotations
@@ -16,6 +17,28 @@ from pathlib import Path
 
 class ConfigError(ValueError):
     """A config that cannot describe a SmolLM3 model; the message names the key and the fix."""
+
+
+SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+              "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def byte_size(value, key: str, positive: bool = False) -> int:
+    """A size in bytes from an integer or a string such as '8GiB', '500MB', '1000000' (transformers' max_shard_size
+    spellings: GB = 10^9, GiB = 2^30). Anything else, a negative size, or 0 where `positive`, is ConfigError naming
+    `key`. Every config and flag that takes a size reads it here (ops.stored_dlogits_bytes, merge's --max-shard-size)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        n = value
+    else:
+        s = str(value).strip().upper() if isinstance(value, str) else ""
+        num = s.rstrip("KMGTIB")
+        try:
+            n = int(float(num) * SIZE_UNITS[s[len(num):]])
+        except (ValueError, KeyError, OverflowError):
+            raise ConfigError(f"{key} {value!r} is not a size; write e.g. 8GiB, 500MB or a number of bytes") from None
+    if n < 0 or (positive and n == 0):
+        raise ConfigError(f"{key} {value!r} must be {'positive' if positive else '0 or more'}")
+    return n
 
 
 @dataclass

@@ -343,19 +343,4 @@ def _check_tensors(model_dir: Path, layout: dict, expected: dict):
                          + "\n  merge only complete checkpoints of one model")
 
 
-def parse_size(text: str) -> int:
-    """'5GB' / '500MB' / '2GiB' / '1000000' -> bytes (transformers' max_shard_size spellings)."""
-    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20,
-             "GIB": 2**30, "TIB": 2**40}
-    s = str(text).strip().upper()
-    num = s.rstrip("KMGTIB")
-    try:
-        value = float(num) * units[s[len(num):]]
-    except (ValueError, KeyError):
-        raise MergeError(f"shard size {text!r} is not a size; write e.g. 5GB, 500MB or a number of bytes") from None
-    if value < 1:
-        raise MergeError(f"shard size {text!r} must be positive")
-    return int(value)
-
-
-__all__ = ["MergeError", "MergePlan", "linear_merge", "merge", "parse_size", "read_merge_config"]
+__all__ = ["MergeError", "MergePlan", "linear_merge", "merge", "read_merge_config"]

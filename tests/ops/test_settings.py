@@ -18,8 +18,10 @@ def test_backend_is_an_enum_and_bad_values_get_one_line():
         OpSettings(attn_backend="flash")
     with pytest.raises(ValueError, match="ops.swiglu_kernel must be true or false"):
         OpSettings(swiglu_kernel="no")
-    with pytest.raises(ValueError, match="ops.stored_dlogits_bytes must be an integer >= 0"):
+    with pytest.raises(ValueError, match="ops.stored_dlogits_bytes -1 must be 0 or more"):
         OpSettings(stored_dlogits_bytes=-1)
+    with pytest.raises(ValueError, match="ops.stored_dlogits_bytes '8 gigs' is not a size; write e.g. 8GiB"):
+        OpSettings(stored_dlogits_bytes="8 gigs")
     with pytest.raises(AttributeError):  # frozen: chosen when the model is built, never flipped afterwards
         OpSettings().triton_attention = False
 
@@ -35,6 +37,8 @@ def test_the_training_yaml_ops_section_reaches_the_model_and_the_resolved_config
                                                              "ops.swiglu_kernel": "false"}.items()]).ops == cfg.ops
     with pytest.raises(ConfigError, match="ops: attn_backend must be one of auto, sdpa, flex, varlen, cudnn, got 'fast'"):
         load_train_config(None, ["model.preset=tiny", "ops.attn_backend=fast"])
+    assert load_train_config(None, ["model.preset=tiny", "ops.stored_dlogits_bytes=8GiB"]).ops.stored_dlogits_bytes \
+        == 8 * 2**30  # a size string is bytes once built, and so in the resolved config
     with pytest.raises(ConfigError, match="unknown key.*'swiglu'"):
         load_train_config(None, ["model.preset=tiny", "ops.swiglu=false"])
 

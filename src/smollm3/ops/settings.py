@@ -10,6 +10,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, fields
 
+from smollm3.config import byte_size
+
 
 class AttnBackend(enum.StrEnum):
     """Attention implementations (ops/attention.py): "auto" picks sdpa for plain causal attention and on the CPU;
@@ -39,8 +41,9 @@ class OpSettings:
     # attention from the stacked q/k/v output with RoPE inside, on the Triton kernels (ab_train.py --what qkv-rope)
     qkv_attention: bool = True
     # the chunked cross-entropy keeps d nll / d logits from the forward when it fits in this many bytes, else it
-    # recomputes the logits in the backward; 0 always recomputes (ab_train.py --what ce-dlogits)
-    stored_dlogits_bytes: int = 2 * 2**30
+    # recomputes the logits in the backward; 0 always recomputes (ab_train.py --what ce-dlogits). Bytes, or a size
+    # such as 8GiB (made bytes when built)
+    stored_dlogits_bytes: int | str = 2 * 2**30
 
     def __post_init__(self):
         try:  # YAML and the CLI give a string; the field is always the enum
@@ -52,5 +55,4 @@ class OpSettings:
             value = getattr(self, f.name)
             if f.type == "bool" and not isinstance(value, bool):
                 raise ValueError(f"ops.{f.name} must be true or false, got {value!r}")
-        if not isinstance(self.stored_dlogits_bytes, int) or self.stored_dlogits_bytes < 0:
-            raise ValueError(f"ops.stored_dlogits_bytes must be an integer >= 0, got {self.stored_dlogits_bytes!r}")
+        object.__setattr__(self, "stored_dlogits_bytes", byte_size(self.stored_dlogits_bytes, "ops.stored_dlogits_bytes"))

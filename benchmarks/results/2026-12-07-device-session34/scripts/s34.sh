@@ -13,8 +13,8 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONUNBUFFERED=1
 [ -d .whl ] && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 TESTS=tests
-[ "$1" = 6 ] && TESTS="tests/ops/test_fp8.py tests/train/test_precision.py tests/ops/test_cross_entropy.py
-  tests/ops/test_settings.py tests/train/test_compile_gpu.py tests/train/test_trainer.py tests/train/test_graphs.py"
+[ "$1" = 6 ] && TESTS="tests/train/test_precision.py tests/ops/test_fp8.py tests/ops/test_cross_entropy.py
+  tests/train/test_graphs.py tests/train/test_trainer.py tests/ops/test_settings.py tests/train/test_compile_gpu.py"
 PYTHONPATH=/tmp/site:src timeout ${T:-580} python3 -m pytest -m gpu -v -p no:cacheprovider --timeout 240 -rs $TESTS \
   > $OUT/pytest-$1.txt 2>&1
 grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed|Error" $OUT/pytest-$1.txt | tail -90

@@ -69,8 +69,9 @@ def test_lengths_are_checked_and_padding_is_the_callers_to_leave_out():
 
 
 def test_byte_size_reads_transformers_size_spellings():
-    assert byte_size("5GB", "k") == 5 * 10**9 and byte_size("2GiB", "k") == 2 * 2**30 and byte_size("1000", "k") == 1000
-    assert byte_size(7, "k") == 7 and byte_size("1.5KiB", "k") == 1536
+    assert byte_size("5GB", "k") == 5 * 10**9 and byte_size("2GiB", "k") == 2 * 2**30
+    assert byte_size("1000", "k") == 1000 and byte_size(7, "k") == 7 and byte_size("1.5KiB", "k") == 1536
+    assert byte_size(1.5e9, "k") == 1_500_000_000  # YAML reads 1.5e+9 as a float
     for bad in ("five", "5 GBs", "inf", True, None, [1]):
         with pytest.raises(ValueError, match=re.escape(f"k {bad!r} is not a size; write e.g. 8GiB")):
             byte_size(bad, "k")

@@ -24,13 +24,14 @@ SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12
 
 
 def byte_size(value, key: str, positive: bool = False) -> int:
-    """A size in bytes from an integer or a string such as '8GiB', '500MB', '1000000' (transformers' max_shard_size
+    """A size in bytes from a number or a string such as '8GiB', '500MB', '1000000' (transformers' max_shard_size
     spellings: GB = 10^9, GiB = 2^30). Anything else, a negative size, or 0 where `positive`, is ConfigError naming
-    `key`. Every config and flag that takes a size reads it here (ops.stored_dlogits_bytes, merge's --max-shard-size)."""
+    `key`. Every config and flag that takes a size reads it here (ops.stored_dlogits_bytes, merge's
+    --max-shard-size)."""
     if isinstance(value, int) and not isinstance(value, bool):
         n = value
     else:
-        s = str(value).strip().upper() if isinstance(value, str) else ""
+        s = str(value).strip().upper() if isinstance(value, (str, float)) else ""
         num = s.rstrip("KMGTIB")
         try:
             n = int(float(num) * SIZE_UNITS[s[len(num):]])

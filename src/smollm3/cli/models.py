@@ -58,10 +58,12 @@ def _add_merge(sub, help):
 
 def _run_merge(args):
     from smollm3.checkpoint import DEFAULT_SHARD_BYTES
-    from smollm3.merge import linear_merge, read_merge_config
     from smollm3.config import byte_size
+    from smollm3.merge import linear_merge, read_merge_config
 
-    shard_bytes = byte_size(args.max_shard_size, "--max-shard-size", positive=True) if args.max_shard_size else DEFAULT_SHARD_BYTES
+    shard_bytes = DEFAULT_SHARD_BYTES
+    if args.max_shard_size:
+        shard_bytes = byte_size(args.max_shard_size, "--max-shard-size", positive=True)
     plan = read_merge_config(args.config)
     out = linear_merge(plan.models, args.out, plan.weights, plan.normalize, plan.dtype, plan.tokenizer_source,
                        shard_bytes, record=plan)

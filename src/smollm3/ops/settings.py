@@ -55,4 +55,5 @@ class OpSettings:
             value = getattr(self, f.name)
             if f.type == "bool" and not isinstance(value, bool):
                 raise ValueError(f"ops.{f.name} must be true or false, got {value!r}")
-        object.__setattr__(self, "stored_dlogits_bytes", byte_size(self.stored_dlogits_bytes, "ops.stored_dlogits_bytes"))
+        size = byte_size(self.stored_dlogits_bytes, "ops.stored_dlogits_bytes")
+        object.__setattr__(self, "stored_dlogits_bytes", size)

@@ -12,6 +12,8 @@ import difflib
 import importlib
 import sys
 
+import smollm3
+
 # command -> (module under smollm3.cli, the one-line help `smollm3 --help` lists)
 COMMANDS = {
     "convert": ("models", "GGUF file or HF directory in, HF SmolLM3 directory out"),
@@ -95,6 +97,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The whole parser; given `argv`, only the named command's arguments are built (the others are listed)."""
     parser = Parser(prog="smollm3", description="The SmolLM3 system: model, data, training, merging, evaluation "
                                                 "and inference. `smollm3 COMMAND --help` for each command.")
+    parser.add_argument("--version", action="version", version=f"smollm3 {smollm3.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = argv[0] if argv and argv[0] in COMMANDS else None
     for name, (module, help) in COMMANDS.items():

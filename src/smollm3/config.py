@@ -19,7 +19,7 @@ class ConfigError(ValueError):
     """A config that cannot describe a SmolLM3 model; the message names the key and the fix."""
 
 
-SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
 
@@ -34,7 +34,7 @@ def byte_size(value, key: str, positive: bool = False) -> int:
         s = str(value).strip().upper() if isinstance(value, (str, float)) else ""
         num = s.rstrip("KMGTIB")
         try:
-            n = int(float(num) * SIZE_UNITS[s[len(num):]])
+            n = int(float(num) * _SIZE_UNITS[s[len(num):]])
         except (ValueError, KeyError, OverflowError):
             raise ConfigError(f"{key} {value!r} is not a size; write e.g. 8GiB, 500MB or a number of bytes") from None
     if n < 0 or (positive and n == 0):

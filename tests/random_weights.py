@@ -1,6 +1,9 @@
 """Weights for tests that compare logits or greedy choices: larger than the initialisation, so greedy decoding has
 clear winners (init-scale weights give near-uniform logits, where rounding alone could flip an argmax) and a wrong
-mask, position or cache slot moves the logits far past rounding."""
+mask, position or cache slot moves the logits far past rounding. save_tiny writes the tiny preset in such weights as
+a checkpoint directory, for the tests that load one."""
+
+from pathlib import Path
 
 import torch
 
@@ -16,3 +19,20 @@ def randomise_(model, seed: int = 0, scale: float = 0.1) -> torch.Generator:
             else:
                 p.copy_(scale * torch.randn(p.shape, generator=g))
     return g
+
+
+def save_tiny(tokenizer_dir: Path, out: Path, **sizes) -> Path:
+    """The tiny preset, with `sizes` changed and vocabulary and special ids taken from the tokenizer at tokenizer_dir,
+    in randomise_'s weights, saved with that tokenizer to `out`."""
+    from smollm3 import build_model, load_tokenizer, preset, save_pretrained
+
+    tok = load_tokenizer(tokenizer_dir)
+    cfg = preset("tiny")
+    for name, value in sizes.items():
+        setattr(cfg, name, value)
+    cfg.vocab_size = tok.vocab_size
+    cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
+    model = build_model(cfg)
+    randomise_(model)
+    save_pretrained(model, out, tokenizer=tok)
+    return out

@@ -6,9 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from random_weights import randomise_
-
-from smollm3 import build_model, load_tokenizer, preset, save_pretrained
+from random_weights import save_tiny
 
 POSITIONS = 256  # short, so a RULER length past it (and YaRN) costs little on a CPU
 
@@ -17,15 +15,8 @@ POSITIONS = 256  # short, so a RULER length past it (and YaRN) costs little on a
 def tiny_eval_dir(trained_tokenizer_dir, tmp_path_factory) -> Path:
     """A 4-layer SmolLM3 (NoPE every 4th layer, 256 positions) with random weights and the trained 768-token
     tokenizer. Weights well above init scale, so greedy decoding has clear winners."""
-    tok = load_tokenizer(trained_tokenizer_dir)
-    cfg = preset("tiny")
-    cfg.vocab_size, cfg.max_position_embeddings = tok.vocab_size, POSITIONS
-    cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
-    model = build_model(cfg)
-    randomise_(model)
-    out = tmp_path_factory.mktemp("tiny-eval") / "tiny-smollm3"
-    save_pretrained(model, out, tokenizer=tok)
-    return out
+    return save_tiny(trained_tokenizer_dir, tmp_path_factory.mktemp("tiny-eval") / "tiny-smollm3",
+                     max_position_embeddings=POSITIONS)
 
 
 @pytest.fixture

@@ -6,9 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from random_weights import randomise_
-
-from smollm3 import build_model, load_tokenizer, preset, save_pretrained
+from random_weights import save_tiny
 
 
 @pytest.fixture(scope="session")
@@ -22,20 +20,6 @@ def tiny_wide_dir(trained_tokenizer_dir, tmp_path_factory) -> Path:
     """tiny_dir's model with 8 heads of 64 (hidden 256), wide enough for the fused decode kernels (head_dim >= 32)."""
     return save_tiny(trained_tokenizer_dir, tmp_path_factory.mktemp("tiny-wide") / "tiny-wide-smollm3",
                      hidden_size=256, intermediate_size=704, head_dim=64, num_attention_heads=8)
-
-
-def save_tiny(tokenizer_dir: Path, out: Path, **sizes) -> Path:
-    """The tiny preset (with `sizes` changed) in random weights, saved to `out` with the tokenizer at tokenizer_dir."""
-    tok = load_tokenizer(tokenizer_dir)
-    cfg = preset("tiny")
-    for name, value in sizes.items():
-        setattr(cfg, name, value)
-    cfg.vocab_size = tok.vocab_size
-    cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
-    model = build_model(cfg)
-    randomise_(model)
-    save_pretrained(model, out, tokenizer=tok)
-    return out
 
 
 @pytest.fixture(scope="session")

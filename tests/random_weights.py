@@ -7,6 +7,10 @@ from pathlib import Path
 
 import torch
 
+# the tiny preset widened to 8 heads of 64: the fused decode kernels need head_dim >= 32; intermediate 704 is no
+# multiple of any tile width (masked K loads)
+WIDE = dict(hidden_size=256, intermediate_size=704, head_dim=64, num_attention_heads=8)
+
 
 def randomise_(model, seed: int = 0, scale: float = 0.1) -> torch.Generator:
     """Norm gains 1 + 0.2 N(0, 1), every other weight scale * N(0, 1), in place, from a generator seeded with `seed`;
@@ -21,15 +25,23 @@ def randomise_(model, seed: int = 0, scale: float = 0.1) -> torch.Generator:
     return g
 
 
-def save_tiny(tokenizer_dir: Path, out: Path, **sizes) -> Path:
-    """The tiny preset, with `sizes` changed and vocabulary and special ids taken from the tokenizer at tokenizer_dir,
-    in randomise_'s weights, saved with that tokenizer to `out`."""
-    from smollm3 import build_model, load_tokenizer, preset, save_pretrained
+def tiny_config(**sizes):
+    """The tiny preset's config with `sizes` (config field -> value) changed."""
+    from smollm3 import preset
 
-    tok = load_tokenizer(tokenizer_dir)
     cfg = preset("tiny")
     for name, value in sizes.items():
         setattr(cfg, name, value)
+    return cfg
+
+
+def save_tiny(tokenizer_dir: Path, out: Path, **sizes) -> Path:
+    """The tiny preset, with `sizes` changed and vocabulary and special ids taken from the tokenizer at tokenizer_dir,
+    in randomise_'s weights, saved with that tokenizer to `out`."""
+    from smollm3 import build_model, load_tokenizer, save_pretrained
+
+    tok = load_tokenizer(tokenizer_dir)
+    cfg = tiny_config(**sizes)
     cfg.vocab_size = tok.vocab_size
     cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
     model = build_model(cfg)

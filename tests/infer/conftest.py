@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from random_weights import save_tiny
+from random_weights import WIDE, save_tiny
 
 
 @pytest.fixture(scope="session")
@@ -18,8 +18,7 @@ def tiny_dir(trained_tokenizer_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_wide_dir(trained_tokenizer_dir, tmp_path_factory) -> Path:
     """tiny_dir's model with 8 heads of 64 (hidden 256), wide enough for the fused decode kernels (head_dim >= 32)."""
-    return save_tiny(trained_tokenizer_dir, tmp_path_factory.mktemp("tiny-wide") / "tiny-wide-smollm3",
-                     hidden_size=256, intermediate_size=704, head_dim=64, num_attention_heads=8)
+    return save_tiny(trained_tokenizer_dir, tmp_path_factory.mktemp("tiny-wide") / "tiny-wide-smollm3", **WIDE)
 
 
 @pytest.fixture(scope="session")

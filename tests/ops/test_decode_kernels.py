@@ -12,9 +12,9 @@ import sys
 
 import pytest
 import torch
-from random_weights import randomise_
+from random_weights import WIDE, randomise_, tiny_config
 
-from smollm3 import build_model, preset
+from smollm3 import build_model
 from smollm3.ops.attention import rotate_half
 from smollm3.infer import Engine, SamplingParams
 
@@ -53,7 +53,7 @@ def kernel_errors(device: str, dtype: torch.dtype, heads: int = 4, kv_heads: int
     from smollm3.infer import fast
 
     g = torch.Generator().manual_seed(0)
-    D, hid, inter = 64, 256, 704  # 704: K not a multiple of any tile width (masked K loads)
+    D, hid, inter = WIDE["head_dim"], WIDE["hidden_size"], WIDE["intermediate_size"]
 
     def rnd(*shape, scale=0.1):
         return (scale * torch.randn(*shape, generator=g)).to(device, dtype)
@@ -164,8 +164,7 @@ def test_engine_with_kernels_decodes_greedily_on_gpu():
     """At batch 1 the kernels pick tokens as well as the eager bf16 model does: bf16 alone moves the logits of
     this model by several % of their range (so neither always picks the fp32 argmax), while a wrong RoPE position,
     cache slot or mask puts picks far below the best."""
-    cfg = preset("tiny")
-    cfg.hidden_size, cfg.intermediate_size, cfg.head_dim, cfg.num_attention_heads = 256, 704, 64, 8
+    cfg = tiny_config(**WIDE)
     ref = build_model(cfg)
     g = randomise_(ref)  # large weights: clear greedy winners
     ref = ref.to("cuda").eval()
@@ -192,8 +191,7 @@ def test_paged_engine_under_pressure_on_gpu():
     cache: the tokens pick as well as the unpressured engine does (bf16 near-ties apart) and every block returns."""
     from smollm3.infer.cache import kv_bytes_per_token
 
-    cfg = preset("tiny")
-    cfg.hidden_size, cfg.intermediate_size, cfg.head_dim, cfg.num_attention_heads = 256, 704, 64, 8
+    cfg = tiny_config(**WIDE)
     ref = build_model(cfg)
     g = randomise_(ref)
     ref = ref.to("cuda").eval()

@@ -5,6 +5,9 @@ import socket
 import threading
 import time
 
+MODEL = "smollm2-135m-instruct"  # the name the real-weights servers serve SmolLM2-135M-Instruct under
+FRANCE = [{"role": "user", "content": "What is the capital of France?"}]  # a question with one short right answer
+
 
 def start(app, **config):
     """uvicorn on 127.0.0.1, an ephemeral port (`config`: more uvicorn.Config settings) -> (base url, stop())."""

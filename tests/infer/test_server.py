@@ -18,10 +18,8 @@ openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 
-from live_server import client, start  # noqa: E402 (after the importorskips)
+from live_server import FRANCE, MODEL, client, start  # noqa: E402 (after the importorskips)
 
-MODEL = "smollm2-135m-instruct"
-FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Get the current weather in a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "the city"}},

@@ -18,10 +18,8 @@ openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 
-from live_server import client, start  # noqa: E402 (after the importorskips)
+from live_server import FRANCE, MODEL, client, start  # noqa: E402 (after the importorskips)
 
-MODEL = "smollm2-135m-instruct"
-FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 LIMIT = 256 * 1024
 
 

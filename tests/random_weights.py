@@ -25,14 +25,11 @@ def randomise_(model, seed: int = 0, scale: float = 0.1) -> torch.Generator:
     return g
 
 
-def tiny_config(**sizes):
-    """The tiny preset's config with `sizes` (config field -> value) changed."""
-    from smollm3 import preset
+def tiny_config(**fields):
+    """The tiny preset's config with `fields` changed, built (and checked) as the preset is."""
+    from smollm3.config import PRESETS, ModelConfig
 
-    cfg = preset("tiny")
-    for name, value in sizes.items():
-        setattr(cfg, name, value)
-    return cfg
+    return ModelConfig(**{**PRESETS["tiny"], **fields})
 
 
 def save_tiny(tokenizer_dir: Path, out: Path, **sizes) -> Path:
@@ -41,9 +38,8 @@ def save_tiny(tokenizer_dir: Path, out: Path, **sizes) -> Path:
     from smollm3 import build_model, load_tokenizer, save_pretrained
 
     tok = load_tokenizer(tokenizer_dir)
-    cfg = tiny_config(**sizes)
-    cfg.vocab_size = tok.vocab_size
-    cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
+    cfg = tiny_config(**sizes, vocab_size=tok.vocab_size, bos_token_id=tok.bos_token_id,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     model = build_model(cfg)
     randomise_(model)
     save_pretrained(model, out, tokenizer=tok)
